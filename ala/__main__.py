@@ -1,0 +1,3 @@
+from ala.cli import app
+
+app(prog_name="ala")

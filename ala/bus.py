@@ -1,0 +1,194 @@
+"""The one way ALA services talk to NATS.
+
+- `Bus.connect` never gives up reconnecting (small wait, unlimited attempts); its callbacks only log and count.
+- `publish` (core NATS, at most once) and `publish_durable` (JetStream, acked, de-duplicated by `Nats-Msg-Id`) are
+  both bounded by a timeout and report failure as a return value or `PublishError`, never by hanging.
+- `provision` creates the streams and buckets of `protos.subjects` idempotently; every service may call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, ObjectStoreConfig, PubAck, StorageType, StreamConfig
+
+from ala.config import NatsSettings
+from ala.metrics import BusMetrics
+from protos import MessageBase, encode
+from protos.subjects import OBJECT_BUCKETS, STREAMS, StreamSpec
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+_STREAM_CONFIG_CHANGED = 10058  # JetStream API error: "stream name already in use with a different configuration"
+
+
+class PublishError(RuntimeError):
+    """A durable publish that was not acknowledged in time; the caller keeps the message and retries."""
+
+
+class Bus:
+    """A connected NATS client with ALA's conventions. Build it with `await Bus.connect(...)`."""
+
+    def __init__(self, nc: NatsClient, settings: NatsSettings, metrics: BusMetrics) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=settings.publish_timeout_s)
+        self.settings = settings
+        self.metrics = metrics
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings, name: str, metrics: BusMetrics) -> Bus:
+        """Connect, retrying until a broker answers (a service may start before its broker)."""
+        nc = NatsClient()
+
+        async def on_error(exc: Exception) -> None:
+            metrics.errors.inc()
+            log.warning("nats error: %s: %s", type(exc).__name__, exc)
+
+        async def on_disconnected() -> None:
+            metrics.connected.set(0)
+            if nc.is_closed:
+                return  # our own drain or close, not a lost connection
+            metrics.disconnects.inc()
+            log.warning("disconnected from nats")
+
+        async def on_reconnected() -> None:
+            metrics.reconnects.inc()
+            metrics.connected.set(1)
+            log.info("reconnected to nats at %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+        async def on_closed() -> None:
+            metrics.connected.set(0)
+            log.debug("nats connection closed")
+
+        options: dict[str, Any] = {}
+        if settings.user:
+            options |= {"user": settings.user, "password": settings.password.get_secret_value()}
+        if settings.creds_file:
+            options["user_credentials"] = settings.creds_file
+        await nc.connect(
+            servers=settings.servers,
+            name=name,
+            connect_timeout=settings.connect_timeout_s,
+            reconnect_time_wait=settings.reconnect_time_wait_s,  # type: ignore[arg-type]  # nats-py takes floats
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            pending_size=settings.pending_size_bytes,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+            closed_cb=on_closed,
+            **options,
+        )
+        metrics.connected.set(1)
+        log.info("connected to nats at %s as %s", settings.url, name)
+        return cls(nc, settings, metrics)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def publish(self, subject: str, message: MessageBase, kind: str) -> bool:
+        """Core publish, at most once. Returns False (counted by reason) instead of raising or blocking."""
+        return await self.publish_bytes(subject, encode(message), kind)
+
+    async def publish_bytes(self, subject: str, payload: bytes, kind: str) -> bool:
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.nc.publish(subject, payload), self.settings.publish_timeout_s)
+        except TimeoutError:
+            self.metrics.publish_failures.labels(kind, "timeout").inc()
+            return False
+        except nats.errors.OutboundBufferLimitError:
+            self.metrics.publish_failures.labels(kind, "buffer_full").inc()
+            return False
+        except nats.errors.MaxPayloadError:
+            self.metrics.publish_failures.labels(kind, "too_large").inc()
+            log.error("%s message of %d bytes exceeds the broker's max_payload", kind, len(payload))
+            return False
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            self.metrics.publish_failures.labels(kind, "closed").inc()
+            return False
+        self.metrics.published.labels(kind).inc()
+        self.metrics.publish_seconds.labels(kind).observe(time.perf_counter() - start)
+        return True
+
+    async def publish_durable(self, subject: str, payload: bytes, msg_id: str, kind: str) -> PubAck:
+        """JetStream publish that returns only once the broker has stored the message.
+
+        `msg_id` goes in `Nats-Msg-Id`, so retrying a publish whose ack was lost stores it once (within the
+        stream's duplicate window; the ack then says `duplicate=True`). Raises `PublishError` on timeout or refusal.
+        """
+        start = time.perf_counter()
+        try:
+            ack = await self.js.publish(
+                subject, payload, timeout=self.settings.publish_timeout_s, headers={MSG_ID_HEADER: msg_id}
+            )
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            self.metrics.publish_failures.labels(kind, "timeout").inc()
+            raise PublishError(f"no ack for {msg_id} within {self.settings.publish_timeout_s}s") from exc
+        except nats.js.errors.NoStreamResponseError as exc:
+            self.metrics.publish_failures.labels(kind, "no_stream").inc()
+            raise PublishError(f"no stream stores {subject}") from exc
+        except nats.js.errors.APIError as exc:
+            self.metrics.publish_failures.labels(kind, "refused").inc()
+            raise PublishError(f"broker refused {msg_id}: {exc}") from exc
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+            self.metrics.publish_failures.labels(kind, "disconnected").inc()
+            raise PublishError(f"not connected while publishing {msg_id}") from exc
+        self.metrics.published.labels(kind).inc()
+        self.metrics.publish_seconds.labels(kind).observe(time.perf_counter() - start)
+        return ack
+
+    async def subscribe(self, subject: str, handler: Callable[[Msg], Awaitable[None]], queue: str = "") -> Subscription:
+        """Core subscription; `queue` shares the messages among the members of a queue group."""
+        return await self.nc.subscribe(subject, queue=queue, cb=handler)
+
+    async def provision(self, max_payload_bytes: int | None = None) -> None:
+        """Create or update every stream and bucket ALA uses; safe to call from every service at every start."""
+        for spec in STREAMS:
+            await ensure_stream(self.js, spec, max_msg_size=max_payload_bytes or -1)
+        for bucket in OBJECT_BUCKETS:
+            await self.js.create_object_store(bucket, config=ObjectStoreConfig(storage=StorageType.FILE))
+
+    async def drain(self) -> None:
+        """Let subscriptions finish in-flight messages, flush publishes, then close."""
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (nats.errors.ConnectionClosedError, TimeoutError, nats.errors.TimeoutError):
+                await self.nc.close()
+
+
+def stream_config(spec: StreamSpec, max_msg_size: int = -1) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+        max_age=spec.max_age_s,
+        max_msg_size=max_msg_size,
+        duplicate_window=spec.duplicate_window_s,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, max_msg_size: int = -1) -> None:
+    config = stream_config(spec, max_msg_size)
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as exc:
+        if exc.err_code != _STREAM_CONFIG_CHANGED:
+            raise
+        log.info("stream %s exists with another configuration; updating it", spec.name)
+        await js.update_stream(config)

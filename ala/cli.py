@@ -1,0 +1,128 @@
+"""`ala`: one command for the broker, each service, the whole stack, settings and the wire contract."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel, SecretStr
+from pydantic_settings import BaseSettings
+from rich.console import Console
+from rich.table import Table
+
+from ala import __version__
+from ala.broker import EmbeddedBroker
+from ala.config import BrokerSettings, NatsSettings
+from ala.service import configure_logging
+from ala.supervisor import Supervisor
+from services import SERVICE_NAMES
+
+app = typer.Typer(help="ALA, the Asynchronous LLM Advisor.", no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
+protos_app = typer.Typer(help="The wire contract.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(protos_app, name="protos")
+console = Console()
+
+
+def _service_module(name: str) -> Any:
+    return importlib.import_module(f"services.{name}.service")
+
+
+def _settings_class(name: str) -> type[BaseSettings]:
+    module = importlib.import_module(f"services.{name}.settings")
+    return getattr(module, f"{name.capitalize()}Settings")
+
+
+def _add_service_command(name: str) -> None:
+    def command() -> None:
+        _service_module(name).main()
+
+    command.__doc__ = f"Run the {name} service (settings: ALA_{name.upper()}_*, ALA_NATS_*, ALA_RUN)."
+    app.command(name)(command)
+
+
+for _name in SERVICE_NAMES:
+    _add_service_command(_name)
+
+
+@app.command()
+def nats() -> None:
+    """Run the embedded nats-server (JetStream on disk) until Ctrl-C. Settings: ALA_BROKER_*."""
+    configure_logging("INFO")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedBroker(BrokerSettings()) as broker:
+        console.print(f"nats-server at [bold]{broker.url}[/], monitoring {broker.monitor_url}, log {broker.log_path}")
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+
+
+@app.command()
+def up(
+    services: Annotated[
+        list[str] | None, typer.Option("--service", "-s", help="Run only these services (repeat the option).")
+    ] = None,
+    broker: Annotated[bool, typer.Option(help="Start the embedded broker; --no-broker uses ALA_NATS_URL.")] = True,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+) -> None:
+    """Start the broker and every service as separate processes; one Ctrl-C stops them all."""
+    configure_logging("INFO")
+    chosen = services or list(SERVICE_NAMES)
+    unknown = sorted(set(chosen) - set(SERVICE_NAMES))
+    if unknown:
+        raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(SERVICE_NAMES)}")
+    supervisor = Supervisor(chosen, BrokerSettings() if broker else None, duration)
+    raise typer.Exit(supervisor.run())
+
+
+@config_app.command("show")
+def config_show(
+    service: Annotated[str | None, typer.Argument(help="One service; all when omitted.")] = None,
+) -> None:
+    """Print the effective settings and the environment variable that sets each."""
+    names = [service] if service else list(SERVICE_NAMES)
+    if any(name not in SERVICE_NAMES for name in names):
+        raise typer.BadParameter(f"choose from {list(SERVICE_NAMES)}")
+    console.print(_settings_table("broker (ala nats, ala up)", BrokerSettings()))
+    console.print(_settings_table("nats connection (every service)", NatsSettings()))
+    for name in names:
+        console.print(_settings_table(name, _settings_class(name)()))
+
+
+def _settings_table(title: str, settings: BaseSettings) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("environment variable", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    table.add_column("description")
+    prefix = settings.model_config.get("env_prefix", "")
+    for field_name, info in type(settings).model_fields.items():
+        value = getattr(settings, field_name)
+        if isinstance(value, BaseModel):
+            continue  # nested settings get their own table
+        env_name = info.validation_alias if isinstance(info.validation_alias, str) else f"{prefix}{field_name}"
+        shown = "********" if isinstance(value, SecretStr) and value.get_secret_value() else str(value)
+        table.add_row(env_name.upper(), shown, info.description or "")
+    return table
+
+
+@protos_app.command("export")
+def protos_export(
+    out: Annotated[Path | None, typer.Option(help="Directory for the *.schema.json files.")] = None,
+) -> None:
+    """Write a JSON Schema for every message type (for clients in other languages)."""
+    from protos.schema import SCHEMA_DIR, write_json_schemas
+
+    for path in write_json_schemas(out or SCHEMA_DIR):
+        console.print(str(path))
+
+
+@app.command()
+def version() -> None:
+    """Print ALA's version."""
+    console.print(__version__)

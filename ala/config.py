@@ -1,0 +1,78 @@
+"""Settings shared by every service: the run, the NATS connection and the embedded broker.
+
+Each service adds its own `ServiceSettings` subclass (env prefix `ALA_<SERVICE>_`) in its folder. Shared settings
+read unprefixed names (`ALA_RUN`, `ALA_NATS_URL`, ...) so that one environment configures a whole deployment.
+Settings are built in `main` (or a test), never at import.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protos.subjects import check_token
+
+
+class NatsSettings(BaseSettings):
+    """How a service reaches the broker."""
+
+    model_config = SettingsConfigDict(env_prefix="ALA_NATS_", extra="ignore")
+
+    url: str = Field("nats://127.0.0.1:4222", description="Broker URL(s), comma-separated for a cluster.")
+    user: str = Field("", description="User name, when the broker requires one.")
+    password: SecretStr = Field(SecretStr(""), description="Password for `user`.")
+    creds_file: str = Field("", description="NATS credentials file (JWT + nkey), instead of user/password.")
+    connect_timeout_s: float = Field(2.0, gt=0, description="Timeout of one connection attempt.")
+    reconnect_time_wait_s: float = Field(0.25, gt=0, description="Pause between reconnect attempts (never gives up).")
+    publish_timeout_s: float = Field(2.0, gt=0, description="Bound on every publish; JetStream waits this for its ack.")
+    pending_size_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Client buffer for core publishes while disconnected."
+    )
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class BrokerSettings(BaseSettings):
+    """The embedded `nats-server` that `ala nats` and `ala up` run on a laptop."""
+
+    model_config = SettingsConfigDict(env_prefix="ALA_BROKER_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(4222, ge=-1, le=65535, description="Client port; -1 picks a free one.")
+    monitor_port: int = Field(8222, ge=-1, le=65535, description="HTTP monitoring port (/healthz, /varz); -1 = free.")
+    store_dir: Path = Field(Path(".ala/nats"), description="JetStream file storage and the generated config.")
+    max_payload_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, le=64 * 1024 * 1024, description="Largest message, sized for trajectory chunks."
+    )
+    max_file_store_bytes: int = Field(10 * 1024**3, gt=0, description="JetStream disk quota.")
+    max_memory_store_bytes: int = Field(256 * 1024**2, gt=0, description="JetStream memory quota.")
+    ready_timeout_s: float = Field(15.0, gt=0, description="How long to wait for the server to report healthy.")
+
+
+class ServiceSettings(BaseSettings):
+    """What every service has. Subclasses set `service` and the env prefix `ALA_<SERVICE>_`."""
+
+    service: ClassVar[str] = "service"
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    run: str = Field("dev", validation_alias="ALA_RUN", description="Run name: the second token of every subject.")
+    instance: str = Field(
+        default_factory=lambda: socket.gethostname().split(".")[0].replace("_", "-")[:40] or "local",
+        description="This process's name within its service; defaults to the host name.",
+    )
+    metrics_host: str = Field("0.0.0.0", description="Interface of the Prometheus /metrics endpoint.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics (0 = a free one, logged at start).")
+    heartbeat_interval_s: float = Field(2.0, gt=0, description="Seconds between heartbeats.")
+    log_level: str = Field("INFO", validation_alias="ALA_LOG_LEVEL", description="Python logging level.")
+    nats: NatsSettings = Field(default_factory=NatsSettings, description="Broker connection (ALA_NATS_*).")
+
+    @field_validator("run", "instance")
+    @classmethod
+    def _one_subject_token(cls, value: str) -> str:
+        return check_token(value)

@@ -1,0 +1,41 @@
+"""ALA's wire contract: message types (`messages`) and subject names (`subjects`). Every service imports this."""
+
+from protos.messages import (
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    ActionSpace,
+    Advice,
+    AdviceTarget,
+    Array,
+    BiasUpdate,
+    Heartbeat,
+    Message,
+    MessageBase,
+    StateDigest,
+    TrajectoryChunk,
+    WeightsAnnouncement,
+    WireError,
+    decode,
+    decode_any,
+    encode,
+)
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "SCHEMA_VERSION",
+    "ActionSpace",
+    "Advice",
+    "AdviceTarget",
+    "Array",
+    "BiasUpdate",
+    "Heartbeat",
+    "Message",
+    "MessageBase",
+    "StateDigest",
+    "TrajectoryChunk",
+    "WeightsAnnouncement",
+    "WireError",
+    "decode",
+    "decode_any",
+    "encode",
+]

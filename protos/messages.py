@@ -1,0 +1,241 @@
+"""The wire contract: every message ALA services exchange, as msgspec Structs encoded with MessagePack.
+
+Rules that keep old and new services talking (msgspec's schema-evolution guide):
+- every message is a tagged Struct (`"type": "<ClassName>"` on the wire) carrying `schema_version`;
+- a new field gets a default and goes last; a field never changes type; unknown fields are ignored on decode;
+- numeric arrays travel as `Array` (raw little-endian bytes + dtype + shape), never as lists of floats.
+
+`encode(msg)` and `decode(data, Type)` are the only way in and out; `decode` raises `WireError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# dtypes a non-Python client must support; everything is little-endian on the wire.
+ALLOWED_DTYPES = frozenset({"|b1", "|u1", "|i1", "<i2", "<i4", "<i8", "<u2", "<u4", "<f2", "<f4", "<f8"})
+MAX_DIMS = 8
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class WireError(ValueError):
+    """Bytes that are not a valid ALA message of the expected type."""
+
+
+class Array(msgspec.Struct, kw_only=True, frozen=True):
+    """An n-dimensional numeric array: `data` holds `prod(shape)` little-endian items of `dtype` in C order."""
+
+    dtype: str
+    """numpy dtype string, e.g. `<f4` (float32), `<i8` (int64), `|b1` (bool)."""
+    shape: tuple[NonNegInt, ...]
+    data: bytes
+
+    def __post_init__(self) -> None:
+        # Runs on decode too, so a truncated or mislabelled array is a WireError at the boundary.
+        if self.dtype not in ALLOWED_DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
+        if len(self.shape) > MAX_DIMS:
+            raise ValueError(f"{len(self.shape)} dimensions, at most {MAX_DIMS}")
+        expected = math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        if expected != len(self.data):
+            raise ValueError(f"shape {self.shape} of {self.dtype} needs {expected} bytes, got {len(self.data)}")
+
+    @classmethod
+    def from_numpy(cls, array: np.ndarray) -> Array:
+        array = np.asarray(array)
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        return cls(dtype=little.dtype.str, shape=tuple(little.shape), data=np.ascontiguousarray(little).tobytes())
+
+    def to_numpy(self) -> np.ndarray:
+        """A read-only view on the bytes; copy it before writing."""
+        return np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(self.shape)
+
+
+class MessageBase(msgspec.Struct, kw_only=True, tag=True):
+    """Base of every message: tagged with its class name on the wire."""
+
+    schema_version: int = SCHEMA_VERSION
+    """Version of the contract the sender was built against."""
+
+
+class ActionSpace(msgspec.Struct, kw_only=True, frozen=True):
+    """A discrete action space: `n` actions, named for prompts and dashboards."""
+
+    n: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    names: list[str] = []
+
+
+class StateDigest(MessageBase):
+    """actor → advisor: what one bot sees now, for an LLM to advise on."""
+
+    run: Name
+    actor: Name
+    bot: NonNegInt
+    env_step: NonNegInt
+    """Steps this actor has taken over all bots when the digest was made."""
+    episode: NonNegInt
+    """Episode counter of this bot."""
+    text: str
+    """The state rendered as text for an LLM (mission, visible objects, carried item, ...)."""
+    observation: Array
+    """The compact observation exactly as the policy saw it."""
+    action_names: list[str]
+    created_at: float
+    """Unix time (seconds) at the actor."""
+    state_key: str = ""
+    """Canonical key of the symbolic state, when the actor can compute one (used by advice caches)."""
+
+
+class AdviceTarget(msgspec.Struct, kw_only=True, frozen=True):
+    """Who the advice is for; an empty field means 'any'."""
+
+    actor: str = ""
+    bot: int | None = None
+    state_key: str = ""
+
+
+class Advice(MessageBase):
+    """advisor → router: a suggestion, never a command. Give `scores` or `recommended_action`.
+
+    Semantic checks (finite numbers, action count, ranges, expiry) are the router's job, so that each rejection is
+    counted by reason there; decoding only checks types.
+    """
+
+    advice_id: Name
+    advisor: Name
+    priority: float
+    """Higher wins when advisors disagree; the router multiplies it by its live trust weight."""
+    target: AdviceTarget
+    ttl_s: float
+    """Seconds the advice stays valid after `created_at`."""
+    created_at: float
+    scores: Array | None = None
+    """Per-action preference scores (float32, shape `(n_actions,)`), turned into logits by the router."""
+    recommended_action: int | None = None
+    confidence: float = 1.0
+    """In [0, 1]: how sure the advisor is."""
+    rationale: str = ""
+
+
+class BiasUpdate(MessageBase):
+    """router → actor: a bounded logit bias for some bots of one actor, expiring `ttl_s` after receipt."""
+
+    run: Name
+    actor: Name
+    bots: list[NonNegInt]
+    """Bot indices on that actor; empty means every bot."""
+    bias: Array
+    """float32, shape `(n_actions,)`, each element already within the router's `[-b_max, b_max]`."""
+    ttl_s: float
+    """Remaining time-to-live when sent. The actor expires the bias by its own clock, so clocks need not agree."""
+    advice_ids: list[str]
+    created_at: float
+    advice_created_at: float = 0.0
+    """Earliest `created_at` of the advice merged into this bias, for end-to-end latency metrics."""
+
+
+class TrajectoryChunk(MessageBase):
+    """actor → learner (JetStream): T steps of N bots, with everything the learner needs to correct off-policy data.
+
+    Arrays are time-major, `(T, N, ...)`. `behaviour_logprob` is `log softmax(logits + bias)[a]`, the distribution
+    actually sampled from; `policy_logprob` is `log softmax(logits)[a]` of the same policy without the bias.
+    """
+
+    run: Name
+    actor: Name
+    chunk_seq: NonNegInt
+    """Per-actor sequence number; with run and actor it forms the JetStream `Nats-Msg-Id`."""
+    policy_version: NonNegInt
+    bot_ids: Array
+    """int32 `(N,)`."""
+    observations: Array
+    """float32 `(T, N, *obs_shape)`, exactly as the policy saw them."""
+    actions: Array
+    """int64 `(T, N)`."""
+    rewards: Array
+    """float32 `(T, N)`."""
+    terminated: Array
+    """bool `(T, N)`."""
+    truncated: Array
+    """bool `(T, N)`."""
+    behaviour_logprob: Array
+    """float32 `(T, N)`."""
+    policy_logprob: Array
+    """float32 `(T, N)`."""
+    bias: Array
+    """float32 `(T, N, n_actions)`: the bias added to the logits at each step (zeros when none was active)."""
+    values: Array
+    """float32 `(T, N)`."""
+    bootstrap_value: Array
+    """float32 `(N,)`: value of the observation after the last step, for GAE / V-trace."""
+    created_at: float
+
+
+class WeightsAnnouncement(MessageBase):
+    """learner → actors: a new policy version is ready at `bucket`/`name` in the JetStream Object Store."""
+
+    run: Name
+    version: NonNegInt
+    bucket: Name
+    name: Name
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    size: NonNegInt
+    created_at: float
+
+
+class Heartbeat(MessageBase):
+    """Every service, every few seconds: who it is, which build, and (actors) what it can do."""
+
+    run: Name
+    service: Name
+    instance: Name
+    software_version: str
+    seq: NonNegInt
+    started_at: float
+    created_at: float
+    host: str = ""
+    action_space: ActionSpace | None = None
+    """Actors only: the action space their bots act in; the router checks advice against it."""
+    num_bots: NonNegInt = 0
+
+
+Message = StateDigest | Advice | BiasUpdate | TrajectoryChunk | WeightsAnnouncement | Heartbeat
+MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
+    StateDigest,
+    Advice,
+    BiasUpdate,
+    TrajectoryChunk,
+    WeightsAnnouncement,
+    Heartbeat,
+)
+
+M = TypeVar("M", bound=MessageBase)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {t: msgspec.msgpack.Decoder(t) for t in MESSAGE_TYPES}
+_decoders[Message] = msgspec.msgpack.Decoder(Message)
+
+
+def encode(message: MessageBase) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes, expected: type[M]) -> M:
+    """Decode `data` as an `expected` message; any problem (bad bytes, wrong type or shape) is a `WireError`."""
+    try:
+        return _decoders[expected].decode(data)
+    except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise WireError(f"not a valid {getattr(expected, '__name__', 'ALA message')}: {exc}") from exc
+
+
+def decode_any(data: bytes) -> Message:
+    """Decode any ALA message, dispatching on its `type` tag."""
+    return decode(data, Message)  # type: ignore[arg-type]

@@ -1,0 +1,102 @@
+"""Every NATS subject, JetStream stream and bucket name in ALA, in one place.
+
+Subjects are `ala.<run>.<kind>.<who>`, so one broker can host several runs and a service subscribes to its run with
+a wildcard. Nothing outside this module builds a subject string. See `protos/README.md` for the table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BROADCAST = "all"
+"""Actor token meaning 'every actor of the run' in bias subjects."""
+
+
+def check_token(value: str, what: str = "name") -> str:
+    """A run, actor, advisor or instance name must be one NATS subject token: letters, digits, `_` and `-`."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} must be 1-64 characters of letters, digits, '_' or '-'")
+    return value
+
+
+def _subject(run: str, kind: str, *who: str) -> str:
+    return ".".join(["ala", check_token(run, "run"), kind, *who])
+
+
+# Core NATS: low latency, at most once.
+def digest_subject(run: str, actor: str) -> str:
+    """actor → advisor: `StateDigest`s of one actor's bots."""
+    return _subject(run, "digest", check_token(actor, "actor"))
+
+
+def digest_wildcard(run: str) -> str:
+    return _subject(run, "digest", "*")
+
+
+def advice_subject(run: str, advisor: str) -> str:
+    """advisor → router: `Advice` from one advisor."""
+    return _subject(run, "advice", check_token(advisor, "advisor"))
+
+
+def advice_wildcard(run: str) -> str:
+    return _subject(run, "advice", "*")
+
+
+def bias_subject(run: str, actor: str) -> str:
+    """router → actor: `BiasUpdate`s for one actor (`BROADCAST` reaches every actor)."""
+    return _subject(run, "bias", check_token(actor, "actor"))
+
+
+def heartbeat_subject(run: str, service: str, instance: str) -> str:
+    """every service: `Heartbeat`s."""
+    return _subject(run, "heartbeat", check_token(service, "service"), check_token(instance, "instance"))
+
+
+def heartbeat_wildcard(run: str) -> str:
+    return _subject(run, "heartbeat", ">")
+
+
+# JetStream: durable, at least once, de-duplicated by Nats-Msg-Id.
+def trajectory_subject(run: str, actor: str) -> str:
+    """actor → learner: `TrajectoryChunk`s, stored in `TRAJECTORIES`."""
+    return _subject(run, "trajectories", check_token(actor, "actor"))
+
+
+def trajectory_wildcard(run: str) -> str:
+    return _subject(run, "trajectories", "*")
+
+
+def trajectory_msg_id(run: str, actor: str, chunk_seq: int) -> str:
+    """The `Nats-Msg-Id` of a chunk: a retried publish of the same chunk is stored once."""
+    return f"{run}.{actor}.{chunk_seq}"
+
+
+def weights_subject(run: str) -> str:
+    """learner → actors: `WeightsAnnouncement`s, stored in `WEIGHTS_ANNOUNCEMENTS` (last one kept)."""
+    return _subject(run, "weights")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    max_msgs_per_subject: int = -1
+    """-1 keeps everything (within limits); 1 keeps only the newest message per subject."""
+    max_age_s: float = 0.0
+    """0 keeps messages until consumed by limits."""
+    duplicate_window_s: float = 120.0
+
+
+TRAJECTORIES = StreamSpec(name="ALA_TRAJECTORIES", subjects=("ala.*.trajectories.*",), max_age_s=24 * 3600)
+WEIGHTS_ANNOUNCEMENTS = StreamSpec(name="ALA_WEIGHTS", subjects=("ala.*.weights",), max_msgs_per_subject=1)
+STREAMS: tuple[StreamSpec, ...] = (TRAJECTORIES, WEIGHTS_ANNOUNCEMENTS)
+
+WEIGHTS_BUCKET = "ala_weights"
+"""JetStream Object Store bucket holding policy weights, one object per `<run>/<version>`."""
+OBJECT_BUCKETS: tuple[str, ...] = (WEIGHTS_BUCKET,)
+
+
+def weights_object_name(run: str, version: int) -> str:
+    return f"{check_token(run, 'run')}/{version}"

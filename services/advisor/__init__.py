@@ -1,0 +1,1 @@
+"""The advisor: turns state digests into advice from one or more LLMs."""
