@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from nats.js.api import DiscardPolicy, ObjectStoreConfig, PubAck, StorageType, S
 
 from ala.config import NatsSettings
 from ala.metrics import BusMetrics
+from ala.ratelimit import RateLimitedLog
 from protos import MessageBase, encode
 from protos.subjects import OBJECT_BUCKETS, STREAMS, StreamSpec
 
@@ -50,10 +52,11 @@ class Bus:
     async def connect(cls, settings: NatsSettings, name: str, metrics: BusMetrics) -> Bus:
         """Connect, retrying until a broker answers (a service may start before its broker)."""
         nc = NatsClient()
+        error_log = RateLimitedLog(log)
 
         async def on_error(exc: Exception) -> None:
             metrics.errors.inc()
-            log.warning("nats error: %s: %s", type(exc).__name__, exc)
+            error_log.warning("nats error: %s: %s", type(exc).__name__, exc)
 
         async def on_disconnected() -> None:
             metrics.connected.set(0)
@@ -166,8 +169,15 @@ class Bus:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except (nats.errors.ConnectionClosedError, TimeoutError, nats.errors.TimeoutError):
-                await self.nc.close()
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                TimeoutError,
+                nats.errors.TimeoutError,
+            ):
+                # Nothing to drain into while the broker is away; the socket may already be gone too.
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self.nc.close()
 
 
 def stream_config(spec: StreamSpec, max_msg_size: int = -1) -> StreamConfig:

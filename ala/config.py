@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protos.subjects import check_token
@@ -74,5 +74,5 @@ class ServiceSettings(BaseSettings):
 
     @field_validator("run", "instance")
     @classmethod
-    def _one_subject_token(cls, value: str) -> str:
-        return check_token(value)
+    def _one_subject_token(cls, value: str, info: ValidationInfo) -> str:
+        return check_token(value, info.field_name or "name")

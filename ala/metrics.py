@@ -53,9 +53,7 @@ def bus_metrics(service: str, registry: CollectorRegistry) -> BusMetrics:
     prefix = f"ala_{service}_nats"
     return BusMetrics(
         disconnects=Counter(f"{prefix}_disconnects", "Times the broker connection was lost.", registry=registry),
-        reconnects=Counter(
-            f"{prefix}_reconnects", "Times the connection came back.", registry=registry
-        ),
+        reconnects=Counter(f"{prefix}_reconnects", "Times the connection came back.", registry=registry),
         errors=Counter(f"{prefix}_errors", "Asynchronous client errors reported by nats-py.", registry=registry),
         published=Counter(f"{prefix}_published", "Messages published, by kind.", ["kind"], registry=registry),
         publish_failures=Counter(
@@ -85,9 +83,7 @@ def service_metrics(service: str, registry: CollectorRegistry) -> ServiceMetrics
     return ServiceMetrics(
         bus=bus_metrics(service, registry),
         heartbeats=Counter(f"ala_{service}_heartbeats", "Heartbeats published.", registry=registry),
-        up=Gauge(
-            f"ala_{service}_up", "1 while the service runs, by build.", ["version"], registry=registry
-        ),
+        up=Gauge(f"ala_{service}_up", "1 while the service runs, by build.", ["version"], registry=registry),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import jsonschema
@@ -176,10 +177,8 @@ def test_out_of_range_field_is_a_wire_error() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=512))
 def test_random_bytes_never_raise_anything_but_wire_error(payload: bytes) -> None:
-    try:
+    with contextlib.suppress(WireError):
         decode_any(payload)
-    except WireError:
-        pass
 
 
 @settings(max_examples=300, deadline=None)
@@ -190,10 +189,8 @@ def test_corrupted_messages_never_raise_anything_but_wire_error(message: Message
         position = data.draw(st.integers(0, len(encoded) - 1))
         encoded[position] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(encoded)))
-    try:
+    with contextlib.suppress(WireError):
         decode(bytes(encoded[:cut]), type(message))
-    except WireError:
-        pass
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int32", "uint8", "bool", "float16"])

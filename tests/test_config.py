@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from ala.config import BrokerSettings, NatsSettings
+from services.actor.settings import ActorSettings
+from services.router.settings import RouterSettings
+
+
+def test_defaults_run_on_a_laptop(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ALA_RUN", "ALA_NATS_URL", "ALA_ROUTER_METRICS_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = RouterSettings()
+    assert settings.run == "dev"
+    assert settings.nats.url == "nats://127.0.0.1:4222"
+    assert settings.nats.reconnect_time_wait_s < 1
+    assert settings.metrics_port == 9102
+
+
+def test_environment_sets_shared_and_service_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALA_RUN", "exp-42")
+    monkeypatch.setenv("ALA_NATS_URL", "nats://a:4222, nats://b:4222")
+    monkeypatch.setenv("ALA_ROUTER_METRICS_PORT", "9999")
+    monkeypatch.setenv("ALA_ACTOR_NUM_BOTS", "20")
+    router, actor = RouterSettings(), ActorSettings()
+    assert router.run == actor.run == "exp-42"
+    assert router.nats.servers == ["nats://a:4222", "nats://b:4222"]
+    assert router.metrics_port == 9999 and actor.metrics_port == 9103
+    assert actor.num_bots == 20
+
+
+def test_invalid_values_are_refused_with_the_field_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALA_RUN", "has.dot")
+    with pytest.raises(ValidationError, match="ALA_RUN"):
+        RouterSettings()
+    monkeypatch.delenv("ALA_RUN")
+    monkeypatch.setenv("ALA_NATS_PUBLISH_TIMEOUT_S", "0")
+    with pytest.raises(ValidationError, match="publish_timeout_s"):
+        NatsSettings()
+    monkeypatch.setenv("ALA_BROKER_MAX_PAYLOAD_BYTES", str(128 * 1024 * 1024))
+    with pytest.raises(ValidationError, match="max_payload_bytes"):
+        BrokerSettings()
