@@ -1,0 +1,35 @@
+# One venv for the whole repo; every target installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint format bench-wire clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: setup  ## the whole stack on embedded defaults: nats-server, advisor, router, actor, learner
+	$(BIN)/ala up
+
+test: setup lint  ## lint, then every test against real nats-servers
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
+	$(BIN)/python benchmarks/wire.py
+
+clean:
+	rm -rf $(VENV) .ala .pytest_cache .ruff_cache .hypothesis
