@@ -29,7 +29,7 @@ format: setup
 	$(BIN)/ruff format .
 
 bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
-	$(BIN)/python benchmarks/wire.py
+	$(BIN)/python -m benchmarks.wire
 
 clean:
 	rm -rf $(VENV) .ala .pytest_cache .ruff_cache .hypothesis

@@ -6,7 +6,7 @@
    in flight at a time, for a BiasUpdate-sized and a TrajectoryChunk-sized payload; and a JetStream publish until
    its ack (what the actor pays per trajectory chunk).
 
-    python benchmarks/wire.py [--hops 5000] [--out benchmarks/results/wire.md]
+    python -m benchmarks.wire [--hops 5000] [--out benchmarks/results/wire.md]
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import timeit
 from pathlib import Path
+from typing import Annotated
 
 import msgpack
 import msgspec
@@ -26,14 +26,12 @@ import numpy as np
 import typer
 from prometheus_client import CollectorRegistry
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.utils when run as a script
-
-from ala.broker import EmbeddedBroker  # noqa: E402
-from ala.bus import Bus  # noqa: E402
-from ala.config import BrokerSettings, NatsSettings  # noqa: E402
-from ala.metrics import bus_metrics  # noqa: E402
-from protos import MessageBase, decode, encode, subjects  # noqa: E402
-from tests.utils.messages import sample_messages  # noqa: E402
+from ala.broker import EmbeddedBroker
+from ala.bus import Bus
+from ala.config import BrokerSettings, NatsSettings
+from ala.metrics import bus_metrics
+from protos import MessageBase, decode, encode, subjects
+from tests.utils.messages import sample_messages
 
 
 def per_call_us(function, number: int) -> float:  # type: ignore[no-untyped-def]
@@ -104,8 +102,8 @@ async def jetstream_latencies(url: str, payload: bytes, count: int) -> list[floa
 
 
 def main(
-    hops: int = typer.Option(5000, help="Messages per loopback hop measurement."),
-    out: Path = typer.Option(Path("benchmarks/results/wire.md"), help="Markdown report."),
+    hops: Annotated[int, typer.Option(help="Messages per loopback hop measurement.")] = 5000,
+    out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("benchmarks/results/wire.md"),
 ) -> None:
     messages = sample_messages(steps=64, bots=8)
     bias = encode(next(m for m in messages if type(m).__name__ == "BiasUpdate"))
@@ -113,7 +111,7 @@ def main(
     lines = [
         "# Wire baseline",
         "",
-        f"`python benchmarks/wire.py --hops {hops}` on {platform.machine()}, Python {platform.python_version()}, "
+        f"`python -m benchmarks.wire --hops {hops}` on {platform.machine()}, Python {platform.python_version()}, "
         f"msgspec {msgspec.__version__}, msgpack {'.'.join(map(str, msgpack.version))}, {time.strftime('%Y-%m-%d')}.",
         "",
         "## Encode + decode, per message (TrajectoryChunk: 64 steps x 8 bots of 7x7x3 float32 observations)",
@@ -127,9 +125,10 @@ def main(
         "| path | payload bytes | p50 (µs) | p99 (µs) | mean (µs) |",
         "|---|---:|---:|---:|---:|",
     ]
-    with tempfile.TemporaryDirectory() as store, EmbeddedBroker(
-        BrokerSettings(port=-1, monitor_port=-1, store_dir=Path(store))
-    ) as broker:
+    with (
+        tempfile.TemporaryDirectory() as store,
+        EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, store_dir=Path(store))) as broker,
+    ):
         for name, payload, measure, count in (
             ("core publish → subscriber callback", bias, hop_latencies, hops),
             ("core publish → subscriber callback", chunk, hop_latencies, max(hops // 10, 100)),
