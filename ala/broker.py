@@ -89,6 +89,8 @@ class EmbeddedBroker:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C meant for `ala up` must not kill the broker before the services drain.
+                start_new_session=True,
             )
         try:
             self._wait_ready()
