@@ -176,6 +176,9 @@ class TrajectoryChunk(MessageBase):
     """float32 `(T, N)`."""
     bootstrap_value: Array
     """float32 `(N,)`: value of the observation after the last step, for GAE / V-trace."""
+    final_values: Array
+    """float32 `(T, N)`: where `truncated`, the value of the episode's final observation (bootstrapped, since a time
+    limit is not a terminal state); 0 elsewhere."""
     created_at: float
 
 

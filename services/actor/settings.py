@@ -15,3 +15,16 @@ class ActorSettings(ServiceSettings):
     metrics_port: int = Field(9103, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
     env_id: str = Field("MiniGrid-DoorKey-8x8-v0", description="Gymnasium environment id every bot runs.")
     num_bots: int = Field(8, ge=1, le=4096, description="Bots (vectorised environments) in this actor.")
+    num_steps: int = Field(32, ge=1, description="Steps per bot in one trajectory chunk (T).")
+    hidden: int = Field(64, ge=1, description="Hidden units of the policy (must match the learner).")
+    seed: int = Field(1, description="Seed of environments and action sampling.")
+    device: str = Field("cpu", description="torch device for the policy forward: cpu, cuda, ...")
+    torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")
+    max_abs_bias: float = Field(3.0, gt=0, description="Defensive clip of every received bias element.")
+    retry_buffer_chunks: int = Field(
+        256, ge=1, description="Unacknowledged chunks kept for retry; when full, stepping waits (nothing is dropped)."
+    )
+    digest_every_steps: int = Field(
+        0, ge=0, description="Publish a StateDigest of each bot every k of its steps (0: only at episode start)."
+    )
+    digests_enabled: bool = Field(True, description="Publish StateDigests for the advisor at all.")

@@ -90,6 +90,7 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
             bias=floats(steps, bots, N_ACTIONS),
             values=floats(steps, bots),
             bootstrap_value=floats(bots),
+            final_values=floats(steps, bots),
             created_at=1.7e9,
         ),
         WeightsAnnouncement(

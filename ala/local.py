@@ -1,0 +1,69 @@
+"""`ala train --local`: the actor's rollout and the learner's update in one process, no broker (CleanRL-style).
+
+The baseline for speed and learning: the distributed stack runs exactly this code, split across processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from services.actor.envs import make_vector_env, policy_spec_of
+from services.actor.rollout import Rollout
+from services.actor.settings import ActorSettings
+from services.learner.learner import Learner
+from services.learner.settings import LearnerSettings
+
+
+@dataclass
+class Progress:
+    env_steps: int
+    updates: int
+    steps_per_s: float
+    mean_return: float
+    """Mean return of the last 100 episodes (nan before the first one ends)."""
+    stats: dict[str, float]
+
+
+@dataclass
+class LocalRun:
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    """(env steps when the episode ended, its return) for every finished episode."""
+    env_steps: int = 0
+    seconds: float = 0.0
+
+
+def train_local(
+    actor: ActorSettings,
+    learner: LearnerSettings,
+    total_steps: int,
+    on_update: Callable[[Progress], bool | None] | None = None,
+) -> LocalRun:
+    """Train until `total_steps` env steps, or until `on_update` returns True."""
+    torch.set_num_threads(actor.torch_threads)
+    spec = policy_spec_of(actor.env_id, actor.hidden)
+    trainer = Learner(spec, learner, device=learner.device)
+    rollout = Rollout(make_vector_env(actor.env_id, actor.num_bots), trainer.agent, actor.num_steps, actor.seed)
+    run, recent = LocalRun(), deque[float](maxlen=100)
+    start = time.perf_counter()
+    while rollout.env_steps < total_steps:
+        stats = trainer.train([rollout.collect()])
+        rollout.set_policy(trainer.agent, trainer.version)
+        for episode in rollout.finished:
+            run.curve.append((rollout.env_steps, episode.episode_return))
+            recent.append(episode.episode_return)
+        rollout.finished.clear()
+        elapsed = time.perf_counter() - start
+        progress = Progress(
+            rollout.env_steps, trainer.version, rollout.env_steps / elapsed, float(np.mean(recent or [np.nan])), stats
+        )
+        if on_update is not None and on_update(progress):
+            break
+    run.env_steps, run.seconds = rollout.env_steps, time.perf_counter() - start
+    rollout.envs.close()
+    return run

@@ -1,0 +1,122 @@
+"""The actor-critic every ALA component shares: the actor samples with it, the learner trains it, and
+`ala train --local` does both. Weights travel as bytes (`weights_to_bytes` / `load_weights`).
+
+`get_action_and_value(obs, bias)` samples from `softmax(logits + bias)` and returns both log-probabilities of the
+sampled action: `behaviour_logprob` (with the bias: what was really sampled from) and `policy_logprob` (without).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def layer_init(layer: nn.Linear, std: float = float(np.sqrt(2)), bias_const: float = 0.0) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What fixes the network's shape; actor and learner must agree on it (derived from the env id)."""
+
+    obs_dim: int
+    n_actions: int
+    onehot_classes: int = 0
+    """>0: observations are small non-negative integers (MiniGrid's object/colour/state codes), one-hot encoded."""
+    hidden: int = 64
+
+
+class ActionSample(NamedTuple):
+    action: torch.Tensor
+    behaviour_logprob: torch.Tensor
+    """log softmax(logits + bias)[action]: the distribution the action was sampled from."""
+    policy_logprob: torch.Tensor
+    """log softmax(logits)[action]: the policy alone."""
+    entropy: torch.Tensor
+    """Entropy of the policy alone."""
+    value: torch.Tensor
+
+
+class Agent(nn.Module):
+    def __init__(self, spec: PolicySpec) -> None:
+        super().__init__()
+        self.spec = spec
+        input_dim = spec.obs_dim * spec.onehot_classes if spec.onehot_classes else spec.obs_dim
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(input_dim, spec.hidden)),
+            nn.Tanh(),
+            layer_init(nn.Linear(spec.hidden, spec.hidden)),
+            nn.Tanh(),
+            layer_init(nn.Linear(spec.hidden, 1), std=1.0),
+        )
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(input_dim, spec.hidden)),
+            nn.Tanh(),
+            layer_init(nn.Linear(spec.hidden, spec.hidden)),
+            nn.Tanh(),
+            layer_init(nn.Linear(spec.hidden, spec.n_actions), std=0.01),
+        )
+
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        if not self.spec.onehot_classes:
+            return obs
+        codes = obs.long().clamp(0, self.spec.onehot_classes - 1)
+        return nn.functional.one_hot(codes, self.spec.onehot_classes).flatten(1).float()
+
+    def get_value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.encode(obs)).squeeze(-1)
+
+    def logits_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.encode(obs)
+        return self.actor(x), self.critic(x).squeeze(-1)
+
+    def get_action_and_value(
+        self,
+        obs: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        action: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ActionSample:
+        """Sample from softmax(logits + bias) (or score `action`); log-softmax by hand, as Categorical's argument
+        checks cost more than the network on the actor's small batches."""
+        logits, value = self.logits_and_value(obs)
+        policy_logprobs = torch.log_softmax(logits, -1)
+        behaviour_logprobs = policy_logprobs if bias is None else torch.log_softmax(logits + bias, -1)
+        if action is None:
+            action = torch.multinomial(behaviour_logprobs.exp(), 1, generator=generator).squeeze(-1)
+        taken = action.unsqueeze(-1)
+        return ActionSample(
+            action=action,
+            behaviour_logprob=behaviour_logprobs.gather(-1, taken).squeeze(-1),
+            policy_logprob=policy_logprobs.gather(-1, taken).squeeze(-1),
+            entropy=-(policy_logprobs.exp() * policy_logprobs).sum(-1),
+            value=value,
+        )
+
+
+def weights_to_bytes(agent: Agent) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(agent.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def load_weights(agent: Agent, data: bytes) -> None:
+    """Load weights produced by `weights_to_bytes`; raises ValueError if they do not fit this network."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        agent.load_state_dict(state)
+    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as exc:  # torch's errors for corrupt or mismatched state
+        raise ValueError(f"weights do not fit this policy: {exc}") from exc
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

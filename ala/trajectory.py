@@ -1,0 +1,128 @@
+"""`Trajectory`: T steps x N bots as numpy arrays, the in-memory form of a `TrajectoryChunk`.
+
+The actor fills one, `to_chunk` puts it on the wire, and the learner's `from_chunk` checks everything a chunk
+claims (shapes, dtypes, finite numbers, action range, log-probabilities) before anything is trained on it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from ala.policy import PolicySpec
+from protos import Array, TrajectoryChunk
+
+_LOGPROB_TOLERANCE = 1e-4
+
+
+class BadChunk(ValueError):
+    """A decodable chunk whose content cannot be trained on; `reason` labels the rejection metric."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass
+class Trajectory:
+    observations: np.ndarray
+    """float32 [T, N, obs_dim], as the policy saw them."""
+    actions: np.ndarray
+    """int64 [T, N]"""
+    rewards: np.ndarray
+    """float32 [T, N]"""
+    terminated: np.ndarray
+    """bool [T, N]"""
+    truncated: np.ndarray
+    """bool [T, N]"""
+    behaviour_logprob: np.ndarray
+    """float32 [T, N]: log mu(a|s), with the bias."""
+    policy_logprob: np.ndarray
+    """float32 [T, N]: log pi_old(a|s), without the bias."""
+    bias: np.ndarray
+    """float32 [T, N, n_actions]"""
+    values: np.ndarray
+    """float32 [T, N]"""
+    final_values: np.ndarray
+    """float32 [T, N]: V(final obs) where truncated, else 0."""
+    bootstrap_value: np.ndarray
+    """float32 [N]"""
+    bot_ids: np.ndarray
+    """int32 [N]"""
+    policy_version: int
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.actions.shape[0] * self.actions.shape[1])
+
+    @classmethod
+    def empty(cls, steps: int, bots: int, spec: PolicySpec) -> Trajectory:
+        def zeros(*shape: int, dtype: type = np.float32) -> np.ndarray:
+            return np.zeros(shape, dtype=dtype)
+
+        return cls(
+            observations=zeros(steps, bots, spec.obs_dim),
+            actions=zeros(steps, bots, dtype=np.int64),
+            rewards=zeros(steps, bots),
+            terminated=zeros(steps, bots, dtype=np.bool_),
+            truncated=zeros(steps, bots, dtype=np.bool_),
+            behaviour_logprob=zeros(steps, bots),
+            policy_logprob=zeros(steps, bots),
+            bias=zeros(steps, bots, spec.n_actions),
+            values=zeros(steps, bots),
+            final_values=zeros(steps, bots),
+            bootstrap_value=zeros(bots),
+            bot_ids=np.arange(bots, dtype=np.int32),
+            policy_version=0,
+        )
+
+
+_ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name != "policy_version"]
+
+
+def to_chunk(trajectory: Trajectory, run: str, actor: str, chunk_seq: int) -> TrajectoryChunk:
+    arrays = {name: Array.from_numpy(getattr(trajectory, name)) for name in _ARRAY_FIELDS}
+    return TrajectoryChunk(
+        run=run,
+        actor=actor,
+        chunk_seq=chunk_seq,
+        policy_version=trajectory.policy_version,
+        created_at=time.time(),
+        **arrays,
+    )
+
+
+def from_chunk(chunk: TrajectoryChunk, spec: PolicySpec) -> Trajectory:
+    """The chunk's arrays, checked against the policy; raises `BadChunk` with a metric-ready reason."""
+    arrays = {name: getattr(chunk, name).to_numpy() for name in _ARRAY_FIELDS}
+    steps, bots = arrays["actions"].shape if arrays["actions"].ndim == 2 else (0, 0)
+    if steps == 0 or bots == 0:
+        raise BadChunk("shape", f"actions must be [T>0, N>0], got {arrays['actions'].shape}")
+    expected = {
+        "observations": ((steps, bots, spec.obs_dim), np.float32),
+        "actions": ((steps, bots), np.int64),
+        "rewards": ((steps, bots), np.float32),
+        "terminated": ((steps, bots), np.bool_),
+        "truncated": ((steps, bots), np.bool_),
+        "behaviour_logprob": ((steps, bots), np.float32),
+        "policy_logprob": ((steps, bots), np.float32),
+        "bias": ((steps, bots, spec.n_actions), np.float32),
+        "values": ((steps, bots), np.float32),
+        "final_values": ((steps, bots), np.float32),
+        "bootstrap_value": ((bots,), np.float32),
+        "bot_ids": ((bots,), np.int32),
+    }
+    for name, (shape, dtype) in expected.items():
+        array = arrays[name]
+        if array.shape != shape or array.dtype != dtype:
+            raise BadChunk("shape", f"{name} is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+        if array.dtype == np.float32 and not np.isfinite(array).all():
+            raise BadChunk("non_finite", f"{name} has NaN or infinite values")
+    if arrays["actions"].min() < 0 or arrays["actions"].max() >= spec.n_actions:
+        raise BadChunk("action_range", f"actions outside [0, {spec.n_actions})")
+    for name in ("behaviour_logprob", "policy_logprob"):
+        if arrays[name].max() > _LOGPROB_TOLERANCE:
+            raise BadChunk("logprob", f"{name} has positive log-probabilities")
+    return Trajectory(policy_version=chunk.policy_version, **arrays)

@@ -1,0 +1,97 @@
+"""The actor's rollout: N bots, one batched policy forward per step, `logits += bias`, exact log-probabilities.
+
+CleanRL's rollout with ALA's additions; no NATS here. The caller supplies the bias in force before each step
+(the service reads its bias table; `ala train --local` passes none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ala.policy import Agent
+from ala.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class Episode:
+    bot: int
+    episode_return: float
+    length: int
+
+
+class Rollout:
+    def __init__(
+        self, envs: gym.vector.VectorEnv, agent: Agent, num_steps: int, seed: int, device: str = "cpu"
+    ) -> None:
+        self.envs = envs
+        self.agent = agent
+        self.num_steps = num_steps
+        self.num_bots = envs.num_envs
+        self.device = torch.device(device)
+        self.policy_version = 0
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        obs, _ = envs.reset(seed=seed)
+        self.obs = np.asarray(obs, dtype=np.float32)
+        self.env_steps = 0
+        self.episodes_started = np.zeros(self.num_bots, dtype=np.int64)
+        self._returns = np.zeros(self.num_bots)
+        self._lengths = np.zeros(self.num_bots, dtype=np.int64)
+        self.finished: list[Episode] = []
+        """Episodes completed since the caller last cleared this list."""
+
+    def set_policy(self, agent: Agent, version: int) -> None:
+        """Swap weights between steps."""
+        self.agent = agent
+        self.policy_version = version
+
+    def collect(self, bias_now: Callable[[], np.ndarray | None] | None = None) -> Trajectory:
+        """`num_steps` steps of every bot; `bias_now()` gives the [N, n_actions] bias in force (None: no bias)."""
+        trajectory = Trajectory.empty(self.num_steps, self.num_bots, self.agent.spec)
+        trajectory.policy_version = self.policy_version
+        for t in range(self.num_steps):
+            self.step(trajectory, t, bias_now() if bias_now else None)
+        with torch.inference_mode():
+            trajectory.bootstrap_value[:] = self.agent.get_value(self._tensor(self.obs)).cpu().numpy()
+        return trajectory
+
+    def step(self, trajectory: Trajectory, t: int, bias: np.ndarray | None) -> None:
+        """One step of all bots, recorded at row `t` of `trajectory`."""
+        bias_tensor = self._tensor(bias) if bias is not None and bias.any() else None
+        with torch.inference_mode():
+            sample = self.agent.get_action_and_value(self._tensor(self.obs), bias_tensor, generator=self.generator)
+        actions = sample.action.cpu().numpy()
+        next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+
+        trajectory.observations[t] = self.obs
+        trajectory.actions[t] = actions
+        trajectory.rewards[t] = rewards
+        trajectory.terminated[t] = terminated
+        trajectory.truncated[t] = truncated
+        trajectory.behaviour_logprob[t] = sample.behaviour_logprob.cpu().numpy()
+        trajectory.policy_logprob[t] = sample.policy_logprob.cpu().numpy()
+        trajectory.values[t] = sample.value.cpu().numpy()
+        if bias is not None:
+            trajectory.bias[t] = bias
+        cut = truncated & ~terminated
+        if cut.any():  # a time limit is not a terminal state: bootstrap from the final observation
+            final_obs = np.stack(info["final_obs"][cut]).astype(np.float32)
+            with torch.inference_mode():
+                trajectory.final_values[t, cut] = self.agent.get_value(self._tensor(final_obs)).cpu().numpy()
+
+        self.obs = np.asarray(next_obs, dtype=np.float32)
+        self.env_steps += self.num_bots
+        self._returns += rewards
+        self._lengths += 1
+        for bot in np.flatnonzero(terminated | truncated):
+            self.finished.append(Episode(int(bot), float(self._returns[bot]), int(self._lengths[bot])))
+            self._returns[bot] = 0.0
+            self._lengths[bot] = 0
+            self.episodes_started[bot] += 1
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
