@@ -123,6 +123,41 @@ def protos_export(
 
 
 @app.command()
+def train(
+    local: Annotated[bool, typer.Option("--local", help="Actor and learner in this process, no broker.")] = False,
+    env_id: Annotated[str | None, typer.Option(help="Environment (default: ALA_ACTOR_ENV_ID).")] = None,
+    total_steps: Annotated[int, typer.Option(help="Environment steps to train for.")] = 1_000_000,
+    seed: Annotated[int | None, typer.Option(help="Seed of actor and learner.")] = None,
+    stop_at_return: Annotated[
+        float | None, typer.Option(help="Stop once the mean return of the last 100 episodes reaches this.")
+    ] = None,
+) -> None:
+    """Train PPO. `--local` is the single-process baseline; the distributed stack is `ala up`."""
+    if not local:
+        raise typer.BadParameter("distributed training runs with `ala up`; add --local for the single-process trainer")
+    from ala.local import Progress, train_local
+    from services.actor.settings import ActorSettings
+    from services.learner.settings import LearnerSettings
+
+    overrides: dict[str, Any] = {"env_id": env_id} if env_id else {}
+    if seed is not None:
+        overrides["seed"] = seed
+    actor = ActorSettings(**overrides)
+    learner = LearnerSettings(**{**overrides, "env_id": actor.env_id})
+
+    def report(progress: Progress) -> bool:
+        if progress.updates % 10 == 0:
+            console.print(
+                f"steps {progress.env_steps:>9,}  sps {progress.steps_per_s:6.0f}  "
+                f"return {progress.mean_return:5.3f}  entropy {progress.stats['losses/entropy']:.3f}"
+            )
+        return stop_at_return is not None and progress.mean_return >= stop_at_return
+
+    run = train_local(actor, learner, total_steps, report)
+    console.print(f"{run.env_steps:,} steps in {run.seconds:.1f}s ({run.env_steps / run.seconds:.0f} steps/s)")
+
+
+@app.command()
 def version() -> None:
     """Print ALA's version."""
     console.print(__version__)

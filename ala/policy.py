@@ -114,7 +114,13 @@ def load_weights(agent: Agent, data: bytes) -> None:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         agent.load_state_dict(state)
-    except (RuntimeError, KeyError, EOFError, OSError, pickle.UnpicklingError) as exc:  # torch's errors for corrupt or mismatched state
+    except (
+        RuntimeError,
+        KeyError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+    ) as exc:  # torch's errors for corrupt or mismatched state
         raise ValueError(f"weights do not fit this policy: {exc}") from exc
 
 

@@ -117,7 +117,9 @@ def from_chunk(chunk: TrajectoryChunk, spec: PolicySpec) -> Trajectory:
     for name, (shape, dtype) in expected.items():
         array = arrays[name]
         if array.shape != shape or array.dtype != dtype:
-            raise BadChunk("shape", f"{name} is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}")
+            raise BadChunk(
+                "shape", f"{name} is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}"
+            )
         if array.dtype == np.float32 and not np.isfinite(array).all():
             raise BadChunk("non_finite", f"{name} has NaN or infinite values")
     if arrays["actions"].min() < 0 or arrays["actions"].max() >= spec.n_actions:

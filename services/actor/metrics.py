@@ -1,14 +1,54 @@
 """The actor's Prometheus metrics (budget: 10-15 ms per vectorised step on the lab's Jetson Orin)."""
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
-from ala.metrics import MILLISECOND_BUCKETS, new_registry, service_metrics
+from ala.metrics import MICROSECOND_BUCKETS, MILLISECOND_BUCKETS, SECOND_BUCKETS, new_registry, service_metrics
 
 REGISTRY = new_registry()
 SERVICE = service_metrics("actor", REGISTRY)
 STEP_SECONDS = Histogram(
     "ala_actor_step_seconds",
-    "One step of all bots: policy forward, bias, sampling and env step.",
+    "One step of all bots: bias lookup, policy forward, sampling and env step.",
     buckets=MILLISECOND_BUCKETS,
     registry=REGISTRY,
+)
+ENV_STEPS = Counter("ala_actor_env_steps", "Environment steps, summed over bots.", registry=REGISTRY)
+BIAS_APPLY_SECONDS = Histogram(
+    "ala_actor_bias_apply_seconds", "Installing one BiasUpdate.", buckets=MICROSECOND_BUCKETS, registry=REGISTRY
+)
+ADVICE_TO_BIAS_SECONDS = Histogram(
+    "ala_actor_advice_to_bias_seconds",
+    "Advice created (advisor clock) to bias installed here (actor clock): end to end, needs synced clocks.",
+    buckets=MILLISECOND_BUCKETS,
+    registry=REGISTRY,
+)
+ACTIVE_BIASES = Gauge("ala_actor_active_biases", "Bots with a bias in force.", registry=REGISTRY)
+BIAS_REJECTED = Counter("ala_actor_bias_rejected", "Bias updates refused, by reason.", ["reason"], registry=REGISTRY)
+POLICY_VERSION = Gauge("ala_actor_policy_version", "Version of the policy sampling now.", registry=REGISTRY)
+POLICY_LAG = Gauge("ala_actor_policy_lag", "Newest announced version minus the one in use.", registry=REGISTRY)
+WEIGHTS_LOADED = Counter("ala_actor_weights_loaded", "Policy versions installed.", registry=REGISTRY)
+WEIGHTS_REJECTED = Counter(
+    "ala_actor_weights_rejected", "Announced weights refused, by reason.", ["reason"], registry=REGISTRY
+)
+EPISODE_RETURN = Histogram(
+    "ala_actor_episode_return",
+    "Return of finished episodes.",
+    buckets=(-1.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 10.0, 100.0),
+    registry=REGISTRY,
+)
+EPISODE_LENGTH = Histogram(
+    "ala_actor_episode_length",
+    "Length of finished episodes.",
+    buckets=(5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+    registry=REGISTRY,
+)
+CHUNKS_SHIPPED = Counter("ala_actor_chunks_shipped", "Trajectory chunks acknowledged by JetStream.", registry=REGISTRY)
+CHUNK_RETRIES = Counter("ala_actor_chunk_retries", "Chunk publishes retried after a failure.", registry=REGISTRY)
+RETRY_BUFFER = Gauge("ala_actor_retry_buffer_chunks", "Chunks waiting for a JetStream ack.", registry=REGISTRY)
+BACKPRESSURE_SECONDS = Counter(
+    "ala_actor_backpressure_seconds", "Time stepping waited because the retry buffer was full.", registry=REGISTRY
+)
+DIGESTS = Counter("ala_actor_digests", "State digests published for the advisor.", registry=REGISTRY)
+SHIP_SECONDS = Histogram(
+    "ala_actor_chunk_ship_seconds", "Chunk publish until its ack.", buckets=SECOND_BUCKETS, registry=REGISTRY
 )

@@ -51,10 +51,18 @@ class Rollout:
 
     def collect(self, bias_now: Callable[[], np.ndarray | None] | None = None) -> Trajectory:
         """`num_steps` steps of every bot; `bias_now()` gives the [N, n_actions] bias in force (None: no bias)."""
-        trajectory = Trajectory.empty(self.num_steps, self.num_bots, self.agent.spec)
-        trajectory.policy_version = self.policy_version
+        trajectory = self.new_trajectory()
         for t in range(self.num_steps):
             self.step(trajectory, t, bias_now() if bias_now else None)
+        return self.finish(trajectory)
+
+    def new_trajectory(self) -> Trajectory:
+        """Storage for the next chunk; the whole chunk is sampled with the current policy version."""
+        trajectory = Trajectory.empty(self.num_steps, self.num_bots, self.agent.spec)
+        trajectory.policy_version = self.policy_version
+        return trajectory
+
+    def finish(self, trajectory: Trajectory) -> Trajectory:
         with torch.inference_mode():
             trajectory.bootstrap_value[:] = self.agent.get_value(self._tensor(self.obs)).cpu().numpy()
         return trajectory

@@ -1,18 +1,261 @@
-"""The actor process: for now it announces its action space in heartbeats and serves /metrics; the rollout loop
-arrives with its own issue."""
+"""The actor process: the rollout wired to NATS.
+
+- Bias updates (own subject and broadcast) land in the bias table from a callback; the step loop reads the table
+  between steps and never waits for the advisor or router.
+- Chunks go to JetStream through a bounded retry buffer: when the broker is away they wait and are retried with the
+  same `Nats-Msg-Id`; when the buffer is full, stepping waits. Nothing produced is dropped.
+- New weights are fetched and verified (size, sha256, shapes) off the step loop and installed between chunks, so
+  every chunk is sampled by exactly one policy version.
+"""
+
+from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import time
 
+import torch
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from ala.bus import Bus, PublishError
+from ala.policy import Agent, load_weights
+from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
-from services.actor.envs import action_space_of
-from services.actor.metrics import REGISTRY, SERVICE
+from ala.trajectory import to_chunk
+from protos import BiasUpdate, StateDigest, WeightsAnnouncement, WireError, decode, encode, subjects
+from protos.messages import Array
+from services.actor import metrics
+from services.actor.bias import BiasRejected, BiasTable
+from services.actor.envs import action_space_of, describe, make_vector_env, policy_spec_of
+from services.actor.rollout import Rollout
 from services.actor.settings import ActorSettings
+
+log = logging.getLogger(__name__)
+RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+class Actor:
+    def __init__(self, settings: ActorSettings, bus: Bus, rollout: Rollout, bias: BiasTable) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.rollout = rollout
+        self.bias = bias
+        self.action_names = action_space_of(settings.env_id).names
+        self.outbox: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(settings.retry_buffer_chunks)
+        # Unique across restarts of this actor, so the learner never mistakes a new chunk for a redelivery.
+        self.next_chunk_seq = time.time_ns() // 1000
+        self.latest_announced = 0
+        self.has_learner_weights = False
+        """Until the first weights arrive, the actor samples with its own random initialisation (as version 0)."""
+        self._pending_policy: tuple[Agent, int] | None = None
+        self._fetch: asyncio.Task[None] | None = None
+        self._wanted: WeightsAnnouncement | None = None
+        self._reject_log = RateLimitedLog(log)
+
+    # Bias updates: a callback writes the table; the step loop reads it.
+    async def on_bias(self, msg: Msg) -> None:
+        start = time.perf_counter()
+        try:
+            update = decode(msg.data, BiasUpdate)
+            self.bias.apply(update, time.monotonic())
+        except WireError as exc:
+            self._reject("decode", exc)
+            return
+        except BiasRejected as exc:
+            self._reject(exc.reason, exc)
+            return
+        metrics.BIAS_APPLY_SECONDS.observe(time.perf_counter() - start)
+        if update.advice_created_at > 0:
+            metrics.ADVICE_TO_BIAS_SECONDS.observe(max(0.0, time.time() - update.advice_created_at))
+
+    def _reject(self, reason: str, exc: Exception) -> None:
+        metrics.BIAS_REJECTED.labels(reason).inc()
+        self._reject_log.warning("bias update rejected (%s): %s", reason, exc)
+
+    # Weights: announcements start a fetch; the loop installs the result between chunks.
+    async def on_weights(self, msg: Msg) -> None:
+        try:
+            announcement = decode(msg.data, WeightsAnnouncement)
+        except WireError:
+            metrics.WEIGHTS_REJECTED.labels("decode").inc()
+            return
+        self.announce(announcement)
+
+    def announce(self, announcement: WeightsAnnouncement) -> None:
+        # Any version but the one in use: a learner restarted without its checkpoint starts again from 0.
+        if announcement.run != self.settings.run:
+            return
+        if self.has_learner_weights and announcement.version == self.rollout.policy_version:
+            return
+        self.latest_announced = announcement.version
+        self._wanted = announcement
+        if self._fetch is None or self._fetch.done():
+            self._fetch = asyncio.create_task(self._fetch_weights(), name="fetch-weights")
+
+    async def _fetch_weights(self) -> None:
+        while self._wanted is not None:
+            announcement, self._wanted = self._wanted, None
+            try:
+                store = await self.bus.js.object_store(announcement.bucket)
+                data = (await store.get(announcement.name)).data or b""
+            except (NotFoundError, TimeoutError) as exc:
+                metrics.WEIGHTS_REJECTED.labels("missing").inc()
+                log.warning("weights %s not fetched: %s", announcement.name, exc)
+                continue
+            if len(data) != announcement.size or hashlib.sha256(data).hexdigest() != announcement.sha256:
+                metrics.WEIGHTS_REJECTED.labels("sha256").inc()
+                log.warning("weights %s fail their size/sha256 check", announcement.name)
+                continue
+            agent = Agent(self.rollout.agent.spec).to(self.rollout.device)
+            try:
+                load_weights(agent, data)
+            except ValueError as exc:
+                metrics.WEIGHTS_REJECTED.labels("shape").inc()
+                log.warning("weights %s rejected: %s", announcement.name, exc)
+                continue
+            self._pending_policy = (agent, announcement.version)
+
+    def _install_pending_policy(self) -> None:
+        if self._pending_policy is not None:
+            agent, version = self._pending_policy
+            self.rollout.set_policy(agent, version)
+            self.has_learner_weights = True
+            metrics.WEIGHTS_LOADED.inc()
+            log.info("policy version %d installed", version)
+        self._pending_policy = None
+        metrics.POLICY_VERSION.set(self.rollout.policy_version)
+        metrics.POLICY_LAG.set(max(0, self.latest_announced - self.rollout.policy_version))
+
+    # The step loop.
+    async def run(self, stop: asyncio.Event) -> None:
+        subject = subjects.trajectory_subject(self.settings.run, self.settings.instance)
+        while not stop.is_set():
+            self._install_pending_policy()
+            trajectory = self.rollout.new_trajectory()
+            for t in range(self.rollout.num_steps):
+                start = time.perf_counter()
+                bias = self.bias.current(time.monotonic())
+                self.rollout.step(trajectory, t, bias)
+                metrics.STEP_SECONDS.observe(time.perf_counter() - start)
+                metrics.ENV_STEPS.inc(self.rollout.num_bots)
+                metrics.ACTIVE_BIASES.set(int(bias.any(axis=1).sum()))
+                await self._after_step()
+                await asyncio.sleep(0)  # let bias and weights callbacks run between steps
+            self.rollout.finish(trajectory)
+            chunk_seq, self.next_chunk_seq = self.next_chunk_seq, self.next_chunk_seq + 1
+            chunk = to_chunk(trajectory, self.settings.run, self.settings.instance, chunk_seq)
+            msg_id = subjects.trajectory_msg_id(self.settings.run, self.settings.instance, chunk_seq)
+            await self._enqueue((subject, encode(chunk), msg_id))
+
+    async def _after_step(self) -> None:
+        started = []
+        for episode in self.rollout.finished:
+            metrics.EPISODE_RETURN.observe(episode.episode_return)
+            metrics.EPISODE_LENGTH.observe(episode.length)
+            started.append(episode.bot)
+        self.rollout.finished.clear()
+        if not self.settings.digests_enabled:
+            return
+        every = self.settings.digest_every_steps
+        if every and (self.rollout.env_steps // self.rollout.num_bots) % every == 0:
+            started = list(range(self.rollout.num_bots))
+        for bot in started:
+            await self._publish_digest(bot)
+
+    async def _publish_digest(self, bot: int) -> None:
+        env = self.rollout.envs.envs[bot]  # type: ignore[attr-defined]
+        digest = StateDigest(
+            run=self.settings.run,
+            actor=self.settings.instance,
+            bot=bot,
+            env_step=self.rollout.env_steps,
+            episode=int(self.rollout.episodes_started[bot]),
+            text=describe(env),
+            observation=Array.from_numpy(self.rollout.obs[bot]),
+            action_names=self.action_names,
+            created_at=time.time(),
+        )
+        if await self.bus.publish(subjects.digest_subject(self.settings.run, self.settings.instance), digest, "digest"):
+            metrics.DIGESTS.inc()
+
+    async def _enqueue(self, item: tuple[str, bytes, str]) -> None:
+        if self.outbox.full():
+            start = time.perf_counter()
+            await self.outbox.put(item)
+            metrics.BACKPRESSURE_SECONDS.inc(time.perf_counter() - start)
+        else:
+            self.outbox.put_nowait(item)
+        metrics.RETRY_BUFFER.set(self.outbox.qsize())
+
+    async def ship(self) -> None:
+        """Publish chunks in order, each retried with its own `Nats-Msg-Id` until JetStream acknowledges it."""
+        while True:
+            subject, payload, msg_id = await self.outbox.get()
+            for attempt in itertools.count():
+                start = time.perf_counter()
+                try:
+                    await self.bus.publish_durable(subject, payload, msg_id, kind="trajectory")
+                    break
+                except PublishError as exc:
+                    metrics.CHUNK_RETRIES.inc()
+                    self._reject_log.warning("chunk %s not acknowledged, retrying: %s", msg_id, exc)
+                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
+            metrics.SHIP_SECONDS.observe(time.perf_counter() - start)
+            metrics.CHUNKS_SHIPPED.inc()
+            self.outbox.task_done()
+            metrics.RETRY_BUFFER.set(self.outbox.qsize())
+
+    async def latest_weights(self) -> None:
+        """At start, the newest announcement kept by the weights stream (if the learner published any)."""
+        try:
+            msg = await self.bus.js.get_last_msg(
+                subjects.WEIGHTS_ANNOUNCEMENTS.name, subjects.weights_subject(self.settings.run)
+            )
+        except NotFoundError:
+            return
+        with contextlib.suppress(WireError):
+            self.announce(decode(msg.data or b"", WeightsAnnouncement))
 
 
 async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
+    torch.set_num_threads(settings.torch_threads)
+    torch.manual_seed(settings.seed)
+    spec = policy_spec_of(settings.env_id, settings.hidden)
+    rollout = Rollout(
+        make_vector_env(settings.env_id, settings.num_bots),
+        Agent(spec),
+        settings.num_steps,
+        settings.seed,
+        settings.device,
+    )
+    bias = BiasTable(settings.num_bots, spec.n_actions, settings.max_abs_bias)
     action_space = action_space_of(settings.env_id)
-    async with ServiceRuntime(settings, SERVICE, REGISTRY, action_space=action_space, num_bots=settings.num_bots):
+    async with ServiceRuntime(
+        settings, metrics.SERVICE, metrics.REGISTRY, action_space=action_space, num_bots=settings.num_bots
+    ) as runtime:
+        actor = Actor(settings, runtime.bus, rollout, bias)
+        run = settings.run
+        await runtime.bus.subscribe(subjects.bias_subject(run, settings.instance), actor.on_bias)
+        await runtime.bus.subscribe(subjects.bias_subject(run, subjects.BROADCAST), actor.on_bias)
+        await runtime.bus.subscribe(subjects.weights_subject(run), actor.on_weights)
+        await actor.latest_weights()
+        shipper = asyncio.create_task(actor.ship(), name="ship-chunks")
+        stepping = asyncio.create_task(actor.run(stop), name="step-loop")
         await stop.wait()
+        grace = settings.nats.publish_timeout_s * 5
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stepping, grace)  # finish and enqueue the current chunk
+            await asyncio.wait_for(actor.outbox.join(), grace)
+        if actor.outbox.qsize():
+            log.error("%d chunks not acknowledged at shutdown", actor.outbox.qsize())
+        shipper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await shipper
+        rollout.envs.close()
 
 
 def main() -> None:

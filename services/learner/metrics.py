@@ -1,6 +1,6 @@
 """The learner's Prometheus metrics."""
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ala.metrics import SECOND_BUCKETS, new_registry, service_metrics
 
@@ -12,3 +12,24 @@ UPDATE_SECONDS = Histogram(
     buckets=SECOND_BUCKETS,
     registry=REGISTRY,
 )
+SAMPLES = Counter("ala_learner_samples", "Env steps trained on.", registry=REGISTRY)
+CHUNKS_TRAINED = Counter("ala_learner_chunks_trained", "Trajectory chunks trained on.", registry=REGISTRY)
+CHUNKS_REJECTED = Counter(
+    "ala_learner_chunks_rejected",
+    "Chunks refused (terminated, never trained), by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+CHUNKS_DUPLICATE = Counter("ala_learner_chunks_duplicate", "Redelivered chunks already trained.", registry=REGISTRY)
+CHUNKS_STALE = Counter("ala_learner_chunks_stale", "Chunks dropped for exceeding max_policy_lag.", registry=REGISTRY)
+POLICY_VERSION = Gauge("ala_learner_policy_version", "Version of the newest weights.", registry=REGISTRY)
+POLICY_LAG = Histogram(
+    "ala_learner_policy_lag",
+    "Learner version minus the chunk's policy version, per chunk trained or dropped.",
+    buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32),
+    registry=REGISTRY,
+)
+TRAINING = Gauge(
+    "ala_learner_training", "Latest update's statistics (losses, IS weights, lag).", ["stat"], registry=REGISTRY
+)
+WEIGHTS_PUBLISHED = Counter("ala_learner_weights_published", "Weight versions published.", registry=REGISTRY)
