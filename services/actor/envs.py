@@ -26,8 +26,8 @@ def is_minigrid(env_id: str) -> bool:
     return env_id.startswith("MiniGrid-")
 
 
-def make_env(env_id: str) -> gym.Env:
-    env = gym.make(env_id)
+def make_env(env_id: str, **kwargs: object) -> gym.Env:
+    env = gym.make(env_id, **kwargs)
     if is_minigrid(env_id):
         env = ImgObsWrapper(env)
     env = gym.wrappers.FlattenObservation(env)
@@ -38,10 +38,10 @@ def make_env(env_id: str) -> gym.Env:
     )
 
 
-def make_vector_env(env_id: str, num_bots: int) -> gym.vector.SyncVectorEnv:
+def make_vector_env(env_id: str, num_bots: int, **kwargs: object) -> gym.vector.SyncVectorEnv:
     """N bots in one process. SAME_STEP autoreset: every step is a real transition, and the final observation of
     a finished episode is in `info["final_obs"]` (needed to bootstrap truncated episodes)."""
-    factories: list[Callable[[], gym.Env]] = [lambda: make_env(env_id) for _ in range(num_bots)]
+    factories: list[Callable[[], gym.Env]] = [lambda: make_env(env_id, **kwargs) for _ in range(num_bots)]
     return gym.vector.SyncVectorEnv(factories, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 

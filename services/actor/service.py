@@ -16,7 +16,9 @@ import hashlib
 import itertools
 import logging
 import time
+from collections import deque
 
+import numpy as np
 import torch
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
@@ -36,6 +38,7 @@ from services.actor.settings import ActorSettings
 
 log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+PROGRESS_EVERY_S = 10.0
 
 
 class Actor:
@@ -55,6 +58,8 @@ class Actor:
         self._fetch: asyncio.Task[None] | None = None
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self._progress_at = (time.monotonic(), 0)
 
     # Bias updates: a callback writes the table; the step loop reads it.
     async def on_bias(self, msg: Msg) -> None:
@@ -125,7 +130,7 @@ class Actor:
             self.rollout.set_policy(agent, version)
             self.has_learner_weights = True
             metrics.WEIGHTS_LOADED.inc()
-            log.info("policy version %d installed", version)
+            log.debug("policy version %d installed", version)
         self._pending_policy = None
         metrics.POLICY_VERSION.set(self.rollout.policy_version)
         metrics.POLICY_LAG.set(max(0, self.latest_announced - self.rollout.policy_version))
@@ -154,10 +159,12 @@ class Actor:
     async def _after_step(self) -> None:
         started = []
         for episode in self.rollout.finished:
+            self.recent_returns.append(episode.episode_return)
             metrics.EPISODE_RETURN.observe(episode.episode_return)
             metrics.EPISODE_LENGTH.observe(episode.length)
             started.append(episode.bot)
         self.rollout.finished.clear()
+        self._log_progress()
         if not self.settings.digests_enabled:
             return
         every = self.settings.digest_every_steps
@@ -165,6 +172,23 @@ class Actor:
             started = list(range(self.rollout.num_bots))
         for bot in started:
             await self._publish_digest(bot)
+
+    def _log_progress(self) -> None:
+        then, steps_then = self._progress_at
+        now = time.monotonic()
+        if now - then < PROGRESS_EVERY_S:
+            return
+        rate = (self.rollout.env_steps - steps_then) / (now - then)
+        mean_return = float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
+        log.info(
+            "steps %d  %.0f steps/s  policy v%d  mean return (100 episodes) %.3f  active biases %d",
+            self.rollout.env_steps,
+            rate,
+            self.rollout.policy_version,
+            mean_return,
+            self.bias.active(now),
+        )
+        self._progress_at = (now, self.rollout.env_steps)
 
     async def _publish_digest(self, bot: int) -> None:
         env = self.rollout.envs.envs[bot]  # type: ignore[attr-defined]

@@ -2,7 +2,7 @@
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -13,7 +13,11 @@ class ActorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALA_ACTOR_")
 
     metrics_port: int = Field(9103, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
-    env_id: str = Field("MiniGrid-DoorKey-8x8-v0", description="Gymnasium environment id every bot runs.")
+    env_id: str = Field(
+        "MiniGrid-DoorKey-8x8-v0",
+        validation_alias=AliasChoices("env_id", "ALA_ACTOR_ENV_ID", "ALA_ENV_ID"),
+        description="Gymnasium environment id every bot runs (ALA_ENV_ID sets actor and learner at once).",
+    )
     num_bots: int = Field(8, ge=1, le=4096, description="Bots (vectorised environments) in this actor.")
     num_steps: int = Field(32, ge=1, description="Steps per bot in one trajectory chunk (T).")
     hidden: int = Field(64, ge=1, description="Hidden units of the policy (must match the learner).")

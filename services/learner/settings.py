@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -15,7 +15,11 @@ class LearnerSettings(ServiceSettings):
     service: ClassVar[str] = "learner"
     model_config = SettingsConfigDict(env_prefix="ALA_LEARNER_")
 
-    env_id: str = Field("MiniGrid-DoorKey-8x8-v0", description="Environment the actors run (fixes the network).")
+    env_id: str = Field(
+        "MiniGrid-DoorKey-8x8-v0",
+        validation_alias=AliasChoices("env_id", "ALA_LEARNER_ENV_ID", "ALA_ENV_ID"),
+        description="Environment the actors run, which fixes the network (ALA_ENV_ID sets both).",
+    )
     hidden: int = Field(64, ge=1, description="Hidden units per layer of actor and critic.")
     seed: int = Field(1, description="Seed of initial weights and minibatch order.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
