@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos import Array, BiasUpdate
+from services.actor.bias import BiasRejected, BiasTable
+
+
+def _update(bias: list[float], ttl_s: float = 1.0, bots: list[int] | None = None) -> BiasUpdate:
+    return BiasUpdate(
+        run="test",
+        actor="a1",
+        bots=bots or [],
+        bias=Array.from_numpy(np.array(bias, dtype=np.float32)),
+        ttl_s=ttl_s,
+        advice_ids=["x"],
+        created_at=0.0,
+    )
+
+
+def test_bias_applies_to_target_bots_until_its_remaining_ttl_runs_out() -> None:
+    table = BiasTable(num_bots=3, n_actions=3, max_abs_bias=5.0)
+    assert table.apply(_update([1.0, 0.0, -1.0], ttl_s=0.5, bots=[1]), now=100.0) == 1
+    np.testing.assert_array_equal(table.current(100.49)[1], [1.0, 0.0, -1.0])
+    assert not table.current(100.49)[[0, 2]].any()
+    assert not table.current(100.5).any()  # expired by this machine's clock, whatever the router's says
+    assert table.active(100.2) == 1 and table.active(101.0) == 0
+
+
+def test_empty_bot_list_reaches_every_bot_and_a_newer_update_replaces_the_old() -> None:
+    table = BiasTable(num_bots=4, n_actions=2, max_abs_bias=5.0)
+    table.apply(_update([1.0, -1.0], ttl_s=10), now=0.0)
+    table.apply(_update([0.0, 2.0], ttl_s=1, bots=[2]), now=1.0)
+    current = table.current(1.5)
+    np.testing.assert_array_equal(current[2], [0.0, 2.0])
+    np.testing.assert_array_equal(current[0], [1.0, -1.0])
+    assert not table.current(2.5)[2].any() and table.current(2.5)[0].any()
+
+
+def test_received_bias_is_clipped_to_the_actor_bound() -> None:
+    table = BiasTable(num_bots=1, n_actions=2, max_abs_bias=3.0)
+    table.apply(_update([100.0, -100.0]), now=0.0)
+    np.testing.assert_array_equal(table.current(0.1)[0], [3.0, -3.0])
+
+
+@pytest.mark.parametrize(
+    ("update", "reason"),
+    [
+        (_update([1.0, 2.0]), "shape"),
+        (_update([np.nan, 0.0, 0.0]), "non_finite"),
+        (_update([0.0, 0.0, 0.0], ttl_s=float("inf")), "non_finite"),
+        (_update([0.0, 0.0, 0.0], ttl_s=0.0), "expired"),
+        (_update([0.0, 0.0, 0.0], bots=[3]), "bot_range"),
+    ],
+)
+def test_bad_updates_are_refused_and_leave_the_table_alone(update: BiasUpdate, reason: str) -> None:
+    table = BiasTable(num_bots=3, n_actions=3, max_abs_bias=3.0)
+    with pytest.raises(BiasRejected) as refused:
+        table.apply(update, now=0.0)
+    assert refused.value.reason == reason
+    assert table.active(0.0) == 0
+
+
+def test_clear_removes_every_bias() -> None:
+    table = BiasTable(num_bots=2, n_actions=2, max_abs_bias=3.0)
+    table.apply(_update([1.0, 0.0]), now=0.0)
+    table.clear()
+    assert not table.current(0.1).any()

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tests.utils.rl import fresh_agent, rollout
+
+
+def test_recorded_logprobs_are_those_of_the_sampled_distribution() -> None:
+    agent = fresh_agent()
+    source = rollout(agent, bots=4, steps=16)
+    rng = np.random.default_rng(0)
+    trajectory = source.collect(lambda: rng.uniform(-2, 2, (4, 7)).astype(np.float32))
+    obs = torch.from_numpy(trajectory.observations.reshape(64, -1))
+    bias = torch.from_numpy(trajectory.bias.reshape(64, -1))
+    actions = torch.from_numpy(trajectory.actions.reshape(64))
+    with torch.no_grad():
+        logits, values = agent.logits_and_value(obs)
+    mu = torch.log_softmax(logits + bias, -1).gather(1, actions[:, None]).squeeze(1)
+    pi = torch.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1)
+    np.testing.assert_allclose(trajectory.behaviour_logprob.reshape(64), mu.numpy(), atol=1e-5)
+    np.testing.assert_allclose(trajectory.policy_logprob.reshape(64), pi.numpy(), atol=1e-5)
+    np.testing.assert_allclose(trajectory.values.reshape(64), values.numpy(), atol=1e-5)
+    assert (trajectory.behaviour_logprob != trajectory.policy_logprob).any()
+
+
+def test_without_bias_behaviour_equals_policy() -> None:
+    trajectory = rollout(fresh_agent()).collect()
+    np.testing.assert_array_equal(trajectory.behaviour_logprob, trajectory.policy_logprob)
+    assert not trajectory.bias.any()
+
+
+def test_truncated_episodes_bootstrap_from_their_final_observation() -> None:
+    agent = fresh_agent()
+    source = rollout(agent, bots=3, steps=12, max_steps=5)  # every episode hits the time limit at step 5
+    trajectory = source.collect()
+    cut = trajectory.truncated & ~trajectory.terminated
+    assert cut[4].all() and cut[9].all()
+    assert (trajectory.final_values[cut] != 0).all() and not trajectory.final_values[~cut].any()
+    assert [e.length for e in source.finished] == [5] * 6
+    # After the time limit, the next row is a fresh episode's first observation, not the final one.
+    assert not np.array_equal(trajectory.observations[5], trajectory.observations[4])
+
+
+def test_same_seed_same_rollout() -> None:
+    first = rollout(fresh_agent(), seed=5).collect()
+    second = rollout(fresh_agent(), seed=5).collect()
+    np.testing.assert_array_equal(first.actions, second.actions)
+    np.testing.assert_array_equal(first.observations, second.observations)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import msgspec
+import numpy as np
+import pytest
+import torch
+
+from ala.trajectory import BadChunk, from_chunk, to_chunk
+from protos import Array, decode, encode
+from protos.messages import TrajectoryChunk
+from services.learner.learner import Learner
+from tests.utils.rl import biased_trajectory, fresh_agent, learner_settings, rollout, spec
+
+
+def _params(learner: Learner) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in learner.agent.parameters()])
+
+
+def test_chunk_round_trip_keeps_every_array() -> None:
+    trajectory = biased_trajectory(fresh_agent())
+    chunk = decode(encode(to_chunk(trajectory, "test", "a1", 7)), TrajectoryChunk)
+    restored = from_chunk(chunk, spec())
+    for name in ("observations", "actions", "bias", "behaviour_logprob", "final_values", "bootstrap_value"):
+        np.testing.assert_array_equal(getattr(restored, name), getattr(trajectory, name))
+    assert restored.policy_version == trajectory.policy_version
+
+
+def _chunk_with(field: str, array: np.ndarray) -> TrajectoryChunk:
+    chunk = to_chunk(biased_trajectory(fresh_agent()), "test", "a1", 1)
+    return msgspec.structs.replace(decode(encode(chunk), TrajectoryChunk), **{field: Array.from_numpy(array)})
+
+
+@pytest.mark.parametrize(
+    ("field", "make", "reason"),
+    [
+        ("rewards", lambda: np.full((16, 4), np.nan, np.float32), "non_finite"),
+        ("observations", lambda: np.zeros((16, 4, 10), np.float32), "shape"),
+        ("actions", lambda: np.full((16, 4), 99, np.int64), "action_range"),
+        ("actions", lambda: np.zeros((16, 4), np.int32), "shape"),
+        ("behaviour_logprob", lambda: np.full((16, 4), 0.5, np.float32), "logprob"),
+        ("bootstrap_value", lambda: np.zeros(3, np.float32), "shape"),
+    ],
+)
+def test_bad_chunks_are_refused_with_a_reason(field: str, make, reason: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BadChunk) as refused:
+        from_chunk(_chunk_with(field, make()), spec())
+    assert refused.value.reason == reason
+
+
+def test_corrections_agree_without_bias_and_lag() -> None:
+    """With zero bias and zero lag, exact, shortcut and none are the same PPO update."""
+    trajectory = rollout(fresh_agent()).collect()
+    assert not trajectory.bias.any()
+    results = []
+    for correction in ("exact", "shortcut", "none"):
+        learner = Learner(spec(), learner_settings(correction=correction))
+        stats = learner.train([trajectory])
+        results.append(_params(learner))
+        if correction == "exact":
+            assert stats["is/weight_mean"] == pytest.approx(1.0, abs=1e-5)
+            assert stats["is/fraction_truncated"] == 0.0
+    torch.testing.assert_close(results[0], results[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(results[0], results[2], atol=1e-6, rtol=0)
+
+
+def test_exact_and_shortcut_differ_with_bias() -> None:
+    learner = Learner(spec(), learner_settings())
+    trajectory = biased_trajectory(learner.agent, scale=3.0)
+    exact = Learner(spec(), learner_settings(correction="exact"))
+    shortcut = Learner(spec(), learner_settings(correction="shortcut"))
+    stats = exact.train([trajectory])
+    shortcut.train([trajectory])
+    assert stats["is/weight_max"] > 1.5  # the bias moved mu well away from pi
+    assert (_params(exact) - _params(shortcut)).abs().max() > 1e-4
+
+
+def test_stale_data_is_detected_by_version() -> None:
+    learner = Learner(spec(), learner_settings(max_policy_lag=2))
+    trajectory = rollout(learner.agent).collect()
+    learner.version = 2
+    assert not learner.is_stale(trajectory)
+    learner.version = 3
+    assert learner.is_stale(trajectory)
+
+
+def test_checkpoint_restores_the_exact_training_state() -> None:
+    trajectory = rollout(fresh_agent()).collect()
+    original = Learner(spec(), learner_settings())
+    original.train([trajectory])
+    saved = original.checkpoint()
+    resumed = Learner(spec(), learner_settings(seed=99))
+    resumed.restore(saved)
+    assert resumed.version == 1
+    original.train([trajectory])
+    resumed.train([trajectory])
+    torch.testing.assert_close(_params(original), _params(resumed), atol=0, rtol=0)
