@@ -87,6 +87,7 @@ class Bus:
             max_reconnect_attempts=-1,
             allow_reconnect=True,
             pending_size=settings.pending_size_bytes,
+            drain_timeout=settings.drain_timeout_s,  # type: ignore[arg-type]  # nats-py takes floats
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,

@@ -29,6 +29,7 @@ class NatsSettings(BaseSettings):
     connect_timeout_s: float = Field(2.0, gt=0, description="Timeout of one connection attempt.")
     reconnect_time_wait_s: float = Field(0.25, gt=0, description="Pause between reconnect attempts (never gives up).")
     publish_timeout_s: float = Field(2.0, gt=0, description="Bound on every publish; JetStream waits this for its ack.")
+    drain_timeout_s: float = Field(5.0, gt=0, description="Longest wait for in-flight messages when stopping.")
     pending_size_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Client buffer for core publishes while disconnected."
     )

@@ -15,15 +15,9 @@ from ala.metrics import BusMetrics
 from protos import MessageBase, WireError, decode, decode_any, encode, subjects
 from protos.subjects import TRAJECTORIES
 from tests.utils.messages import sample_messages
+from tests.utils.services import wait_until
 
 
-async def wait_until(predicate, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll a condition with a deadline (the thing awaited has no event of its own)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_every_message_type_round_trips_through_nats(bus: Bus) -> None:

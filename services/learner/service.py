@@ -19,6 +19,7 @@ from collections import deque
 import torch
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ala.bus import Bus
@@ -165,6 +166,13 @@ class LearnerWorker:
                 max_ack_pending=max(1024, 4 * self.settings.chunks_per_batch),
             ),
         )
+        try:
+            await self._consume(consumer, stop)
+        finally:
+            await consumer.unsubscribe()  # a pending fetch would otherwise hold up the connection's drain
+        # Unacknowledged chunks are redelivered to the next learner after ack_wait: nothing is lost.
+
+    async def _consume(self, consumer: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
         pending: list[tuple[Msg, str, Trajectory]] = []
         while not stop.is_set():
             wanted = self.settings.chunks_per_batch - len(pending)
@@ -179,7 +187,6 @@ class LearnerWorker:
             if len(pending) >= self.settings.chunks_per_batch:
                 await self.train(pending)
                 pending = []
-        # Unacknowledged chunks are redelivered to the next learner after ack_wait: nothing is lost.
 
 
 async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:

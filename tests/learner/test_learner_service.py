@@ -1,0 +1,151 @@
+"""The learner service against a real broker: exact equality with the local update, exactly-once training,
+rejection of bad chunks, and resumption from a checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import torch
+from nats.aio.msg import Msg
+
+from ala.bus import Bus
+from ala.config import NatsSettings
+from ala.policy import Agent, load_weights
+from ala.trajectory import Trajectory, to_chunk
+from protos import Array, WeightsAnnouncement, decode, encode, subjects
+from protos.messages import TrajectoryChunk
+from services.learner import metrics
+from services.learner.learner import Learner
+from services.learner.service import serve
+from services.learner.settings import LearnerSettings
+from tests.utils.rl import learner_settings, rollout, spec
+from tests.utils.services import running
+
+
+def _settings(nats: NatsSettings, tmp_path: Path, **overrides: object) -> LearnerSettings:
+    values: dict[str, object] = {
+        "nats": nats,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "checkpoint_dir": tmp_path / "checkpoints",
+        "fetch_timeout_s": 0.1,
+    }
+    return learner_settings(**(values | overrides))
+
+
+async def _announcements(bus: Bus) -> asyncio.Queue[WeightsAnnouncement]:
+    queue: asyncio.Queue[WeightsAnnouncement] = asyncio.Queue()
+
+    async def on_weights(msg: Msg) -> None:
+        await queue.put(decode(msg.data, WeightsAnnouncement))
+
+    await bus.subscribe(subjects.weights_subject("test"), on_weights)
+    await bus.nc.flush()
+    return queue
+
+
+async def _next_version(queue: asyncio.Queue[WeightsAnnouncement]) -> WeightsAnnouncement:
+    return await asyncio.wait_for(queue.get(), 30)
+
+
+async def _publish(bus: Bus, chunk: TrajectoryChunk | bytes, msg_id: str) -> None:
+    payload = chunk if isinstance(chunk, bytes) else encode(chunk)
+    await bus.publish_durable(subjects.trajectory_subject("test", "a1"), payload, msg_id, kind="trajectory")
+
+
+def _chunk(trajectory: Trajectory, seq: int) -> TrajectoryChunk:
+    return to_chunk(trajectory, "test", "a1", seq)
+
+
+def _zero_lag_trajectory(settings: LearnerSettings, seed: int = 0) -> Trajectory:
+    """Sampled by the learner's version-0 policy (same seed, same initial weights) without bias."""
+    return rollout(Learner(spec(), settings).agent, seed=seed).collect()
+
+
+async def _weights(bus: Bus, announcement: WeightsAnnouncement) -> torch.Tensor:
+    store = await bus.js.object_store(announcement.bucket)
+    agent = Agent(spec())
+    load_weights(agent, (await store.get(announcement.name)).data or b"")
+    return torch.cat([p.detach().flatten() for p in agent.parameters()])
+
+
+async def test_distributed_update_equals_local_update(bus: Bus, nats_settings: NatsSettings, tmp_path: Path) -> None:
+    settings = _settings(nats_settings, tmp_path)
+    trajectory = _zero_lag_trajectory(settings)
+    local = Learner(spec(), settings)
+    local.train([trajectory])
+    expected = torch.cat([p.detach().flatten() for p in local.agent.parameters()])
+
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        assert (await _next_version(announcements)).version == 0
+        await _publish(bus, _chunk(trajectory, 1), "test.a1.1")
+        after = await _next_version(announcements)
+    assert after.version == 1
+    torch.testing.assert_close(await _weights(bus, after), expected, atol=1e-6, rtol=0)
+
+
+async def test_a_chunk_delivered_twice_is_trained_once(bus: Bus, nats_settings: NatsSettings, tmp_path: Path) -> None:
+    settings = _settings(nats_settings, tmp_path)
+    first, second = _zero_lag_trajectory(settings, 0), _zero_lag_trajectory(settings, 1)
+    duplicates, samples = metrics.CHUNKS_DUPLICATE._value.get(), metrics.SAMPLES._value.get()
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        await _next_version(announcements)
+        await _publish(bus, _chunk(first, 1), "test.a1.1")
+        # The same chunk under another message id: what a redelivery past the duplicate window looks like.
+        await _publish(bus, _chunk(first, 1), "test.a1.1-again")
+        await _publish(bus, _chunk(second, 2), "test.a1.2")
+        assert (await _next_version(announcements)).version == 1
+        assert (await _next_version(announcements)).version == 2
+    assert metrics.CHUNKS_DUPLICATE._value.get() - duplicates == 1
+    assert metrics.SAMPLES._value.get() - samples == 2 * first.num_steps
+
+
+async def test_bad_chunks_are_rejected_counted_and_never_trained(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    settings = _settings(nats_settings, tmp_path)
+    good = _chunk(_zero_lag_trajectory(settings), 10)
+    rewards = np.full((16, 4), np.nan, dtype=np.float32)
+    bad = {
+        "decode": b"\x93not a chunk",
+        "non_finite": msgspec.structs.replace(good, chunk_seq=11, rewards=Array.from_numpy(rewards)),
+        "shape": msgspec.structs.replace(good, chunk_seq=12, values=Array.from_numpy(np.zeros(3, np.float32))),
+        "unknown_version": msgspec.structs.replace(good, chunk_seq=13, policy_version=50),
+    }
+    before = {reason: metrics.CHUNKS_REJECTED.labels(reason)._value.get() for reason in bad}
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        await _next_version(announcements)
+        for reason, chunk in bad.items():
+            await _publish(bus, chunk, f"bad-{reason}")
+        await _publish(bus, good, "good")
+        assert (await _next_version(announcements)).version == 1
+    for reason in bad:
+        assert metrics.CHUNKS_REJECTED.labels(reason)._value.get() - before[reason] == 1, reason
+
+
+async def test_restart_resumes_from_checkpoint_and_remembers_trained_chunks(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    settings = _settings(nats_settings, tmp_path, checkpoint_every=1)
+    first, second = _zero_lag_trajectory(settings, 0), _zero_lag_trajectory(settings, 1)
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        await _next_version(announcements)
+        await _publish(bus, _chunk(first, 1), "test.a1.1")
+        trained = await _next_version(announcements)
+    assert (settings.checkpoint_dir / "test" / "latest.pt").exists()
+
+    duplicates = metrics.CHUNKS_DUPLICATE._value.get()
+    async with running(serve, settings):
+        resumed = await _next_version(announcements)
+        assert resumed.version == 1 and resumed.sha256 == trained.sha256
+        await _publish(bus, _chunk(first, 1), "test.a1.1-redelivered")
+        await _publish(bus, _chunk(second, 2), "test.a1.2")
+        assert (await _next_version(announcements)).version == 2
+    assert metrics.CHUNKS_DUPLICATE._value.get() - duplicates == 1
