@@ -18,8 +18,6 @@ from tests.utils.messages import sample_messages
 from tests.utils.services import wait_until
 
 
-
-
 async def test_every_message_type_round_trips_through_nats(bus: Bus) -> None:
     messages = sample_messages()
     received: asyncio.Queue[bytes] = asyncio.Queue()

@@ -31,7 +31,9 @@ def biased_trajectory(agent: Agent, seed: int = 0, scale: float = 2.0) -> Trajec
     """A trajectory sampled with a random bias on every step."""
     rng = np.random.default_rng(seed)
     source = rollout(agent, seed=seed)
-    return source.collect(lambda: rng.uniform(-scale, scale, (source.num_bots, agent.spec.n_actions)).astype(np.float32))
+    return source.collect(
+        lambda: rng.uniform(-scale, scale, (source.num_bots, agent.spec.n_actions)).astype(np.float32)
+    )
 
 
 def fresh_agent(seed: int = 3) -> Agent:

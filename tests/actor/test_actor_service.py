@@ -1,0 +1,197 @@
+"""The actor service against a real broker: biases reach the sampling distribution and expire, weights are
+verified and swapped, digests flow, and a broker restart loses no chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from contextlib import AsyncExitStack
+
+import numpy as np
+import torch
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from ala.broker import EmbeddedBroker
+from ala.bus import Bus
+from ala.config import NatsSettings
+from ala.policy import weights_to_bytes
+from protos import Array, BiasUpdate, StateDigest, TrajectoryChunk, WeightsAnnouncement, decode, encode, subjects
+from services.actor import metrics
+from services.actor.service import serve
+from services.actor.settings import ActorSettings
+from tests.utils.rl import ENV_ID, fresh_agent
+from tests.utils.services import running, wait_until
+
+N_ACTIONS = 7
+DELIVERY_MARGIN_S = 0.25
+"""Generous bound on publish-to-receipt time on loopback, so expiry is judged by the actor's receipt time."""
+
+
+def _settings(nats: NatsSettings, **overrides: object) -> ActorSettings:
+    values: dict[str, object] = {
+        "run": "test",
+        "instance": "a1",
+        "env_id": ENV_ID,
+        "num_bots": 2,
+        "num_steps": 8,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "nats": nats,
+    }
+    return ActorSettings(**(values | overrides))
+
+
+class ChunkReader:
+    """Chunks as the learner would see them: an ephemeral consumer from the first stored chunk."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.consumer: JetStreamContext.PullSubscription | None = None
+
+    async def __aenter__(self) -> ChunkReader:
+        self.consumer = await self.bus.js.pull_subscribe(
+            subjects.trajectory_wildcard("test"), stream=subjects.TRAJECTORIES.name
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.consumer is not None
+        await self.consumer.unsubscribe()
+
+    async def next(self) -> TrajectoryChunk:
+        assert self.consumer is not None
+        [msg] = await self.consumer.fetch(1, timeout=20)
+        await msg.ack()
+        return decode(msg.data, TrajectoryChunk)
+
+
+def _bias_update(bias: np.ndarray, ttl_s: float) -> BiasUpdate:
+    return BiasUpdate(
+        run="test",
+        actor="a1",
+        bots=[],
+        bias=Array.from_numpy(bias.astype(np.float32)),
+        ttl_s=ttl_s,
+        advice_ids=["advice-1"],
+        created_at=time.time(),
+        advice_created_at=time.time(),
+    )
+
+
+async def test_bias_reaches_sampling_then_expires_at_the_actor(bus: Bus, nats_settings: NatsSettings) -> None:
+    bias = np.zeros(N_ACTIONS)
+    bias[2] = 3.0  # "forward"
+    ttl_s = 0.3
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(running(serve, _settings(nats_settings)))
+        chunks = await stack.enter_async_context(ChunkReader(bus))
+        await chunks.next()  # the actor is stepping
+        sent_at = time.time()
+        await bus.publish(subjects.bias_subject("test", "a1"), _bias_update(bias, ttl_s), kind="bias")
+        biased = await chunks.next()
+        while not biased.bias.to_numpy().any():
+            biased = await chunks.next()
+        rows = biased.bias.to_numpy().reshape(-1, N_ACTIONS)
+        active = rows.any(axis=1)
+        np.testing.assert_array_equal(rows[active], np.tile(bias, (int(active.sum()), 1)))
+        behaviour = biased.behaviour_logprob.to_numpy().reshape(-1)
+        policy = biased.policy_logprob.to_numpy().reshape(-1)
+        assert (behaviour[active] != policy[active]).all()
+        forward = biased.actions.to_numpy().reshape(-1)[active] == 2
+        assert forward.mean() > 0.5  # e^3 times likelier than the near-uniform initial policy
+
+        # Expiry by the actor's own clock: a chunk begun after sent_at + ttl (plus delivery time) carries no bias.
+        while (await chunks.next()).created_at <= sent_at + ttl_s + DELIVERY_MARGIN_S:
+            pass
+        after_expiry = await chunks.next()
+        assert not after_expiry.bias.to_numpy().any()
+        assert (after_expiry.behaviour_logprob.to_numpy() == after_expiry.policy_logprob.to_numpy()).all()
+    assert metrics.ADVICE_TO_BIAS_SECONDS._sum.get() > 0
+
+
+async def test_malformed_bias_is_rejected_and_counted(bus: Bus, nats_settings: NatsSettings) -> None:
+    before = metrics.BIAS_REJECTED.labels("non_finite")._value.get()
+    decode_before = metrics.BIAS_REJECTED.labels("decode")._value.get()
+    async with running(serve, _settings(nats_settings)), ChunkReader(bus) as chunks:
+        await chunks.next()
+        nan = np.full(N_ACTIONS, np.nan)
+        await bus.publish(subjects.bias_subject("test", subjects.BROADCAST), _bias_update(nan, 1.0), kind="bias")
+        await bus.publish_bytes(subjects.bias_subject("test", "a1"), b"garbage", kind="bias")
+        await wait_until(lambda: metrics.BIAS_REJECTED.labels("decode")._value.get() > decode_before)
+        await wait_until(lambda: metrics.BIAS_REJECTED.labels("non_finite")._value.get() > before)
+        assert not (await chunks.next()).bias.to_numpy().any()
+
+
+async def _announce(bus: Bus, version: int, data: bytes, sha256: str | None = None) -> None:
+    store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
+    name = subjects.weights_object_name("test", version)
+    await store.put(name, data)
+    announcement = WeightsAnnouncement(
+        run="test",
+        version=version,
+        bucket=subjects.WEIGHTS_BUCKET,
+        name=name,
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        created_at=time.time(),
+    )
+    await bus.publish_durable(subjects.weights_subject("test"), encode(announcement), f"w{version}", "weights")
+
+
+async def test_announced_weights_are_verified_and_swapped(bus: Bus, nats_settings: NatsSettings) -> None:
+    new_policy = fresh_agent(seed=11)
+    rejected = metrics.WEIGHTS_REJECTED.labels("sha256")._value.get()
+    async with running(serve, _settings(nats_settings)), ChunkReader(bus) as chunks:
+        assert (await chunks.next()).policy_version == 0
+        await _announce(bus, 7, weights_to_bytes(new_policy))
+        chunk = await chunks.next()
+        while chunk.policy_version != 7:
+            chunk = await chunks.next()
+        obs = torch.from_numpy(chunk.observations.to_numpy().reshape(16, -1).copy())
+        actions = torch.from_numpy(chunk.actions.to_numpy().reshape(16).copy())
+        with torch.no_grad():
+            expected = new_policy.get_action_and_value(obs, action=actions).policy_logprob
+        np.testing.assert_allclose(chunk.policy_logprob.to_numpy().reshape(16), expected.numpy(), atol=1e-5)
+
+        await _announce(bus, 8, weights_to_bytes(fresh_agent(seed=12)), sha256="0" * 64)
+        await wait_until(lambda: metrics.WEIGHTS_REJECTED.labels("sha256")._value.get() > rejected)
+        assert (await chunks.next()).policy_version == 7
+
+
+async def test_digests_describe_the_bots_state(bus: Bus, nats_settings: NatsSettings) -> None:
+    digests: asyncio.Queue[StateDigest] = asyncio.Queue()
+
+    async def on_digest(msg: Msg) -> None:
+        await digests.put(decode(msg.data, StateDigest))
+
+    await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
+    await bus.nc.flush()
+    async with running(serve, _settings(nats_settings, digest_every_steps=4)):
+        digest = await asyncio.wait_for(digests.get(), 20)
+    assert digest.actor == "a1" and digest.bot in (0, 1)
+    assert "Mission: use the key to open the door" in digest.text
+    assert digest.observation.shape == (147,) and digest.action_names[2] == "forward"
+
+
+async def test_broker_restart_loses_no_chunk(
+    bus: Bus, nats_settings: NatsSettings, nats_server: EmbeddedBroker
+) -> None:
+    retries = metrics.CHUNK_RETRIES._value.get()
+    async with running(serve, _settings(nats_settings)):
+        async with ChunkReader(bus) as chunks:
+            await chunks.next()
+        nats_server.kill()
+        await wait_until(lambda: metrics.CHUNK_RETRIES._value.get() > retries)  # chunks made while it was down
+        nats_server.start()
+        await wait_until(
+            lambda: metrics.RETRY_BUFFER._value.get() == 0 and metrics.CHUNK_RETRIES._value.get() > retries
+        )
+        shipped = metrics.CHUNKS_SHIPPED._value.get()
+        await wait_until(lambda: metrics.CHUNKS_SHIPPED._value.get() > shipped + 2)  # and on it goes
+    info = await bus.js.stream_info(subjects.TRAJECTORIES.name)
+    async with ChunkReader(bus) as stored:
+        seqs = [(await stored.next()).chunk_seq for _ in range(info.state.messages)]
+    assert len(seqs) == len(set(seqs))
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
