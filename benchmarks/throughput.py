@@ -1,0 +1,171 @@
+"""Env steps/s of the distributed stack (no advice) against `ala train --local`, in the same run, interleaved.
+
+- local: `python -m ala train --local` (rollout and update in one process, one after the other).
+- distributed: a real nats-server, `ala up --no-broker` (advisor, router, actor, learner as processes), and for
+  `--actors 2` one more `ala actor`. Env steps/s is read from the actors' `ala_actor_env_steps_total` over a
+  window after a warm-up; the learner's `ala_learner_samples_total` says whether training keeps up.
+
+    python -m benchmarks.throughput [--env-id MiniGrid-DoorKey-8x8-v0] [--window 20] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from prometheus_client.parser import text_string_to_metric_families
+
+from ala.broker import EmbeddedBroker
+from ala.config import BrokerSettings
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int, name: str) -> float:
+    """Sum of the samples called `name` on http://127.0.0.1:port/metrics (0 while the endpoint is not up)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def local_steps_per_s(env_id: str, total_steps: int) -> float:
+    result = subprocess.run(
+        [sys.executable, "-m", "ala", "train", "--local", "--env-id", env_id, "--total-steps", str(total_steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    match = re.search(r"\(([\d.]+) steps/s\)", result.stdout)
+    assert match, result.stdout[-2000:]
+    return float(match.group(1))
+
+
+def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s: float) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
+        broker = stack.enter_context(
+            EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, store_dir=Path(scratch) / "nats"))
+        )
+        actor_ports = [free_port() for _ in range(actors)]
+        learner_port = free_port()
+        env = dict(
+            os.environ,
+            ALA_NATS_URL=broker.url,
+            ALA_RUN="bench",
+            ALA_ENV_ID=env_id,
+            ALA_ADVISOR_METRICS_PORT="0",
+            ALA_ROUTER_METRICS_PORT="0",
+            ALA_ACTOR_METRICS_PORT=str(actor_ports[0]),
+            ALA_ACTOR_INSTANCE="actor-1",
+            ALA_LEARNER_METRICS_PORT=str(learner_port),
+            ALA_LEARNER_CHECKPOINT_DIR=str(Path(scratch) / "checkpoints"),
+        )
+        commands = [([sys.executable, "-m", "ala", "up", "--no-broker"], env)]
+        for i, port in enumerate(actor_ports[1:], start=2):
+            extra = dict(env, ALA_ACTOR_METRICS_PORT=str(port), ALA_ACTOR_INSTANCE=f"actor-{i}", ALA_ACTOR_SEED=str(i))
+            commands.append(([sys.executable, "-m", "ala", "actor"], extra))
+        processes = [subprocess.Popen(cmd, env=e, stderr=subprocess.DEVNULL) for cmd, e in commands]
+        try:
+
+            def steps() -> float:
+                return sum(scrape(port, "ala_actor_env_steps_total") for port in actor_ports)
+
+            deadline = time.monotonic() + 60
+            while steps() == 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            time.sleep(warmup_s)
+            steps_0, trained_0, t_0 = steps(), scrape(learner_port, "ala_learner_samples_total"), time.monotonic()
+            time.sleep(window_s)
+            steps_1, trained_1, t_1 = steps(), scrape(learner_port, "ala_learner_samples_total"), time.monotonic()
+            stale = scrape(learner_port, "ala_learner_chunks_stale_total")
+        finally:
+            for process in reversed(processes):
+                process.send_signal(signal.SIGINT)
+            for process in processes:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        return {
+            "env_steps_per_s": (steps_1 - steps_0) / (t_1 - t_0),
+            "trained_per_s": (trained_1 - trained_0) / (t_1 - t_0),
+            "stale_chunks": stale,
+        }
+
+
+def main(
+    env_id: Annotated[str, typer.Option(help="Environment.")] = "MiniGrid-DoorKey-8x8-v0",
+    window: Annotated[float, typer.Option(help="Seconds measured per distributed run.")] = 20.0,
+    warmup: Annotated[float, typer.Option(help="Seconds before measuring.")] = 8.0,
+    local_steps: Annotated[int, typer.Option(help="Env steps of each local run.")] = 40_000,
+    repeats: Annotated[int, typer.Option(help="Interleaved repetitions of every configuration.")] = 2,
+    out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("benchmarks/results/throughput.md"),
+) -> None:
+    local, one, two = [], [], []
+    for repeat in range(repeats):
+        local.append(local_steps_per_s(env_id, local_steps))
+        one.append(distributed_steps_per_s(env_id, 1, warmup, window))
+        two.append(distributed_steps_per_s(env_id, 2, warmup, window))
+        print(f"repeat {repeat}: local {local[-1]:.0f}, 1 actor {one[-1]}, 2 actors {two[-1]}", flush=True)
+
+    def median(runs: list[dict[str, float]], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    base = statistics.median(local)
+    rows = [
+        f"| `ala train --local` | {base:,.0f} | {base:,.0f} | 1.00 | - |",
+        *(
+            f"| `ala up`, {n} actor{'s' if n > 1 else ''} | {median(runs, 'env_steps_per_s'):,.0f} | "
+            f"{median(runs, 'trained_per_s'):,.0f} | {median(runs, 'env_steps_per_s') / base:.2f} | "
+            f"{median(runs, 'stale_chunks'):.0f} |"
+            for n, runs in ((1, one), (2, two))
+        ),
+    ]
+    report = "\n".join(
+        [
+            "# Throughput: distributed stack vs single process",
+            "",
+            f"`python -m benchmarks.throughput --env-id {env_id} --window {window:g} --repeats {repeats}` on "
+            f"{os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}. Medians of {repeats} "
+            "interleaved repeats; the ratio is against the local trainer measured in the same run.",
+            "",
+            "| configuration | env steps/s | samples trained/s | ratio to local | stale chunks dropped |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"Raw: local {[round(x) for x in local]}; 1 actor {one}; 2 actors {two}.",
+            "",
+        ]
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    typer.run(main)
