@@ -48,7 +48,8 @@ def train_local(
     torch.set_num_threads(actor.torch_threads)
     spec = policy_spec_of(actor.env_id, actor.hidden)
     trainer = Learner(spec, learner, device=learner.device)
-    rollout = Rollout(make_vector_env(actor.env_id, actor.num_bots), trainer.agent, actor.num_steps, actor.seed)
+    envs = make_vector_env(actor.env_id, actor.num_bots)
+    rollout = Rollout(envs, trainer.agent, actor.num_steps, actor.seed, device=str(trainer.device))
     run, recent = LocalRun(), deque[float](maxlen=100)
     start = time.perf_counter()
     while rollout.env_steps < total_steps:

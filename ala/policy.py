@@ -103,6 +103,13 @@ class Agent(nn.Module):
         )
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when this machine has it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def weights_to_bytes(agent: Agent) -> bytes:
     buffer = io.BytesIO()
     torch.save(agent.state_dict(), buffer)

@@ -102,6 +102,17 @@ class AdviceTarget(msgspec.Struct, kw_only=True, frozen=True):
     state_key: str = ""
 
 
+class DigestRequest(MessageBase):
+    """advisor → actor: publish `StateDigest`s of these bots at their next step (on-demand digests)."""
+
+    run: Name
+    actor: Name
+    bots: list[NonNegInt] = []
+    """Bot indices; empty means every bot of the actor."""
+    requested_by: str = ""
+    created_at: float = 0.0
+
+
 class Advice(MessageBase):
     """advisor → router: a suggestion, never a command. Give `scores` or `recommended_action`.
 
@@ -210,9 +221,10 @@ class Heartbeat(MessageBase):
     num_bots: NonNegInt = 0
 
 
-Message = StateDigest | Advice | BiasUpdate | TrajectoryChunk | WeightsAnnouncement | Heartbeat
+Message = StateDigest | DigestRequest | Advice | BiasUpdate | TrajectoryChunk | WeightsAnnouncement | Heartbeat
 MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
     StateDigest,
+    DigestRequest,
     Advice,
     BiasUpdate,
     TrajectoryChunk,

@@ -35,6 +35,11 @@ def digest_wildcard(run: str) -> str:
     return _subject(run, "digest", "*")
 
 
+def digest_request_subject(run: str, actor: str) -> str:
+    """advisor → actor: `DigestRequest`s (digests on demand)."""
+    return _subject(run, "digest-request", check_token(actor, "actor"))
+
+
 def advice_subject(run: str, advisor: str) -> str:
     """advisor → router: `Advice` from one advisor."""
     return _subject(run, "advice", check_token(advisor, "advisor"))

@@ -48,6 +48,9 @@ RETRY_BUFFER = Gauge("ala_actor_retry_buffer_chunks", "Chunks waiting for a JetS
 BACKPRESSURE_SECONDS = Counter(
     "ala_actor_backpressure_seconds", "Time stepping waited because the retry buffer was full.", registry=REGISTRY
 )
+DIGEST_REQUESTS_REJECTED = Counter(
+    "ala_actor_digest_requests_rejected", "Digest requests that could not be decoded.", registry=REGISTRY
+)
 DIGESTS = Counter("ala_actor_digests", "State digests published for the advisor.", registry=REGISTRY)
 SHIP_SECONDS = Histogram(
     "ala_actor_chunk_ship_seconds", "Chunk publish until its ack.", buckets=SECOND_BUCKETS, registry=REGISTRY

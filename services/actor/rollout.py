@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ala.policy import Agent
+from ala.policy import Agent, resolve_device
 from ala.trajectory import Trajectory
 
 
@@ -29,10 +29,10 @@ class Rollout:
         self, envs: gym.vector.VectorEnv, agent: Agent, num_steps: int, seed: int, device: str = "cpu"
     ) -> None:
         self.envs = envs
-        self.agent = agent
         self.num_steps = num_steps
         self.num_bots = envs.num_envs
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        self.agent = agent.to(self.device)
         self.policy_version = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         obs, _ = envs.reset(seed=seed)

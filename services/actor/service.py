@@ -28,7 +28,7 @@ from ala.policy import Agent, load_weights
 from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
 from ala.trajectory import to_chunk
-from protos import BiasUpdate, StateDigest, WeightsAnnouncement, WireError, decode, encode, subjects
+from protos import BiasUpdate, DigestRequest, StateDigest, WeightsAnnouncement, WireError, decode, encode, subjects
 from protos.messages import Array
 from services.actor import metrics
 from services.actor.bias import BiasRejected, BiasTable
@@ -59,6 +59,7 @@ class Actor:
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
         self.recent_returns: deque[float] = deque(maxlen=100)
+        self.requested_digests: set[int] = set(range(rollout.num_bots))  # every bot's first episode starts now
         self._progress_at = (time.monotonic(), 0)
 
     # Bias updates: a callback writes the table; the step loop reads it.
@@ -80,6 +81,15 @@ class Actor:
     def _reject(self, reason: str, exc: Exception) -> None:
         metrics.BIAS_REJECTED.labels(reason).inc()
         self._reject_log.warning("bias update rejected (%s): %s", reason, exc)
+
+    async def on_digest_request(self, msg: Msg) -> None:
+        try:
+            request = decode(msg.data, DigestRequest)
+        except WireError:
+            metrics.DIGEST_REQUESTS_REJECTED.inc()
+            return
+        bots = request.bots or range(self.rollout.num_bots)
+        self.requested_digests.update(bot for bot in bots if bot < self.rollout.num_bots)
 
     # Weights: announcements start a fetch; the loop installs the result between chunks.
     async def on_weights(self, msg: Msg) -> None:
@@ -157,20 +167,21 @@ class Actor:
             await self._enqueue((subject, encode(chunk), msg_id))
 
     async def _after_step(self) -> None:
-        started = []
+        wanted = set(self.requested_digests)
+        self.requested_digests.clear()
         for episode in self.rollout.finished:
             self.recent_returns.append(episode.episode_return)
             metrics.EPISODE_RETURN.observe(episode.episode_return)
             metrics.EPISODE_LENGTH.observe(episode.length)
-            started.append(episode.bot)
+            wanted.add(episode.bot)  # a new episode starts
         self.rollout.finished.clear()
         self._log_progress()
         if not self.settings.digests_enabled:
             return
         every = self.settings.digest_every_steps
         if every and (self.rollout.env_steps // self.rollout.num_bots) % every == 0:
-            started = list(range(self.rollout.num_bots))
-        for bot in started:
+            wanted.update(range(self.rollout.num_bots))
+        for bot in sorted(wanted):
             await self._publish_digest(bot)
 
     def _log_progress(self) -> None:
@@ -266,6 +277,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.bias_subject(run, settings.instance), actor.on_bias)
         await runtime.bus.subscribe(subjects.bias_subject(run, subjects.BROADCAST), actor.on_bias)
         await runtime.bus.subscribe(subjects.weights_subject(run), actor.on_weights)
+        await runtime.bus.subscribe(subjects.digest_request_subject(run, settings.instance), actor.on_digest_request)
         await actor.latest_weights()
         shipper = asyncio.create_task(actor.ship(), name="ship-chunks")
         stepping = asyncio.create_task(actor.run(stop), name="step-loop")

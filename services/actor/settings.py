@@ -22,13 +22,16 @@ class ActorSettings(ServiceSettings):
     num_steps: int = Field(32, ge=1, description="Steps per bot in one trajectory chunk (T).")
     hidden: int = Field(64, ge=1, description="Hidden units of the policy (must match the learner).")
     seed: int = Field(1, description="Seed of environments and action sampling.")
-    device: str = Field("cpu", description="torch device for the policy forward: cpu, cuda, ...")
+    device: str = Field("auto", description="torch device for the policy forward: auto (CUDA when present), cpu, cuda.")
     torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")
     max_abs_bias: float = Field(3.0, gt=0, description="Defensive clip of every received bias element.")
     retry_buffer_chunks: int = Field(
         256, ge=1, description="Unacknowledged chunks kept for retry; when full, stepping waits (nothing is dropped)."
     )
     digest_every_steps: int = Field(
-        0, ge=0, description="Publish a StateDigest of each bot every k of its steps (0: only at episode start)."
+        0,
+        ge=0,
+        description="Also publish a StateDigest of each bot every k of its steps (always: at episode start and on"
+        " request).",
     )
     digests_enabled: bool = Field(True, description="Publish StateDigests for the advisor at all.")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ala import ppo
-from ala.policy import Agent, PolicySpec
+from ala.policy import Agent, PolicySpec, resolve_device
 from ala.trajectory import Trajectory
 from services.learner.settings import LearnerSettings
 
@@ -45,7 +45,7 @@ class Batch:
 class Learner:
     def __init__(self, spec: PolicySpec, settings: LearnerSettings, device: str = "cpu") -> None:
         self.settings = settings
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         torch.manual_seed(settings.seed)
         self.agent = Agent(spec).to(self.device)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=settings.learning_rate, eps=1e-5)
@@ -141,7 +141,9 @@ class Learner:
                 "advantages": advantages.reshape(-1),
                 "returns": returns.reshape(-1),
                 "values": tensors["values"].reshape(-1),
-                "version_lag": torch.full((steps * bots,), self.version - trajectory.policy_version),
+                "version_lag": torch.full(
+                    (steps * bots,), self.version - trajectory.policy_version, device=self.device
+                ),
             }
             for name, tensor in flat.items():
                 parts[name].append(tensor)

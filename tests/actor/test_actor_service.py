@@ -17,7 +17,17 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.policy import weights_to_bytes
-from protos import Array, BiasUpdate, StateDigest, TrajectoryChunk, WeightsAnnouncement, decode, encode, subjects
+from protos import (
+    Array,
+    BiasUpdate,
+    DigestRequest,
+    StateDigest,
+    TrajectoryChunk,
+    WeightsAnnouncement,
+    decode,
+    encode,
+    subjects,
+)
 from services.actor import metrics
 from services.actor.service import serve
 from services.actor.settings import ActorSettings
@@ -168,11 +178,19 @@ async def test_digests_describe_the_bots_state(bus: Bus, nats_settings: NatsSett
 
     await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
     await bus.nc.flush()
-    async with running(serve, _settings(nats_settings, digest_every_steps=4)):
-        digest = await asyncio.wait_for(digests.get(), 20)
-    assert digest.actor == "a1" and digest.bot in (0, 1)
+    async with running(serve, _settings(nats_settings, num_bots=3)):
+        first = [await asyncio.wait_for(digests.get(), 20) for _ in range(3)]  # every bot's first episode
+        request = DigestRequest(run="test", actor="a1", bots=[1], requested_by="test")
+        await bus.publish(subjects.digest_request_subject("test", "a1"), request, kind="digest-request")
+        on_demand = await asyncio.wait_for(digests.get(), 20)
+        while on_demand.bot != 1 or on_demand.env_step <= 3:  # skip digests of episodes that happened to start
+            on_demand = await asyncio.wait_for(digests.get(), 20)
+    assert sorted(d.bot for d in first) == [0, 1, 2] and all(d.env_step == 3 for d in first)  # after step one
+    digest = first[0]
+    assert digest.actor == "a1" and digest.episode == 0
     assert "Mission: use the key to open the door" in digest.text
     assert digest.observation.shape == (147,) and digest.action_names[2] == "forward"
+    assert on_demand.env_step > 3
 
 
 async def test_broker_restart_loses_no_chunk(

@@ -10,6 +10,7 @@ from protos import (
     AdviceTarget,
     Array,
     BiasUpdate,
+    DigestRequest,
     Heartbeat,
     MessageBase,
     StateDigest,
@@ -44,6 +45,7 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
             created_at=1.7e9,
             state_key="3,2,0|key",
         ),
+        DigestRequest(run="test", actor="actor-0", bots=[1, 3], requested_by="llm-0", created_at=1.7e9),
         Advice(
             advice_id="adv-1",
             advisor="llm-0",
