@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench-wire clean
+.PHONY: setup run test lint format bench-wire bench-throughput bench-learning clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ format: setup
 
 bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
 	$(BIN)/python -m benchmarks.wire
+
+bench-throughput: setup  ## distributed env steps/s against the single-process trainer
+	$(BIN)/python -m benchmarks.throughput
+
+bench-learning: setup  ## plain PPO learning curves, DoorKey 5x5 and 8x8, 3 seeds
+	$(BIN)/python -m benchmarks.learning
 
 clean:
 	rm -rf $(VENV) .ala .pytest_cache .ruff_cache .hypothesis

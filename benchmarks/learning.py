@@ -22,7 +22,7 @@ import numpy as np
 import typer
 
 THRESHOLD = 0.8
-MAX_STEPS = {"MiniGrid-DoorKey-5x5-v0": 300_000, "MiniGrid-DoorKey-8x8-v0": 2_500_000}
+MAX_STEPS = {"MiniGrid-DoorKey-5x5-v0": 300_000, "MiniGrid-DoorKey-8x8-v0": 1_500_000}
 
 
 @dataclass

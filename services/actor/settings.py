@@ -18,7 +18,7 @@ class ActorSettings(ServiceSettings):
         validation_alias=AliasChoices("env_id", "ALA_ACTOR_ENV_ID", "ALA_ENV_ID"),
         description="Gymnasium environment id every bot runs (ALA_ENV_ID sets actor and learner at once).",
     )
-    num_bots: int = Field(8, ge=1, le=4096, description="Bots (vectorised environments) in this actor.")
+    num_bots: int = Field(16, ge=1, le=4096, description="Bots (vectorised environments) in this actor.")
     num_steps: int = Field(32, ge=1, description="Steps per bot in one trajectory chunk (T).")
     hidden: int = Field(64, ge=1, description="Hidden units of the policy (must match the learner).")
     seed: int = Field(1, description="Seed of environments and action sampling.")

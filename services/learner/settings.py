@@ -22,7 +22,7 @@ class LearnerSettings(ServiceSettings):
     )
     hidden: int = Field(64, ge=1, description="Hidden units per layer of actor and critic.")
     seed: int = Field(1, description="Seed of initial weights and minibatch order.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    learning_rate: float = Field(5e-4, gt=0, description="Adam learning rate.")
     num_epochs: int = Field(4, ge=1, description="Passes over each batch.")
     num_minibatches: int = Field(4, ge=1, description="Minibatches per pass.")
     gamma: float = Field(0.99, gt=0, le=1, description="Discount.")

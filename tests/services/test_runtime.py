@@ -53,7 +53,7 @@ async def test_service_heartbeats_serves_metrics_and_stops(service: str, bus: Bu
     assert second.seq == first.seq + 1 and second.started_at == first.started_at
     if service == "actor":
         assert first.action_space is not None and first.action_space.n == 7
-        assert first.action_space.names[3] == "pickup" and first.num_bots == 8
+        assert first.action_space.names[3] == "pickup" and first.num_bots == 16
     else:
         assert first.action_space is None
 
