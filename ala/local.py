@@ -26,7 +26,7 @@ class Progress:
     updates: int
     steps_per_s: float
     mean_return: float
-    """Mean return of the last 100 episodes (nan before the first one ends)."""
+    """Mean return of the last 100 episodes (nan until 100 have ended, so a few lucky ones cannot count)."""
     stats: dict[str, float]
 
 
@@ -60,9 +60,8 @@ def train_local(
             recent.append(episode.episode_return)
         rollout.finished.clear()
         elapsed = time.perf_counter() - start
-        progress = Progress(
-            rollout.env_steps, trainer.version, rollout.env_steps / elapsed, float(np.mean(recent or [np.nan])), stats
-        )
+        mean_return = float(np.mean(recent)) if len(recent) == recent.maxlen else float("nan")
+        progress = Progress(rollout.env_steps, trainer.version, rollout.env_steps / elapsed, mean_return, stats)
         if on_update is not None and on_update(progress):
             break
     run.env_steps, run.seconds = rollout.env_steps, time.perf_counter() - start

@@ -103,6 +103,8 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             time.sleep(window_s)
             steps_1, trained_1, t_1 = steps(), scrape(learner_port, "ala_learner_samples_total"), time.monotonic()
             stale = scrape(learner_port, "ala_learner_chunks_stale_total")
+            step_seconds = sum(scrape(port, "ala_actor_step_seconds_sum") for port in actor_ports)
+            step_count = sum(scrape(port, "ala_actor_step_seconds_count") for port in actor_ports)
         finally:
             for process in reversed(processes):
                 process.send_signal(signal.SIGINT)
@@ -115,6 +117,7 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             "env_steps_per_s": (steps_1 - steps_0) / (t_1 - t_0),
             "trained_per_s": (trained_1 - trained_0) / (t_1 - t_0),
             "stale_chunks": stale,
+            "mean_step_ms": 1000 * step_seconds / max(step_count, 1),
         }
 
 
@@ -138,11 +141,11 @@ def main(
 
     base = statistics.median(local)
     rows = [
-        f"| `ala train --local` | {base:,.0f} | {base:,.0f} | 1.00 | - |",
+        f"| `ala train --local` | {base:,.0f} | {base:,.0f} | 1.00 | - | - |",
         *(
             f"| `ala up`, {n} actor{'s' if n > 1 else ''} | {median(runs, 'env_steps_per_s'):,.0f} | "
             f"{median(runs, 'trained_per_s'):,.0f} | {median(runs, 'env_steps_per_s') / base:.2f} | "
-            f"{median(runs, 'stale_chunks'):.0f} |"
+            f"{median(runs, 'stale_chunks'):.0f} | {median(runs, 'mean_step_ms'):.1f} |"
             for n, runs in ((1, one), (2, two))
         ),
     ]
@@ -154,11 +157,15 @@ def main(
             f"{os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}. Medians of {repeats} "
             "interleaved repeats; the ratio is against the local trainer measured in the same run.",
             "",
-            "| configuration | env steps/s | samples trained/s | ratio to local | stale chunks dropped |",
-            "|---|---:|---:|---:|---:|",
+            "| configuration | env steps/s | trained/s | ratio to local | stale chunks dropped | actor step ms |",
+            "|---|---:|---:|---:|---:|---:|",
             *rows,
             "",
             f"Raw: local {[round(x) for x in local]}; 1 actor {one}; 2 actors {two}.",
+            "",
+            "Actor step ms: mean time of one step of all 16 bots (bias lookup, policy forward, sampling, env step).",
+            "With 2 actors, three busy processes share 2 cores: env steps/s rise, but the learner falls behind and",
+            "drops chunks older than `max_policy_lag` (counted), so 1 actor per core left for the learner is the fit.",
             "",
         ]
     )
