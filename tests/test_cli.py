@@ -112,3 +112,18 @@ def test_up_stops_everything_when_a_service_dies(tmp_path: Path, nats_settings: 
     assert result.returncode == 1
     assert "actor exited with status 1; stopping the stack" in result.stderr
     assert "all stopped" in result.stderr
+
+
+def test_train_local_runs_the_single_process_trainer() -> None:
+    result = runner.invoke(
+        app,
+        ["train", "--local", "--env-id", "MiniGrid-DoorKey-5x5-v0", "--total-steps", "1024", "--seed", "2"],
+        env={"COLUMNS": "200", "ALA_ACTOR_NUM_BOTS": "4", "ALA_ACTOR_NUM_STEPS": "16"},
+    )
+    assert result.exit_code == 0, result.output
+    assert re.search(r"1,024 steps in [\d.]+s \(\d+ steps/s\)", result.output)
+
+
+def test_train_without_local_points_to_ala_up() -> None:
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code != 0

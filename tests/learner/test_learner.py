@@ -94,3 +94,10 @@ def test_checkpoint_restores_the_exact_training_state() -> None:
     original.train([trajectory])
     resumed.train([trajectory])
     torch.testing.assert_close(_params(original), _params(resumed), atol=0, rtol=0)
+
+
+def test_vtrace_advantages_train_with_finite_statistics() -> None:
+    learner = Learner(spec(), learner_settings(advantage="vtrace"))
+    stats = learner.train([biased_trajectory(learner.agent)])
+    assert all(np.isfinite(value) for key, value in stats.items() if key != "losses/explained_variance")
+    assert learner.version == 1 and learner.samples_trained == 64
