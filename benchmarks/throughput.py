@@ -80,6 +80,7 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             ALA_ENV_ID=env_id,
             ALA_ADVISOR_METRICS_PORT="0",
             ALA_ROUTER_METRICS_PORT="0",
+            ALA_ROUTER_API_PORT="0",
             ALA_ACTOR_METRICS_PORT=str(actor_ports[0]),
             ALA_ACTOR_INSTANCE="actor-1",
             ALA_LEARNER_METRICS_PORT=str(learner_port),

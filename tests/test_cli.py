@@ -57,6 +57,7 @@ def _free_port() -> int:
 def _up_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ, ALA_RUN="uptest", ALA_BROKER_STORE_DIR=str(tmp_path / "nats"), **extra)
     env["ALA_BROKER_MONITOR_PORT"] = "-1"
+    env["ALA_ROUTER_API_PORT"] = "0"
     for service in SERVICE_NAMES:
         env[f"ALA_{service.upper()}_METRICS_PORT"] = "0"
         env[f"ALA_{service.upper()}_HEARTBEAT_INTERVAL_S"] = "0.2"

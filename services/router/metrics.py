@@ -1,6 +1,6 @@
 """The router's Prometheus metrics (budget: < 50 ms end to end, tens of microseconds of its own work)."""
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ala.metrics import MICROSECOND_BUCKETS, new_registry, service_metrics
 
@@ -12,3 +12,14 @@ PROCESSING_SECONDS = Histogram(
     buckets=MICROSECOND_BUCKETS,
     registry=REGISTRY,
 )
+ADVICE_RECEIVED = Counter("ala_router_advice", "Advice messages received, by advisor.", ["advisor"], registry=REGISTRY)
+ADVICE_ACCEPTED = Counter(
+    "ala_router_advice_accepted", "Advice accepted into a bias, by advisor.", ["advisor"], registry=REGISTRY
+)
+REJECTED = Counter("ala_router_rejected", "Advice dropped, by reason.", ["reason"], registry=REGISTRY)
+BIAS_UPDATES = Counter("ala_router_bias_updates", "Bias updates published.", registry=REGISTRY)
+ACTIVE_BIASES = Gauge("ala_router_active_biases", "Targets (actor, bot) with live advice.", registry=REGISTRY)
+ACTORS = Gauge("ala_router_actors", "Actors known from heartbeats.", registry=REGISTRY)
+ADVISOR_WEIGHT = Gauge("ala_router_advisor_weight", "Live trust weight per advisor.", ["advisor"], registry=REGISTRY)
+STRENGTH = Gauge("ala_router_strength", "Bias strength now (after annealing).", registry=REGISTRY)
+KILLS = Counter("ala_router_kills", "POST /kill calls.", registry=REGISTRY)

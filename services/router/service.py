@@ -1,15 +1,142 @@
-"""The router process: for now it connects, heartbeats and serves /metrics; its job arrives with its own issue."""
+"""The router process: `Router` wired to NATS, plus the control API served by uvicorn in the same event loop.
+
+Advice arrives from every advisor on `ala.<run>.advice.*`; actors' heartbeats say which actors exist and their
+action spaces; weight announcements give the learner version that strength annealing can follow. The router
+never crashes on input: every dropped advice is counted by reason and logged at a bounded rate.
+"""
+
+from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
 
+import uvicorn
+from nats.aio.msg import Msg
+
+from ala.bus import Bus
+from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
-from services.router.metrics import REGISTRY, SERVICE
+from protos import Advice, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
+from services.router import metrics
+from services.router.api import Status, create_app
+from services.router.core import AdviceRejected, LiveConfig, Router, clear_all
 from services.router.settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer(uvicorn.Server):
+    """uvicorn inside the service's event loop: the service owns SIGINT/SIGTERM and stops the API itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RouterService:
+    def __init__(self, settings: RouterSettings, bus: Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.router = Router(settings.live_config())
+        self._reject_log = RateLimitedLog(log)
+        self.set_config(self.router.config)
+
+    async def on_advice(self, msg: Msg) -> None:
+        received = time.perf_counter()
+        now = time.time()
+        try:
+            advice = decode(msg.data, Advice)
+        except WireError as exc:
+            self._reject("decode", exc)
+            return
+        metrics.ADVICE_RECEIVED.labels(advice.advisor).inc()
+        try:
+            update = self.router.accept(advice, self.settings.run, now)
+        except AdviceRejected as exc:
+            self._reject(exc.reason, exc)
+            return
+        metrics.ADVICE_ACCEPTED.labels(advice.advisor).inc()
+        if update is not None and await self.bus.publish(
+            subjects.bias_subject(self.settings.run, update.actor), update, kind="bias"
+        ):
+            metrics.BIAS_UPDATES.inc()
+        metrics.PROCESSING_SECONDS.observe(time.perf_counter() - received)
+
+    def _reject(self, reason: str, exc: Exception) -> None:
+        metrics.REJECTED.labels(reason).inc()
+        self._reject_log.warning("advice rejected (%s): %s", reason, exc)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            heartbeat = decode(msg.data, Heartbeat)
+        except WireError:
+            return  # heartbeats are advisory; a bad one is ignored, the next will do
+        self.router.observe_heartbeat(heartbeat, time.time())
+        metrics.ACTORS.set(len(self.router.actors))
+
+    async def on_weights(self, msg: Msg) -> None:
+        with contextlib.suppress(WireError):
+            self.router.learner_version = decode(msg.data, WeightsAnnouncement).version
+
+    def set_config(self, config: LiveConfig) -> None:
+        self.router.config = config
+        for advisor, weight in config.advisor_weights.items():
+            metrics.ADVISOR_WEIGHT.labels(advisor).set(weight)
+        metrics.STRENGTH.set(self.router.strength(time.time()))
+        log.info("live config: %s", config.model_dump())
+
+    async def kill(self) -> list[str]:
+        """Zero bias to every known actor (overriding whatever they hold) and disable the router."""
+        self.router.kill()
+        metrics.KILLS.inc()
+        now, cleared = time.time(), []
+        for name, actor in self.router.actors.items():
+            update = clear_all(self.settings.run, name, actor.action_space.n, self.settings.kill_ttl_s, now)
+            if await self.bus.publish(subjects.bias_subject(self.settings.run, name), update, kind="bias"):
+                cleared.append(name)
+        await self.bus.nc.flush()
+        log.warning("kill: biases cleared on %s; router disabled", cleared)
+        return cleared
+
+    def status(self) -> Status:
+        now = time.time()
+        return Status(
+            enabled=self.router.config.enabled,
+            strength=self.router.strength(now),
+            learner_version=self.router.learner_version,
+            actors={name: info.action_space.n for name, info in self.router.actors.items()},
+            active_targets=self.router.active_targets(now),
+        )
+
+    async def report(self) -> None:
+        while True:
+            now = time.time()
+            metrics.ACTIVE_BIASES.set(self.router.active_targets(now))
+            metrics.STRENGTH.set(self.router.strength(now))
+            await asyncio.sleep(1.0)
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    async with ServiceRuntime(settings, SERVICE, REGISTRY):
+    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime:
+        service = RouterService(settings, runtime.bus)
+        run = settings.run
+        await runtime.bus.subscribe(subjects.heartbeat_wildcard(run), service.on_heartbeat)
+        await runtime.bus.subscribe(subjects.weights_subject(run), service.on_weights)
+        await runtime.bus.subscribe(subjects.advice_wildcard(run), service.on_advice)
+        api = ApiServer(
+            uvicorn.Config(create_app(service), host=settings.api_host, port=settings.api_port, log_level="warning")
+        )
+        api_task = asyncio.create_task(api.serve(), name="router-api")
+        report_task = asyncio.create_task(service.report(), name="router-report")
         await stop.wait()
+        api.should_exit = True
+        await api_task
+        report_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await report_task
 
 
 def main() -> None:

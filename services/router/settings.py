@@ -1,11 +1,16 @@
-"""Settings of the router; every field is also an environment variable `ALA_ROUTER_<FIELD>`."""
+"""Settings of the router; every field is also an environment variable `ALA_ROUTER_<FIELD>`.
+
+The fields of `LiveConfig` (strength, b_max, TTLs, quorum, advisor weights, schedule, enabled) set the initial
+live configuration, which `PUT /config` can then change; e.g. `ALA_ROUTER_ADVISOR_WEIGHTS='{"llm-0": 0.5}'`.
+"""
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
+from services.router.core import LiveConfig
 
 
 class RouterSettings(ServiceSettings):
@@ -13,3 +18,26 @@ class RouterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALA_ROUTER_")
 
     metrics_port: int = Field(9102, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
+    api_host: str = Field("127.0.0.1", description="Interface of the control API (FastAPI).")
+    api_port: int = Field(8102, ge=0, le=65535, description="Port of the control API (0 = a free one).")
+    token: SecretStr = Field(
+        SecretStr(""), description="Bearer token for PUT /config and POST /kill; empty: those endpoints refuse all."
+    )
+    kill_ttl_s: float = Field(60.0, gt=0, description="How long POST /kill's zero bias overrides actors' biases.")
+
+    # The live configuration's initial values (see services/router/core.py: LiveConfig).
+    enabled: bool = LiveConfig.model_fields["enabled"]
+    strength: float = LiveConfig.model_fields["strength"]
+    b_max: float = LiveConfig.model_fields["b_max"]
+    default_ttl_s: float = LiveConfig.model_fields["default_ttl_s"]
+    max_ttl_s: float = LiveConfig.model_fields["max_ttl_s"]
+    quorum: int = LiveConfig.model_fields["quorum"]
+    advisor_weights: dict[str, float] = LiveConfig.model_fields["advisor_weights"]
+    allow_unknown_advisors: bool = LiveConfig.model_fields["allow_unknown_advisors"]
+    schedule: str = LiveConfig.model_fields["schedule"]
+    schedule_clock: str = LiveConfig.model_fields["schedule_clock"]
+    schedule_horizon: float = LiveConfig.model_fields["schedule_horizon"]
+    schedule_final: float = LiveConfig.model_fields["schedule_final"]
+
+    def live_config(self) -> LiveConfig:
+        return LiveConfig.model_validate({name: getattr(self, name) for name in LiveConfig.model_fields})

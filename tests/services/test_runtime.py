@@ -28,8 +28,15 @@ BUDGET_HISTOGRAMS = {
 def _settings(service: str, nats: NatsSettings) -> Any:
     module = importlib.import_module(f"services.{service}.settings")
     settings_class = getattr(module, f"{service.capitalize()}Settings")
+    extra = {"api_port": 0} if service == "router" else {}
     return settings_class(
-        run="test", instance="t1", metrics_host="127.0.0.1", metrics_port=0, heartbeat_interval_s=0.05, nats=nats
+        run="test",
+        instance="t1",
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        heartbeat_interval_s=0.05,
+        nats=nats,
+        **extra,
     )
 
 

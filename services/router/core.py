@@ -1,0 +1,220 @@
+"""The router's job, without NATS: check advice, turn it into a bounded bias, merge advisors, expire, route.
+
+Guarantee: every element of every bias the router emits is within `[-b_max, b_max]`. Then for any action `a`,
+`mu(a) / pi(a) = exp(b_a) / E_pi[exp(b)]` lies within `[exp(-2 b_max), exp(2 b_max)]`: advice can tilt the policy
+but never make an action more than `exp(2 b_max)` times more or less likely than the policy alone would.
+
+From advice to bias: per-action `scores` are used as logits; a `recommended_action` with confidence `c` becomes
+the logit vector `c * onehot(action)`. The logits are mean-centred, multiplied by the strength (which may anneal),
+and clipped. Concurrent advice for the same (actor, bot) from several advisors is merged by a weighted mean with
+weight `priority * confidence * advisor_weight`, once at least `quorum` distinct advisors have live advice there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from protos import ActionSpace, Advice, Array, BiasUpdate, Heartbeat
+from protos.subjects import BROADCAST
+
+MAX_ACTIONS = 4096
+
+
+class LiveConfig(BaseModel):
+    """What the control API can change while the router runs (the same fields have ALA_ROUTER_* variables)."""
+
+    enabled: bool = Field(True, description="False: advice is counted and dropped, no bias is emitted.")
+    strength: float = Field(1.0, ge=0, le=100, description="Multiplier from advice logits to bias (before clipping).")
+    b_max: float = Field(2.0, gt=0, le=20, description="Every bias element is clipped to [-b_max, b_max].")
+    default_ttl_s: float = Field(5.0, gt=0, description="TTL for advice that gives none (ttl_s = 0).")
+    max_ttl_s: float = Field(60.0, gt=0, description="Longer TTLs are refused.")
+    quorum: int = Field(1, ge=1, description="Distinct advisors needed before a merged bias is emitted.")
+    advisor_weights: dict[str, float] = Field(
+        default_factory=dict, description="Trust per advisor (missing: 1.0); 0 silences an advisor."
+    )
+    allow_unknown_advisors: bool = Field(True, description="False: only advisors in advisor_weights are accepted.")
+    schedule: Literal["constant", "linear", "exponential"] = Field("constant", description="Annealing of strength.")
+    schedule_clock: Literal["learner_version", "seconds"] = Field(
+        "learner_version", description="What the schedule advances with: learner updates or wall time."
+    )
+    schedule_horizon: float = Field(
+        1000.0, gt=0, description="Linear: reaches the final factor here; exponential: time constant."
+    )
+    schedule_final: float = Field(0.0, ge=0, le=1, description="Linear: strength factor at and after the horizon.")
+
+    def strength_at(self, clock: float) -> float:
+        if self.schedule == "linear":
+            fraction = min(1.0, max(0.0, clock / self.schedule_horizon))
+            return self.strength * (1.0 - fraction * (1.0 - self.schedule_final))
+        if self.schedule == "exponential":
+            return self.strength * math.exp(-max(0.0, clock) / self.schedule_horizon)
+        return self.strength
+
+
+class AdviceRejected(ValueError):
+    """Advice the router will not turn into a bias; `reason` labels `ala_router_rejected_total`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass
+class ActorInfo:
+    action_space: ActionSpace
+    num_bots: int
+    last_seen: float
+
+
+@dataclass
+class Opinion:
+    """One advisor's live bias for one target."""
+
+    advice_id: str
+    bias: np.ndarray
+    weight: float
+    expires_at: float
+    created_at: float
+
+
+Target = tuple[str, int | None]
+"""(actor or BROADCAST, bot); bot None means every bot."""
+
+
+@dataclass
+class Router:
+    config: LiveConfig
+    actors: dict[str, ActorInfo] = field(default_factory=dict)
+    opinions: dict[Target, dict[str, Opinion]] = field(default_factory=dict)
+    learner_version: int = 0
+    started_at: float = field(default_factory=time.time)
+
+    def observe_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
+        if heartbeat.service == "actor" and heartbeat.action_space is not None:
+            self.actors[heartbeat.instance] = ActorInfo(heartbeat.action_space, heartbeat.num_bots, now)
+
+    def strength(self, now: float) -> float:
+        clock = self.learner_version if self.config.schedule_clock == "learner_version" else now - self.started_at
+        return self.config.strength_at(clock)
+
+    def check(self, advice: Advice, now: float) -> tuple[ActorInfo, float]:
+        """Everything that can be wrong with advice, in the order the reasons are counted; returns the target actor
+        and the advice's expiry time."""
+        config = self.config
+        if not config.enabled:
+            raise AdviceRejected("disabled", "the router is disabled")
+        if advice.advisor not in config.advisor_weights and not config.allow_unknown_advisors:
+            raise AdviceRejected("unknown_advisor", f"advisor {advice.advisor!r} is not configured")
+        numbers = [advice.priority, advice.confidence, advice.ttl_s, advice.created_at]
+        if not all(math.isfinite(x) for x in numbers):
+            raise AdviceRejected("non_finite", "priority, confidence, ttl or time is NaN or infinite")
+        if advice.priority < 0 or not 0 <= advice.confidence <= 1:
+            raise AdviceRejected("range", "priority must be >= 0 and confidence within [0, 1]")
+        ttl_s = advice.ttl_s or config.default_ttl_s
+        if not 0 < ttl_s <= config.max_ttl_s:
+            raise AdviceRejected("range", f"ttl {advice.ttl_s}s outside (0, {config.max_ttl_s}]")
+        expires_at = advice.created_at + ttl_s
+        if expires_at <= now:
+            raise AdviceRejected("expired", f"expired {now - expires_at:.3f}s ago")
+        actor = self.target_actor(advice.target.actor)
+        bot = advice.target.bot
+        if bot is not None and not 0 <= bot < actor.num_bots:
+            raise AdviceRejected("range", f"bot {bot} outside [0, {actor.num_bots})")
+        if (advice.scores is None) == (advice.recommended_action is None):
+            raise AdviceRejected("shape", "give exactly one of scores and recommended_action")
+        n = actor.action_space.n
+        if advice.scores is not None:
+            if advice.scores.shape != (n,) or advice.scores.dtype not in ("<f4", "<f8"):
+                raise AdviceRejected(
+                    "shape", f"scores are {advice.scores.dtype}{list(advice.scores.shape)}, need [{n}]"
+                )
+            if not np.isfinite(advice.scores.to_numpy()).all():
+                raise AdviceRejected("non_finite", "scores contain NaN or infinite values")
+        elif not 0 <= advice.recommended_action < n:  # type: ignore[operator]
+            raise AdviceRejected("range", f"recommended action {advice.recommended_action} outside [0, {n})")
+        return actor, expires_at
+
+    def target_actor(self, name: str) -> ActorInfo:
+        """The actor advice is for; for broadcast advice (no actor named), any actor, all sharing one action space."""
+        if name:
+            if name not in self.actors:
+                raise AdviceRejected("unknown_actor", f"no heartbeat from actor {name!r}")
+            return self.actors[name]
+        if not self.actors:
+            raise AdviceRejected("unknown_actor", "broadcast advice, but no actor has sent a heartbeat")
+        infos = list(self.actors.values())
+        if len({info.action_space.n for info in infos}) > 1:
+            raise AdviceRejected("shape", "broadcast advice, but actors have different action spaces")
+        return min(infos, key=lambda info: info.num_bots)  # a bot index must exist on every actor
+
+    def bias_of(self, advice: Advice, n_actions: int, now: float) -> np.ndarray:
+        """Logits of one (checked) advice → mean-centred, scaled, clipped bias."""
+        if advice.scores is not None:
+            logits = advice.scores.to_numpy().astype(np.float64)
+        else:
+            logits = np.zeros(n_actions)
+            logits[advice.recommended_action] = advice.confidence
+        return bound(logits - logits.mean(), self.strength(now), self.config.b_max)
+
+    def accept(self, advice: Advice, run: str, now: float) -> BiasUpdate | None:
+        """Check, store and merge `advice`; the bias update to send now, or None while below quorum."""
+        actor, expires_at = self.check(advice, now)
+        target: Target = (advice.target.actor or BROADCAST, advice.target.bot)
+        weight = advice.priority * advice.confidence * self.config.advisor_weights.get(advice.advisor, 1.0)
+        opinions = self.opinions.setdefault(target, {})
+        opinions[advice.advisor] = Opinion(
+            advice.advice_id, self.bias_of(advice, actor.action_space.n, now), weight, expires_at, advice.created_at
+        )
+        return self.merged(target, run, now)
+
+    def merged(self, target: Target, run: str, now: float) -> BiasUpdate | None:
+        opinions = self.opinions.get(target, {})
+        for advisor in [a for a, o in opinions.items() if o.expires_at <= now]:
+            del opinions[advisor]
+        live = [o for o in opinions.values() if o.weight > 0]
+        if len(live) < self.config.quorum:
+            return None
+        weights = np.array([o.weight for o in live])
+        bias = np.average(np.stack([o.bias for o in live]), axis=0, weights=weights)
+        actor, bot = target
+        return BiasUpdate(
+            run=run,
+            actor=actor,
+            bots=[] if bot is None else [bot],
+            bias=Array.from_numpy(np.clip(bias, -self.config.b_max, self.config.b_max).astype(np.float32)),
+            ttl_s=min(o.expires_at for o in live) - now,
+            advice_ids=[o.advice_id for o in live],
+            created_at=now,
+            advice_created_at=min(o.created_at for o in live),
+        )
+
+    def active_targets(self, now: float) -> int:
+        return sum(any(o.expires_at > now for o in opinions.values()) for opinions in self.opinions.values())
+
+    def kill(self) -> None:
+        self.opinions.clear()
+        self.config = self.config.model_copy(update={"enabled": False})
+
+
+def bound(logits: np.ndarray, strength: float, b_max: float) -> np.ndarray:
+    return np.clip(strength * logits, -b_max, b_max).astype(np.float32)
+
+
+def clear_all(run: str, actor: str, n_actions: int, ttl_s: float, now: float) -> BiasUpdate:
+    """A zero bias for every bot of `actor`, overriding whatever bias it holds for `ttl_s`."""
+    return BiasUpdate(
+        run=run,
+        actor=actor,
+        bots=[],
+        bias=Array.from_numpy(np.zeros(n_actions, dtype=np.float32)),
+        ttl_s=ttl_s,
+        advice_ids=[f"kill-{uuid.uuid4().hex[:8]}"],
+        created_at=now,
+    )
