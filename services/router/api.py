@@ -99,7 +99,7 @@ def create_app(service: RouterService) -> FastAPI:
         try:
             config = LiveConfig.model_validate(service.router.config.model_dump() | changes)
         except ValueError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+            raise HTTPException(422, str(exc)) from exc
         service.set_config(config)
         return config
 

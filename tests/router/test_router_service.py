@@ -88,8 +88,12 @@ async def _biases(bus: Bus) -> asyncio.Queue[BiasUpdate]:
 
 
 async def _router_knows_actor(bus: Bus) -> None:
-    await _announce_actor(bus)
-    await wait_until(lambda: metrics.ACTORS._value.get() >= 1)
+    """Heartbeat as an actor does, until the (just started) router has heard one."""
+    deadline = time.monotonic() + 20
+    while metrics.ACTORS._value.get() < 1:
+        assert time.monotonic() < deadline, "the router never saw the actor's heartbeat"
+        await _announce_actor(bus)
+        await asyncio.sleep(0.05)
 
 
 async def test_advice_from_two_advisors_is_merged(bus: Bus, nats_settings: NatsSettings) -> None:
