@@ -8,12 +8,14 @@ Each service declares its own metrics at the top of its `metrics.py`, in its own
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -85,6 +87,13 @@ def service_metrics(service: str, registry: CollectorRegistry) -> ServiceMetrics
         heartbeats=Counter(f"ala_{service}_heartbeats", "Heartbeats published.", registry=registry),
         up=Gauge(f"ala_{service}_up", "1 while the service runs, by build.", ["version"], registry=registry),
     )
+
+
+@functools.cache
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once: `labels()` costs microseconds, too much on a hot path.
+    Only for label values from a small, fixed set (never raw input)."""
+    return metric.labels(*labels)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ Rules that keep old and new services talking (msgspec's schema-evolution guide):
 from __future__ import annotations
 
 import math
+import sys
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -51,8 +52,10 @@ class Array(msgspec.Struct, kw_only=True, frozen=True):
     @classmethod
     def from_numpy(cls, array: np.ndarray) -> Array:
         array = np.asarray(array)
-        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-        return cls(dtype=little.dtype.str, shape=tuple(little.shape), data=np.ascontiguousarray(little).tobytes())
+        if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
+            array = array.astype(array.dtype.newbyteorder("<"))
+        # tobytes() writes C order whatever the layout, so no contiguous copy is needed first.
+        return cls(dtype=array.dtype.newbyteorder("<").str, shape=array.shape, data=array.tobytes())
 
     def to_numpy(self) -> np.ndarray:
         """A read-only view on the bytes; copy it before writing."""

@@ -158,10 +158,11 @@ class Router:
         """Logits of one (checked) advice → mean-centred, scaled, clipped bias."""
         if advice.scores is not None:
             logits = advice.scores.to_numpy().astype(np.float64)
-        else:
-            logits = np.zeros(n_actions)
-            logits[advice.recommended_action] = advice.confidence
-        return bound(logits - logits.mean(), self.strength(now), self.config.b_max)
+            centred = logits - logits.mean()
+        else:  # confidence * onehot(action), mean-centred
+            centred = np.full(n_actions, -advice.confidence / n_actions)
+            centred[advice.recommended_action] += advice.confidence
+        return bound(centred, self.strength(now), self.config.b_max)
 
     def accept(self, advice: Advice, run: str, now: float) -> BiasUpdate | None:
         """Check, store and merge `advice`; the bias update to send now, or None while below quorum."""
@@ -179,16 +180,19 @@ class Router:
         for advisor in [a for a, o in opinions.items() if o.expires_at <= now]:
             del opinions[advisor]
         live = [o for o in opinions.values() if o.weight > 0]
-        if len(live) < self.config.quorum:
+        if not live or len(live) < self.config.quorum:
             return None
-        weights = np.array([o.weight for o in live])
-        bias = np.average(np.stack([o.bias for o in live]), axis=0, weights=weights)
+        if len(live) == 1:
+            bias = live[0].bias
+        else:  # a convex combination of bounded biases is bounded: no second clip needed
+            total = sum(o.weight for o in live)
+            bias = (sum(o.weight * o.bias for o in live) / total).astype(np.float32)
         actor, bot = target
         return BiasUpdate(
             run=run,
             actor=actor,
             bots=[] if bot is None else [bot],
-            bias=Array.from_numpy(np.clip(bias, -self.config.b_max, self.config.b_max).astype(np.float32)),
+            bias=Array.from_numpy(bias),
             ttl_s=min(o.expires_at for o in live) - now,
             advice_ids=[o.advice_id for o in live],
             created_at=now,
@@ -204,7 +208,8 @@ class Router:
 
 
 def bound(logits: np.ndarray, strength: float, b_max: float) -> np.ndarray:
-    return np.clip(strength * logits, -b_max, b_max).astype(np.float32)
+    scaled = (strength * logits).astype(np.float32)
+    return np.minimum(np.maximum(scaled, np.float32(-b_max), out=scaled), np.float32(b_max), out=scaled)
 
 
 def clear_all(run: str, actor: str, n_actions: int, ttl_s: float, now: float) -> BiasUpdate:

@@ -17,6 +17,7 @@ import uvicorn
 from nats.aio.msg import Msg
 
 from ala.bus import Bus
+from ala.metrics import child
 from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
 from protos import Advice, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
@@ -26,6 +27,7 @@ from services.router.core import AdviceRejected, LiveConfig, Router, clear_all
 from services.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
+MAX_ADVISOR_LABELS = 64
 
 
 class ApiServer(uvicorn.Server):
@@ -42,6 +44,7 @@ class RouterService:
         self.bus = bus
         self.router = Router(settings.live_config())
         self._reject_log = RateLimitedLog(log)
+        self._advisor_labels: set[str] = set()
         self.set_config(self.router.config)
 
     async def on_advice(self, msg: Msg) -> None:
@@ -52,21 +55,31 @@ class RouterService:
         except WireError as exc:
             self._reject("decode", exc)
             return
-        metrics.ADVICE_RECEIVED.labels(advice.advisor).inc()
+        advisor = self._advisor_label(advice.advisor)
+        child(metrics.ADVICE_RECEIVED, advisor).inc()
         try:
             update = self.router.accept(advice, self.settings.run, now)
         except AdviceRejected as exc:
             self._reject(exc.reason, exc)
             return
-        metrics.ADVICE_ACCEPTED.labels(advice.advisor).inc()
+        child(metrics.ADVICE_ACCEPTED, advisor).inc()
         if update is not None and await self.bus.publish(
             subjects.bias_subject(self.settings.run, update.actor), update, kind="bias"
         ):
             metrics.BIAS_UPDATES.inc()
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - received)
 
+    def _advisor_label(self, advisor: str) -> str:
+        """Advisor names come off the wire: label at most MAX_ADVISOR_LABELS of them, the rest as 'other'."""
+        if advisor in self._advisor_labels:
+            return advisor
+        if len(self._advisor_labels) < MAX_ADVISOR_LABELS or advisor in self.router.config.advisor_weights:
+            self._advisor_labels.add(advisor)
+            return advisor
+        return "other"
+
     def _reject(self, reason: str, exc: Exception) -> None:
-        metrics.REJECTED.labels(reason).inc()
+        child(metrics.REJECTED, reason).inc()
         self._reject_log.warning("advice rejected (%s): %s", reason, exc)
 
     async def on_heartbeat(self, msg: Msg) -> None:
