@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench-wire bench-throughput bench-learning clean
+.PHONY: setup run test lint format bench-wire bench-throughput bench-learning bench-router clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
 
 bench-throughput: setup  ## distributed env steps/s against the single-process trainer
 	$(BIN)/python -m benchmarks.throughput
+
+bench-router: setup  ## router latency against the bare two-hop, and sustained advice rate
+	$(BIN)/python -m benchmarks.router
 
 bench-learning: setup  ## plain PPO learning curves, DoorKey 5x5 and 8x8, 3 seeds
 	$(BIN)/python -m benchmarks.learning

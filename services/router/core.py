@@ -95,6 +95,7 @@ class Router:
     opinions: dict[Target, dict[str, Opinion]] = field(default_factory=dict)
     learner_version: int = 0
     started_at: float = field(default_factory=time.time)
+    actor_timeout_s: float = 30.0
 
     def observe_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
         if heartbeat.service == "actor" and heartbeat.action_space is not None:
@@ -123,7 +124,7 @@ class Router:
         expires_at = advice.created_at + ttl_s
         if expires_at <= now:
             raise AdviceRejected("expired", f"expired {now - expires_at:.3f}s ago")
-        actor = self.target_actor(advice.target.actor)
+        actor = self.target_actor(advice.target.actor, now)
         bot = advice.target.bot
         if bot is not None and not 0 <= bot < actor.num_bots:
             raise AdviceRejected("range", f"bot {bot} outside [0, {actor.num_bots})")
@@ -141,14 +142,17 @@ class Router:
             raise AdviceRejected("range", f"recommended action {advice.recommended_action} outside [0, {n})")
         return actor, expires_at
 
-    def target_actor(self, name: str) -> ActorInfo:
-        """The actor advice is for; for broadcast advice (no actor named), any actor, all sharing one action space."""
+    def target_actor(self, name: str, now: float) -> ActorInfo:
+        """The actor advice is for; for broadcast advice (no actor named), any actor, all sharing one action space.
+        An actor silent for `actor_timeout_s` is forgotten."""
+        for gone in [a for a, info in self.actors.items() if now - info.last_seen > self.actor_timeout_s]:
+            del self.actors[gone]
         if name:
             if name not in self.actors:
-                raise AdviceRejected("unknown_actor", f"no heartbeat from actor {name!r}")
+                raise AdviceRejected("unknown_actor", f"no recent heartbeat from actor {name!r}")
             return self.actors[name]
         if not self.actors:
-            raise AdviceRejected("unknown_actor", "broadcast advice, but no actor has sent a heartbeat")
+            raise AdviceRejected("unknown_actor", "broadcast advice, but no actor has sent a heartbeat recently")
         infos = list(self.actors.values())
         if len({info.action_space.n for info in infos}) > 1:
             raise AdviceRejected("shape", "broadcast advice, but actors have different action spaces")

@@ -42,7 +42,7 @@ class RouterService:
     def __init__(self, settings: RouterSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        self.router = Router(settings.live_config())
+        self.router = Router(settings.live_config(), actor_timeout_s=settings.actor_timeout_s)
         self._reject_log = RateLimitedLog(log)
         self._advisor_labels: set[str] = set()
         self.set_config(self.router.config)

@@ -24,6 +24,7 @@ class RouterSettings(ServiceSettings):
         SecretStr(""), description="Bearer token for PUT /config and POST /kill; empty: those endpoints refuse all."
     )
     kill_ttl_s: float = Field(60.0, gt=0, description="How long POST /kill's zero bias overrides actors' biases.")
+    actor_timeout_s: float = Field(30.0, gt=0, description="An actor without a heartbeat for this long is forgotten.")
 
     # The live configuration's initial values (see services/router/core.py: LiveConfig).
     enabled: bool = LiveConfig.model_fields["enabled"]

@@ -133,6 +133,12 @@ def test_a_zero_trust_advisor_is_silenced() -> None:
     assert router.accept(_advice("adversary", action=1), "test", NOW) is None
 
 
+def test_an_actor_without_recent_heartbeats_is_forgotten() -> None:
+    router = _router()
+    with pytest.raises(AdviceRejected, match="unknown_actor"):
+        router.accept(_advice(action=1, created_at=NOW + 31), "test", NOW + 31)
+
+
 def test_broadcast_advice_targets_every_actor() -> None:
     update = _router().accept(_advice(actor="", bot=None, action=0), "test", NOW)
     assert update is not None and update.actor == "all" and update.bots == []
