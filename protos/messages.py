@@ -95,6 +95,9 @@ class StateDigest(MessageBase):
     """Unix time (seconds) at the actor."""
     state_key: str = ""
     """Canonical key of the symbolic state, when the actor can compute one (used by advice caches)."""
+    full_state: Array | None = None
+    """Privileged full state for expert advisors (MiniGrid: the whole grid as uint8 codes, W x H x 3, the agent's
+    cell holding (agent, 0, direction)); None when the actor does not share it."""
 
 
 class AdviceTarget(msgspec.Struct, kw_only=True, frozen=True):

@@ -13,6 +13,7 @@ import gymnasium as gym
 import minigrid  # noqa: F401  (registers the MiniGrid-* environment ids)
 import numpy as np
 from minigrid.core.actions import Actions
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from minigrid.wrappers import ImgObsWrapper
 
 from ala.policy import PolicySpec
@@ -70,13 +71,52 @@ def action_space_of(env_id: str) -> ActionSpace:
     return ActionSpace(n=n, names=[f"action_{i}" for i in range(n)])
 
 
-def describe(env: gym.Env) -> str:
-    """A plain-text rendering of one bot's state for an LLM (the advisor issue makes it richer)."""
+VIEW = 7
+"""MiniGrid's egocentric view is 7x7; the agent stands at column 3 of the last row, facing up the view."""
+_OBJECTS = {index: name for name, index in OBJECT_TO_IDX.items()}
+_COLOURS = {index: name for name, index in COLOR_TO_IDX.items()}
+_DOOR_STATES = {index: name for name, index in STATE_TO_IDX.items()}
+_BACKGROUND = {"unseen", "empty", "wall", "floor"}
+
+
+def describe(env: gym.Env, observation: np.ndarray) -> str:
+    """What one bot sees, in words, for an LLM: mission, each visible object with its position relative to the
+    agent, what is right in front, what it carries, door states. Non-MiniGrid envs get their raw observation."""
     base = env.unwrapped
-    if hasattr(base, "mission") and hasattr(base, "agent_pos"):
-        carrying = base.carrying.type if base.carrying is not None else "nothing"
-        return (
-            f"Mission: {base.mission}\nAgent at {tuple(int(v) for v in base.agent_pos)} facing {int(base.agent_dir)}"
-            f", carrying {carrying}.\nGrid:\n{base.pprint_grid()}"
-        )
-    return f"Observation of {base.spec.id if base.spec else type(base).__name__}"
+    if not hasattr(base, "mission"):
+        return f"Observation: {np.array2string(observation, precision=3, max_line_width=200)}"
+    view = observation.reshape(VIEW, VIEW, 3).astype(int)
+    lines = [f"Mission: {base.mission}."]
+    carried = view[VIEW // 2, VIEW - 1]
+    lines.append(f"You carry {_thing(carried) if _OBJECTS[carried[0]] not in _BACKGROUND else 'nothing'}.")
+    ahead = view[VIEW // 2, VIEW - 2]
+    lines.append(f"Directly in front of you: {_thing(ahead) if _OBJECTS[ahead[0]] != 'unseen' else 'nothing visible'}.")
+    seen = []
+    for column in range(VIEW):
+        for row in range(VIEW):
+            cell = view[column, row]
+            if (column, row) == (VIEW // 2, VIEW - 1) or _OBJECTS[cell[0]] in _BACKGROUND:
+                continue
+            forward, sideways = VIEW - 1 - row, column - VIEW // 2
+            where = [f"{forward} step{'s' if forward != 1 else ''} ahead"] if forward else []
+            if sideways:
+                where.append(f"{abs(sideways)} to the {'right' if sideways > 0 else 'left'}")
+            seen.append(f"{_thing(cell)} ({', '.join(where)})")
+    lines.append("You see: " + ("; ".join(seen) if seen else "no objects, only walls and floor") + ".")
+    return "\n".join(lines)
+
+
+def full_state_of(env: gym.Env) -> np.ndarray:
+    """The whole MiniGrid grid as (object, colour, state) codes, the agent's cell holding (agent, 0, direction):
+    privileged information for expert advisors (`StateDigest.full_state`)."""
+    base = env.unwrapped
+    encoded = base.grid.encode()  # type: ignore[attr-defined]
+    encoded[base.agent_pos[0], base.agent_pos[1]] = (OBJECT_TO_IDX["agent"], 0, base.agent_dir)  # type: ignore[attr-defined]
+    return encoded
+
+
+def _thing(cell: np.ndarray) -> str:
+    kind, colour = _OBJECTS[cell[0]], _COLOURS.get(cell[1], "")
+    if kind == "door":
+        return f"a {_DOOR_STATES[cell[2]]} {colour} door"
+    return f"the {kind}" if kind == "goal" else f"a {colour} {kind}"

@@ -32,7 +32,14 @@ from protos import BiasUpdate, DigestRequest, StateDigest, WeightsAnnouncement, 
 from protos.messages import Array
 from services.actor import metrics
 from services.actor.bias import BiasRejected, BiasTable
-from services.actor.envs import action_space_of, describe, make_vector_env, policy_spec_of
+from services.actor.envs import (
+    action_space_of,
+    describe,
+    full_state_of,
+    is_minigrid,
+    make_vector_env,
+    policy_spec_of,
+)
 from services.actor.rollout import Rollout
 from services.actor.settings import ActorSettings
 
@@ -59,6 +66,7 @@ class Actor:
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
         self.recent_returns: deque[float] = deque(maxlen=100)
+        self.share_full_state = settings.digest_full_state and is_minigrid(settings.env_id)
         self.requested_digests: set[int] = set(range(rollout.num_bots))  # every bot's first episode starts now
         self._progress_at = (time.monotonic(), 0)
 
@@ -209,7 +217,8 @@ class Actor:
             bot=bot,
             env_step=self.rollout.env_steps,
             episode=int(self.rollout.episodes_started[bot]),
-            text=describe(env),
+            text=describe(env, self.rollout.obs[bot]),
+            full_state=Array.from_numpy(full_state_of(env)) if self.share_full_state else None,
             observation=Array.from_numpy(self.rollout.obs[bot]),
             action_names=self.action_names,
             created_at=time.time(),

@@ -35,3 +35,6 @@ class ActorSettings(ServiceSettings):
         " request).",
     )
     digests_enabled: bool = Field(True, description="Publish StateDigests for the advisor at all.")
+    digest_full_state: bool = Field(
+        True, description="Attach the full MiniGrid grid to digests, for expert advisors (privileged information)."
+    )

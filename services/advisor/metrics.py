@@ -1,6 +1,6 @@
 """The advisor's Prometheus metrics (budget: 3-5 s per LLM answer, asynchronous)."""
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from ala.metrics import SECOND_BUCKETS, new_registry, service_metrics
 
@@ -8,8 +8,34 @@ REGISTRY = new_registry()
 SERVICE = service_metrics("advisor", REGISTRY)
 LLM_SECONDS = Histogram(
     "ala_advisor_llm_seconds",
-    "Time for one LLM answer, by backend.",
-    ["backend"],
+    "Time for one backend answer, by advisor.",
+    ["advisor"],
     buckets=SECOND_BUCKETS,
     registry=REGISTRY,
 )
+COMPLETION_TOKENS = Counter(
+    "ala_advisor_completion_tokens",
+    "Tokens generated, by advisor (rate / llm_seconds = tokens/s).",
+    ["advisor"],
+    registry=REGISTRY,
+)
+BACKEND_FAILURES = Counter(
+    "ala_advisor_backend_failures",
+    "Answers not obtained, by advisor and reason (timeout, parse, http, ...).",
+    ["advisor", "reason"],
+    registry=REGISTRY,
+)
+ADVICE_PUBLISHED = Counter(
+    "ala_advisor_advice_published", "Advice published, by advisor.", ["advisor"], registry=REGISTRY
+)
+DIGESTS = Counter("ala_advisor_digests", "State digests received.", registry=REGISTRY)
+DIGESTS_DROPPED = Counter(
+    "ala_advisor_digests_dropped", "Digests replaced by a newer one for the same bot, or evicted.", registry=REGISTRY
+)
+DIGESTS_REJECTED = Counter("ala_advisor_digests_rejected", "Digests that could not be decoded.", registry=REGISTRY)
+QUEUE_DEPTH = Gauge("ala_advisor_queue_depth", "Bots with a digest waiting for advice.", registry=REGISTRY)
+CACHE_HITS = Counter(
+    "ala_advisor_cache_hits", "Answers served from the cache (LLM calls saved).", ["advisor"], registry=REGISTRY
+)
+CACHE_MISSES = Counter("ala_advisor_cache_misses", "Answers that needed the backend.", ["advisor"], registry=REGISTRY)
+CACHE_THRESHOLD = Gauge("ala_advisor_cache_max_distance", "Adaptive reuse threshold.", ["advisor"], registry=REGISTRY)

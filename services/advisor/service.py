@@ -1,15 +1,185 @@
-"""The advisor process: for now it connects, heartbeats and serves /metrics; its job arrives with its own issue."""
+"""The advisor process: state digests in, advice out, never blocking anything upstream.
+
+Digests arrive in a queue group (replicas share them). Only the newest digest per bot waits (older ones are
+dropped and counted), in a bounded table. `workers` tasks take the oldest waiting bot and ask every configured
+advisor in parallel, each bounded by its timeout; each answer is published on that advisor's own subject for the
+router to merge. A slow or dead advisor only means its advice is missing.
+"""
+
+from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
 
+from nats.aio.msg import Msg
+
+from ala.bus import Bus
+from ala.metrics import child
+from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
-from services.advisor.metrics import REGISTRY, SERVICE
-from services.advisor.settings import AdvisorSettings
+from protos import Advice, AdviceTarget, StateDigest, WireError, decode, subjects
+from services.advisor import metrics
+from services.advisor.backends import Backend, BackendError, Suggestion, create_backend
+from services.advisor.cache import AdviceCache
+from services.advisor.settings import AdvisorSettings, AdvisorSpec
+
+log = logging.getLogger(__name__)
+
+
+class Prompt:
+    """Editable templates (`system.txt`, `user.txt`) filled with the digest's text and its legal actions."""
+
+    def __init__(self, settings: AdvisorSettings) -> None:
+        self.system = (settings.prompt_dir / "system.txt").read_text().strip()
+        self.user = (settings.prompt_dir / "user.txt").read_text().strip()
+
+    def messages(self, digest: StateDigest) -> list[dict[str, str]]:
+        actions = "\n".join(f"{i}: {name}" for i, name in enumerate(digest.action_names))
+        return [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": self.user.format(state=digest.text, actions=actions)},
+        ]
+
+
+class Advisor:
+    """One configured advisor: a backend, optionally behind the adaptive cache."""
+
+    def __init__(self, spec: AdvisorSpec, backend: Backend, cache: AdviceCache | None) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.cache = cache
+
+    async def answer(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        if self.cache is None:
+            return await self._ask(digest, messages)
+        observation = digest.observation.to_numpy()
+        found = self.cache.lookup(observation)
+        if found.suggestion is not None and not found.audit:
+            child(metrics.CACHE_HITS, self.spec.name).inc()
+            return found.suggestion
+        child(metrics.CACHE_MISSES, self.spec.name).inc()
+        fresh = await self._ask(digest, messages)
+        if found.audit and found.suggestion is not None:
+            self.cache.record_audit(found.suggestion, fresh)
+            child(metrics.CACHE_THRESHOLD, self.spec.name).set(self.cache.max_distance)
+        self.cache.store(observation, fresh)
+        return fresh
+
+    async def _ask(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        start = time.perf_counter()
+        suggestion = await asyncio.wait_for(self.backend.suggest(digest, messages), self.spec.timeout_s)
+        child(metrics.LLM_SECONDS, self.spec.name).observe(time.perf_counter() - start)
+        child(metrics.COMPLETION_TOKENS, self.spec.name).inc(suggestion.completion_tokens)
+        return suggestion
+
+
+def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion) -> Advice:
+    return Advice(
+        advice_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
+        advisor=spec.name,
+        priority=spec.priority,
+        target=AdviceTarget(actor=digest.actor, bot=digest.bot, state_key=digest.state_key),
+        ttl_s=suggestion.ttl_s,
+        created_at=time.time(),
+        recommended_action=suggestion.action,
+        confidence=suggestion.confidence,
+        rationale=suggestion.rationale,
+    )
+
+
+class AdvisorService:
+    def __init__(self, settings: AdvisorSettings, bus: Bus, advisors: list[Advisor]) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.advisors = advisors
+        self.prompt = Prompt(settings)
+        self.waiting: OrderedDict[tuple[str, int], StateDigest] = OrderedDict()
+        self.ready = asyncio.Event()
+        self._log = RateLimitedLog(log)
+
+    async def on_digest(self, msg: Msg) -> None:
+        try:
+            digest = decode(msg.data, StateDigest)
+        except WireError as exc:
+            metrics.DIGESTS_REJECTED.inc()
+            self._log.warning("digest rejected: %s", exc)
+            return
+        metrics.DIGESTS.inc()
+        key = (digest.actor, digest.bot)
+        if key in self.waiting:
+            metrics.DIGESTS_DROPPED.inc()  # the newer state supersedes it
+            del self.waiting[key]
+        self.waiting[key] = digest
+        while len(self.waiting) > self.settings.max_pending:
+            self.waiting.popitem(last=False)
+            metrics.DIGESTS_DROPPED.inc()
+        metrics.QUEUE_DEPTH.set(len(self.waiting))
+        self.ready.set()
+
+    async def work(self) -> None:
+        while True:
+            await self.ready.wait()
+            if not self.waiting:
+                self.ready.clear()
+                continue
+            _, digest = self.waiting.popitem(last=False)
+            metrics.QUEUE_DEPTH.set(len(self.waiting))
+            messages = self.prompt.messages(digest)
+            await asyncio.gather(*(self._advise(advisor, digest, messages) for advisor in self.advisors))
+
+    async def _advise(self, advisor: Advisor, digest: StateDigest, messages: list[dict[str, str]]) -> None:
+        name = advisor.spec.name
+        try:
+            suggestion = await advisor.answer(digest, messages)
+        except TimeoutError:
+            child(metrics.BACKEND_FAILURES, name, "timeout").inc()
+            self._log.warning("advisor %s timed out after %.1fs", name, advisor.spec.timeout_s)
+            return
+        except BackendError as exc:
+            child(metrics.BACKEND_FAILURES, name, exc.reason).inc()
+            self._log.warning("advisor %s failed: %s", name, exc)
+            return
+        advice = to_advice(advisor.spec, digest, suggestion)
+        if await self.bus.publish(subjects.advice_subject(self.settings.run, name), advice, kind="advice"):
+            child(metrics.ADVICE_PUBLISHED, name).inc()
+
+
+def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
+    advisors = []
+    for spec in settings.advisors:
+        cache = None
+        if settings.cache and spec.backend in ("embedded", "openai"):
+            cache = AdviceCache(
+                settings.cache_size,
+                settings.cache_max_distance,
+                settings.cache_target_agreement,
+                settings.cache_audit_rate,
+                seed=spec.seed,
+            )
+        advisors.append(Advisor(spec, create_backend(spec), cache))
+    return advisors
 
 
 async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
-    async with ServiceRuntime(settings, SERVICE, REGISTRY):
+    advisors = build_advisors(settings)
+    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime:
+        service = AdvisorService(settings, runtime.bus, advisors)
+        await runtime.bus.subscribe(
+            subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group
+        )
+        workers = [asyncio.create_task(service.work(), name=f"advisor-worker-{i}") for i in range(settings.workers)]
         await stop.wait()
+        for worker in workers:
+            worker.cancel()
+        for worker in workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+    for advisor in advisors:
+        await advisor.backend.close()
 
 
 def main() -> None:

@@ -1,11 +1,42 @@
-"""Settings of the advisor; every field is also an environment variable `ALA_ADVISOR_<FIELD>`."""
+"""Settings of the advisor; every field is also an environment variable `ALA_ADVISOR_<FIELD>`.
 
-from typing import ClassVar
+`ALA_ADVISOR_ADVISORS` is a JSON list, one object per advisor, e.g. a vLLM server and the expert:
+`[{"name": "gpt-oss", "backend": "openai", "base_url": "http://dgx:8000/v1", "model": "openai/gpt-oss-20b",
+"priority": 2}, {"name": "expert", "backend": "expert"}]`.
+"""
 
-from pydantic import Field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
+
+PROMPTS = Path(__file__).parent / "prompts"
+
+
+class AdvisorSpec(BaseModel):
+    """One advisor: a backend and how much its word counts."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Its subject token: ala.<run>.advice.<name>.")
+    backend: Literal["embedded", "openai", "expert", "adversarial"] = "embedded"
+    priority: float = Field(1.0, ge=0, description="Sent with every advice; the router weighs by it.")
+    timeout_s: float = Field(30.0, gt=0, description="Longest wait for one answer; a slow advisor is skipped.")
+    # openai: any OpenAI-compatible server (vLLM first).
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL up to /v1.")
+    model: str = Field("openai/gpt-oss-20b", description="openai: model name as the server knows it.")
+    api_key: SecretStr = Field(SecretStr(""), description="openai: bearer key, if the server needs one.")
+    structured_outputs: Literal["vllm", "response_format"] = Field(
+        "vllm", description="vllm: schema in extra body `structured_outputs` + response_format; else response_format."
+    )
+    max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
+    retries: int = Field(2, ge=0, description="openai: retries after a connection error or 5xx, with backoff.")
+    max_tokens: int = Field(160, ge=16, description="LLM answer length bound.")
+    temperature: float = Field(0.2, ge=0, description="LLM sampling temperature.")
+    # adversarial: the expert's advice, made wrong on purpose.
+    wrong_probability: float = Field(1.0, ge=0, le=1, description="adversarial: chance of recommending a wrong action.")
+    seed: int = Field(0, description="adversarial and embedded sampling seed.")
 
 
 class AdvisorSettings(ServiceSettings):
@@ -13,3 +44,17 @@ class AdvisorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ALA_ADVISOR_")
 
     metrics_port: int = Field(9101, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
+    advisors: list[AdvisorSpec] = Field(
+        default_factory=lambda: [AdvisorSpec(name="llm-0", backend="embedded")],
+        description="The advisors this process runs (JSON list); each answers every digest in parallel.",
+    )
+    queue_group: str = Field("advisors", description="Replicas in one queue group share the digests.")
+    max_pending: int = Field(256, ge=1, description="Bots with a digest waiting; beyond, the oldest is dropped.")
+    workers: int = Field(2, ge=1, description="Digests being answered at once.")
+    prompt_dir: Path = Field(PROMPTS, description="Folder with system.txt and user.txt prompt templates.")
+    default_ttl_s: float = Field(5.0, gt=0, description="TTL of advice whose backend gives none.")
+    cache: bool = Field(True, description="Reuse advice for identical or near-identical states.")
+    cache_size: int = Field(10_000, ge=1, description="Most states remembered.")
+    cache_max_distance: int = Field(2, ge=0, description="Initial reuse threshold: differing view cells.")
+    cache_target_agreement: float = Field(0.98, gt=0, le=1, description="Agreement the adaptive threshold keeps.")
+    cache_audit_rate: float = Field(0.05, ge=0, le=1, description="Share of near hits re-asked to measure agreement.")

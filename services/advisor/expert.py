@@ -1,0 +1,61 @@
+"""The expert: a planner with full knowledge of a MiniGrid room (shortest path to key, door and goal).
+
+It reads the privileged `StateDigest.full_state` (the whole grid as MiniGrid codes, the agent's cell holding
+`(agent, 0, direction)`), searches breadth-first over (position, direction, carrying the key, door open) and
+recommends the first action of a shortest plan. It is the upper bound for experiments and the template for
+users' own heuristic advisors: a function from a digest to an action.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from minigrid.core.actions import Actions
+from minigrid.core.constants import DIR_TO_VEC, OBJECT_TO_IDX, STATE_TO_IDX
+
+AGENT, KEY, DOOR, GOAL = OBJECT_TO_IDX["agent"], OBJECT_TO_IDX["key"], OBJECT_TO_IDX["door"], OBJECT_TO_IDX["goal"]
+PASSABLE = {OBJECT_TO_IDX["empty"], OBJECT_TO_IDX["floor"], GOAL}
+State = tuple[int, int, int, bool, bool]
+"""x, y, direction, carrying the key, door open."""
+
+
+def plan(full_state: np.ndarray) -> int | None:
+    """First action of a shortest plan to the goal, or None if the goal cannot be reached."""
+    grid = full_state.astype(int)
+    ((x, y),) = np.argwhere(grid[:, :, 0] == AGENT)
+    keys = np.argwhere(grid[:, :, 0] == KEY)
+    doors = np.argwhere(grid[:, :, 0] == DOOR)
+    door_open = bool(len(doors)) and grid[doors[0][0], doors[0][1], 2] == STATE_TO_IDX["open"]
+    start: State = (int(x), int(y), int(grid[x, y, 2]), len(keys) == 0, door_open)
+    first_action: dict[State, int | None] = {start: None}
+    frontier = deque([start])
+    while frontier:
+        state = frontier.popleft()
+        for action, following, reached_goal in _moves(grid, state):
+            if reached_goal:
+                return first_action[state] if first_action[state] is not None else action
+            if following not in first_action:
+                first_action[following] = first_action[state] if first_action[state] is not None else action
+                frontier.append(following)
+    return None
+
+
+def _moves(grid: np.ndarray, state: State) -> list[tuple[int, State, bool]]:
+    x, y, direction, has_key, door_open = state
+    dx, dy = DIR_TO_VEC[direction]
+    fx, fy = x + int(dx), y + int(dy)
+    ahead = grid[fx, fy, 0] if 0 <= fx < grid.shape[0] and 0 <= fy < grid.shape[1] else OBJECT_TO_IDX["wall"]
+    if ahead == KEY and has_key:
+        ahead = OBJECT_TO_IDX["empty"]  # picked up already
+    moves = [
+        (int(Actions.left), (x, y, (direction - 1) % 4, has_key, door_open), False),
+        (int(Actions.right), (x, y, (direction + 1) % 4, has_key, door_open), False),
+    ]
+    if ahead in PASSABLE or ahead == AGENT or (ahead == DOOR and door_open):
+        moves.append((int(Actions.forward), (fx, fy, direction, has_key, door_open), ahead == GOAL))
+    if ahead == KEY and not has_key:
+        moves.append((int(Actions.pickup), (x, y, direction, True, door_open), False))
+    if ahead == DOOR and not door_open and has_key:
+        moves.append((int(Actions.toggle), (x, y, direction, has_key, True), False))
+    return moves
