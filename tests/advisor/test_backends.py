@@ -63,21 +63,19 @@ async def test_embedded_model_always_gives_valid_advice(embedded: EmbeddedBacken
 
 
 async def test_http_backend_against_a_real_openai_compatible_server(embedded: EmbeddedBackend) -> None:
-    spec = AdvisorSpec(name="http", backend="openai", base_url=embedded.url, model="smollm2", timeout_s=60)
+    spec = AdvisorSpec(
+        name="http", backend="openai", base_url=embedded.url, model="smollm2", timeout_s=60, temperature=0.0
+    )
     backend = OpenAIBackend(spec)
-    digest = digests(1)[0]
-    messages = Prompt(AdvisorSettings()).messages(digest)
-    body = backend.request(digest, messages)
-    assert body["structured_outputs"]["json"]["properties"]["action"]["maximum"] == 6  # vLLM's extra body
-    assert body["response_format"]["type"] == "json_schema"
+    prompt = Prompt(AdvisorSettings())
     try:
-        suggestion = await backend.suggest(digest, messages)
-    except BackendError as exc:
-        # The 135M model may still break the schema's numeric bounds over HTTP (llama.cpp's schema grammar does
-        # not bound floats); what must hold is that such an answer is caught as a parse failure, nothing worse.
-        assert exc.reason == "parse"
-    else:
-        assert 0 <= suggestion.action < len(ACTIONS) and 0 <= suggestion.confidence <= 1
+        for digest in digests(3):
+            body = backend.request(digest, prompt.messages(digest))
+            assert body["structured_outputs"]["json"]["properties"]["action"]["maximum"] == 6  # vLLM's extra body
+            assert body["response_format"]["type"] == "json_schema"
+            suggestion = await backend.suggest(digest, prompt.messages(digest))
+            assert 0 <= suggestion.action < len(ACTIONS) and 0 <= suggestion.confidence <= 1
+            assert suggestion.completion_tokens > 0
     finally:
         await backend.close()
 

@@ -1,0 +1,98 @@
+"""The advisor service: parallel advisors through a real broker, newest-digest-per-bot, and the cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from nats.aio.msg import Msg
+
+from ala.bus import Bus
+from ala.config import NatsSettings
+from protos import Advice, decode, encode, subjects
+from services.advisor import metrics
+from services.advisor.backends import ExpertBackend
+from services.advisor.cache import AdviceCache
+from services.advisor.expert import plan
+from services.advisor.service import Advisor, AdvisorService, serve
+from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from tests.advisor.test_backends import digests
+from tests.utils.services import running
+
+
+def _settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:
+    values: dict[str, object] = {
+        "run": "test",
+        "instance": "adv1",
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "nats": nats,
+        "advisors": [
+            AdvisorSpec(name="expert", backend="expert", priority=2.0),
+            AdvisorSpec(name="liar", backend="adversarial", wrong_probability=1.0),
+        ],
+    }
+    return AdvisorSettings(**(values | overrides))
+
+
+async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, nats_settings: NatsSettings) -> None:
+    received: asyncio.Queue[Advice] = asyncio.Queue()
+
+    async def on_advice(msg: Msg) -> None:
+        await received.put(decode(msg.data, Advice))
+
+    await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
+    digest = digests(1, "MiniGrid-DoorKey-8x8-v0")[0]
+    assert digest.full_state is not None
+    async with running(serve, _settings(nats_settings)):
+        while received.empty():  # digests are fire-and-forget: repeat until the advisor has subscribed
+            await bus.publish(subjects.digest_subject("test", "a1"), digest, kind="digest")
+            await asyncio.sleep(0.05)
+        answers = {}
+        while len(answers) < 2:
+            advice = await asyncio.wait_for(received.get(), 10)
+            answers[advice.advisor] = advice
+    expert, liar = answers["expert"], answers["liar"]
+    assert expert.recommended_action == plan(digest.full_state.to_numpy())
+    assert liar.recommended_action != expert.recommended_action
+    assert expert.priority == 2.0 and (expert.target.actor, expert.target.bot) == ("a1", 0)
+
+
+async def test_only_the_newest_digest_per_bot_waits(nats_settings: NatsSettings) -> None:
+    settings = _settings(nats_settings, max_pending=2)
+    service = AdvisorService(settings, bus=None, advisors=[])  # type: ignore[arg-type]  # no publishing here
+    dropped = metrics.DIGESTS_DROPPED._value.get()
+    states = digests(4)
+    for bot, digest in [(0, states[0]), (0, states[1]), (1, states[2]), (2, states[3])]:
+        moved = msgspec.structs.replace(digest, bot=bot)
+        await service.on_digest(Msg(_client=None, subject="s", data=encode(moved)))  # type: ignore[arg-type]
+    assert [key for key in service.waiting] == [("a1", 1), ("a1", 2)]  # bot 0's old state replaced, then evicted
+    assert metrics.DIGESTS_DROPPED._value.get() - dropped == 2
+
+
+async def test_cache_returns_identical_advice_for_identical_states_and_counts_hits() -> None:
+    cache = AdviceCache(capacity=100, max_distance=0, target_agreement=0.98, audit_rate=0.0)
+    advisor = Advisor(AdvisorSpec(name="cached", backend="expert"), ExpertBackend(), cache)
+    hits = metrics.CACHE_HITS.labels("cached")._value.get()
+    digest = digests(1)[0]
+    first = await advisor.answer(digest, [])
+    again = await advisor.answer(digest, [])
+    assert again == first
+    assert metrics.CACHE_HITS.labels("cached")._value.get() - hits == 1
+    assert cache.hits == 1 and cache.misses == 1
+
+
+def test_near_states_reuse_advice_and_the_threshold_adapts() -> None:
+    from services.advisor.backends import Suggestion
+
+    cache = AdviceCache(capacity=10, max_distance=2, target_agreement=0.9, audit_rate=0.0)
+    state = digests(1)[0].observation.to_numpy().copy()
+    cache.store(state, Suggestion(3, 1.0, 2.0))
+    near = state.copy()
+    near[:2] += 1
+    assert cache.lookup(near).suggestion == Suggestion(3, 1.0, 2.0)
+    far = state.copy()
+    far[:3] += 1
+    assert cache.lookup(far).suggestion is None
+    cache.record_audit(Suggestion(3, 1.0, 2.0), Suggestion(2, 1.0, 2.0))  # a near hit that disagreed
+    assert cache.max_distance == 1
