@@ -211,6 +211,22 @@ class WeightsAnnouncement(MessageBase):
     created_at: float
 
 
+class ImplicitReward(MessageBase):
+    """advisor → learner: a bounded extra reward for taking `action` in a state an LLM review found critical."""
+
+    run: Name
+    actor: Name
+    bot: NonNegInt
+    state_key: str
+    """sha1 of the observation bytes (first 16 hex digits)."""
+    observation: Array
+    action: NonNegInt
+    reward: float
+    """Already bounded by the advisor (|reward| <= its max_implicit_reward)."""
+    source: str
+    created_at: float
+
+
 class Heartbeat(MessageBase):
     """Every service, every few seconds: who it is, which build, and (actors) what it can do."""
 
@@ -227,7 +243,16 @@ class Heartbeat(MessageBase):
     num_bots: NonNegInt = 0
 
 
-Message = StateDigest | DigestRequest | Advice | BiasUpdate | TrajectoryChunk | WeightsAnnouncement | Heartbeat
+Message = (
+    StateDigest
+    | DigestRequest
+    | Advice
+    | BiasUpdate
+    | TrajectoryChunk
+    | WeightsAnnouncement
+    | ImplicitReward
+    | Heartbeat
+)
 MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
     StateDigest,
     DigestRequest,
@@ -235,6 +260,7 @@ MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
     BiasUpdate,
     TrajectoryChunk,
     WeightsAnnouncement,
+    ImplicitReward,
     Heartbeat,
 )
 

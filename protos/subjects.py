@@ -54,6 +54,11 @@ def bias_subject(run: str, actor: str) -> str:
     return _subject(run, "bias", check_token(actor, "actor"))
 
 
+def implicit_reward_subject(run: str) -> str:
+    """advisor → learner: `ImplicitReward`s from critical-state review."""
+    return _subject(run, "implicit-reward")
+
+
 def heartbeat_subject(run: str, service: str, instance: str) -> str:
     """every service: `Heartbeat`s."""
     return _subject(run, "heartbeat", check_token(service, "service"), check_token(instance, "instance"))

@@ -39,3 +39,5 @@ CACHE_HITS = Counter(
 )
 CACHE_MISSES = Counter("ala_advisor_cache_misses", "Answers that needed the backend.", ["advisor"], registry=REGISTRY)
 CACHE_THRESHOLD = Gauge("ala_advisor_cache_max_distance", "Adaptive reuse threshold.", ["advisor"], registry=REGISTRY)
+REVIEWS = Counter("ala_advisor_reviews", "Episodes reviewed for critical states.", registry=REGISTRY)
+REVIEW_FAILURES = Counter("ala_advisor_review_failures", "Chunks or reviews that could not be used.", registry=REGISTRY)

@@ -15,16 +15,22 @@ import time
 import uuid
 from collections import OrderedDict
 
+from minigrid.core.actions import Actions
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ala.bus import Bus
 from ala.metrics import child
+from ala.policy import PolicySpec
 from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
-from protos import Advice, AdviceTarget, StateDigest, WireError, decode, subjects
+from ala.trajectory import BadChunk, from_chunk
+from protos import Advice, AdviceTarget, StateDigest, TrajectoryChunk, WireError, decode, subjects
 from services.advisor import metrics
-from services.advisor.backends import Backend, BackendError, Suggestion, create_backend
+from services.advisor.backends import Backend, BackendError, EmbeddedBackend, Suggestion, create_backend
 from services.advisor.cache import AdviceCache
+from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 
 log = logging.getLogger(__name__)
@@ -148,6 +154,55 @@ class AdvisorService:
             child(metrics.ADVICE_PUBLISHED, name).inc()
 
 
+async def review_episodes(settings: AdvisorSettings, bus: Bus, advisors: list[Advisor]) -> None:
+    """Follow the trajectory stream, review one finished episode in `review_every_episodes`, teach the caches the
+    critical states' advice and publish the bounded implicit rewards."""
+    embedded = next((a.backend for a in advisors if isinstance(a.backend, EmbeddedBackend)), None)
+    if embedded is None:
+        log.warning("critical-state review needs an embedded advisor; review is off")
+        return
+    consumer = await bus.js.pull_subscribe(
+        subjects.trajectory_wildcard(settings.run),
+        stream=subjects.TRAJECTORIES.name,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE),
+    )
+    assembler, reviewer, finished = EpisodeAssembler(), None, 0
+    while True:
+        try:
+            msgs = await consumer.fetch(4, timeout=1.0)
+        except (TimeoutError, NatsTimeoutError):
+            continue
+        for msg in msgs:
+            try:
+                chunk = decode(msg.data, TrajectoryChunk)
+                spec = PolicySpec(obs_dim=chunk.observations.shape[-1], n_actions=chunk.bias.shape[-1])
+                trajectory = from_chunk(chunk, spec)
+            except (WireError, BadChunk, IndexError):
+                metrics.REVIEW_FAILURES.inc()
+                continue
+            for episode in assembler.add(chunk.actor, trajectory):
+                finished += 1
+                if finished % settings.review_every_episodes:
+                    continue
+                if reviewer is None:
+                    names = [f"action_{i}" for i in range(spec.n_actions)]
+                    if spec.n_actions == len(Actions):
+                        names = [action.name for action in Actions]
+                    reviewer = CriticalStateReviewer(embedded, names, settings.max_implicit_reward, settings.run)
+                try:
+                    review = await reviewer.review(episode)
+                except BackendError:
+                    metrics.REVIEW_FAILURES.inc()
+                    continue
+                metrics.REVIEWS.inc()
+                for state, suggestion in review.suggestions:
+                    for advisor in advisors:
+                        if advisor.cache is not None:
+                            advisor.cache.store(state, suggestion)
+                for reward in review.rewards:
+                    await bus.publish(subjects.implicit_reward_subject(settings.run), reward, kind="implicit-reward")
+
+
 def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
     advisors = []
     for spec in settings.advisors:
@@ -172,6 +227,8 @@ async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
             subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group
         )
         workers = [asyncio.create_task(service.work(), name=f"advisor-worker-{i}") for i in range(settings.workers)]
+        if settings.review:
+            workers.append(asyncio.create_task(review_episodes(settings, runtime.bus, advisors), name="review"))
         await stop.wait()
         for worker in workers:
             worker.cancel()

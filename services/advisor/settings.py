@@ -58,3 +58,6 @@ class AdvisorSettings(ServiceSettings):
     cache_max_distance: int = Field(2, ge=0, description="Initial reuse threshold: differing view cells.")
     cache_target_agreement: float = Field(0.98, gt=0, le=1, description="Agreement the adaptive threshold keeps.")
     cache_audit_rate: float = Field(0.05, ge=0, le=1, description="Share of near hits re-asked to measure agreement.")
+    review: bool = Field(False, description="Critical-state review of finished episodes (needs an embedded advisor).")
+    review_every_episodes: int = Field(20, ge=1, description="Review one finished episode in this many.")
+    max_implicit_reward: float = Field(0.05, ge=0, description="Bound on the implicit reward of one critical state.")
