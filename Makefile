@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench-wire bench-throughput bench-learning bench-router clean
+.PHONY: setup run test lint format bench-wire bench-throughput bench-learning bench-router bench-advisor clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,9 @@ bench-throughput: setup  ## distributed env steps/s against the single-process t
 
 bench-router: setup  ## router latency against the bare two-hop, and sustained advice rate
 	$(BIN)/python -m benchmarks.router
+
+bench-advisor: setup  ## backend latency and tokens/s, and LLM calls saved by the cache
+	$(BIN)/python -m benchmarks.advisor
 
 bench-learning: setup  ## plain PPO learning curves, DoorKey 5x5 and 8x8, 3 seeds
 	$(BIN)/python -m benchmarks.learning
