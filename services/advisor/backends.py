@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import importlib.util
 import random
 from dataclasses import dataclass
@@ -103,7 +104,12 @@ def parse_answer(content: str, n_actions: int, completion_tokens: int = 0) -> Su
 
 
 class ExpertBackend:
+    """Also registered as the `expert` entry point of group `ala.advisors`: the template for plug-in advisors."""
+
     kind = "expert"
+
+    def __init__(self, spec: AdvisorSpec | None = None) -> None:
+        del spec  # the expert needs no settings; plug-in factories receive their AdvisorSpec
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         if digest.full_state is None:
@@ -247,6 +253,13 @@ class EmbeddedBackend:
 
 
 def create_backend(spec: AdvisorSpec) -> Backend:
+    if spec.backend == "plugin":
+        # Users' own advisors: any package can register `[project.entry-points."ala.advisors"] name = "mod:factory"`.
+        found = importlib.metadata.entry_points(group="ala.advisors", name=spec.plugin)
+        if not found:
+            raise BackendError("unavailable", f"no 'ala.advisors' entry point named {spec.plugin!r}")
+        factory = next(iter(found)).load()
+        return factory(spec)  # type: ignore[no-any-return]
     if spec.backend == "openai":
         return OpenAIBackend(spec)
     if spec.backend == "embedded":

@@ -17,7 +17,7 @@ from services.advisor.expert import plan
 from services.advisor.service import Advisor, AdvisorService, serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 from tests.advisor.test_backends import digests
-from tests.utils.services import running
+from tests.utils.services import running, wait_until
 
 
 def _settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:
@@ -96,3 +96,24 @@ def test_near_states_reuse_advice_and_the_threshold_adapts() -> None:
     assert cache.lookup(far).suggestion is None
     cache.record_audit(Suggestion(3, 1.0, 2.0), Suggestion(2, 1.0, 2.0))  # a near hit that disagreed
     assert cache.max_distance == 1
+
+
+async def test_a_hung_backend_is_timed_out_and_counted_while_others_answer(
+    bus: Bus, nats_settings: NatsSettings, hung_server: str
+) -> None:
+    received: asyncio.Queue[Advice] = asyncio.Queue()
+
+    async def on_advice(msg: Msg) -> None:
+        await received.put(decode(msg.data, Advice))
+
+    await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
+    timeouts = metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get()
+    hung = AdvisorSpec(name="hung", backend="openai", base_url=hung_server, timeout_s=0.3, retries=0)
+    settings = _settings(nats_settings, advisors=[hung, AdvisorSpec(name="expert", backend="expert")])
+    async with running(serve, settings):
+        digest = digests(1)[0]
+        while received.empty():
+            await bus.publish(subjects.digest_subject("test", "a1"), digest, kind="digest")
+            await asyncio.sleep(0.05)
+        await wait_until(lambda: metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get() > timeouts)
+    assert (await received.get()).advisor == "expert"  # a dead advisor only means its advice is missing

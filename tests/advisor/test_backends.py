@@ -3,9 +3,8 @@ model's real OpenAI-compatible server, the expert planner on real MiniGrid rooms
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import gymnasium as gym
 import numpy as np
@@ -19,6 +18,7 @@ from services.advisor.backends import (
     EmbeddedBackend,
     ExpertBackend,
     OpenAIBackend,
+    create_backend,
     parse_answer,
 )
 from services.advisor.expert import plan
@@ -101,27 +101,17 @@ async def test_adversarial_advice_is_never_the_experts_when_always_wrong() -> No
         assert (await adversary.suggest(digest, [])).action != plan(digest.full_state.to_numpy())
 
 
+def test_plugin_advisors_load_from_entry_points() -> None:
+    assert isinstance(create_backend(AdvisorSpec(name="p", backend="plugin", plugin="expert")), ExpertBackend)
+    with pytest.raises(BackendError, match="entry point named 'nope'"):
+        create_backend(AdvisorSpec(name="p", backend="plugin", plugin="nope"))
+
+
 def test_answers_out_of_bounds_are_parse_failures() -> None:
     assert parse_answer('{"action": 3, "confidence": 0.5, "ttl_s": 4, "rationale": "ok"}', 7).action == 3
     for bad in ('{"action": 7, "confidence": 0.5}', '{"action": 1, "confidence": 2}', "pick up the key", ""):
         with pytest.raises(BackendError, match="parse"):
             parse_answer(bad, 7)
-
-
-@pytest.fixture
-async def hung_server() -> AsyncIterator[str]:
-    """A server that accepts connections and never answers: a fault no real LLM server produces on demand."""
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        await asyncio.Event().wait()
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.close()
 
 
 async def test_a_hung_backend_times_out(hung_server: str) -> None:
