@@ -6,6 +6,7 @@ claims (shapes, dtypes, finite numbers, action range, log-probabilities) before 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, fields
 
@@ -77,6 +78,11 @@ class Trajectory:
             bot_ids=np.arange(bots, dtype=np.int32),
             policy_version=0,
         )
+
+
+def observation_key(observation: np.ndarray) -> str:
+    """A short stable key of one observation (sha1 of its float32 bytes), naming a state across services."""
+    return hashlib.sha1(np.ascontiguousarray(observation, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
 _ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name != "policy_version"]

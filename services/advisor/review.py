@@ -4,8 +4,9 @@ mattered, the action that should have been taken there, and an implicit reward.
 The result becomes (1) advice keyed on those states, stored in the advisor's caches so a future visit is advised
 without a new LLM call, and (2) `ImplicitReward` messages. Implicit rewards are bounded: the LLM picks a number
 in [-1, 1] (grammar-enforced) which is multiplied by `max_implicit_reward` (default 0.05, a twentieth of
-DoorKey's success reward), so no review can outweigh the environment's own signal. The learner does not add them
-yet: that stays off until the learning benchmark shows a benefit.
+DoorKey's success reward), so no review can outweigh the environment's own signal. The learner adds them only
+unless `ALA_LEARNER_IMPLICIT_REWARDS=true`, which stays off until the learning benchmark shows a benefit; the learner
+then adds each to the matching (state, action) steps of the chunks it trains on, clipped again to its own bound.
 
 Episodes come from the trajectory stream (`EpisodeAssembler` follows each bot across chunks).
 """
@@ -13,14 +14,13 @@ Episodes come from the trajectory stream (`EpisodeAssembler` follows each bot ac
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
 
-from ala.trajectory import Trajectory
+from ala.trajectory import Trajectory, observation_key
 from protos import Array, ImplicitReward
 from services.actor.envs import VIEW
 from services.advisor.backends import BackendError, EmbeddedBackend, Suggestion
@@ -102,10 +102,6 @@ def view_summary(observation: np.ndarray, names: dict[int, str]) -> str:
     return f"facing {names.get(ahead, '?')}, carrying {carrying}"
 
 
-def state_key(observation: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(observation).tobytes()).hexdigest()[:16]
-
-
 @dataclass
 class Review:
     suggestions: list[tuple[np.ndarray, Suggestion]]
@@ -165,7 +161,7 @@ class CriticalStateReviewer:
                     run=self.run,
                     actor=episode.actor,
                     bot=episode.bot,
-                    state_key=state_key(state),
+                    state_key=observation_key(state),
                     observation=Array.from_numpy(state),
                     action=steps[critical.step].action,
                     reward=reward,

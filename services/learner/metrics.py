@@ -33,3 +33,6 @@ TRAINING = Gauge(
     "ala_learner_training", "Latest update's statistics (losses, IS weights, lag).", ["stat"], registry=REGISTRY
 )
 WEIGHTS_PUBLISHED = Counter("ala_learner_weights_published", "Weight versions published.", registry=REGISTRY)
+IMPLICIT_REWARDS_APPLIED = Counter(
+    "ala_learner_implicit_rewards_applied", "Steps that received an implicit reward.", registry=REGISTRY
+)

@@ -10,6 +10,7 @@ trained chunk ids, stream position) are written atomically and restored at start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -27,9 +28,10 @@ from ala.metrics import timed
 from ala.policy import sha256, weights_to_bytes
 from ala.service import ServiceRuntime, run_until_signalled
 from ala.trajectory import BadChunk, Trajectory, from_chunk
-from protos import TrajectoryChunk, WeightsAnnouncement, WireError, decode, encode, subjects
+from protos import ImplicitReward, TrajectoryChunk, WeightsAnnouncement, WireError, decode, encode, subjects
 from services.actor.envs import policy_spec_of
 from services.learner import metrics
+from services.learner.implicit import ImplicitRewards
 from services.learner.learner import Learner
 from services.learner.settings import LearnerSettings
 
@@ -47,6 +49,11 @@ class LearnerWorker:
         self._trained_set: set[str] = set()
         self.last_stream_seq = 0
         self.checkpoint_path = settings.checkpoint_dir / settings.run / "latest.pt"
+        self.implicit = ImplicitRewards(settings.max_implicit_reward)
+
+    async def on_implicit_reward(self, msg: Msg) -> None:
+        with contextlib.suppress(WireError):
+            self.implicit.add(decode(msg.data, ImplicitReward))
 
     def chunk_id(self, chunk: TrajectoryChunk) -> str:
         return subjects.trajectory_msg_id(chunk.run, chunk.actor, chunk.chunk_seq)
@@ -82,6 +89,8 @@ class LearnerWorker:
             metrics.CHUNKS_STALE.inc()
             await msg.ack()
             return None
+        trajectory.rewards = trajectory.rewards.copy()  # decoded arrays are read-only views
+        metrics.IMPLICIT_REWARDS_APPLIED.inc(self.implicit.apply(trajectory))
         return chunk_id, trajectory
 
     async def train(self, batch: list[tuple[Msg, str, Trajectory]]) -> None:
@@ -195,6 +204,8 @@ async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:
     async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime:
         worker = LearnerWorker(settings, runtime.bus, learner)
         worker.restore_checkpoint()
+        if settings.implicit_rewards:
+            await runtime.bus.subscribe(subjects.implicit_reward_subject(settings.run), worker.on_implicit_reward)
         await worker.publish_weights()  # actors start from the learner's weights, not their own initialisation
         await worker.run(stop)
         await asyncio.to_thread(worker.save_checkpoint)

@@ -48,5 +48,7 @@ class LearnerSettings(ServiceSettings):
     publish_every: int = Field(1, ge=1, description="Publish weights every this many updates.")
     checkpoint_dir: Path = Field(Path(".ala/checkpoints"), description="Where checkpoints are written.")
     checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many updates.")
+    implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
+    max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")
     device: str = Field("auto", description="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
     torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")

@@ -10,13 +10,13 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
-from ala.trajectory import to_chunk
+from ala.trajectory import observation_key, to_chunk
 from protos import decode, encode, subjects
 from protos.messages import ImplicitReward
 from services.advisor import metrics
 from services.advisor.backends import EmbeddedBackend
 from services.advisor.cache import AdviceCache
-from services.advisor.review import CriticalStateReviewer, EpisodeAssembler, state_key
+from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.service import serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 from tests.utils.rl import fresh_agent, rollout
@@ -47,7 +47,7 @@ async def test_review_of_a_recorded_episode_gives_valid_bounded_advice_and_rewar
     for (state, suggestion), reward in zip(review.suggestions, review.rewards, strict=True):
         assert 0 <= suggestion.action < len(ACTIONS)
         assert any(np.array_equal(state, step.observation) for step in episode.steps)
-        assert abs(reward.reward) <= 0.05 and reward.state_key == state_key(state)
+        assert abs(reward.reward) <= 0.05 and reward.state_key == observation_key(state)
         assert decode(encode(reward), ImplicitReward) == reward
         cache.store(state, suggestion)
         assert cache.lookup(state).suggestion == suggestion  # a future visit is advised without an LLM call

@@ -101,3 +101,38 @@ def test_vtrace_advantages_train_with_finite_statistics() -> None:
     stats = learner.train([biased_trajectory(learner.agent)])
     assert all(np.isfinite(value) for key, value in stats.items() if key != "losses/explained_variance")
     assert learner.version == 1 and learner.samples_trained == 64
+
+
+def test_implicit_rewards_are_added_to_matching_steps_and_bounded() -> None:
+    from ala.trajectory import observation_key
+    from protos import ImplicitReward
+    from services.learner.implicit import ImplicitRewards
+
+    trajectory = rollout(fresh_agent()).collect()
+    before = trajectory.rewards.copy()
+    obs, action = trajectory.observations[3, 1], int(trajectory.actions[3, 1])
+    implicit = ImplicitRewards(max_reward=0.05)
+    implicit.add(
+        ImplicitReward(
+            run="test",
+            actor="a1",
+            bot=1,
+            state_key=observation_key(obs),
+            observation=Array.from_numpy(obs),
+            action=action,
+            reward=10.0,  # far beyond the bound: clipped to 0.05
+            source="test",
+            created_at=0.0,
+        )
+    )
+    matched = implicit.apply(trajectory)
+    same = [
+        (t, b)
+        for t in range(16)
+        for b in range(4)
+        if np.array_equal(trajectory.observations[t, b], obs) and trajectory.actions[t, b] == action
+    ]
+    assert matched == len(same) >= 1
+    for t, b in same:
+        assert trajectory.rewards[t, b] == pytest.approx(before[t, b] + 0.05)
+    assert np.count_nonzero(trajectory.rewards != before) == matched
