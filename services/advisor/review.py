@@ -5,8 +5,8 @@ The result becomes (1) advice keyed on those states, stored in the advisor's cac
 without a new LLM call, and (2) `ImplicitReward` messages. Implicit rewards are bounded: the LLM picks a number
 in [-1, 1] (grammar-enforced) which is multiplied by `max_implicit_reward` (default 0.05, a twentieth of
 DoorKey's success reward), so no review can outweigh the environment's own signal. The learner adds them only
-unless `ALA_LEARNER_IMPLICIT_REWARDS=true`, which stays off until the learning benchmark shows a benefit; the learner
-then adds each to the matching (state, action) steps of the chunks it trains on, clipped again to its own bound.
+with `ALA_LEARNER_IMPLICIT_REWARDS=true` (off until the learning benchmark shows a benefit), to the matching
+(state, action) steps of the chunks it trains on, clipped again to its own bound.
 
 Episodes come from the trajectory stream (`EpisodeAssembler` follows each bot across chunks).
 """
