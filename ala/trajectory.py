@@ -13,17 +13,14 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ala.policy import PolicySpec
+from ala.rejection import Rejected
 from protos import Array, TrajectoryChunk
 
 _LOGPROB_TOLERANCE = 1e-4
 
 
-class BadChunk(ValueError):
-    """A decodable chunk whose content cannot be trained on; `reason` labels the rejection metric."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class BadChunk(Rejected):
+    """A decodable chunk whose content cannot be trained on."""
 
 
 @dataclass

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ala.rejection import Rejected
 from protos import BiasUpdate
 
 
-class BiasRejected(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class BiasRejected(Rejected):
+    """A bias update the actor will not install; `reason` labels `ala_actor_bias_rejected_total`."""
 
 
 class BiasTable:

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ala.rejection import Rejected
 from protos import ActionSpace, Advice, Array, BiasUpdate, Heartbeat
 from protos.subjects import BROADCAST
 
@@ -58,12 +59,8 @@ class LiveConfig(BaseModel):
         return self.strength
 
 
-class AdviceRejected(ValueError):
+class AdviceRejected(Rejected):
     """Advice the router will not turn into a bias; `reason` labels `ala_router_rejected_total`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 @dataclass
