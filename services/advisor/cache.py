@@ -2,9 +2,9 @@
 
 States are the compact observations the policy saw (MiniGrid: 7x7 view codes, which include the carried object).
 An exact match is always reused. A near match (at most `max_distance` differing values) is reused too, and the
-threshold adapts online: a small share of near hits (`audit_rate`) is answered afresh anyway and compared; while
-agreement stays at or above `target_agreement` the threshold may grow by one, and it shrinks on a disagreement
-that brings agreement below target. Advice keeps its own TTL semantics: a hit is re-stamped when served.
+threshold adapts online: near hits are answered afresh anyway and compared (every one until `MIN_AUDITS` have been,
+then a share `audit_rate`); while agreement stays at or above `target_agreement` the threshold may grow by one,
+and it shrinks on a disagreement that brings agreement below target. Advice keeps its own TTL semantics: a hit is re-stamped when served.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 from services.advisor.backends import Suggestion
 
 AUDIT_WINDOW = 50
+MIN_AUDITS = 10
+"""Near hits audited before trusting the threshold at all: a new cache learns its backend's tolerance first."""
 MAX_DISTANCE_CAP = 8
 
 
@@ -52,7 +54,7 @@ class AdviceCache:
             return Lookup(self.entries[key][1], exact=True)
         near = self._nearest(observation)
         if near is not None:
-            if self.rng.random() < self.audit_rate:
+            if len(self.audits) < MIN_AUDITS or self.rng.random() < self.audit_rate:
                 return Lookup(near, audit=True)
             self.hits += 1
             return Lookup(near)
