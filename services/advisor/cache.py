@@ -4,7 +4,8 @@ States are the compact observations the policy saw (MiniGrid: 7x7 view codes, wh
 An exact match is always reused. A near match (at most `max_distance` differing values) is reused too, and the
 threshold adapts online: near hits are answered afresh anyway and compared (every one until `MIN_AUDITS` have been,
 then a share `audit_rate`); while agreement stays at or above `target_agreement` the threshold may grow by one,
-and it shrinks on a disagreement that brings agreement below target. Advice keeps its own TTL semantics: a hit is re-stamped when served.
+and it shrinks on a disagreement that brings agreement below target. A hit is published as new advice, with a
+fresh creation time and the cached answer's TTL.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
-from protos import Advice, decode, encode, subjects
+from protos import Advice, StateDigest, decode, encode, subjects
 from services.advisor import metrics
 from services.advisor.backends import ExpertBackend
 from services.advisor.cache import AdviceCache
@@ -37,17 +38,17 @@ def _settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:
 
 async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, nats_settings: NatsSettings) -> None:
     received: asyncio.Queue[Advice] = asyncio.Queue()
+    answered = asyncio.Event()
 
     async def on_advice(msg: Msg) -> None:
         await received.put(decode(msg.data, Advice))
+        answered.set()
 
     await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
     digest = digests(1, "MiniGrid-DoorKey-8x8-v0")[0]
     assert digest.full_state is not None
     async with running(serve, _settings(nats_settings)):
-        while received.empty():  # digests are fire-and-forget: repeat until the advisor has subscribed
-            await bus.publish(subjects.digest_subject("test", "a1"), digest, kind="digest")
-            await asyncio.sleep(0.05)
+        await _publish_until_answered(bus, digest, answered)
         answers = {}
         while len(answers) < 2:
             advice = await asyncio.wait_for(received.get(), 10)
@@ -102,18 +103,27 @@ async def test_a_hung_backend_is_timed_out_and_counted_while_others_answer(
     bus: Bus, nats_settings: NatsSettings, hung_server: str
 ) -> None:
     received: asyncio.Queue[Advice] = asyncio.Queue()
+    answered = asyncio.Event()
 
     async def on_advice(msg: Msg) -> None:
         await received.put(decode(msg.data, Advice))
+        answered.set()
 
     await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
     timeouts = metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get()
     hung = AdvisorSpec(name="hung", backend="openai", base_url=hung_server, timeout_s=0.3, retries=0)
     settings = _settings(nats_settings, advisors=[hung, AdvisorSpec(name="expert", backend="expert")])
     async with running(serve, settings):
-        digest = digests(1)[0]
-        while received.empty():
-            await bus.publish(subjects.digest_subject("test", "a1"), digest, kind="digest")
-            await asyncio.sleep(0.05)
+        await _publish_until_answered(bus, digests(1)[0], answered)
         await wait_until(lambda: metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get() > timeouts)
     assert (await received.get()).advisor == "expert"  # a dead advisor only means its advice is missing
+
+
+async def _publish_until_answered(bus: Bus, digest: StateDigest, answered: asyncio.Event) -> None:
+    """Digests are fire-and-forget: repeat one until the (just started) advisor has subscribed and answered."""
+    for _ in range(200):
+        await bus.publish(subjects.digest_subject("test", "a1"), digest, kind="digest")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(answered.wait(), 0.1)
+            return
+    raise AssertionError("the advisor never answered")
