@@ -53,7 +53,6 @@ class AdvisorSettings(ServiceSettings):
     max_pending: int = Field(256, ge=1, description="Bots with a digest waiting; beyond, the oldest is dropped.")
     workers: int = Field(2, ge=1, description="Digests being answered at once.")
     prompt_dir: Path = Field(PROMPTS, description="Folder with system.txt and user.txt prompt templates.")
-    default_ttl_s: float = Field(5.0, gt=0, description="TTL of advice whose backend gives none.")
     cache: bool = Field(True, description="Reuse advice for identical or near-identical states.")
     cache_size: int = Field(10_000, ge=1, description="Most states remembered.")
     cache_max_distance: int = Field(2, ge=0, description="Initial reuse threshold: differing view cells.")
