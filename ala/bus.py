@@ -149,7 +149,17 @@ class Bus:
         except nats.js.errors.APIError as exc:
             self.metrics.publish_failures.labels(kind, "refused").inc()
             raise PublishError(f"broker refused {msg_id}: {exc}") from exc
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+        except nats.errors.MaxPayloadError as exc:
+            self.metrics.publish_failures.labels(kind, "too_large").inc()
+            raise PublishError(f"{msg_id} is {len(payload)} bytes, over the broker's max_payload") from exc
+        except nats.errors.OutboundBufferLimitError as exc:
+            self.metrics.publish_failures.labels(kind, "buffer_full").inc()
+            raise PublishError(f"client buffer full while publishing {msg_id}") from exc
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.ConnectionDrainingError,
+        ) as exc:
             self.metrics.publish_failures.labels(kind, "disconnected").inc()
             raise PublishError(f"not connected while publishing {msg_id}") from exc
         self.metrics.published.labels(kind).inc()

@@ -57,11 +57,13 @@ def vtrace(
     gamma: float,
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
+    weight_advantages: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """V-trace (Espeholt et al. 2018) value targets and policy-gradient advantages [T, N].
 
     `log_rhos = log pi(a|s) - log mu(a|s)`; importance weights are truncated at `rho_bar` (for the fixed point) and
-    `c_bar` (for the trace).
+    `c_bar` (for the trace). `weight_advantages=False` leaves the truncated weight out of the policy-gradient
+    advantages, for a loss that applies its own per-sample weight.
     """
     rhos = torch.exp(log_rhos)
     clipped_rhos = rhos.clamp(max=rho_bar)
@@ -76,8 +78,8 @@ def vtrace(
     # v_{s+1}: the next step's target within an episode, else the bootstrap used for that step.
     next_vs = torch.cat([vs[1:], next_value[-1:]])
     next_vs = torch.where(episode_ends, next_value, next_vs)
-    advantages = clipped_rhos * (rewards + gamma * next_vs - values)
-    return vs, advantages
+    advantages = rewards + gamma * next_vs - values
+    return vs, clipped_rhos * advantages if weight_advantages else advantages
 
 
 def importance_weights(

@@ -146,3 +146,9 @@ async def test_trajectories_survive_a_broker_kill(bus: Bus, nats_server: Embedde
     # A retry after the restart of a chunk whose ack was lost is still recognised as a duplicate.
     again = await bus.publish_durable(subject, b"chunk-19", "a.19", "trajectory")
     assert again.duplicate
+
+
+async def test_oversized_durable_publish_is_a_publish_error(bus: Bus) -> None:
+    too_big = b"\x00" * (bus.nc.max_payload + 1)
+    with pytest.raises(PublishError, match="max_payload"):
+        await bus.publish_durable(subjects.trajectory_subject("test", "a"), too_big, "big-1", kind="trajectory")

@@ -282,6 +282,13 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         settings, metrics.SERVICE, metrics.REGISTRY, action_space=action_space, num_bots=settings.num_bots
     ) as runtime:
         actor = Actor(settings, runtime.bus, rollout, bias)
+        chunk_bytes = len(encode(to_chunk(rollout.new_trajectory(), settings.run, settings.instance, 0)))
+        if chunk_bytes > runtime.bus.nc.max_payload:
+            raise ValueError(
+                f"a chunk of {settings.num_steps} steps x {settings.num_bots} bots is {chunk_bytes} bytes, over the "
+                f"broker's max_payload of {runtime.bus.nc.max_payload}: lower ALA_ACTOR_NUM_STEPS or raise "
+                "ALA_BROKER_MAX_PAYLOAD_BYTES"
+            )
         run = settings.run
         await runtime.bus.subscribe(subjects.bias_subject(run, settings.instance), actor.on_bias)
         await runtime.bus.subscribe(subjects.bias_subject(run, subjects.BROADCAST), actor.on_bias)

@@ -186,12 +186,12 @@ class OpenAIBackend:
                 await asyncio.sleep(0.25 * 2**attempt)
         if response.status_code != 200:
             raise BackendError("http", f"status {response.status_code}: {response.text[:200]}")
-        payload = response.json()
         try:
+            payload = response.json()
             content = payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise BackendError("parse", f"unexpected response {str(payload)[:200]}") from exc
-        tokens = int(payload.get("usage", {}).get("completion_tokens", 0))
+            tokens = int((payload.get("usage") or {}).get("completion_tokens") or 0)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise BackendError("parse", f"unexpected response {response.text[:200]!r}") from exc
         return parse_answer(content or "", len(digest.action_names), tokens)
 
     async def close(self) -> None:
@@ -244,9 +244,10 @@ class EmbeddedBackend:
                 raise BackendError("timeout", f"no answer within {self.spec.timeout_s}s") from exc
         try:
             content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as exc:
+            tokens = int((reply.get("usage") or {}).get("completion_tokens") or 0)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError("parse", f"unexpected reply {str(reply)[:200]}") from exc
-        return parse_answer(content, len(digest.action_names), int(reply.get("usage", {}).get("completion_tokens", 0)))
+        return parse_answer(content, len(digest.action_names), tokens)
 
     async def close(self) -> None:
         return None

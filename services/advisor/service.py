@@ -149,6 +149,10 @@ class AdvisorService:
             child(metrics.BACKEND_FAILURES, name, exc.reason).inc()
             self._log.warning("advisor %s failed: %s", name, exc)
             return
+        except Exception as exc:  # a plug-in or a server can fail in ways no list foresees; the worker must live
+            child(metrics.BACKEND_FAILURES, name, "error").inc()
+            self._log.warning("advisor %s raised %s: %s", name, type(exc).__name__, exc)
+            return
         advice = to_advice(advisor.spec, digest, suggestion)
         if await self.bus.publish(subjects.advice_subject(self.settings.run, name), advice, kind="advice"):
             child(metrics.ADVICE_PUBLISHED, name).inc()

@@ -123,7 +123,14 @@ class Learner:
             if s.advantage == "vtrace":
                 log_rhos = prox - tensors["behaviour_logprob"]
                 returns, advantages = ppo.vtrace(
-                    tensors["rewards"], tensors["values"], next_value, episode_ends, log_rhos, s.gamma
+                    tensors["rewards"],
+                    tensors["values"],
+                    next_value,
+                    episode_ends,
+                    log_rhos,
+                    s.gamma,
+                    # exact: the loss weighs each sample by pi_prox/mu already; weighting here too would square it
+                    weight_advantages=s.correction != "exact",
                 )
             else:
                 advantages = ppo.gae(
@@ -209,4 +216,4 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
         self.version = int(state["version"])
         self.samples_trained = int(state["samples_trained"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # map_location moved it; generators live on the CPU

@@ -36,3 +36,6 @@ WEIGHTS_PUBLISHED = Counter("ala_learner_weights_published", "Weight versions pu
 IMPLICIT_REWARDS_APPLIED = Counter(
     "ala_learner_implicit_rewards_applied", "Steps that received an implicit reward.", registry=REGISTRY
 )
+WEIGHTS_PUBLISH_FAILURES = Counter(
+    "ala_learner_weights_publish_failures", "Weight versions not published (broker away).", registry=REGISTRY
+)

@@ -19,11 +19,12 @@ from collections import deque
 
 import torch
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from ala.bus import Bus
+from ala.bus import Bus, PublishError
 from ala.metrics import timed
 from ala.policy import sha256, weights_to_bytes
 from ala.service import ServiceRuntime, run_until_signalled
@@ -50,6 +51,8 @@ class LearnerWorker:
         self.last_stream_seq = 0
         self.checkpoint_path = settings.checkpoint_dir / settings.run / "latest.pt"
         self.implicit = ImplicitRewards(settings.max_implicit_reward)
+        self.pending_ids: set[str] = set()
+        """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
 
     async def on_implicit_reward(self, msg: Msg) -> None:
         with contextlib.suppress(WireError):
@@ -76,7 +79,7 @@ class LearnerWorker:
             await msg.term()
             return None
         chunk_id = self.chunk_id(chunk)
-        if chunk_id in self._trained_set:
+        if chunk_id in self._trained_set or chunk_id in self.pending_ids:
             metrics.CHUNKS_DUPLICATE.inc()
             await msg.ack()
             return None
@@ -106,7 +109,12 @@ class LearnerWorker:
         for name, value in stats.items():
             metrics.TRAINING.labels(name).set(value)
         if self.learner.version % self.settings.publish_every == 0:
-            await self.publish_weights()
+            try:
+                await self.publish_weights()
+            except (PublishError, NatsError, TimeoutError) as exc:
+                # The broker is away: training goes on and the next update publishes newer weights.
+                metrics.WEIGHTS_PUBLISH_FAILURES.inc()
+                log.warning("weights v%d not published: %s", self.learner.version, exc)
         if self.learner.version % self.settings.checkpoint_every == 0:
             await asyncio.to_thread(self.save_checkpoint)
 
@@ -193,9 +201,11 @@ class LearnerWorker:
                 admitted = await self.admit(msg)
                 if admitted is not None:
                     pending.append((msg, *admitted))
+                    self.pending_ids.add(admitted[0])
             if len(pending) >= self.settings.chunks_per_batch:
                 await self.train(pending)
                 pending = []
+                self.pending_ids.clear()
 
 
 async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:

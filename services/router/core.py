@@ -26,6 +26,8 @@ from protos import ActionSpace, Advice, Array, BiasUpdate, Heartbeat
 from protos.subjects import BROADCAST
 
 MAX_ACTIONS = 4096
+MAX_PRIORITY = 1e6
+"""Bounded so that weighted sums of opinions cannot overflow."""
 
 
 class LiveConfig(BaseModel):
@@ -113,12 +115,13 @@ class Router:
         numbers = [advice.priority, advice.confidence, advice.ttl_s, advice.created_at]
         if not all(math.isfinite(x) for x in numbers):
             raise AdviceRejected("non_finite", "priority, confidence, ttl or time is NaN or infinite")
-        if advice.priority < 0 or not 0 <= advice.confidence <= 1:
-            raise AdviceRejected("range", "priority must be >= 0 and confidence within [0, 1]")
+        if not 0 <= advice.priority <= MAX_PRIORITY or not 0 <= advice.confidence <= 1:
+            raise AdviceRejected("range", f"priority must be in [0, {MAX_PRIORITY:g}], confidence in [0, 1]")
         ttl_s = advice.ttl_s or config.default_ttl_s
         if not 0 < ttl_s <= config.max_ttl_s:
             raise AdviceRejected("range", f"ttl {advice.ttl_s}s outside (0, {config.max_ttl_s}]")
-        expires_at = advice.created_at + ttl_s
+        # A creation time in the future (skewed or hostile clock) must not stretch the TTL.
+        expires_at = min(advice.created_at, now) + ttl_s
         if expires_at <= now:
             raise AdviceRejected("expired", f"expired {now - expires_at:.3f}s ago")
         actor = self.target_actor(advice.target.actor, now)

@@ -121,3 +121,10 @@ async def test_a_hung_backend_times_out(hung_server: str) -> None:
         await backend.suggest(digests(1)[0], [])
     assert time.monotonic() - start < 2.0
     await backend.close()
+
+
+async def test_a_non_json_answer_is_a_parse_failure(garbage_server: str) -> None:
+    backend = OpenAIBackend(AdvisorSpec(name="junk", backend="openai", base_url=garbage_server, retries=0))
+    with pytest.raises(BackendError, match="parse"):
+        await backend.suggest(digests(1)[0], [])
+    await backend.close()

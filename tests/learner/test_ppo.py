@@ -152,3 +152,12 @@ def test_clipped_loss_has_no_gradient_outside_the_clip_range() -> None:
     assert ratio.grad is not None
     assert ratio.grad[0] == 0 and ratio.grad[1] == 0 and ratio.grad[2] != 0
     assert result.clipped.tolist() == [True, True, False]
+
+
+def test_vtrace_can_leave_the_weight_to_the_loss() -> None:
+    d = _episode_data(5)
+    ends = d["terminated"] | d["truncated"]
+    log_rhos = torch.randn_like(d["values"], generator=torch.Generator().manual_seed(0))
+    _, weighted = ppo.vtrace(d["rewards"], d["values"], _next(d), ends, log_rhos, gamma=0.99)
+    _, plain = ppo.vtrace(d["rewards"], d["values"], _next(d), ends, log_rhos, gamma=0.99, weight_advantages=False)
+    torch.testing.assert_close(weighted, log_rhos.exp().clamp(max=1.0) * plain)

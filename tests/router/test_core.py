@@ -192,3 +192,13 @@ def test_kill_forgets_every_opinion_and_disables() -> None:
     router.accept(_advice(action=1), "test", NOW)
     router.kill()
     assert not router.opinions and not router.config.enabled
+
+
+def test_a_creation_time_in_the_future_cannot_stretch_the_ttl() -> None:
+    update = _router().accept(_advice(action=1, ttl_s=5.0, created_at=NOW + 86_400), "test", NOW)
+    assert update is not None and update.ttl_s == pytest.approx(5.0)
+
+
+def test_priority_is_bounded_so_merges_cannot_overflow() -> None:
+    with pytest.raises(AdviceRejected, match="range"):
+        _router().accept(_advice(action=1, priority=1e308), "test", NOW)
