@@ -20,7 +20,7 @@ from ala.bus import Bus
 from ala.metrics import child
 from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
-from protos import Advice, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
+from protos import Advice, BiasUpdate, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
 from services.router import metrics
 from services.router.api import Status, create_app
 from services.router.core import AdviceRejected, LiveConfig, Router, clear_all
@@ -45,6 +45,8 @@ class RouterService:
         self.router = Router(settings.live_config(), actor_timeout_s=settings.actor_timeout_s)
         self._reject_log = RateLimitedLog(log)
         self._advisor_labels: set[str] = set()
+        self._remerges: dict[tuple[str, int | None], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.set_config(self.router.config)
 
     async def on_advice(self, msg: Msg) -> None:
@@ -63,11 +65,31 @@ class RouterService:
             self._reject(exc.reason, exc)
             return
         child(metrics.ADVICE_ACCEPTED, advisor).inc()
-        if update is not None and await self.bus.publish(
-            subjects.bias_subject(self.settings.run, update.actor), update, kind="bias"
-        ):
-            metrics.BIAS_UPDATES.inc()
+        if update is not None:
+            await self._publish(update)
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - received)
+
+    async def _publish(self, update: BiasUpdate) -> None:
+        if await self.bus.publish(subjects.bias_subject(self.settings.run, update.actor), update, kind="bias"):
+            metrics.BIAS_UPDATES.inc()
+        if len(update.advice_ids) > 1:
+            self._schedule_remerge(update)
+
+    def _schedule_remerge(self, update: BiasUpdate) -> None:
+        """A merged bias lives as long as its shortest opinion; when that one expires, the others still count."""
+        target = (update.actor, update.bots[0] if update.bots else None)
+        previous = self._remerges.pop(target, None)
+        if previous is not None:
+            previous.cancel()
+        self._remerges[target] = asyncio.get_running_loop().call_later(update.ttl_s, self._remerge, target)
+
+    def _remerge(self, target: tuple[str, int | None]) -> None:
+        self._remerges.pop(target, None)
+        update = self.router.merged(target, self.settings.run, time.time())
+        if update is not None:
+            task = asyncio.create_task(self._publish(update))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def _advisor_label(self, advisor: str) -> str:
         """Advisor names come off the wire: label at most MAX_ADVISOR_LABELS of them, the rest as 'other'."""
@@ -114,6 +136,10 @@ class RouterService:
         log.warning("kill: biases cleared on %s; router disabled", cleared)
         return cleared
 
+    def close(self) -> None:
+        for handle in self._remerges.values():
+            handle.cancel()
+
     def status(self) -> Status:
         now = time.time()
         return Status(
@@ -147,6 +173,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         await stop.wait()
         api.should_exit = True
         await api_task
+        service.close()
         report_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await report_task

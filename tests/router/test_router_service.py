@@ -115,6 +115,19 @@ async def test_advice_from_two_advisors_is_merged(bus: Bus, nats_settings: NatsS
     assert merged.bots == [1] and len(merged.advice_ids) == 2 and 0 < merged.ttl_s <= 5.0
 
 
+async def test_when_one_merged_opinion_expires_the_rest_is_sent_again(bus: Bus, nats_settings: NatsSettings) -> None:
+    biases = await _biases(bus)
+    async with running(serve, _settings(nats_settings)):
+        await _router_knows_actor(bus)
+        await bus.publish(subjects.advice_subject("test", "brief"), _advice("brief", 2, ttl_s=0.4), kind="advice")
+        await asyncio.wait_for(biases.get(), 10)
+        await bus.publish(subjects.advice_subject("test", "long"), _advice("long", 5, ttl_s=10.0), kind="advice")
+        merged = await asyncio.wait_for(biases.get(), 10)
+        remaining = await asyncio.wait_for(biases.get(), 10)  # sent by the router when "brief" expires
+    assert len(merged.advice_ids) == 2 and merged.ttl_s <= 0.4
+    assert len(remaining.advice_ids) == 1 and remaining.bias.to_numpy().argmax() == 5 and remaining.ttl_s > 5
+
+
 async def test_bad_advice_is_rejected_and_counted_never_crashing(bus: Bus, nats_settings: NatsSettings) -> None:
     nan_scores = Array.from_numpy(np.array([np.nan] * N, dtype=np.float32))
     bad = {
