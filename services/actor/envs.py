@@ -63,17 +63,20 @@ def policy_spec_of(env_id: str, hidden: int = 64) -> PolicySpec:
         env.close()
 
 
-def action_space_of(env_id: str) -> ActionSpace:
-    """The discrete action space of `env_id`, with MiniGrid's action names where they apply."""
-    n = policy_spec_of(env_id).n_actions
-    if is_minigrid(env_id) and n == len(Actions):
-        return ActionSpace(n=n, names=[action.name for action in Actions])
-    return ActionSpace(n=n, names=[f"action_{i}" for i in range(n)])
+def action_space_of(spec: PolicySpec, minigrid_names: bool) -> ActionSpace:
+    """The discrete action space the policy acts in, with MiniGrid's action names where they apply."""
+    return ActionSpace(n=spec.n_actions, names=action_names(spec.n_actions, minigrid_names))
+
+
+def action_names(n_actions: int, minigrid_names: bool) -> list[str]:
+    if minigrid_names and n_actions == len(Actions):
+        return [action.name for action in Actions]
+    return [f"action_{i}" for i in range(n_actions)]
 
 
 VIEW = 7
 """MiniGrid's egocentric view is 7x7; the agent stands at column 3 of the last row, facing up the view."""
-_OBJECTS = {index: name for name, index in OBJECT_TO_IDX.items()}
+OBJECT_NAMES = {index: name for name, index in OBJECT_TO_IDX.items()}
 _COLOURS = {index: name for name, index in COLOR_TO_IDX.items()}
 _DOOR_STATES = {index: name for name, index in STATE_TO_IDX.items()}
 _BACKGROUND = {"unseen", "empty", "wall", "floor"}
@@ -88,14 +91,16 @@ def describe(env: gym.Env, observation: np.ndarray) -> str:
     view = observation.reshape(VIEW, VIEW, 3).astype(int)
     lines = [f"Mission: {base.mission}."]
     carried = view[VIEW // 2, VIEW - 1]
-    lines.append(f"You carry {_thing(carried) if _OBJECTS[carried[0]] not in _BACKGROUND else 'nothing'}.")
+    lines.append(f"You carry {_thing(carried) if OBJECT_NAMES[carried[0]] not in _BACKGROUND else 'nothing'}.")
     ahead = view[VIEW // 2, VIEW - 2]
-    lines.append(f"Directly in front of you: {_thing(ahead) if _OBJECTS[ahead[0]] != 'unseen' else 'nothing visible'}.")
+    lines.append(
+        f"Directly in front of you: {_thing(ahead) if OBJECT_NAMES[ahead[0]] != 'unseen' else 'nothing visible'}."
+    )
     seen = []
     for column in range(VIEW):
         for row in range(VIEW):
             cell = view[column, row]
-            if (column, row) == (VIEW // 2, VIEW - 1) or _OBJECTS[cell[0]] in _BACKGROUND:
+            if (column, row) == (VIEW // 2, VIEW - 1) or OBJECT_NAMES[cell[0]] in _BACKGROUND:
                 continue
             forward, sideways = VIEW - 1 - row, column - VIEW // 2
             where = [f"{forward} step{'s' if forward != 1 else ''} ahead"] if forward else []
@@ -116,7 +121,7 @@ def full_state_of(env: gym.Env) -> np.ndarray:
 
 
 def _thing(cell: np.ndarray) -> str:
-    kind, colour = _OBJECTS[cell[0]], _COLOURS.get(cell[1], "")
+    kind, colour = OBJECT_NAMES[cell[0]], _COLOURS.get(cell[1], "")
     if kind == "door":
         return f"a {_DOOR_STATES[cell[2]]} {colour} door"
     return f"the {kind}" if kind == "goal" else f"a {colour} {kind}"

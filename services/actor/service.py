@@ -49,12 +49,14 @@ PROGRESS_EVERY_S = 10.0
 
 
 class Actor:
-    def __init__(self, settings: ActorSettings, bus: Bus, rollout: Rollout, bias: BiasTable) -> None:
+    def __init__(
+        self, settings: ActorSettings, bus: Bus, rollout: Rollout, bias: BiasTable, action_names: list[str]
+    ) -> None:
         self.settings = settings
         self.bus = bus
         self.rollout = rollout
         self.bias = bias
-        self.action_names = action_space_of(settings.env_id).names
+        self.action_names = action_names
         self.outbox: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(settings.retry_buffer_chunks)
         # Unique across restarts of this actor, so the learner never mistakes a new chunk for a redelivery.
         self.next_chunk_seq = time.time_ns() // 1000
@@ -277,11 +279,11 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         settings.device,
     )
     bias = BiasTable(settings.num_bots, spec.n_actions, settings.max_abs_bias)
-    action_space = action_space_of(settings.env_id)
+    action_space = action_space_of(spec, minigrid_names=is_minigrid(settings.env_id))
     async with ServiceRuntime(
         settings, metrics.SERVICE, metrics.REGISTRY, action_space=action_space, num_bots=settings.num_bots
     ) as runtime:
-        actor = Actor(settings, runtime.bus, rollout, bias)
+        actor = Actor(settings, runtime.bus, rollout, bias, action_space.names)
         chunk_bytes = len(encode(to_chunk(rollout.new_trajectory(), settings.run, settings.instance, 0)))
         if chunk_bytes > runtime.bus.nc.max_payload:
             raise ValueError(

@@ -22,7 +22,7 @@ import numpy as np
 
 from ala.trajectory import Trajectory, observation_key
 from protos import Array, ImplicitReward
-from services.actor.envs import VIEW
+from services.actor.envs import OBJECT_NAMES, VIEW
 from services.advisor.backends import BackendError, EmbeddedBackend, Suggestion
 
 MAX_CRITICAL = 3
@@ -94,12 +94,14 @@ def review_grammar(n_actions: int) -> str:
     )
 
 
-def view_summary(observation: np.ndarray, names: dict[int, str]) -> str:
+def view_summary(observation: np.ndarray) -> str:
     """One line per step: what is right in front and what is carried (codes of the 7x7 view)."""
     view = observation.reshape(VIEW, VIEW, 3).astype(int)
     ahead, carried = view[VIEW // 2, VIEW - 2, 0], view[VIEW // 2, VIEW - 1, 0]
-    carrying = names.get(carried, "?") if names.get(carried) not in ("empty", "unseen", "floor") else "nothing"
-    return f"facing {names.get(ahead, '?')}, carrying {carrying}"
+    carrying = OBJECT_NAMES.get(carried, "?")
+    if carrying in ("empty", "unseen", "floor"):
+        carrying = "nothing"
+    return f"facing {OBJECT_NAMES.get(ahead, '?')}, carrying {carrying}"
 
 
 @dataclass
@@ -111,19 +113,13 @@ class Review:
 
 class CriticalStateReviewer:
     def __init__(self, llm: EmbeddedBackend, action_names: list[str], max_implicit_reward: float, run: str) -> None:
-        from minigrid.core.constants import OBJECT_TO_IDX
-
         self.llm = llm
         self.action_names = action_names
         self.max_implicit_reward = max_implicit_reward
         self.run = run
-        self.object_names = {index: name for name, index in OBJECT_TO_IDX.items()}
 
     def prompt(self, steps: list[Step], episode_return: float) -> list[dict[str, str]]:
-        lines = [
-            f"{i}: {view_summary(s.observation, self.object_names)}; took {self.action_names[s.action]}"
-            for i, s in enumerate(steps)
-        ]
+        lines = [f"{i}: {view_summary(s.observation)}; took {self.action_names[s.action]}" for i, s in enumerate(steps)]
         actions = ", ".join(f"{i} {name}" for i, name in enumerate(self.action_names))
         return [
             {"role": "system", "content": "You review an agent's episode in a grid world. Answer with JSON only."},

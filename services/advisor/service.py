@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import OrderedDict
 
-from minigrid.core.actions import Actions
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -27,6 +26,7 @@ from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
 from ala.trajectory import BadChunk, from_chunk
 from protos import Advice, AdviceTarget, StateDigest, TrajectoryChunk, WireError, decode, subjects
+from services.actor.envs import action_names
 from services.advisor import metrics
 from services.advisor.backends import Backend, BackendError, EmbeddedBackend, Suggestion, create_backend
 from services.advisor.cache import AdviceCache
@@ -189,9 +189,8 @@ async def review_episodes(settings: AdvisorSettings, bus: Bus, advisors: list[Ad
                 if finished % settings.review_every_episodes:
                     continue
                 if reviewer is None:
-                    names = [f"action_{i}" for i in range(spec.n_actions)]
-                    if spec.n_actions == len(Actions):
-                        names = [action.name for action in Actions]
+                    # The stream does not say which env; MiniGrid's seven actions are the likely reading of seven.
+                    names = action_names(spec.n_actions, minigrid_names=True)
                     reviewer = CriticalStateReviewer(embedded, names, settings.max_implicit_reward, settings.run)
                 try:
                     review = await reviewer.review(episode)
