@@ -15,12 +15,10 @@ import contextlib
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Annotated
 
@@ -32,33 +30,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
+from benchmarks.scrape import metrics_text, sample
 from protos import ActionSpace, Advice, AdviceTarget, BiasUpdate, Heartbeat, decode, encode, subjects
+from tests.utils.services import free_port
 
 RUN = "bench"
 BOTS = 1024
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def metrics_text(port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            return response.read().decode()
-    except OSError:
-        return ""
-
-
-def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items())
-    )
 
 
 def histogram(text: str, name: str) -> dict[float, float]:

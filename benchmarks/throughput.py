@@ -14,43 +14,21 @@ import os
 import platform
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from prometheus_client.parser import text_string_to_metric_families
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def scrape(port: int, name: str) -> float:
-    """Sum of the samples called `name` on http://127.0.0.1:port/metrics (0 while the endpoint is not up)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0.0
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    )
+from benchmarks.scrape import scrape
+from tests.utils.services import free_port
 
 
 def local_steps_per_s(env_id: str, total_steps: int) -> float:

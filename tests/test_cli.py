@@ -6,7 +6,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from ala.metrics import BusMetrics
 from protos import Heartbeat, decode, subjects
 from protos.schema import json_schemas
 from services import SERVICE_NAMES
+from tests.utils.services import free_port
 
 runner = CliRunner()
 
@@ -46,12 +46,6 @@ def test_protos_export_writes_a_schema_per_message(tmp_path: Path) -> None:
     result = runner.invoke(app, ["protos", "export", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(json_schemas())
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _up_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -83,7 +77,7 @@ async def _wait_for_heartbeats_of_every_service(url: str, metrics: BusMetrics) -
 
 
 def test_up_runs_broker_and_all_services_and_one_sigint_stops_them(tmp_path: Path, metrics: BusMetrics) -> None:
-    port = _free_port()
+    port = free_port()
     up = subprocess.Popen(
         [sys.executable, "-m", "ala", "up"],
         env=_up_environment(tmp_path, ALA_BROKER_PORT=str(port)),

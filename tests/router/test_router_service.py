@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 
 import httpx
@@ -23,16 +22,10 @@ from services.router.service import serve
 from services.router.settings import RouterSettings
 from tests.actor.test_actor_service import ChunkReader
 from tests.utils.rl import ENV_ID
-from tests.utils.services import running, wait_until
+from tests.utils.services import free_port, running, wait_until
 
 N = 7
 TOKEN = "s3cret-test-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _settings(nats: NatsSettings, **overrides: object) -> RouterSettings:
@@ -41,7 +34,7 @@ def _settings(nats: NatsSettings, **overrides: object) -> RouterSettings:
         "instance": "r1",
         "metrics_host": "127.0.0.1",
         "metrics_port": 0,
-        "api_port": _free_port(),
+        "api_port": free_port(),
         "token": TOKEN,
         "b_max": 3.0,
         "nats": nats,
