@@ -1,22 +1,19 @@
-"""Fixtures for advisor tests."""
+"""Fixtures for advisor tests: broken servers, for faults no real LLM server produces on demand."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-@pytest.fixture
-async def hung_server() -> AsyncIterator[str]:
-    """A server that accepts connections and never answers: a fault no real LLM server produces on demand."""
 
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(65536)
-        await asyncio.Event().wait()
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+@asynccontextmanager
+async def _serving(handler: Handler) -> AsyncIterator[str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}/v1"
@@ -25,8 +22,20 @@ async def hung_server() -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def hung_server() -> AsyncIterator[str]:
+    """Accepts connections and never answers."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.Event().wait()
+
+    async with _serving(swallow) as url:
+        yield url
+
+
+@pytest.fixture
 async def garbage_server() -> AsyncIterator[str]:
-    """An HTTP server answering 200 with a body that is not JSON: a fault to inject, not an LLM."""
+    """Answers 200 with a body that is not JSON."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)
@@ -34,9 +43,5 @@ async def garbage_server() -> AsyncIterator[str]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.close()
+    async with _serving(answer) as url:
+        yield url
