@@ -31,7 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
 from benchmarks.scrape import metrics_text, sample
-from protos import ActionSpace, Advice, AdviceTarget, BiasUpdate, Heartbeat, decode, encode, subjects
+from protos import Advice, AdviceTarget, BiasUpdate, decode, encode, subjects
+from tests.utils.messages import actor_heartbeat
 from tests.utils.services import free_port
 
 RUN = "bench"
@@ -161,17 +162,7 @@ async def sustained(url: str, rate: float, seconds: float) -> dict[str, float]:
 async def announce_actor(url: str, metrics_port: int) -> None:
     nc = NatsClient()
     await nc.connect(url)
-    heartbeat = Heartbeat(
-        run=RUN,
-        service="actor",
-        instance="a1",
-        software_version="bench",
-        seq=1,
-        started_at=time.time(),
-        created_at=time.time(),
-        action_space=ActionSpace(n=7, names=[]),
-        num_bots=BOTS,
-    )
+    heartbeat = actor_heartbeat(run=RUN, n_actions=7, num_bots=BOTS, created_at=time.time())
     deadline = time.monotonic() + 60
     while sample(metrics_text(metrics_port), "ala_router_actors") < 1:
         assert time.monotonic() < deadline, "router did not come up"

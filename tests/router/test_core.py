@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protos import ActionSpace, Advice, AdviceTarget, Array, Heartbeat
+from protos import Advice, AdviceTarget, Array
 from services.router.core import AdviceRejected, LiveConfig, Router
+from tests.utils.messages import actor_heartbeat
 
 NOW = 1_000.0
 N = 7
@@ -18,18 +19,7 @@ N = 7
 
 def _router(**config: object) -> Router:
     router = Router(LiveConfig(**config))  # type: ignore[arg-type]
-    heartbeat = Heartbeat(
-        run="test",
-        service="actor",
-        instance="a1",
-        software_version="x",
-        seq=1,
-        started_at=0.0,
-        created_at=NOW,
-        action_space=ActionSpace(n=N, names=[]),
-        num_bots=4,
-    )
-    router.observe_heartbeat(heartbeat, NOW)
+    router.observe_heartbeat(actor_heartbeat(n_actions=N, created_at=NOW), NOW)
     return router
 
 

@@ -14,13 +14,14 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
-from protos import ActionSpace, Advice, AdviceTarget, Array, BiasUpdate, Heartbeat, decode, subjects
+from protos import Advice, AdviceTarget, Array, BiasUpdate, decode, subjects
 from services.actor import service as actor_service
 from services.actor.settings import ActorSettings
 from services.router import metrics
 from services.router.service import serve
 from services.router.settings import RouterSettings
 from tests.actor.test_actor_service import ChunkReader
+from tests.utils.messages import actor_heartbeat
 from tests.utils.rl import ENV_ID
 from tests.utils.services import free_port, running, wait_until
 
@@ -43,17 +44,7 @@ def _settings(nats: NatsSettings, **overrides: object) -> RouterSettings:
 
 
 async def _announce_actor(bus: Bus, instance: str = "a1") -> None:
-    heartbeat = Heartbeat(
-        run="test",
-        service="actor",
-        instance=instance,
-        software_version="test",
-        seq=1,
-        started_at=time.time(),
-        created_at=time.time(),
-        action_space=ActionSpace(n=N, names=[]),
-        num_bots=4,
-    )
+    heartbeat = actor_heartbeat(instance=instance, n_actions=N, created_at=time.time())
     await bus.publish(subjects.heartbeat_subject("test", "actor", instance), heartbeat, kind="heartbeat")
 
 

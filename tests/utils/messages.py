@@ -129,3 +129,20 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
             num_bots=bots,
         ),
     ]
+
+
+def actor_heartbeat(
+    run: str = "test", instance: str = "a1", n_actions: int = N_ACTIONS, num_bots: int = 4, created_at: float = 0.0
+) -> Heartbeat:
+    """What an actor announces: the router learns actors and their action spaces from these."""
+    return Heartbeat(
+        run=run,
+        service="actor",
+        instance=instance,
+        software_version="test",
+        seq=1,
+        started_at=created_at,
+        created_at=created_at,
+        action_space=ActionSpace(n=n_actions, names=[]),
+        num_bots=num_bots,
+    )
