@@ -22,9 +22,10 @@ run: setup  ## the whole stack on embedded defaults: nats-server, advisor, route
 test: setup lint  ## lint, then every test against real nats-servers
 	$(BIN)/python -m pytest
 
-lint: setup
+lint: setup  ## ruff, and the layering contracts in pyproject.toml (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -19,7 +19,7 @@ from ala import __version__
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings, NatsSettings
 from ala.service import configure_logging
-from ala.supervisor import Supervisor
+from ala.supervisor import RestartPolicy, Supervisor
 from services import SERVICE_NAMES
 
 app = typer.Typer(help="ALA, the Asynchronous LLM Advisor.", no_args_is_help=True, add_completion=False)
@@ -70,14 +70,20 @@ def up(
     ] = None,
     broker: Annotated[bool, typer.Option(help="Start the embedded broker; --no-broker uses ALA_NATS_URL.")] = True,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    max_restarts: Annotated[
+        int | None,
+        typer.Option(help="Restarts of a service that dies, within ALA_UP_RESTART_WINDOW_S, before all stop."),
+    ] = None,
 ) -> None:
-    """Start the broker and every service as separate processes; one Ctrl-C stops them all."""
+    """Start the broker and every service as separate processes; one Ctrl-C stops them all. A service that dies
+    is restarted with backoff, up to --max-restarts times (ALA_UP_MAX_RESTARTS, default 3), then all stop."""
     configure_logging("INFO")
     chosen = services or list(SERVICE_NAMES)
     unknown = sorted(set(chosen) - set(SERVICE_NAMES))
     if unknown:
         raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(SERVICE_NAMES)}")
-    supervisor = Supervisor(chosen, BrokerSettings() if broker else None, duration)
+    policy = RestartPolicy() if max_restarts is None else RestartPolicy(max_restarts=max_restarts)
+    supervisor = Supervisor(chosen, BrokerSettings() if broker else None, duration, policy)
     raise typer.Exit(supervisor.run())
 
 
@@ -135,7 +141,7 @@ def train(
     """Train PPO. `--local` is the single-process baseline; the distributed stack is `ala up`."""
     if not local:
         raise typer.BadParameter("distributed training runs with `ala up`; add --local for the single-process trainer")
-    from ala.local import Progress, train_local
+    from ala.rl.local import Progress, train_local
     from services.actor.settings import ActorSettings
     from services.learner.settings import LearnerSettings
 
@@ -143,7 +149,7 @@ def train(
     if seed is not None:
         overrides["seed"] = seed
     actor = ActorSettings(**overrides)
-    learner = LearnerSettings(**{**overrides, "env_id": actor.env_id})
+    learner = LearnerSettings(**overrides)
 
     def report(progress: Progress) -> bool:
         if progress.updates % 10 == 0:

@@ -70,7 +70,21 @@ class ServiceSettings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Interface of the Prometheus /metrics endpoint.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics (0 = a free one, logged at start).")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Seconds between heartbeats.")
-    log_level: str = Field("INFO", validation_alias="ALA_LOG_LEVEL", description="Python logging level.")
+    log_level: str = Field("INFO", validation_alias="ALA_LOG_LEVEL", description="Logging level of ALA's own code.")
+    third_party_log_level: str = Field(
+        "WARNING",
+        validation_alias="ALA_THIRD_PARTY_LOG_LEVEL",
+        description="Logging level of libraries (nats-py, uvicorn, httpx; llama.cpp: WARNING and above show only its"
+        " errors, INFO its per-request lines).",
+    )
+    third_party_log_file: str = Field(
+        "",
+        validation_alias="ALA_THIRD_PARTY_LOG_FILE",
+        description="Send library logs (and native stderr such as llama.cpp's) to this file instead of the console.",
+    )
+    progress_interval_s: float = Field(
+        10.0, ge=0, description="Seconds between this service's progress lines on the console (0: none)."
+    )
     nats: NatsSettings = Field(default_factory=NatsSettings, description="Broker connection (ALA_NATS_*).")
 
     @field_validator("run", "instance")

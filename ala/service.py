@@ -1,27 +1,34 @@
 """What every service does around its own job: serve /metrics, connect to NATS, provision JetStream, heartbeat,
-stop cleanly on SIGINT/SIGTERM and drain.
+supervise its long-lived tasks, stop cleanly on SIGINT/SIGTERM and drain.
 
 A service's `main` reads:
 
     async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-        async with ServiceRuntime(settings, METRICS, REGISTRY) as runtime:
-            ...subscribe with runtime.bus...
+        async with ServiceRuntime(settings, METRICS, REGISTRY) as runtime, asyncio.TaskGroup() as tasks:
+            ...subscribe with runtime.bus, start long-lived work with tasks.create_task(...)...
             await stop.wait()
+            ...cancel the long-lived tasks...
 
     def main() -> None:
         run_until_signalled(serve, RouterSettings())
+
+Supervision: a task that raises makes the task group cancel the others and raise; `run_until_signalled` logs
+every traceback and exits with status 1, which `ala up` and container restart policies act on. A service never
+heartbeats on with a dead loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, suppress
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -29,12 +36,13 @@ from ala import __version__
 from ala.bus import Bus
 from ala.config import ServiceSettings
 from ala.metrics import ServiceMetrics, serve_metrics
-from protos import ActionSpace, Heartbeat
+from protos import ActionSpace, Heartbeat, PolicySpec
 from protos.subjects import heartbeat_subject
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=ServiceSettings)
+T = TypeVar("T")
 
 
 class ServiceRuntime:
@@ -47,12 +55,14 @@ class ServiceRuntime:
         registry: CollectorRegistry,
         action_space: ActionSpace | None = None,
         num_bots: int = 0,
+        policy: PolicySpec | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.registry = registry
         self.action_space = action_space
         self.num_bots = num_bots
+        self.policy = policy
         self.started_at = time.time()
         self.metrics_port = 0
         self._bus: Bus | None = None
@@ -105,6 +115,7 @@ class ServiceRuntime:
             host=socket.gethostname(),
             action_space=self.action_space,
             num_bots=self.num_bots,
+            policy=self.policy,
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -115,19 +126,63 @@ class ServiceRuntime:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
 
+async def unless_stopped(awaitable: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """The result of `awaitable`, or None if `stop` is set first (the awaitable is then cancelled)."""
+    work = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+    return work.result() if work.done() and not work.cancelled() else None
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+OWN_LOGGERS = ("ala", "services", "protos", "benchmarks")
+"""ALA's own code logs under these names at ALA_LOG_LEVEL; everything else (nats-py, uvicorn, httpx, ...) is third
+party and logs at ALA_THIRD_PARTY_LOG_LEVEL."""
+LOG_FORMAT = "%(asctime)s %(levelname)-5s %(name)s: %(message)s"
+
+
+def configure_logging(level: str, third_party_level: str = "WARNING", third_party_file: str = "") -> None:
+    """ALA's loggers at `level` on the console; third-party loggers at `third_party_level`, on the console or,
+    with `third_party_file`, in that file together with whatever native libraries (llama.cpp) write to stderr."""
+    formatter = logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S")
+    console_stream = sys.stderr
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(third_party_level.upper())
+    if third_party_file:
+        # Native code writes to file descriptor 2: point it at the file, and keep the console on a copy of it.
+        console_stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        log_file = open(third_party_file, "a", buffering=1)  # noqa: SIM115  (open for the life of the process)
+        os.dup2(log_file.fileno(), sys.stderr.fileno())
+        file_handler = logging.StreamHandler(log_file)
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+    console = logging.StreamHandler(console_stream)
+    console.setFormatter(formatter)
+    for name in OWN_LOGGERS:
+        own = logging.getLogger(name)
+        own.setLevel(level.upper())
+        own.propagate = False
+        own.handlers = [console]
+    if not third_party_file:
+        root.addHandler(console)
 
 
 def run_until_signalled(serve: Callable[[S, asyncio.Event], Awaitable[None]], settings: S) -> None:
-    """Run `serve(settings, stop)` until SIGINT or SIGTERM sets `stop`."""
-    configure_logging(settings.log_level)
+    """Run `serve(settings, stop)` until SIGINT or SIGTERM sets `stop`; if it fails (a supervised task raised),
+    log every traceback and exit with status 1."""
+    configure_logging(settings.log_level, settings.third_party_log_level, settings.third_party_log_file)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -136,4 +191,16 @@ def run_until_signalled(serve: Callable[[S, asyncio.Event], Awaitable[None]], se
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception as exc:  # everything a service can fail with ends here, logged, with a non-zero exit
+        for error in _leaves(exc):
+            log.critical("%s %s stopped by an error", settings.service, settings.instance, exc_info=error)
+        sys.exit(1)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The individual errors inside (nested) exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]

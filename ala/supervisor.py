@@ -1,8 +1,14 @@
 """`ala up`: the broker and the services as separate processes, stopped together.
 
 Children get their own session, so a Ctrl-C reaches only this supervisor, which then stops the services first
-(SIGTERM, so they drain) and the broker last. If any service dies on its own, everything is stopped and the exit
-status says so: a half-running stack is worse than a stopped one.
+(SIGTERM, so they drain) and the broker last.
+
+When a service dies on its own (a crashed task exits its process with status 1), it is restarted after a backoff
+(1 s, 2 s, 4 s, ... up to 30 s), at most `max_restarts` times within `restart_window_s`; the others keep running,
+since every service reconnects and resumes on its own (the learner from its checkpoint, actors from the newest
+weights). One restart too many stops the whole stack with exit status 1: a service that keeps crashing needs a
+person, and a half-running stack is worse than a stopped one. `max_restarts = 0` stops everything at the first
+death. Container restart policies (`on-failure`) act on the same exit status in Compose and Kubernetes.
 """
 
 from __future__ import annotations
@@ -13,8 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
@@ -23,6 +33,27 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.2
 STOP_TIMEOUT_S = 15.0
+MAX_BACKOFF_S = 30.0
+
+
+class RestartPolicy(BaseSettings):
+    """What `ala up` does when a service dies (`ALA_UP_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="ALA_UP_", extra="ignore")
+
+    max_restarts: int = Field(3, ge=0, description="Restarts of one service within the window before all stop.")
+    restart_window_s: float = Field(300.0, gt=0, description="Restarts older than this no longer count.")
+    first_backoff_s: float = Field(1.0, ge=0, description="Wait before the first restart; doubles each time.")
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    restarts: deque[float] = field(default_factory=deque)
+    """Monotonic times of recent restarts."""
+    restart_at: float | None = None
+    """When a dead child is due to start again."""
 
 
 @dataclass
@@ -31,24 +62,23 @@ class Supervisor:
     broker_settings: BrokerSettings | None
     """None: use the broker at ALA_NATS_URL instead of starting one."""
     duration_s: float | None = None
-    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
+    children: dict[str, Child] = field(default_factory=dict)
+    _env: dict[str, str] = field(default_factory=dict)
     _stopping: bool = False
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
-        env = dict(os.environ)
+        self._env = dict(os.environ)
         broker = None
         if self.broker_settings is not None:
             broker = EmbeddedBroker(self.broker_settings).start()
-            env["ALA_NATS_URL"] = broker.url
+            self._env["ALA_NATS_URL"] = broker.url
             log.info("broker at %s, monitoring %s", broker.url, broker.monitor_url)
         try:
             for name in self.services:
-                self.children[name] = subprocess.Popen(
-                    [sys.executable, "-m", "ala", name], env=env, start_new_session=True
-                )
-                log.info("started %s (pid %d)", name, self.children[name].pid)
+                self.children[name] = Child(name, self._start(name))
             return self._watch()
         finally:
             self._stop_children()
@@ -56,29 +86,67 @@ class Supervisor:
                 broker.stop()
             log.info("all stopped")
 
+    def _start(self, name: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen([sys.executable, "-m", "ala", name], env=self._env, start_new_session=True)
+        log.info("started %s (pid %d)", name, process.pid)
+        return process
+
     def _request_stop(self, signum: int, frame: object) -> None:
         self._stopping = True
 
     def _watch(self) -> int:
         deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
         while not self._stopping:
-            for name, child in self.children.items():
-                if child.poll() is not None:
-                    log.error("%s exited with status %s; stopping the stack", name, child.returncode)
+            now = time.monotonic()
+            for child in self.children.values():
+                if child.restart_at is not None:
+                    if now >= child.restart_at:
+                        child.process, child.restart_at = self._start(child.name), None
+                elif child.process.poll() is not None and not self._schedule_restart(child, now):
                     return 1
-            if deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and now >= deadline:
                 break
             time.sleep(POLL_INTERVAL_S)
         return 0
 
+    def _schedule_restart(self, child: Child, now: float) -> bool:
+        """Plan a restart of a child that died; False when it has used up its restarts."""
+        while child.restarts and now - child.restarts[0] > self.policy.restart_window_s:
+            child.restarts.popleft()
+        status = child.process.returncode
+        if len(child.restarts) >= self.policy.max_restarts:
+            log.error(
+                "%s exited with status %s after %d restart(s) in %.0fs; stopping the stack",
+                child.name,
+                status,
+                len(child.restarts),
+                self.policy.restart_window_s,
+            )
+            return False
+        backoff = min(MAX_BACKOFF_S, self.policy.first_backoff_s * 2 ** len(child.restarts))
+        child.restarts.append(now)
+        child.restart_at = now + backoff
+        log.warning(
+            "%s exited with status %s; restarting it in %.1fs (restart %d of %d)",
+            child.name,
+            status,
+            backoff,
+            len(child.restarts),
+            self.policy.max_restarts,
+        )
+        return True
+
     def _stop_children(self) -> None:
+        running = [c.process for c in self.children.values() if c.restart_at is None]
+        for process in running:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         for child in self.children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for name, child in self.children.items():
+            if child.restart_at is not None:
+                continue
             try:
-                child.wait(STOP_TIMEOUT_S)
+                child.process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs; killing it", name, STOP_TIMEOUT_S)
-                child.kill()
-                child.wait()
+                log.warning("%s did not stop within %.0fs; killing it", child.name, STOP_TIMEOUT_S)
+                child.process.kill()
+                child.process.wait()

@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import numpy as np
 import typer
 
-from protos import Array, StateDigest
-from services.actor.envs import describe, full_state_of, make_env
+from ala.envs import adapter_for
+from ala.testing import digest_of
+from protos import StateDigest
 from services.advisor.backends import AdversarialBackend, Backend, EmbeddedBackend, ExpertBackend, OpenAIBackend
 from services.advisor.cache import AdviceCache
 from services.advisor.expert import plan
@@ -33,26 +35,14 @@ ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 
 
 def episode_digests(env_id: str, count: int, epsilon: float = 0.2, seed: int = 0) -> list[StateDigest]:
-    env, rng, out = make_env(env_id), random.Random(seed), []
+    adapter = adapter_for(env_id)
+    env, rng, out = adapter.make(), random.Random(seed), []
     episode = 0
     while len(out) < count:
         obs, _ = env.reset(seed=episode % 5)  # a few layouts, revisited, as a learner revisits them
         for _ in range(100):
-            out.append(
-                StateDigest(
-                    run="bench",
-                    actor="a1",
-                    bot=0,
-                    env_step=len(out),
-                    episode=episode,
-                    text=describe(env, obs),
-                    observation=Array.from_numpy(obs),
-                    action_names=ACTIONS,
-                    created_at=time.time(),
-                    full_state=Array.from_numpy(full_state_of(env)),
-                )
-            )
-            best = plan(full_state_of(env))
+            out.append(msgspec.structs.replace(digest_of(env, obs, env_id=env_id), env_step=len(out), episode=episode))
+            best = plan(adapter.full_state(env))
             action = rng.randrange(len(ACTIONS)) if best is None or rng.random() < epsilon else best
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated or len(out) >= count:

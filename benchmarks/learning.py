@@ -37,7 +37,7 @@ class SeedResult:
 
 
 def run_seed(job: tuple[str, int, int]) -> SeedResult:
-    from ala.local import Progress, train_local
+    from ala.rl.local import Progress, train_local
     from services.actor.settings import ActorSettings
     from services.learner.settings import LearnerSettings
 

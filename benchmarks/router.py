@@ -30,10 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
+from ala.testing import actor_heartbeat, free_port
 from benchmarks.scrape import metrics_text, sample
 from protos import Advice, AdviceTarget, BiasUpdate, decode, encode, subjects
-from tests.utils.messages import actor_heartbeat
-from tests.utils.services import free_port
 
 RUN = "bench"
 BOTS = 1024

@@ -27,8 +27,8 @@ import typer
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
+from ala.testing import free_port
 from benchmarks.scrape import scrape
-from tests.utils.services import free_port
 
 
 def local_steps_per_s(env_id: str, total_steps: int) -> float:

@@ -30,8 +30,8 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
+from ala.testing import sample_messages
 from protos import MessageBase, decode, encode, subjects
-from tests.utils.messages import sample_messages
 
 
 def per_call_us(function, number: int) -> float:  # type: ignore[no-untyped-def]

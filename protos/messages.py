@@ -76,6 +76,27 @@ class ActionSpace(msgspec.Struct, kw_only=True, frozen=True):
     names: list[str] = []
 
 
+class PolicySpec(msgspec.Struct, kw_only=True, frozen=True):
+    """What fixes the policy network's shape and input encoding. The actor derives it from its environment adapter
+    and announces it (heartbeats); the learner builds its network from it and repeats it with every weights
+    announcement, so no other service has to build an environment to learn it."""
+
+    env_id: str
+    """The Gymnasium environment id the actor runs."""
+    family: Name
+    """The environment adapter that serves it (`minigrid`, `gym`, or a user's own): what text and expert state
+    its digests can carry."""
+    obs_dim: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    """Length of the flat float32 observation the policy reads."""
+    n_actions: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    onehot_classes: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    """>0: observations are small non-negative integer codes (MiniGrid's object, colour and state), one-hot encoded
+    into that many classes by the policy; 0: observations are fed as they are."""
+    hidden: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 64
+    """Hidden units per layer of actor and critic."""
+    action_names: list[str] = []
+
+
 class StateDigest(MessageBase):
     """actor → advisor: what one bot sees now, for an LLM to advise on."""
 
@@ -209,6 +230,8 @@ class WeightsAnnouncement(MessageBase):
     sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
     size: NonNegInt
     created_at: float
+    policy: PolicySpec | None = None
+    """The network these weights fit; actors refuse weights whose spec differs from their own."""
 
 
 class ImplicitReward(MessageBase):
@@ -241,6 +264,8 @@ class Heartbeat(MessageBase):
     action_space: ActionSpace | None = None
     """Actors only: the action space their bots act in; the router checks advice against it."""
     num_bots: NonNegInt = 0
+    policy: PolicySpec | None = None
+    """Actors only: the policy their bots sample from; the learner builds its network from the first it hears."""
 
 
 Message = (

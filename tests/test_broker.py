@@ -10,7 +10,7 @@ import pytest
 
 from ala.broker import BrokerError, EmbeddedBroker, find_nats_server, render_config
 from ala.config import BrokerSettings
-from tests.conftest import broker_settings
+from ala.testing import broker_settings
 
 
 def _varz(broker: EmbeddedBroker) -> dict[str, object]:

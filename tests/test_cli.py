@@ -18,10 +18,10 @@ from ala.bus import Bus
 from ala.cli import app
 from ala.config import NatsSettings
 from ala.metrics import BusMetrics
+from ala.testing import free_port
 from protos import Heartbeat, decode, subjects
 from protos.schema import json_schemas
 from services import SERVICE_NAMES
-from tests.utils.services import free_port
 
 runner = CliRunner()
 
@@ -99,13 +99,18 @@ def test_up_runs_broker_and_all_services_and_one_sigint_stops_them(tmp_path: Pat
         assert re.search(rf"{service} \S+ stopped", stderr), service
 
 
-def test_up_stops_everything_when_a_service_dies(tmp_path: Path, nats_settings: NatsSettings) -> None:
+def test_up_with_no_restarts_stops_everything_when_a_service_dies(tmp_path: Path, nats_settings: NatsSettings) -> None:
     env = _up_environment(tmp_path, ALA_NATS_URL=nats_settings.url, ALA_ACTOR_ENV_ID="NoSuchEnv-v0")
     result = subprocess.run(
-        [sys.executable, "-m", "ala", "up", "--no-broker"], env=env, capture_output=True, text=True, timeout=90
+        [sys.executable, "-m", "ala", "up", "--no-broker", "--max-restarts", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert result.returncode == 1
-    assert "actor exited with status 1; stopping the stack" in result.stderr
+    assert "actor exited with status 1 after 0 restart(s)" in result.stderr
+    assert "NoSuchEnv" in result.stderr  # the actor's own error is on the console, not just its exit status
     assert "all stopped" in result.stderr
 
 

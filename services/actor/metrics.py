@@ -30,18 +30,31 @@ WEIGHTS_LOADED = Counter("ala_actor_weights_loaded", "Policy versions installed.
 WEIGHTS_REJECTED = Counter(
     "ala_actor_weights_rejected", "Announced weights refused, by reason.", ["reason"], registry=REGISTRY
 )
-EPISODE_RETURN = Histogram(
-    "ala_actor_episode_return",
-    "Return of finished episodes.",
-    buckets=(-1.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 10.0, 100.0),
-    registry=REGISTRY,
+MEAN_RETURN = Gauge(
+    "ala_actor_mean_return", "Mean return of the last 100 finished episodes (training, with advice).", registry=REGISTRY
 )
-EPISODE_LENGTH = Histogram(
-    "ala_actor_episode_length",
-    "Length of finished episodes.",
-    buckets=(5, 10, 20, 50, 100, 200, 500, 1000, 5000),
-    registry=REGISTRY,
-)
+
+
+class EpisodeHistograms:
+    """Return and length of finished episodes, bucketed for the env being run (the adapter's buckets), so that
+    CartPole's 500 and Acrobot's -500 land in a bucket as well as MiniGrid's 0..1."""
+
+    def __init__(self, return_buckets: tuple[float, ...], length_buckets: tuple[float, ...]) -> None:
+        self.return_ = Histogram(
+            "ala_actor_episode_return", "Return of finished episodes.", buckets=return_buckets, registry=REGISTRY
+        )
+        self.length = Histogram(
+            "ala_actor_episode_length", "Length of finished episodes.", buckets=length_buckets, registry=REGISTRY
+        )
+
+    def rebucket(self, return_buckets: tuple[float, ...], length_buckets: tuple[float, ...]) -> None:
+        """Replace both histograms (at start, once the env is known)."""
+        REGISTRY.unregister(self.return_)
+        REGISTRY.unregister(self.length)
+        self.__init__(return_buckets, length_buckets)  # type: ignore[misc]
+
+
+EPISODES = EpisodeHistograms((0.0, 0.5, 1.0), (10, 100, 1000))
 CHUNKS_SHIPPED = Counter("ala_actor_chunks_shipped", "Trajectory chunks acknowledged by JetStream.", registry=REGISTRY)
 CHUNK_RETRIES = Counter("ala_actor_chunk_retries", "Chunk publishes retried after a failure.", registry=REGISTRY)
 RETRY_BUFFER = Gauge("ala_actor_retry_buffer_chunks", "Chunks waiting for a JetStream ack.", registry=REGISTRY)

@@ -4,8 +4,10 @@
   between steps and never waits for the advisor or router.
 - Chunks go to JetStream through a bounded retry buffer: when the broker is away they wait and are retried with the
   same `Nats-Msg-Id`; when the buffer is full, stepping waits. Nothing produced is dropped.
-- New weights are fetched and verified (size, sha256, shapes) off the step loop and installed between chunks, so
-  every chunk is sampled by exactly one policy version.
+- New weights are fetched and verified (size, sha256, policy spec, shapes) off the step loop and installed
+  between chunks, so every chunk is sampled by exactly one policy version.
+- The step loop, the chunk shipper and weight fetches run in one task group: if any of them fails, the process
+  logs the traceback and exits non-zero instead of heartbeating on with a dead loop.
 """
 
 from __future__ import annotations
@@ -21,42 +23,54 @@ from collections import deque
 import numpy as np
 import torch
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from ala.bus import Bus, PublishError
-from ala.policy import Agent, load_weights
+from ala.envs import EnvAdapter, adapter_for
+from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
+from ala.rl.policy import Agent, load_weights
+from ala.rl.rollout import Rollout
+from ala.rl.trajectory import to_chunk
 from ala.service import ServiceRuntime, run_until_signalled
-from ala.trajectory import to_chunk
-from protos import BiasUpdate, DigestRequest, StateDigest, WeightsAnnouncement, WireError, decode, encode, subjects
-from protos.messages import Array
+from protos import (
+    ActionSpace,
+    Array,
+    BiasUpdate,
+    DigestRequest,
+    StateDigest,
+    WeightsAnnouncement,
+    WireError,
+    decode,
+    encode,
+    subjects,
+)
 from services.actor import metrics
 from services.actor.bias import BiasRejected, BiasTable
-from services.actor.envs import (
-    action_space_of,
-    describe,
-    full_state_of,
-    is_minigrid,
-    make_vector_env,
-    policy_spec_of,
-)
-from services.actor.rollout import Rollout
 from services.actor.settings import ActorSettings
 
 log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-PROGRESS_EVERY_S = 10.0
 
 
 class Actor:
     def __init__(
-        self, settings: ActorSettings, bus: Bus, rollout: Rollout, bias: BiasTable, action_names: list[str]
+        self,
+        settings: ActorSettings,
+        bus: Bus,
+        rollout: Rollout,
+        bias: BiasTable,
+        adapter: EnvAdapter,
+        tasks: asyncio.TaskGroup,
     ) -> None:
         self.settings = settings
         self.bus = bus
         self.rollout = rollout
         self.bias = bias
-        self.action_names = action_names
+        self.adapter = adapter
+        self.spec = rollout.agent.spec
+        self.tasks = tasks
         self.outbox: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(settings.retry_buffer_chunks)
         # Unique across restarts of this actor, so the learner never mistakes a new chunk for a redelivery.
         self.next_chunk_seq = time.time_ns() // 1000
@@ -68,9 +82,8 @@ class Actor:
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
         self.recent_returns: deque[float] = deque(maxlen=100)
-        self.share_full_state = settings.digest_full_state and is_minigrid(settings.env_id)
         self.requested_digests: set[int] = set(range(rollout.num_bots))  # every bot's first episode starts now
-        self._progress_at = (time.monotonic(), 0)
+        self.step_rate = Rate()
 
     # Bias updates: a callback writes the table; the step loop reads it.
     async def on_bias(self, msg: Msg) -> None:
@@ -119,7 +132,7 @@ class Actor:
         self.latest_announced = announcement.version
         self._wanted = announcement
         if self._fetch is None or self._fetch.done():
-            self._fetch = asyncio.create_task(self._fetch_weights(), name="fetch-weights")
+            self._fetch = self.tasks.create_task(self._fetch_weights(), name="fetch-weights")
 
     async def _fetch_weights(self) -> None:
         while self._wanted is not None:
@@ -127,15 +140,22 @@ class Actor:
             try:
                 store = await self.bus.js.object_store(announcement.bucket)
                 data = (await store.get(announcement.name)).data or b""
-            except (NotFoundError, TimeoutError) as exc:
+            except (NotFoundError, TimeoutError, NatsError) as exc:
+                # The next announcement tries again; a connection that is closing ends here too.
                 metrics.WEIGHTS_REJECTED.labels("missing").inc()
                 log.warning("weights %s not fetched: %s", announcement.name, exc)
+                continue
+            if announcement.policy is not None and announcement.policy != self.spec:
+                metrics.WEIGHTS_REJECTED.labels("spec").inc()
+                log.warning(
+                    "weights %s are for %s, this actor runs %s", announcement.name, announcement.policy, self.spec
+                )
                 continue
             if len(data) != announcement.size or hashlib.sha256(data).hexdigest() != announcement.sha256:
                 metrics.WEIGHTS_REJECTED.labels("sha256").inc()
                 log.warning("weights %s fail their size/sha256 check", announcement.name)
                 continue
-            agent = Agent(self.rollout.agent.spec).to(self.rollout.device)
+            agent = Agent(self.spec).to(self.rollout.device)
             try:
                 load_weights(agent, data)
             except ValueError as exc:
@@ -181,11 +201,12 @@ class Actor:
         self.requested_digests.clear()
         for episode in self.rollout.finished:
             self.recent_returns.append(episode.episode_return)
-            metrics.EPISODE_RETURN.observe(episode.episode_return)
-            metrics.EPISODE_LENGTH.observe(episode.length)
+            metrics.EPISODES.return_.observe(episode.episode_return)
+            metrics.EPISODES.length.observe(episode.length)
             wanted.add(episode.bot)  # a new episode starts
+        if self.rollout.finished:
+            metrics.MEAN_RETURN.set(self.mean_return())
         self.rollout.finished.clear()
-        self._log_progress()
         if not self.settings.digests_enabled:
             return
         every = self.settings.digest_every_steps
@@ -194,35 +215,30 @@ class Actor:
         for bot in sorted(wanted):
             await self._publish_digest(bot)
 
-    def _log_progress(self) -> None:
-        then, steps_then = self._progress_at
-        now = time.monotonic()
-        if now - then < PROGRESS_EVERY_S:
-            return
-        rate = (self.rollout.env_steps - steps_then) / (now - then)
-        mean_return = float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
-        log.info(
-            "steps %d  %.0f steps/s  policy v%d  mean return (100 episodes) %.3f  active biases %d",
-            self.rollout.env_steps,
-            rate,
-            self.rollout.policy_version,
-            mean_return,
-            self.bias.active(now),
+    def mean_return(self) -> float:
+        return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
+
+    def progress(self) -> str:
+        """The actor's console line (every few seconds, see `ala.progress`)."""
+        return (
+            f"steps {self.rollout.env_steps:,}  {self.step_rate.per_second(self.rollout.env_steps):,.0f}/s  "
+            f"policy v{self.rollout.policy_version}  return {self.mean_return():.3f} (last 100)  "
+            f"biased bots {self.bias.active(time.monotonic())}/{self.rollout.num_bots}"
         )
-        self._progress_at = (now, self.rollout.env_steps)
 
     async def _publish_digest(self, bot: int) -> None:
         env = self.rollout.envs.envs[bot]  # type: ignore[attr-defined]
+        full_state = self.adapter.full_state(env) if self.settings.digest_full_state else None
         digest = StateDigest(
             run=self.settings.run,
             actor=self.settings.instance,
             bot=bot,
             env_step=self.rollout.env_steps,
             episode=int(self.rollout.episodes_started[bot]),
-            text=describe(env, self.rollout.obs[bot]),
-            full_state=Array.from_numpy(full_state_of(env)) if self.share_full_state else None,
+            text=self.adapter.describe(env, self.rollout.obs[bot]) or "",
+            full_state=Array.from_numpy(full_state) if full_state is not None else None,
             observation=Array.from_numpy(self.rollout.obs[bot]),
-            action_names=self.action_names,
+            action_names=self.spec.action_names,
             created_at=time.time(),
         )
         if await self.bus.publish(subjects.digest_subject(self.settings.run, self.settings.instance), digest, "digest"):
@@ -270,20 +286,25 @@ class Actor:
 async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
     torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
-    spec = policy_spec_of(settings.env_id, settings.hidden)
-    rollout = Rollout(
-        make_vector_env(settings.env_id, settings.num_bots),
-        Agent(spec),
-        settings.num_steps,
-        settings.seed,
-        settings.device,
-    )
+    adapter = adapter_for(settings.env_id)
+    envs = adapter.make_vector(settings.num_bots)
+    spec = adapter.policy_spec(envs.envs[0], settings.hidden)
+    metrics.EPISODES.rebucket(adapter.return_buckets(), adapter.length_buckets())
+    rollout = Rollout(envs, Agent(spec), settings.num_steps, settings.seed, settings.device)
     bias = BiasTable(settings.num_bots, spec.n_actions, settings.max_abs_bias)
-    action_space = action_space_of(spec, minigrid_names=is_minigrid(settings.env_id))
-    async with ServiceRuntime(
-        settings, metrics.SERVICE, metrics.REGISTRY, action_space=action_space, num_bots=settings.num_bots
-    ) as runtime:
-        actor = Actor(settings, runtime.bus, rollout, bias, action_space.names)
+    action_space = ActionSpace(n=spec.n_actions, names=spec.action_names)
+    async with (
+        ServiceRuntime(
+            settings,
+            metrics.SERVICE,
+            metrics.REGISTRY,
+            action_space=action_space,
+            num_bots=settings.num_bots,
+            policy=spec,
+        ) as runtime,
+        asyncio.TaskGroup() as tasks,
+    ):
+        actor = Actor(settings, runtime.bus, rollout, bias, adapter, tasks)
         chunk_bytes = len(encode(to_chunk(rollout.new_trajectory(), settings.run, settings.instance, 0)))
         if chunk_bytes > runtime.bus.nc.max_payload:
             raise ValueError(
@@ -297,8 +318,11 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.weights_subject(run), actor.on_weights)
         await runtime.bus.subscribe(subjects.digest_request_subject(run, settings.instance), actor.on_digest_request)
         await actor.latest_weights()
-        shipper = asyncio.create_task(actor.ship(), name="ship-chunks")
-        stepping = asyncio.create_task(actor.run(stop), name="step-loop")
+        shipper = tasks.create_task(actor.ship(), name="ship-chunks")
+        stepping = tasks.create_task(actor.run(stop), name="step-loop")
+        progress = tasks.create_task(
+            report_progress("actor", actor.progress, settings.progress_interval_s), name="progress"
+        )
         await stop.wait()
         grace = settings.nats.publish_timeout_s * 5
         with contextlib.suppress(TimeoutError):
@@ -306,10 +330,9 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
             await asyncio.wait_for(actor.outbox.join(), grace)
         if actor.outbox.qsize():
             log.error("%d chunks not acknowledged at shutdown", actor.outbox.qsize())
-        shipper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await shipper
-        rollout.envs.close()
+        shipper.cancel()  # a weights fetch in flight ends by itself, bounded by the publish timeout
+        progress.cancel()
+    rollout.envs.close()
 
 
 def main() -> None:

@@ -6,9 +6,12 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
+from ala.rl.config import RolloutSettings
 
 
-class ActorSettings(ServiceSettings):
+class ActorSettings(ServiceSettings, RolloutSettings):
+    """The rollout's settings (`ala.rl.config`, which `ala train --local` uses too) and the actor's own."""
+
     service: ClassVar[str] = "actor"
     model_config = SettingsConfigDict(env_prefix="ALA_ACTOR_")
 
@@ -16,14 +19,8 @@ class ActorSettings(ServiceSettings):
     env_id: str = Field(
         "MiniGrid-DoorKey-8x8-v0",
         validation_alias=AliasChoices("env_id", "ALA_ACTOR_ENV_ID", "ALA_ENV_ID"),
-        description="Gymnasium environment id every bot runs (ALA_ENV_ID sets actor and learner at once).",
+        description="Gymnasium environment id every bot runs (ALA_ENV_ID works too).",
     )
-    num_bots: int = Field(16, ge=1, le=4096, description="Bots (vectorised environments) in this actor.")
-    num_steps: int = Field(32, ge=1, description="Steps per bot in one trajectory chunk (T).")
-    hidden: int = Field(64, ge=1, description="Hidden units of the policy (must match the learner).")
-    seed: int = Field(1, description="Seed of environments and action sampling.")
-    device: str = Field("auto", description="torch device for the policy forward: auto (CUDA when present), cpu, cuda.")
-    torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")
     max_abs_bias: float = Field(3.0, gt=0, description="Defensive clip of every received bias element.")
     retry_buffer_chunks: int = Field(
         256, ge=1, description="Unacknowledged chunks kept for retry; when full, stepping waits (nothing is dropped)."

@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import importlib.util
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
 import msgspec
@@ -46,8 +47,13 @@ class Suggestion:
     completion_tokens: int = 0
 
 
+Reads = Literal["text", "full_state", "observation"]
+"""What part of a digest a backend reasons from; a digest without it is skipped and counted, not asked."""
+
+
 class Backend(Protocol):
     kind: str
+    reads: ClassVar[Reads]
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion: ...
 
@@ -107,6 +113,7 @@ class ExpertBackend:
     """Also registered as the `expert` entry point of group `ala.advisors`: the template for plug-in advisors."""
 
     kind = "expert"
+    reads: ClassVar[Reads] = "full_state"
 
     def __init__(self, spec: AdvisorSpec | None = None) -> None:
         del spec  # the expert needs no settings; plug-in factories receive their AdvisorSpec
@@ -125,6 +132,7 @@ class ExpertBackend:
 
 class AdversarialBackend:
     kind = "adversarial"
+    reads: ClassVar[Reads] = "full_state"
 
     def __init__(self, spec: AdvisorSpec) -> None:
         self.expert = ExpertBackend()
@@ -144,6 +152,7 @@ class AdversarialBackend:
 
 class OpenAIBackend:
     kind = "openai"
+    reads: ClassVar[Reads] = "text"
 
     def __init__(self, spec: AdvisorSpec) -> None:
         self.spec = spec
@@ -208,14 +217,16 @@ def smollm2_path() -> Path:
 
 class EmbeddedBackend:
     kind = "embedded"
+    reads: ClassVar[Reads] = "text"
 
-    def __init__(self, spec: AdvisorSpec, model_path: Path | None = None) -> None:
+    def __init__(self, spec: AdvisorSpec, model_path: Path | None = None, log_level: str = "WARNING") -> None:
         import xllamacpp
 
         params = xllamacpp.CommonParams()
         params.model.path = str(model_path or smollm2_path())
         params.n_ctx = 2048
         params.n_parallel = 1
+        params.verbosity = llama_verbosity(log_level)
         params.cpuparams.n_threads = 1
         params.cpuparams_batch.n_threads = 1
         self.spec = spec
@@ -253,7 +264,16 @@ class EmbeddedBackend:
         return None
 
 
-def create_backend(spec: AdvisorSpec) -> Backend:
+def llama_verbosity(log_level: str) -> int:
+    """llama.cpp's log threshold for a Python level: 1 prints errors only, 3 adds its per-request slot and timing
+    lines, 4 debug. Its warnings (2) come with every request, so WARNING maps to errors only."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int) or level > logging.INFO:
+        return 1
+    return 3 if level > logging.DEBUG else 4
+
+
+def create_backend(spec: AdvisorSpec, log_level: str = "WARNING") -> Backend:
     if spec.backend == "plugin":
         # Users' own advisors: any package can register `[project.entry-points."ala.advisors"] name = "mod:factory"`.
         found = importlib.metadata.entry_points(group="ala.advisors", name=spec.plugin)
@@ -264,7 +284,7 @@ def create_backend(spec: AdvisorSpec) -> Backend:
     if spec.backend == "openai":
         return OpenAIBackend(spec)
     if spec.backend == "embedded":
-        return EmbeddedBackend(spec)
+        return EmbeddedBackend(spec, log_level=log_level)
     if spec.backend == "expert":
         return ExpertBackend()
     return AdversarialBackend(spec)

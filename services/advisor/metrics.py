@@ -40,4 +40,16 @@ CACHE_HITS = Counter(
 CACHE_MISSES = Counter("ala_advisor_cache_misses", "Answers that needed the backend.", ["advisor"], registry=REGISTRY)
 CACHE_THRESHOLD = Gauge("ala_advisor_cache_max_distance", "Adaptive reuse threshold.", ["advisor"], registry=REGISTRY)
 REVIEWS = Counter("ala_advisor_reviews", "Episodes reviewed for critical states.", registry=REGISTRY)
-REVIEW_FAILURES = Counter("ala_advisor_review_failures", "Chunks or reviews that could not be used.", registry=REGISTRY)
+REVIEW_FAILURES = Counter("ala_advisor_review_failures", "Reviews the LLM could not answer usably.", registry=REGISTRY)
+REVIEW_SKIPPED = Counter(
+    "ala_advisor_review_skipped",
+    "Trajectory chunks not reviewed, by reason (no_text: the env has no text rendering; no_spec: actor unknown).",
+    ["reason"],
+    registry=REGISTRY,
+)
+DIGESTS_SKIPPED = Counter(
+    "ala_advisor_digests_skipped",
+    "Digests an advisor did not ask its backend about, by advisor and reason (no_text, no_full_state).",
+    ["advisor", "reason"],
+    registry=REGISTRY,
+)

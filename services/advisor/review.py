@@ -8,21 +8,23 @@ DoorKey's success reward), so no review can outweigh the environment's own signa
 with `ALA_LEARNER_IMPLICIT_REWARDS=true` (off until the learning benchmark shows a benefit), to the matching
 (state, action) steps of the chunks it trains on, clipped again to its own bound.
 
-Episodes come from the trajectory stream (`EpisodeAssembler` follows each bot across chunks).
+Episodes come from the trajectory stream (`EpisodeAssembler` follows each bot across chunks). Each step is put
+into words by the environment adapter of the actor that produced it (`summarise`); families without text are not
+reviewed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 import numpy as np
 
-from ala.trajectory import Trajectory, observation_key
+from ala.rl.trajectory import Trajectory, observation_key
 from protos import Array, ImplicitReward
-from services.actor.envs import OBJECT_NAMES, VIEW
 from services.advisor.backends import BackendError, EmbeddedBackend, Suggestion
 
 MAX_CRITICAL = 3
@@ -94,16 +96,6 @@ def review_grammar(n_actions: int) -> str:
     )
 
 
-def view_summary(observation: np.ndarray) -> str:
-    """One line per step: what is right in front and what is carried (codes of the 7x7 view)."""
-    view = observation.reshape(VIEW, VIEW, 3).astype(int)
-    ahead, carried = view[VIEW // 2, VIEW - 2, 0], view[VIEW // 2, VIEW - 1, 0]
-    carrying = OBJECT_NAMES.get(carried, "?")
-    if carrying in ("empty", "unseen", "floor"):
-        carrying = "nothing"
-    return f"facing {OBJECT_NAMES.get(ahead, '?')}, carrying {carrying}"
-
-
 @dataclass
 class Review:
     suggestions: list[tuple[np.ndarray, Suggestion]]
@@ -112,14 +104,24 @@ class Review:
 
 
 class CriticalStateReviewer:
-    def __init__(self, llm: EmbeddedBackend, action_names: list[str], max_implicit_reward: float, run: str) -> None:
+    def __init__(
+        self,
+        llm: EmbeddedBackend,
+        action_names: list[str],
+        summarise: Callable[[np.ndarray], str | None],
+        max_implicit_reward: float,
+        run: str,
+    ) -> None:
         self.llm = llm
         self.action_names = action_names
+        self.summarise = summarise
         self.max_implicit_reward = max_implicit_reward
         self.run = run
 
     def prompt(self, steps: list[Step], episode_return: float) -> list[dict[str, str]]:
-        lines = [f"{i}: {view_summary(s.observation)}; took {self.action_names[s.action]}" for i, s in enumerate(steps)]
+        lines = [
+            f"{i}: {self.summarise(s.observation)}; took {self.action_names[s.action]}" for i, s in enumerate(steps)
+        ]
         actions = ", ".join(f"{i} {name}" for i, name in enumerate(self.action_names))
         return [
             {"role": "system", "content": "You review an agent's episode in a grid world. Answer with JSON only."},

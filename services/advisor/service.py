@@ -3,30 +3,47 @@
 Digests arrive in a queue group (replicas share them). Only the newest digest per bot waits (older ones are
 dropped and counted), in a bounded table. `workers` tasks take the oldest waiting bot and ask every configured
 advisor in parallel, each bounded by its timeout; each answer is published on that advisor's own subject for the
-router to merge. A slow or dead advisor only means its advice is missing.
+router to merge. A slow or dead advisor only means its advice is missing. A digest without what a backend reads
+(no text for an LLM, from environments the adapter cannot put into words; no full state for the expert) is
+skipped and counted by reason, never asked.
+
+Workers and the review run in one task group: an unexpected error stops the process with a traceback and a
+non-zero exit rather than leaving it heartbeating with no worker.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
 import time
 import uuid
 from collections import OrderedDict
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ala.bus import Bus
+from ala.envs import adapter_for
 from ala.metrics import child
-from ala.policy import PolicySpec
+from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
+from ala.rl.trajectory import BadChunk, from_chunk
 from ala.service import ServiceRuntime, run_until_signalled
-from ala.trajectory import BadChunk, from_chunk
-from protos import Advice, AdviceTarget, StateDigest, TrajectoryChunk, WireError, decode, subjects
-from services.actor.envs import action_names
+from protos import (
+    Advice,
+    AdviceTarget,
+    Heartbeat,
+    PolicySpec,
+    StateDigest,
+    TrajectoryChunk,
+    WireError,
+    decode,
+    subjects,
+)
 from services.advisor import metrics
 from services.advisor.backends import Backend, BackendError, EmbeddedBackend, Suggestion, create_backend
 from services.advisor.cache import AdviceCache
@@ -34,6 +51,7 @@ from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 
 log = logging.getLogger(__name__)
+FETCH_RETRY_S = 0.5
 
 
 class Prompt:
@@ -51,6 +69,24 @@ class Prompt:
         ]
 
 
+class Skipped(Exception):
+    """A digest this advisor cannot answer (it lacks what the backend reads); `reason` labels the metric."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def missing_input(backend: Backend, digest: StateDigest) -> str | None:
+    """Why `backend` cannot answer `digest`, or None when it can."""
+    reads = getattr(backend, "reads", "observation")  # plug-ins that say nothing get the observation
+    if reads == "text" and not digest.text:
+        return "no_text"
+    if reads == "full_state" and digest.full_state is None:
+        return "no_full_state"
+    return None
+
+
 class Advisor:
     """One configured advisor: a backend, optionally behind the adaptive cache."""
 
@@ -58,8 +94,13 @@ class Advisor:
         self.spec = spec
         self.backend = backend
         self.cache = cache
+        self.backend_calls = 0
+        self.backend_seconds = 0.0
 
     async def answer(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        missing = missing_input(self.backend, digest)
+        if missing is not None:
+            raise Skipped(missing)
         if self.cache is None:
             return await self._ask(digest, messages)
         observation = digest.observation.to_numpy()
@@ -78,7 +119,10 @@ class Advisor:
     async def _ask(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         start = time.perf_counter()
         suggestion = await asyncio.wait_for(self.backend.suggest(digest, messages), self.spec.timeout_s)
-        child(metrics.LLM_SECONDS, self.spec.name).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        child(metrics.LLM_SECONDS, self.spec.name).observe(elapsed)
+        self.backend_calls += 1
+        self.backend_seconds += elapsed
         child(metrics.COMPLETION_TOKENS, self.spec.name).inc(suggestion.completion_tokens)
         return suggestion
 
@@ -106,6 +150,34 @@ class AdvisorService:
         self.waiting: OrderedDict[tuple[str, int], StateDigest] = OrderedDict()
         self.ready = asyncio.Event()
         self._log = RateLimitedLog(log)
+        self.policies: dict[str, PolicySpec] = {}
+        """Each actor's policy spec, from its heartbeats: which environment (and adapter) its chunks come from."""
+        self.counts: collections.Counter[str] = collections.Counter()
+        """Digests in, advice out, skips and failures by reason: for the progress line."""
+        self._digest_rate, self._advice_rate = Rate(), Rate()
+        self._backend_calls, self._backend_seconds = 0, 0.0
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            heartbeat = decode(msg.data, Heartbeat)
+        except WireError:
+            return  # heartbeats are advisory; the next one will do
+        if heartbeat.service == "actor" and heartbeat.policy is not None:
+            self.policies[heartbeat.instance] = heartbeat.policy
+
+    def progress(self) -> str:
+        """The advisor's console line (every few seconds, see `ala.progress`)."""
+        calls = sum(a.backend_calls for a in self.advisors)
+        seconds = sum(a.backend_seconds for a in self.advisors)
+        new_calls, new_seconds = calls - self._backend_calls, seconds - self._backend_seconds
+        self._backend_calls, self._backend_seconds = calls, seconds
+        latency = f"{new_seconds / new_calls:.2f}s" if new_calls else "-"
+        others = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if k not in ("digests", "advice"))
+        return (
+            f"digests {self._digest_rate.per_second(self.counts['digests']):.1f}/s  "
+            f"advice {self._advice_rate.per_second(self.counts['advice']):.1f}/s  waiting {len(self.waiting)}  "
+            f"backend calls {new_calls} (mean {latency})  skipped/failed: {others or 'none'}"
+        )
 
     async def on_digest(self, msg: Msg) -> None:
         try:
@@ -115,6 +187,7 @@ class AdvisorService:
             self._log.warning("digest rejected: %s", exc)
             return
         metrics.DIGESTS.inc()
+        self.counts["digests"] += 1
         key = (digest.actor, digest.bot)
         if key in self.waiting:
             metrics.DIGESTS_DROPPED.inc()  # the newer state supersedes it
@@ -141,26 +214,36 @@ class AdvisorService:
         name = advisor.spec.name
         try:
             suggestion = await advisor.answer(digest, messages)
+        except Skipped as skipped:
+            child(metrics.DIGESTS_SKIPPED, name, skipped.reason).inc()
+            self.counts[f"{skipped.reason}"] += 1
+            return
         except TimeoutError:
             child(metrics.BACKEND_FAILURES, name, "timeout").inc()
+            self.counts["timeout"] += 1
             self._log.warning("advisor %s timed out after %.1fs", name, advisor.spec.timeout_s)
             return
         except BackendError as exc:
             child(metrics.BACKEND_FAILURES, name, exc.reason).inc()
+            self.counts[exc.reason] += 1
             self._log.warning("advisor %s failed: %s", name, exc)
             return
         except Exception as exc:  # a plug-in or a server can fail in ways no list foresees; the worker must live
             child(metrics.BACKEND_FAILURES, name, "error").inc()
+            self.counts["error"] += 1
             self._log.warning("advisor %s raised %s: %s", name, type(exc).__name__, exc)
             return
         advice = to_advice(advisor.spec, digest, suggestion)
         if await self.bus.publish(subjects.advice_subject(self.settings.run, name), advice, kind="advice"):
             child(metrics.ADVICE_PUBLISHED, name).inc()
+            self.counts["advice"] += 1
 
 
-async def review_episodes(settings: AdvisorSettings, bus: Bus, advisors: list[Advisor]) -> None:
+async def review_episodes(settings: AdvisorSettings, service: AdvisorService) -> None:
     """Follow the trajectory stream, review one finished episode in `review_every_episodes`, teach the caches the
-    critical states' advice and publish the bounded implicit rewards."""
+    critical states' advice and publish the bounded implicit rewards. Chunks from actors whose environment has no
+    text (or whose spec is not known yet) are skipped and counted."""
+    advisors, bus = service.advisors, service.bus
     embedded = next((a.backend for a in advisors if isinstance(a.backend, EmbeddedBackend)), None)
     if embedded is None:
         log.warning("critical-state review needs an embedded advisor; review is off")
@@ -170,30 +253,59 @@ async def review_episodes(settings: AdvisorSettings, bus: Bus, advisors: list[Ad
         stream=subjects.TRAJECTORIES.name,
         config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE),
     )
-    assembler, reviewer, finished = EpisodeAssembler(), None, 0
+    try:
+        await _review_stream(settings, service, consumer, embedded)
+    finally:
+        await consumer.unsubscribe()  # a pending fetch would otherwise hold up the connection's drain
+
+
+async def _review_stream(
+    settings: AdvisorSettings,
+    service: AdvisorService,
+    consumer: JetStreamContext.PullSubscription,
+    embedded: EmbeddedBackend,
+) -> None:
+    advisors, bus, review_log = service.advisors, service.bus, RateLimitedLog(log)
+    assembler, reviewers, finished = EpisodeAssembler(), dict[str, CriticalStateReviewer](), 0
     while True:
         try:
             msgs = await consumer.fetch(4, timeout=1.0)
         except (TimeoutError, NatsTimeoutError):
             continue
+        except NatsError as exc:  # JetStream unavailable for a moment (503, broker restart): try again
+            metrics.REVIEW_SKIPPED.labels("fetch").inc()
+            review_log.warning("trajectory fetch for review failed, retrying: %s", exc)
+            await asyncio.sleep(FETCH_RETRY_S)
+            continue
         for msg in msgs:
             try:
                 chunk = decode(msg.data, TrajectoryChunk)
-                spec = PolicySpec(obs_dim=chunk.observations.shape[-1], n_actions=chunk.bias.shape[-1])
-                trajectory = from_chunk(chunk, spec)
-            except (WireError, BadChunk, IndexError):
-                metrics.REVIEW_FAILURES.inc()
+            except WireError:
+                metrics.REVIEW_SKIPPED.labels("decode").inc()
                 continue
+            spec = service.policies.get(chunk.actor)
+            if spec is None:
+                metrics.REVIEW_SKIPPED.labels("no_spec").inc()
+                continue
+            adapter = adapter_for(spec.env_id)
+            if not adapter.has_text:
+                metrics.REVIEW_SKIPPED.labels("no_text").inc()
+                continue
+            try:
+                trajectory = from_chunk(chunk, spec)
+            except BadChunk as exc:
+                metrics.REVIEW_SKIPPED.labels(exc.reason).inc()
+                continue
+            if spec.env_id not in reviewers:
+                reviewers[spec.env_id] = CriticalStateReviewer(
+                    embedded, spec.action_names, adapter.summarise, settings.max_implicit_reward, settings.run
+                )
             for episode in assembler.add(chunk.actor, trajectory):
                 finished += 1
                 if finished % settings.review_every_episodes:
                     continue
-                if reviewer is None:
-                    # The stream does not say which env; MiniGrid's seven actions are the likely reading of seven.
-                    names = action_names(spec.n_actions, minigrid_names=True)
-                    reviewer = CriticalStateReviewer(embedded, names, settings.max_implicit_reward, settings.run)
                 try:
-                    review = await reviewer.review(episode)
+                    review = await reviewers[spec.env_id].review(episode)
                 except BackendError:
                     metrics.REVIEW_FAILURES.inc()
                     continue
@@ -218,28 +330,33 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
                 settings.cache_audit_rate,
                 seed=spec.seed,
             )
-        advisors.append(Advisor(spec, create_backend(spec), cache))
+        advisors.append(Advisor(spec, create_backend(spec, settings.third_party_log_level), cache))
     return advisors
 
 
 async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
     advisors = build_advisors(settings)
-    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime:
-        service = AdvisorService(settings, runtime.bus, advisors)
-        await runtime.bus.subscribe(
-            subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group
-        )
-        workers = [asyncio.create_task(service.work(), name=f"advisor-worker-{i}") for i in range(settings.workers)]
-        if settings.review:
-            workers.append(asyncio.create_task(review_episodes(settings, runtime.bus, advisors), name="review"))
-        await stop.wait()
-        for worker in workers:
-            worker.cancel()
-        for worker in workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-    for advisor in advisors:
-        await advisor.backend.close()
+    try:
+        async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, asyncio.TaskGroup() as tasks:
+            service = AdvisorService(settings, runtime.bus, advisors)
+            await runtime.bus.subscribe(subjects.heartbeat_wildcard(settings.run), service.on_heartbeat)
+            await runtime.bus.subscribe(
+                subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group
+            )
+            running = [tasks.create_task(service.work(), name=f"advisor-worker-{i}") for i in range(settings.workers)]
+            if settings.review:
+                running.append(tasks.create_task(review_episodes(settings, service), name="review"))
+            running.append(
+                tasks.create_task(
+                    report_progress("advisor", service.progress, settings.progress_interval_s), name="progress"
+                )
+            )
+            await stop.wait()
+            for task in running:
+                task.cancel()
+    finally:
+        for advisor in advisors:
+            await advisor.backend.close()
 
 
 def main() -> None:

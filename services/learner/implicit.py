@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ala.trajectory import Trajectory, observation_key
+from ala.rl.trajectory import Trajectory, observation_key
 from protos import ImplicitReward
 
 

@@ -39,3 +39,13 @@ IMPLICIT_REWARDS_APPLIED = Counter(
 WEIGHTS_PUBLISH_FAILURES = Counter(
     "ala_learner_weights_publish_failures", "Weight versions not published (broker away).", registry=REGISTRY
 )
+ACTORS_MISMATCHED = Counter(
+    "ala_learner_actors_mismatched",
+    "Actor heartbeats announcing another policy spec than the one trained.",
+    registry=REGISTRY,
+)
+FETCH_FAILURES = Counter(
+    "ala_learner_fetch_failures",
+    "Chunk fetches that failed (JetStream unavailable) and were retried.",
+    registry=REGISTRY,
+)

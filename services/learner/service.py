@@ -4,7 +4,10 @@ One durable pull consumer reads trajectory chunks. A chunk is acknowledged only 
 bad chunks are terminated (never redelivered) and counted; chunks already trained (a redelivery after a lost ack
 or a restart) are acknowledged and skipped; chunks older than `max_policy_lag` are dropped and counted. Weights go
 to the JetStream Object Store, then an announcement to the weights stream. Checkpoints (weights, optimizer,
-trained chunk ids, stream position) are written atomically and restored at start.
+trained chunk ids, stream position, policy spec) are written atomically and restored at start.
+
+The network's shape comes from the wire: a fresh learner waits for the first actor heartbeat that carries a
+`PolicySpec` (a restored one takes the spec from its checkpoint) and repeats it in every weights announcement.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import logging
 import os
 import time
 from collections import deque
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import torch
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -26,19 +32,31 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ala.bus import Bus, PublishError
 from ala.metrics import timed
-from ala.policy import sha256, weights_to_bytes
-from ala.service import ServiceRuntime, run_until_signalled
-from ala.trajectory import BadChunk, Trajectory, from_chunk
-from protos import ImplicitReward, TrajectoryChunk, WeightsAnnouncement, WireError, decode, encode, subjects
-from services.actor.envs import policy_spec_of
+from ala.progress import Rate, report_progress
+from ala.ratelimit import RateLimitedLog
+from ala.rl.learner import Learner
+from ala.rl.policy import sha256, weights_to_bytes
+from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
+from ala.service import ServiceRuntime, run_until_signalled, unless_stopped
+from protos import (
+    Heartbeat,
+    ImplicitReward,
+    PolicySpec,
+    TrajectoryChunk,
+    WeightsAnnouncement,
+    WireError,
+    decode,
+    encode,
+    subjects,
+)
 from services.learner import metrics
 from services.learner.implicit import ImplicitRewards
-from services.learner.learner import Learner
 from services.learner.settings import LearnerSettings
 
 log = logging.getLogger(__name__)
 KEEP_WEIGHT_VERSIONS = 5
 REMEMBERED_CHUNKS = 100_000
+FETCH_RETRY_S = 0.5
 
 
 class LearnerWorker:
@@ -49,10 +67,48 @@ class LearnerWorker:
         self.trained_ids: deque[str] = deque(maxlen=REMEMBERED_CHUNKS)
         self._trained_set: set[str] = set()
         self.last_stream_seq = 0
-        self.checkpoint_path = settings.checkpoint_dir / settings.run / "latest.pt"
+        self.checkpoint_path = checkpoint_path(settings)
         self.implicit = ImplicitRewards(settings.max_implicit_reward)
         self.pending_ids: set[str] = set()
         """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
+        self.last_stats: dict[str, float] = {}
+        self.sample_rate = Rate()
+        self._spec_log = RateLimitedLog(log)
+        self._fetch_log = RateLimitedLog(log)
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self.learner.agent.spec
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        """Actors that run another policy than this learner trains would have every chunk refused: say so."""
+        try:
+            heartbeat = decode(msg.data, Heartbeat)
+        except WireError:
+            return
+        if heartbeat.policy is not None and heartbeat.policy != self.spec:
+            metrics.ACTORS_MISMATCHED.inc()
+            self._spec_log.error(
+                "actor %s runs %s but this learner trains %s: its chunks will be refused",
+                heartbeat.instance,
+                heartbeat.policy,
+                self.spec,
+            )
+
+    def progress(self) -> str:
+        """The learner's console line (every few seconds, see `ala.progress`)."""
+        s = self.last_stats
+        line = (
+            f"policy v{self.learner.version}  samples {self.learner.samples_trained:,}  "
+            f"{self.sample_rate.per_second(self.learner.samples_trained):,.0f}/s"
+        )
+        if s:
+            line += (
+                f"  entropy {s['losses/entropy']:.3f}  kl {s['losses/approx_kl']:.4f}  "
+                f"clipfrac {s['losses/clipfrac']:.2f}  explained var {s['losses/explained_variance']:.2f}  "
+                f"lag {s['lag/version_diff_avg']:.1f}"
+            )
+        return line
 
     async def on_implicit_reward(self, msg: Msg) -> None:
         with contextlib.suppress(WireError):
@@ -108,6 +164,7 @@ class LearnerWorker:
         metrics.SAMPLES.inc(stats["samples"])
         for name, value in stats.items():
             metrics.TRAINING.labels(name).set(value)
+        self.last_stats = stats
         if self.learner.version % self.settings.publish_every == 0:
             try:
                 await self.publish_weights()
@@ -132,6 +189,7 @@ class LearnerWorker:
             sha256=sha256(data),
             size=len(data),
             created_at=time.time(),
+            policy=self.spec,
         )
         msg_id = f"{self.settings.run}.weights.{version}"
         await self.bus.publish_durable(
@@ -152,6 +210,7 @@ class LearnerWorker:
                 "learner": self.learner.checkpoint(),
                 "trained_ids": list(self.trained_ids),
                 "last_stream_seq": self.last_stream_seq,
+                "policy": msgspec.to_builtins(self.spec),
             },
             buffer,
         )
@@ -160,16 +219,12 @@ class LearnerWorker:
         partial.write_bytes(buffer.getvalue())
         os.replace(partial, self.checkpoint_path)  # atomic: a crash leaves the old checkpoint or the new one
 
-    def restore_checkpoint(self) -> bool:
-        if not self.checkpoint_path.exists():
-            return False
-        state = torch.load(io.BytesIO(self.checkpoint_path.read_bytes()), weights_only=True)
+    def restore_checkpoint(self, state: dict[str, Any]) -> None:
         self.learner.restore(state["learner"])
         for chunk_id in state["trained_ids"]:
             self._remember(chunk_id)
         self.last_stream_seq = int(state["last_stream_seq"])
         log.info("resumed at version %d from %s", self.learner.version, self.checkpoint_path)
-        return True
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = await self.bus.js.pull_subscribe(
@@ -197,6 +252,11 @@ class LearnerWorker:
                 msgs = await consumer.fetch(wanted, timeout=self.settings.fetch_timeout_s)
             except (TimeoutError, NatsTimeoutError):
                 continue
+            except NatsError as exc:  # JetStream unavailable for a moment (503, broker restart): try again
+                metrics.FETCH_FAILURES.inc()
+                self._fetch_log.warning("chunk fetch failed, retrying: %s", exc)
+                await asyncio.sleep(FETCH_RETRY_S)
+                continue
             for msg in msgs:
                 admitted = await self.admit(msg)
                 if admitted is not None:
@@ -208,16 +268,60 @@ class LearnerWorker:
                 self.pending_ids.clear()
 
 
+def checkpoint_path(settings: LearnerSettings) -> Path:
+    return settings.checkpoint_dir / settings.run / "latest.pt"
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], PolicySpec] | None:
+    """The saved state and the spec of the policy it holds, or None when there is no checkpoint."""
+    if not path.exists():
+        return None
+    state = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+    return state, msgspec.convert(state["policy"], PolicySpec)
+
+
+async def first_actor_spec(bus: Bus, run: str) -> PolicySpec:
+    """Wait for an actor's heartbeat that carries its policy spec."""
+    found: asyncio.Future[PolicySpec] = asyncio.get_running_loop().create_future()
+
+    async def on_heartbeat(msg: Msg) -> None:
+        with contextlib.suppress(WireError):
+            heartbeat = decode(msg.data, Heartbeat)
+            if heartbeat.policy is not None and not found.done():
+                found.set_result(heartbeat.policy)
+
+    subscription = await bus.subscribe(subjects.heartbeat_wildcard(run), on_heartbeat)
+    log.info("waiting for an actor to announce its policy spec (run %s)", run)
+    try:
+        return await found
+    finally:
+        await subscription.unsubscribe()
+
+
 async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:
     torch.set_num_threads(settings.torch_threads)
-    learner = Learner(policy_spec_of(settings.env_id, settings.hidden), settings, device=settings.device)
     async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime:
-        worker = LearnerWorker(settings, runtime.bus, learner)
-        worker.restore_checkpoint()
+        saved = read_checkpoint(checkpoint_path(settings))
+        spec = (
+            saved[1] if saved is not None else await unless_stopped(first_actor_spec(runtime.bus, settings.run), stop)
+        )
+        if spec is None:
+            return
+        log.info("training %s", spec)
+        worker = LearnerWorker(settings, runtime.bus, Learner(spec, settings, device=settings.device))
+        if saved is not None:
+            worker.restore_checkpoint(saved[0])
+        await runtime.bus.subscribe(subjects.heartbeat_wildcard(settings.run), worker.on_heartbeat)
         if settings.implicit_rewards:
             await runtime.bus.subscribe(subjects.implicit_reward_subject(settings.run), worker.on_implicit_reward)
         await worker.publish_weights()  # actors start from the learner's weights, not their own initialisation
-        await worker.run(stop)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(worker.run(stop), name="train-loop")
+            progress = tasks.create_task(
+                report_progress("learner", worker.progress, settings.progress_interval_s), name="progress"
+            )
+            await stop.wait()
+            progress.cancel()
         await asyncio.to_thread(worker.save_checkpoint)
 
 

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, create_model
 
 from services.router.core import LiveConfig
 from services.router.metrics import REGISTRY
@@ -55,21 +55,14 @@ class Status(BaseModel):
     active_targets: int
 
 
-class ConfigUpdate(BaseModel):
-    """Fields to change; omitted ones keep their value."""
-
-    enabled: bool | None = None
-    strength: float | None = None
-    b_max: float | None = None
-    default_ttl_s: float | None = None
-    max_ttl_s: float | None = None
-    quorum: int | None = None
-    advisor_weights: dict[str, float] | None = None
-    allow_unknown_advisors: bool | None = None
-    schedule: str | None = None
-    schedule_clock: str | None = None
-    schedule_horizon: float | None = None
-    schedule_final: float | None = None
+ConfigUpdate: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "ConfigUpdate",
+    __doc__="Fields of `LiveConfig` to change; omitted ones keep their value. The result is validated as a whole.",
+    **{
+        name: (info.annotation | None, Field(None, description=info.description))
+        for name, info in LiveConfig.model_fields.items()
+    },
+)
 
 
 class KillResult(BaseModel):
@@ -93,9 +86,9 @@ def create_app(service: RouterService) -> FastAPI:
         return service.router.config
 
     @app.put("/config", responses={401: {"description": "no or wrong token"}, 403: {"description": "no token set"}})
-    def put_config(update: ConfigUpdate, service: ServiceDep, _: AdminDep) -> LiveConfig:
+    def put_config(update: ConfigUpdate, service: ServiceDep, _: AdminDep) -> LiveConfig:  # type: ignore[valid-type]
         """Change the live configuration (validated as a whole; a bad value changes nothing)."""
-        changes = update.model_dump(exclude_none=True)
+        changes = update.model_dump(exclude_none=True)  # type: ignore[attr-defined]
         try:
             config = LiveConfig.model_validate(service.router.config.model_dump() | changes)
         except ValueError as exc:

@@ -8,6 +8,7 @@ never crashes on input: every dropped advice is counted by reason and logged at 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -18,6 +19,7 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.metrics import child
+from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, run_until_signalled
 from protos import Advice, BiasUpdate, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
@@ -39,14 +41,17 @@ class ApiServer(uvicorn.Server):
 
 
 class RouterService:
-    def __init__(self, settings: RouterSettings, bus: Bus) -> None:
+    def __init__(self, settings: RouterSettings, bus: Bus, tasks: asyncio.TaskGroup) -> None:
         self.settings = settings
         self.bus = bus
+        self.tasks = tasks
         self.router = Router(settings.live_config(), actor_timeout_s=settings.actor_timeout_s)
         self._reject_log = RateLimitedLog(log)
         self._advisor_labels: set[str] = set()
         self._remerges: dict[tuple[str, int | None], asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.counts: collections.Counter[str] = collections.Counter()
+        """Advice received and accepted, bias updates sent, rejections by reason: for the progress line."""
+        self._received_rate, self._sent_rate = Rate(), Rate()
         self.set_config(self.router.config)
 
     async def on_advice(self, msg: Msg) -> None:
@@ -59,12 +64,14 @@ class RouterService:
             return
         advisor = self._advisor_label(advice.advisor)
         child(metrics.ADVICE_RECEIVED, advisor).inc()
+        self.counts["received"] += 1
         try:
             update = self.router.accept(advice, self.settings.run, now)
         except AdviceRejected as exc:
             self._reject(exc.reason, exc)
             return
         child(metrics.ADVICE_ACCEPTED, advisor).inc()
+        self.counts["accepted"] += 1
         if update is not None:
             await self._publish(update)
         metrics.PROCESSING_SECONDS.observe(time.perf_counter() - received)
@@ -72,6 +79,7 @@ class RouterService:
     async def _publish(self, update: BiasUpdate) -> None:
         if await self.bus.publish(subjects.bias_subject(self.settings.run, update.actor), update, kind="bias"):
             metrics.BIAS_UPDATES.inc()
+            self.counts["sent"] += 1
         if len(update.advice_ids) > 1:
             self._schedule_remerge(update)
 
@@ -87,9 +95,7 @@ class RouterService:
         self._remerges.pop(target, None)
         update = self.router.merged(target, self.settings.run, time.time())
         if update is not None:
-            task = asyncio.create_task(self._publish(update))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.create_task(self._publish(update), name="remerge")
 
     def _advisor_label(self, advisor: str) -> str:
         """Advisor names come off the wire: label at most MAX_ADVISOR_LABELS of them, the rest as 'other'."""
@@ -102,6 +108,7 @@ class RouterService:
 
     def _reject(self, reason: str, exc: Exception) -> None:
         child(metrics.REJECTED, reason).inc()
+        self.counts[f"rejected:{reason}"] += 1
         self._reject_log.warning("advice rejected (%s): %s", reason, exc)
 
     async def on_heartbeat(self, msg: Msg) -> None:
@@ -150,6 +157,17 @@ class RouterService:
             active_targets=self.router.active_targets(now),
         )
 
+    def progress(self) -> str:
+        """The router's console line (every few seconds, see `ala.progress`)."""
+        rejected = {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("rejected:")}
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items())) or "none"
+        return (
+            f"advice {self._received_rate.per_second(self.counts['received']):.1f}/s  "
+            f"accepted {self.counts['accepted']}/{self.counts['received']}  rejected: {reasons}  "
+            f"biases sent {self._sent_rate.per_second(self.counts['sent']):.1f}/s  "
+            f"live targets {self.router.active_targets(time.time())}  actors {len(self.router.actors)}"
+        )
+
     async def report(self) -> None:
         while True:
             now = time.time()
@@ -159,8 +177,8 @@ class RouterService:
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime:
-        service = RouterService(settings, runtime.bus)
+    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, asyncio.TaskGroup() as tasks:
+        service = RouterService(settings, runtime.bus, tasks)
         run = settings.run
         await runtime.bus.subscribe(subjects.heartbeat_wildcard(run), service.on_heartbeat)
         await runtime.bus.subscribe(subjects.weights_subject(run), service.on_weights)
@@ -168,15 +186,17 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         api = ApiServer(
             uvicorn.Config(create_app(service), host=settings.api_host, port=settings.api_port, log_level="warning")
         )
-        api_task = asyncio.create_task(api.serve(), name="router-api")
-        report_task = asyncio.create_task(service.report(), name="router-report")
+        api_task = tasks.create_task(api.serve(), name="router-api")
+        report_task = tasks.create_task(service.report(), name="router-report")
+        progress = tasks.create_task(
+            report_progress("router", service.progress, settings.progress_interval_s), name="progress"
+        )
         await stop.wait()
         api.should_exit = True
         await api_task
         service.close()
         report_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await report_task
+        progress.cancel()
 
 
 def main() -> None:

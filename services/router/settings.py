@@ -1,7 +1,8 @@
 """Settings of the router; every field is also an environment variable `ALA_ROUTER_<FIELD>`.
 
-The fields of `LiveConfig` (strength, b_max, TTLs, quorum, advisor weights, schedule, enabled) set the initial
-live configuration, which `PUT /config` can then change; e.g. `ALA_ROUTER_ADVISOR_WEIGHTS='{"llm-0": 0.5}'`.
+The fields of `LiveConfig` (strength, b_max, TTLs, quorum, advisor weights, schedule, enabled; declared once, in
+`core.py`) are inherited: they set the initial live configuration, which `PUT /config` can then change; e.g.
+`ALA_ROUTER_ADVISOR_WEIGHTS='{"llm-0": 0.5}'`.
 """
 
 from typing import ClassVar
@@ -13,7 +14,9 @@ from ala.config import ServiceSettings
 from services.router.core import LiveConfig
 
 
-class RouterSettings(ServiceSettings):
+class RouterSettings(ServiceSettings, LiveConfig):
+    """The router's own settings, and the initial live configuration (`LiveConfig`'s fields, declared there only)."""
+
     service: ClassVar[str] = "router"
     model_config = SettingsConfigDict(env_prefix="ALA_ROUTER_")
 
@@ -26,19 +29,5 @@ class RouterSettings(ServiceSettings):
     kill_ttl_s: float = Field(60.0, gt=0, description="How long POST /kill's zero bias overrides actors' biases.")
     actor_timeout_s: float = Field(30.0, gt=0, description="An actor without a heartbeat for this long is forgotten.")
 
-    # The live configuration's initial values (see services/router/core.py: LiveConfig).
-    enabled: bool = LiveConfig.model_fields["enabled"]
-    strength: float = LiveConfig.model_fields["strength"]
-    b_max: float = LiveConfig.model_fields["b_max"]
-    default_ttl_s: float = LiveConfig.model_fields["default_ttl_s"]
-    max_ttl_s: float = LiveConfig.model_fields["max_ttl_s"]
-    quorum: int = LiveConfig.model_fields["quorum"]
-    advisor_weights: dict[str, float] = LiveConfig.model_fields["advisor_weights"]
-    allow_unknown_advisors: bool = LiveConfig.model_fields["allow_unknown_advisors"]
-    schedule: str = LiveConfig.model_fields["schedule"]
-    schedule_clock: str = LiveConfig.model_fields["schedule_clock"]
-    schedule_horizon: float = LiveConfig.model_fields["schedule_horizon"]
-    schedule_final: float = LiveConfig.model_fields["schedule_final"]
-
     def live_config(self) -> LiveConfig:
-        return LiveConfig.model_validate({name: getattr(self, name) for name in LiveConfig.model_fields})
+        return LiveConfig.model_validate(self.model_dump(include=set(LiveConfig.model_fields)))

@@ -16,7 +16,8 @@ from nats.js import JetStreamContext
 from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
-from ala.policy import weights_to_bytes
+from ala.rl.policy import weights_to_bytes
+from ala.testing import ENV_ID, fresh_agent, running, wait_until
 from protos import (
     Array,
     BiasUpdate,
@@ -31,8 +32,6 @@ from protos import (
 from services.actor import metrics
 from services.actor.service import serve
 from services.actor.settings import ActorSettings
-from tests.utils.rl import ENV_ID, fresh_agent
-from tests.utils.services import running, wait_until
 
 N_ACTIONS = 7
 DELIVERY_MARGIN_S = 0.25

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tests.utils.rl import fresh_agent, rollout
+from ala.testing import fresh_agent, rollout
 
 
 def test_recorded_logprobs_are_those_of_the_sampled_distribution() -> None:

@@ -10,6 +10,7 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
+from ala.testing import digests, running, wait_until
 from protos import Advice, StateDigest, decode, encode, subjects
 from services.advisor import metrics
 from services.advisor.backends import ExpertBackend
@@ -17,8 +18,6 @@ from services.advisor.cache import AdviceCache
 from services.advisor.expert import plan
 from services.advisor.service import Advisor, AdvisorService, serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
-from tests.advisor.test_backends import digests
-from tests.utils.services import running, wait_until
 
 
 def _settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import gymnasium as gym
-import numpy as np
 import pytest
 
-from protos import Array, StateDigest
-from services.actor.envs import describe, full_state_of, make_env
+from ala.envs import adapter_for
+from ala.testing import digest_of, digests
 from services.advisor.backends import (
     AdversarialBackend,
     BackendError,
@@ -26,26 +24,6 @@ from services.advisor.service import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
-
-
-def digest_of(env: gym.Env, obs: np.ndarray, bot: int = 0) -> StateDigest:
-    return StateDigest(
-        run="test",
-        actor="a1",
-        bot=bot,
-        env_step=0,
-        episode=0,
-        text=describe(env, obs),
-        observation=Array.from_numpy(obs),
-        action_names=ACTIONS,
-        created_at=time.time(),
-        full_state=Array.from_numpy(full_state_of(env)),
-    )
-
-
-def digests(count: int, env_id: str = "MiniGrid-DoorKey-5x5-v0") -> list[StateDigest]:
-    env = make_env(env_id)
-    return [digest_of(env, env.reset(seed=seed)[0]) for seed in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +61,7 @@ async def test_http_backend_against_a_real_openai_compatible_server(embedded: Em
 @pytest.mark.parametrize("env_id", ["MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0"])
 async def test_expert_advice_followed_greedily_solves_doorkey(env_id: str) -> None:
     expert = ExpertBackend()
-    env = make_env(env_id)
+    env = adapter_for(env_id).make()
     for seed in range(3):
         obs, _ = env.reset(seed=seed)
         for _ in range(100):

@@ -10,7 +10,9 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
-from ala.trajectory import observation_key, to_chunk
+from ala.envs import adapter_for
+from ala.rl.trajectory import observation_key, to_chunk
+from ala.testing import ENV_ID, actor_heartbeat, fresh_agent, rollout, running, spec, wait_until
 from protos import decode, encode, subjects
 from protos.messages import ImplicitReward
 from services.advisor import metrics
@@ -19,8 +21,6 @@ from services.advisor.cache import AdviceCache
 from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.service import serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
-from tests.utils.rl import fresh_agent, rollout
-from tests.utils.services import running
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 
@@ -39,7 +39,11 @@ async def test_review_of_a_recorded_episode_gives_valid_bounded_advice_and_rewar
     source = rollout(fresh_agent(), bots=1, steps=12, max_steps=12)
     [episode] = EpisodeAssembler().add("a1", source.collect())
     reviewer = CriticalStateReviewer(
-        EmbeddedBackend(AdvisorSpec(name="reviewer")), ACTIONS, max_implicit_reward=0.05, run="test"
+        EmbeddedBackend(AdvisorSpec(name="reviewer")),
+        ACTIONS,
+        adapter_for(ENV_ID).summarise,
+        max_implicit_reward=0.05,
+        run="test",
     )
     review = await reviewer.review(episode)
     assert 1 <= len(review.suggestions) <= 3 and len(review.rewards) == len(review.suggestions)
@@ -77,6 +81,7 @@ async def test_the_advisor_reviews_streamed_episodes_and_publishes_implicit_rewa
     async with running(serve, settings):
         seq = 0
         while not got_one.is_set():  # the review follows new chunks only: keep producing until one is reviewed
+            await bus.publish(subjects.heartbeat_subject("test", "actor", "a1"), actor_heartbeat(policy=spec()), "hb")
             chunk = to_chunk(source.collect(), "test", "a1", seq)
             await bus.publish_durable(subjects.trajectory_subject("test", "a1"), encode(chunk), f"c{seq}", "traj")
             seq += 1
@@ -85,3 +90,23 @@ async def test_the_advisor_reviews_streamed_episodes_and_publishes_implicit_rewa
         reward = await rewards.get()
     assert abs(reward.reward) <= settings.max_implicit_reward and reward.actor == "a1"
     assert metrics.REVIEWS._value.get() >= 1
+
+
+async def test_chunks_from_an_env_without_text_are_skipped_and_counted(bus: Bus, nats_settings: NatsSettings) -> None:
+    settings = AdvisorSettings(
+        run="test", instance="adv1", metrics_host="127.0.0.1", metrics_port=0, nats=nats_settings, review=True
+    )
+    cartpole = fresh_agent(env_id="CartPole-v1")
+    source = rollout(cartpole, bots=1, steps=8)
+    skipped = metrics.REVIEW_SKIPPED.labels("no_text")
+    before, reviews_before = skipped._value.get(), metrics.REVIEWS._value.get()
+    async with running(serve, settings):
+        heartbeat = actor_heartbeat(n_actions=2, policy=cartpole.spec)
+        for seq in range(20):  # the review follows new chunks only: keep producing until one is skipped
+            await bus.publish(subjects.heartbeat_subject("test", "actor", "a1"), heartbeat, "hb")
+            chunk = to_chunk(source.collect(), "test", "a1", seq)
+            await bus.publish_durable(subjects.trajectory_subject("test", "a1"), encode(chunk), f"cp{seq}", "traj")
+            with contextlib.suppress(TimeoutError):
+                await wait_until(lambda: skipped._value.get() > before, timeout_s=1.0)
+                break
+    assert skipped._value.get() > before and metrics.REVIEWS._value.get() == reviews_before

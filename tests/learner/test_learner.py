@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from ala.trajectory import BadChunk, from_chunk, to_chunk
+from ala.rl.learner import Learner
+from ala.rl.trajectory import BadChunk, from_chunk, to_chunk
+from ala.testing import biased_trajectory, fresh_agent, ppo_settings, rollout, spec
 from protos import Array, decode, encode
 from protos.messages import TrajectoryChunk
-from services.learner.learner import Learner
-from tests.utils.rl import biased_trajectory, fresh_agent, learner_settings, rollout, spec
 
 
 def _params(learner: Learner) -> torch.Tensor:
@@ -53,7 +53,7 @@ def test_corrections_agree_without_bias_and_lag() -> None:
     assert not trajectory.bias.any()
     results = []
     for correction in ("exact", "shortcut", "none"):
-        learner = Learner(spec(), learner_settings(correction=correction))
+        learner = Learner(spec(), ppo_settings(correction=correction))
         stats = learner.train([trajectory])
         results.append(_params(learner))
         if correction == "exact":
@@ -64,10 +64,10 @@ def test_corrections_agree_without_bias_and_lag() -> None:
 
 
 def test_exact_and_shortcut_differ_with_bias() -> None:
-    learner = Learner(spec(), learner_settings())
+    learner = Learner(spec(), ppo_settings())
     trajectory = biased_trajectory(learner.agent, scale=3.0)
-    exact = Learner(spec(), learner_settings(correction="exact"))
-    shortcut = Learner(spec(), learner_settings(correction="shortcut"))
+    exact = Learner(spec(), ppo_settings(correction="exact"))
+    shortcut = Learner(spec(), ppo_settings(correction="shortcut"))
     stats = exact.train([trajectory])
     shortcut.train([trajectory])
     assert stats["is/weight_max"] > 1.5  # the bias moved mu well away from pi
@@ -75,7 +75,7 @@ def test_exact_and_shortcut_differ_with_bias() -> None:
 
 
 def test_stale_data_is_detected_by_version() -> None:
-    learner = Learner(spec(), learner_settings(max_policy_lag=2))
+    learner = Learner(spec(), ppo_settings(max_policy_lag=2))
     trajectory = rollout(learner.agent).collect()
     learner.version = 2
     assert not learner.is_stale(trajectory)
@@ -85,10 +85,10 @@ def test_stale_data_is_detected_by_version() -> None:
 
 def test_checkpoint_restores_the_exact_training_state() -> None:
     trajectory = rollout(fresh_agent()).collect()
-    original = Learner(spec(), learner_settings())
+    original = Learner(spec(), ppo_settings())
     original.train([trajectory])
     saved = original.checkpoint()
-    resumed = Learner(spec(), learner_settings(seed=99))
+    resumed = Learner(spec(), ppo_settings(seed=99))
     resumed.restore(saved)
     assert resumed.version == 1
     original.train([trajectory])
@@ -97,14 +97,14 @@ def test_checkpoint_restores_the_exact_training_state() -> None:
 
 
 def test_vtrace_advantages_train_with_finite_statistics() -> None:
-    learner = Learner(spec(), learner_settings(advantage="vtrace"))
+    learner = Learner(spec(), ppo_settings(advantage="vtrace"))
     stats = learner.train([biased_trajectory(learner.agent)])
     assert all(np.isfinite(value) for key, value in stats.items() if key != "losses/explained_variance")
     assert learner.version == 1 and learner.samples_trained == 64
 
 
 def test_implicit_rewards_are_added_to_matching_steps_and_bounded() -> None:
-    from ala.trajectory import observation_key
+    from ala.rl.trajectory import observation_key
     from protos import ImplicitReward
     from services.learner.implicit import ImplicitRewards
 

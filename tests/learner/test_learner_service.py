@@ -4,6 +4,7 @@ rejection of bad chunks, and resumption from a checkpoint."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import msgspec
@@ -13,16 +14,15 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
-from ala.policy import Agent, load_weights
-from ala.trajectory import Trajectory, to_chunk
+from ala.rl.learner import Learner
+from ala.rl.policy import Agent, load_weights
+from ala.rl.trajectory import Trajectory, to_chunk
+from ala.testing import actor_heartbeat, rollout, running, spec
 from protos import Array, WeightsAnnouncement, decode, encode, subjects
 from protos.messages import TrajectoryChunk
 from services.learner import metrics
-from services.learner.learner import Learner
 from services.learner.service import serve
 from services.learner.settings import LearnerSettings
-from tests.utils.rl import learner_settings, rollout, spec
-from tests.utils.services import running
 
 
 def _settings(nats: NatsSettings, tmp_path: Path, **overrides: object) -> LearnerSettings:
@@ -32,8 +32,11 @@ def _settings(nats: NatsSettings, tmp_path: Path, **overrides: object) -> Learne
         "metrics_port": 0,
         "checkpoint_dir": tmp_path / "checkpoints",
         "fetch_timeout_s": 0.1,
+        "seed": 3,
+        "run": "test",
+        "instance": "l1",
     }
-    return learner_settings(**(values | overrides))
+    return LearnerSettings(**(values | overrides))
 
 
 async def _announcements(bus: Bus) -> asyncio.Queue[WeightsAnnouncement]:
@@ -49,6 +52,16 @@ async def _announcements(bus: Bus) -> asyncio.Queue[WeightsAnnouncement]:
 
 async def _next_version(queue: asyncio.Queue[WeightsAnnouncement]) -> WeightsAnnouncement:
     return await asyncio.wait_for(queue.get(), 30)
+
+
+async def _start_training(bus: Bus, queue: asyncio.Queue[WeightsAnnouncement]) -> WeightsAnnouncement:
+    """Play the actor's part: heartbeat with the policy spec until the learner announces its first weights."""
+    heartbeat = actor_heartbeat(policy=spec())
+    async with asyncio.timeout(30):
+        while True:
+            await bus.publish(subjects.heartbeat_subject("test", "actor", "a1"), heartbeat, kind="heartbeat")
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(queue.get(), 0.2)
 
 
 async def _publish(bus: Bus, chunk: TrajectoryChunk | bytes, msg_id: str) -> None:
@@ -81,7 +94,7 @@ async def test_distributed_update_equals_local_update(bus: Bus, nats_settings: N
 
     announcements = await _announcements(bus)
     async with running(serve, settings):
-        assert (await _next_version(announcements)).version == 0
+        assert (await _start_training(bus, announcements)).version == 0
         await _publish(bus, _chunk(trajectory, 1), "test.a1.1")
         after = await _next_version(announcements)
     assert after.version == 1
@@ -94,7 +107,7 @@ async def test_a_chunk_delivered_twice_is_trained_once(bus: Bus, nats_settings: 
     duplicates, samples = metrics.CHUNKS_DUPLICATE._value.get(), metrics.SAMPLES._value.get()
     announcements = await _announcements(bus)
     async with running(serve, settings):
-        await _next_version(announcements)
+        await _start_training(bus, announcements)
         await _publish(bus, _chunk(first, 1), "test.a1.1")
         # The same chunk under another message id: what a redelivery past the duplicate window looks like.
         await _publish(bus, _chunk(first, 1), "test.a1.1-again")
@@ -120,7 +133,7 @@ async def test_bad_chunks_are_rejected_counted_and_never_trained(
     before = {reason: metrics.CHUNKS_REJECTED.labels(reason)._value.get() for reason in bad}
     announcements = await _announcements(bus)
     async with running(serve, settings):
-        await _next_version(announcements)
+        await _start_training(bus, announcements)
         for reason, chunk in bad.items():
             await _publish(bus, chunk, f"bad-{reason}")
         await _publish(bus, good, "good")
@@ -136,14 +149,14 @@ async def test_restart_resumes_from_checkpoint_and_remembers_trained_chunks(
     first, second = _zero_lag_trajectory(settings, 0), _zero_lag_trajectory(settings, 1)
     announcements = await _announcements(bus)
     async with running(serve, settings):
-        await _next_version(announcements)
+        await _start_training(bus, announcements)
         await _publish(bus, _chunk(first, 1), "test.a1.1")
         trained = await _next_version(announcements)
     assert (settings.checkpoint_dir / "test" / "latest.pt").exists()
 
     duplicates = metrics.CHUNKS_DUPLICATE._value.get()
     async with running(serve, settings):
-        resumed = await _next_version(announcements)
+        resumed = await _start_training(bus, announcements)
         assert resumed.version == 1 and resumed.sha256 == trained.sha256
         await _publish(bus, _chunk(first, 1), "test.a1.1-redelivered")
         await _publish(bus, _chunk(second, 2), "test.a1.2")

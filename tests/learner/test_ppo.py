@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ala import ppo
-from ala.policy import Agent, PolicySpec
+from ala.rl import ppo
+from ala.rl.policy import Agent
+from protos import PolicySpec
 
 
 def _episode_data(seed: int, steps: int = 123, bots: int = 7) -> dict[str, torch.Tensor]:
@@ -76,7 +77,7 @@ def test_vtrace_truncates_large_ratios() -> None:
 
 def _agent_and_states(seed: int, n_actions: int = 7) -> tuple[Agent, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
-    agent = Agent(PolicySpec(obs_dim=10, n_actions=n_actions, hidden=16))
+    agent = Agent(PolicySpec(env_id="test", family="gym", obs_dim=10, n_actions=n_actions, hidden=16))
     with torch.no_grad():  # a sharper policy than the near-uniform initialisation
         agent.actor[-1].weight.mul_(300)
     obs = torch.randn(64, 10)

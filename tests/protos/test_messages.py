@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ala.testing import sample_messages
 from protos import (
     MESSAGE_TYPES,
     Advice,
@@ -27,7 +28,6 @@ from protos import (
     encode,
 )
 from protos.schema import SCHEMA_DIR, json_schemas, render
-from tests.utils.messages import sample_messages
 
 MESSAGES = sample_messages()
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ala.testing import actor_heartbeat
 from protos import Advice, AdviceTarget, Array
 from services.router.core import AdviceRejected, LiveConfig, Router
-from tests.utils.messages import actor_heartbeat
 
 NOW = 1_000.0
 N = 7

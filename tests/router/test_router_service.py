@@ -14,16 +14,13 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
+from ala.testing import ENV_ID, ChunkReader, actor_heartbeat, free_port, running, wait_until
 from protos import Advice, AdviceTarget, Array, BiasUpdate, decode, subjects
 from services.actor import service as actor_service
 from services.actor.settings import ActorSettings
 from services.router import metrics
 from services.router.service import serve
 from services.router.settings import RouterSettings
-from tests.actor.test_actor_service import ChunkReader
-from tests.utils.messages import actor_heartbeat
-from tests.utils.rl import ENV_ID
-from tests.utils.services import free_port, running, wait_until
 
 N = 7
 TOKEN = "s3cret-test-token"

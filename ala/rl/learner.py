@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ala import ppo
-from ala.policy import Agent, PolicySpec, resolve_device
-from ala.trajectory import Trajectory
-from services.learner.settings import LearnerSettings
+from ala.rl import ppo
+from ala.rl.config import PPOSettings
+from ala.rl.policy import Agent, resolve_device
+from ala.rl.trajectory import Trajectory
+from protos import PolicySpec
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Batch:
 
 
 class Learner:
-    def __init__(self, spec: PolicySpec, settings: LearnerSettings, device: str = "cpu") -> None:
+    def __init__(self, spec: PolicySpec, settings: PPOSettings, device: str = "cpu") -> None:
         self.settings = settings
         self.device = resolve_device(device)
         torch.manual_seed(settings.seed)

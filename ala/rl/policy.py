@@ -10,29 +10,19 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from protos import PolicySpec
+
 
 def layer_init(layer: nn.Linear, std: float = float(np.sqrt(2)), bias_const: float = 0.0) -> nn.Linear:
     nn.init.orthogonal_(layer.weight, std)
     nn.init.constant_(layer.bias, bias_const)
     return layer
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """What fixes the network's shape; actor and learner must agree on it (derived from the env id)."""
-
-    obs_dim: int
-    n_actions: int
-    onehot_classes: int = 0
-    """>0: observations are small non-negative integers (MiniGrid's object/colour/state codes), one-hot encoded."""
-    hidden: int = 64
 
 
 class ActionSample(NamedTuple):
@@ -47,6 +37,8 @@ class ActionSample(NamedTuple):
 
 
 class Agent(nn.Module):
+    """CleanRL's actor-critic: two tanh MLPs, shaped by the `PolicySpec` that travels on the wire."""
+
     def __init__(self, spec: PolicySpec) -> None:
         super().__init__()
         self.spec = spec

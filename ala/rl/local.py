@@ -1,4 +1,4 @@
-"""`ala train --local`: the actor's rollout and the learner's update in one process, no broker (CleanRL-style).
+"""`ala train --local`: the rollout and the learner's update in one process, no broker (CleanRL-style).
 
 The baseline for speed and learning: the distributed stack runs exactly this code, split across processes.
 """
@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from services.actor.envs import make_vector_env, policy_spec_of
-from services.actor.rollout import Rollout
-from services.actor.settings import ActorSettings
-from services.learner.learner import Learner
-from services.learner.settings import LearnerSettings
+from ala.envs import adapter_for
+from ala.rl.config import PPOSettings, RolloutSettings
+from ala.rl.learner import Learner
+from ala.rl.rollout import Rollout
 
 
 @dataclass
@@ -39,16 +38,16 @@ class LocalRun:
 
 
 def train_local(
-    actor: ActorSettings,
-    learner: LearnerSettings,
+    actor: RolloutSettings,
+    learner: PPOSettings,
     total_steps: int,
     on_update: Callable[[Progress], bool | None] | None = None,
 ) -> LocalRun:
     """Train until `total_steps` env steps, or until `on_update` returns True."""
     torch.set_num_threads(actor.torch_threads)
-    spec = policy_spec_of(actor.env_id, actor.hidden)
-    trainer = Learner(spec, learner, device=learner.device)
-    envs = make_vector_env(actor.env_id, actor.num_bots)
+    adapter = adapter_for(actor.env_id)
+    envs = adapter.make_vector(actor.num_bots)
+    trainer = Learner(adapter.policy_spec(envs.envs[0], actor.hidden), learner, device=learner.device)
     rollout = Rollout(envs, trainer.agent, actor.num_steps, actor.seed, device=str(trainer.device))
     run, recent = LocalRun(), deque[float](maxlen=100)
     start = time.perf_counter()

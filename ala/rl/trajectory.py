@@ -12,9 +12,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ala.policy import PolicySpec
 from ala.rejection import Rejected
-from protos import Array, TrajectoryChunk
+from protos import Array, PolicySpec, TrajectoryChunk
 
 _LOGPROB_TOLERANCE = 1e-4
 

@@ -1,7 +1,7 @@
-"""The actor's rollout: N bots, one batched policy forward per step, `logits += bias`, exact log-probabilities.
+"""The rollout: N bots, one batched policy forward per step, `logits += bias`, exact log-probabilities.
 
 CleanRL's rollout with ALA's additions; no NATS here. The caller supplies the bias in force before each step
-(the service reads its bias table; `ala train --local` passes none).
+(the actor service reads its bias table; `ala train --local` passes none).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ala.policy import Agent, resolve_device
-from ala.trajectory import Trajectory
+from ala.rl.policy import Agent, resolve_device
+from ala.rl.trajectory import Trajectory
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,45 @@
+"""Environment adapters, chosen once from the env id (in the spirit of Sample Factory's `register_env`).
+
+`adapter_for(env_id)` tries, in order: adapters that packages register under the entry point group `ala.envs`
+(a subclass of `EnvAdapter` with its own `matches`), the MiniGrid/BabyAI adapter, then the generic adapter for any
+Gymnasium env with a Discrete action space and a Box observation.
+
+Register your own in your package's `pyproject.toml`:
+
+    [project.entry-points."ala.envs"]
+    my-family = "my_package.ala_adapter:MyAdapter"
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+
+from ala.envs.base import EnvAdapter, UnsupportedEnv
+from ala.envs.minigrid import MiniGridAdapter
+
+log = logging.getLogger(__name__)
+
+BUILT_IN: tuple[type[EnvAdapter], ...] = (MiniGridAdapter,)
+ENTRY_POINT_GROUP = "ala.envs"
+
+
+def registered_adapters() -> list[type[EnvAdapter]]:
+    """Users' adapters (entry points, sorted by name) before the built-in ones."""
+    plugins = []
+    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        adapter = entry_point.load()
+        if not (isinstance(adapter, type) and issubclass(adapter, EnvAdapter)):
+            raise TypeError(f"entry point {ENTRY_POINT_GROUP}:{entry_point.name} is not an EnvAdapter subclass")
+        plugins.append(adapter)
+    return [*plugins, *BUILT_IN]
+
+
+def adapter_for(env_id: str) -> EnvAdapter:
+    for adapter in registered_adapters():
+        if adapter.matches(env_id):
+            return adapter(env_id)
+    return EnvAdapter(env_id)
+
+
+__all__ = ["EnvAdapter", "MiniGridAdapter", "UnsupportedEnv", "adapter_for", "registered_adapters"]

@@ -1,0 +1,46 @@
+"""The RL core's settings: what a rollout needs (`RolloutSettings`) and what a PPO update needs (`PPOSettings`).
+
+Plain pydantic models: the actor and learner services inherit them into their environment-backed settings
+(`ALA_ACTOR_*`, `ALA_LEARNER_*`), and `ala train --local` uses those same settings, so the baseline and the
+distributed stack train with identical hyperparameters.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RolloutSettings(BaseModel):
+    env_id: str = Field("MiniGrid-DoorKey-8x8-v0", description="Gymnasium environment id every bot runs.")
+    num_bots: int = Field(16, ge=1, le=4096, description="Bots (vectorised environments) in this actor.")
+    num_steps: int = Field(32, ge=1, description="Steps per bot in one trajectory chunk (T).")
+    hidden: int = Field(64, ge=1, description="Hidden units per layer of the policy (announced to the learner).")
+    seed: int = Field(1, description="Seed of environments and action sampling.")
+    device: str = Field("auto", description="torch device for the policy forward: auto (CUDA when present), cpu, cuda.")
+    torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")
+
+
+class PPOSettings(BaseModel):
+    seed: int = Field(1, description="Seed of initial weights and minibatch order.")
+    learning_rate: float = Field(5e-4, gt=0, description="Adam learning rate.")
+    num_epochs: int = Field(4, ge=1, description="Passes over each batch.")
+    num_minibatches: int = Field(4, ge=1, description="Minibatches per pass.")
+    gamma: float = Field(0.99, gt=0, le=1, description="Discount.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_coef: float = Field(0.2, gt=0, description="PPO clip on pi / pi_prox.")
+    ent_coef: float = Field(0.01, ge=0, description="Entropy bonus.")
+    vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
+    max_grad_norm: float = Field(0.5, gt=0, description="Gradient clipping.")
+    correction: Literal["exact", "shortcut", "none"] = Field(
+        "exact",
+        description="exact: decoupled PPO with the recorded mu; shortcut: ALA's exp(logp - logp_old - beta*bias[a]);"
+        " none: ignore the bias (for comparison only).",
+    )
+    advantage: Literal["gae", "vtrace"] = Field("gae", description="Advantage estimator.")
+    max_weight: float = Field(2.0, gt=0, description="Truncation of the importance weight pi_prox / mu.")
+    shortcut_beta: float = Field(1.0, description="beta of the shortcut ratio (the bias is already scaled: 1).")
+    max_policy_lag: int = Field(8, ge=0, description="Chunks more than this many versions old are dropped.")
+    device: str = Field("auto", description="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")

@@ -1,0 +1,64 @@
+"""Supervision: a service whose task fails exits at once with status 1 and its traceback; `ala up` restarts it
+with backoff up to its limit, then stops the stack (the injected failure is a CartPole that raises mid-step)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ala.config import NatsSettings
+
+CRASHING_ENV = "ala.testing:Crashing-v0"
+
+
+def _environment(tmp_path: Path, nats_url: str, **extra: str) -> dict[str, str]:
+    return dict(
+        os.environ,
+        ALA_RUN="supervision",
+        ALA_NATS_URL=nats_url,
+        ALA_ACTOR_ENV_ID=CRASHING_ENV,
+        ALA_ACTOR_NUM_BOTS="2",
+        ALA_ACTOR_METRICS_PORT="0",
+        ALA_TEST_CRASH_AFTER_STEPS="200",
+        ALA_TEST_CRASH_FILE=str(tmp_path / "crashes"),
+        **extra,
+    )
+
+
+def test_a_failing_task_stops_its_service_with_status_1_within_a_second(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    actor = subprocess.Popen(
+        [sys.executable, "-m", "ala", "actor"],
+        env=_environment(tmp_path, nats_settings.url),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, stderr = actor.communicate(timeout=60)
+    exited_at = time.time()
+    crashed_at = float((tmp_path / "crashes").read_text().split()[0])
+    assert actor.returncode == 1, stderr
+    assert exited_at - crashed_at < 1.0, f"exited {exited_at - crashed_at:.2f}s after the failure"
+    assert "RuntimeError: injected environment failure" in stderr and "stopped by an error" in stderr
+    assert "never retrieved" not in stderr
+
+
+def test_up_restarts_a_dead_service_then_stops_the_stack_past_its_limit(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    env = _environment(tmp_path, nats_settings.url, ALA_UP_FIRST_BACKOFF_S="0.2", ALA_BROKER_MONITOR_PORT="-1")
+    result = subprocess.run(
+        [sys.executable, "-m", "ala", "up", "--no-broker", "--service", "actor", "--max-restarts", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert len((tmp_path / "crashes").read_text().split()) == 2  # the first run and the one restart
+    assert "actor exited with status 1; restarting it in 0.2s (restart 1 of 1)" in result.stderr
+    assert "actor exited with status 1 after 1 restart(s)" in result.stderr
+    assert result.stderr.count("started actor") == 2 and "all stopped" in result.stderr
