@@ -4,17 +4,17 @@ supervise its long-lived tasks, stop cleanly on SIGINT/SIGTERM and drain.
 A service's `main` reads:
 
     async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-        async with ServiceRuntime(settings, METRICS, REGISTRY) as runtime, asyncio.TaskGroup() as tasks:
-            ...subscribe with runtime.bus, start long-lived work with tasks.create_task(...)...
+        async with ServiceRuntime(settings, METRICS, REGISTRY) as runtime, ServiceTasks() as tasks:
+            ...subscribe with runtime.bus, start long-lived work with tasks.start(coroutine, name)...
             await stop.wait()
-            ...cancel the long-lived tasks...
+            await tasks.stop_all()
 
     def main() -> None:
         run_until_signalled(serve, RouterSettings())
 
-Supervision: a task that raises makes the task group cancel the others and raise; `run_until_signalled` logs
-every traceback and exits with status 1, which `ala up` and container restart policies act on. A service never
-heartbeats on with a dead loop.
+Supervision: a task that raises makes its `ServiceTasks` group cancel the others and raise; `run_until_signalled`
+logs every traceback and exits with status 1, which `ala up` and container restart policies act on. A service
+never heartbeats on with a dead loop.
 """
 
 from __future__ import annotations
@@ -124,6 +124,44 @@ class ServiceRuntime:
             if await self.bus.publish(subject, self.heartbeat(), kind="heartbeat"):
                 self.metrics.heartbeats.inc()
             await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+
+class ServiceTasks:
+    """A service's long-lived tasks in one `asyncio.TaskGroup`: when one fails, all are cancelled and the group
+    raises. Cancellation is repeated until every task has ended, because on Python 3.11 `asyncio.wait_for` (which
+    nats.py's fetch and request use) can swallow a cancellation that races its own completion, leaving a loop
+    running and the group waiting for it forever."""
+
+    def __init__(self) -> None:
+        self._group = asyncio.TaskGroup()
+        self._running: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._group.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._group.__aexit__(*exc)
+
+    def start(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        task = self._group.create_task(work, name=name)
+        self._running.add(task)
+        task.add_done_callback(self._on_done)
+        return task
+
+    def _on_done(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self.stop_all(), name="stop-service-tasks")
+
+    async def stop_all(self) -> None:
+        """Cancel every running task, again and again, until all have ended."""
+        while self._running:
+            pending = list(self._running)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.5)
 
 
 async def unless_stopped(awaitable: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:

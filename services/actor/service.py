@@ -33,7 +33,7 @@ from ala.ratelimit import RateLimitedLog
 from ala.rl.policy import Agent, load_weights
 from ala.rl.rollout import Rollout
 from ala.rl.trajectory import to_chunk
-from ala.service import ServiceRuntime, run_until_signalled
+from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from protos import (
     ActionSpace,
     Array,
@@ -62,7 +62,7 @@ class Actor:
         rollout: Rollout,
         bias: BiasTable,
         adapter: EnvAdapter,
-        tasks: asyncio.TaskGroup,
+        tasks: ServiceTasks,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -132,7 +132,7 @@ class Actor:
         self.latest_announced = announcement.version
         self._wanted = announcement
         if self._fetch is None or self._fetch.done():
-            self._fetch = self.tasks.create_task(self._fetch_weights(), name="fetch-weights")
+            self._fetch = self.tasks.start(self._fetch_weights(), name="fetch-weights")
 
     async def _fetch_weights(self) -> None:
         while self._wanted is not None:
@@ -302,7 +302,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
             num_bots=settings.num_bots,
             policy=spec,
         ) as runtime,
-        asyncio.TaskGroup() as tasks,
+        ServiceTasks() as tasks,
     ):
         actor = Actor(settings, runtime.bus, rollout, bias, adapter, tasks)
         chunk_bytes = len(encode(to_chunk(rollout.new_trajectory(), settings.run, settings.instance, 0)))
@@ -318,11 +318,9 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.weights_subject(run), actor.on_weights)
         await runtime.bus.subscribe(subjects.digest_request_subject(run, settings.instance), actor.on_digest_request)
         await actor.latest_weights()
-        shipper = tasks.create_task(actor.ship(), name="ship-chunks")
-        stepping = tasks.create_task(actor.run(stop), name="step-loop")
-        progress = tasks.create_task(
-            report_progress("actor", actor.progress, settings.progress_interval_s), name="progress"
-        )
+        tasks.start(actor.ship(), name="ship-chunks")
+        stepping = tasks.start(actor.run(stop), name="step-loop")
+        tasks.start(report_progress("actor", actor.progress, settings.progress_interval_s), name="progress")
         await stop.wait()
         grace = settings.nats.publish_timeout_s * 5
         with contextlib.suppress(TimeoutError):
@@ -330,8 +328,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
             await asyncio.wait_for(actor.outbox.join(), grace)
         if actor.outbox.qsize():
             log.error("%d chunks not acknowledged at shutdown", actor.outbox.qsize())
-        shipper.cancel()  # a weights fetch in flight ends by itself, bounded by the publish timeout
-        progress.cancel()
+        await tasks.stop_all()
     rollout.envs.close()
 
 

@@ -32,7 +32,7 @@ from ala.metrics import child
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.rl.trajectory import BadChunk, from_chunk
-from ala.service import ServiceRuntime, run_until_signalled
+from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from protos import (
     Advice,
     AdviceTarget,
@@ -337,23 +337,19 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
 async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
     advisors = build_advisors(settings)
     try:
-        async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, asyncio.TaskGroup() as tasks:
+        async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
             service = AdvisorService(settings, runtime.bus, advisors)
             await runtime.bus.subscribe(subjects.heartbeat_wildcard(settings.run), service.on_heartbeat)
             await runtime.bus.subscribe(
                 subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group
             )
-            running = [tasks.create_task(service.work(), name=f"advisor-worker-{i}") for i in range(settings.workers)]
+            for i in range(settings.workers):
+                tasks.start(service.work(), name=f"advisor-worker-{i}")
             if settings.review:
-                running.append(tasks.create_task(review_episodes(settings, service), name="review"))
-            running.append(
-                tasks.create_task(
-                    report_progress("advisor", service.progress, settings.progress_interval_s), name="progress"
-                )
-            )
+                tasks.start(review_episodes(settings, service), name="review")
+            tasks.start(report_progress("advisor", service.progress, settings.progress_interval_s), name="progress")
             await stop.wait()
-            for task in running:
-                task.cancel()
+            await tasks.stop_all()
     finally:
         for advisor in advisors:
             await advisor.backend.close()

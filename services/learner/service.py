@@ -37,7 +37,7 @@ from ala.ratelimit import RateLimitedLog
 from ala.rl.learner import Learner
 from ala.rl.policy import sha256, weights_to_bytes
 from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
-from ala.service import ServiceRuntime, run_until_signalled, unless_stopped
+from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled, unless_stopped
 from protos import (
     Heartbeat,
     ImplicitReward,
@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 KEEP_WEIGHT_VERSIONS = 5
 REMEMBERED_CHUNKS = 100_000
 FETCH_RETRY_S = 0.5
+STOP_GRACE_S = 30.0
+"""How long a stopping learner waits for the update in progress."""
 
 
 class LearnerWorker:
@@ -315,13 +317,13 @@ async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:
         if settings.implicit_rewards:
             await runtime.bus.subscribe(subjects.implicit_reward_subject(settings.run), worker.on_implicit_reward)
         await worker.publish_weights()  # actors start from the learner's weights, not their own initialisation
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(worker.run(stop), name="train-loop")
-            progress = tasks.create_task(
-                report_progress("learner", worker.progress, settings.progress_interval_s), name="progress"
-            )
+        async with ServiceTasks() as tasks:
+            training = tasks.start(worker.run(stop), name="train-loop")
+            tasks.start(report_progress("learner", worker.progress, settings.progress_interval_s), name="progress")
             await stop.wait()
-            progress.cancel()
+            # The loop sees `stop` after its fetch or update: let it finish, so no update runs on while checkpointing.
+            await asyncio.wait([training], timeout=settings.fetch_timeout_s + STOP_GRACE_S)
+            await tasks.stop_all()
         await asyncio.to_thread(worker.save_checkpoint)
 
 

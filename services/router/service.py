@@ -21,7 +21,7 @@ from ala.bus import Bus
 from ala.metrics import child
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
-from ala.service import ServiceRuntime, run_until_signalled
+from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from protos import Advice, BiasUpdate, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
 from services.router import metrics
 from services.router.api import Status, create_app
@@ -41,7 +41,7 @@ class ApiServer(uvicorn.Server):
 
 
 class RouterService:
-    def __init__(self, settings: RouterSettings, bus: Bus, tasks: asyncio.TaskGroup) -> None:
+    def __init__(self, settings: RouterSettings, bus: Bus, tasks: ServiceTasks) -> None:
         self.settings = settings
         self.bus = bus
         self.tasks = tasks
@@ -49,6 +49,7 @@ class RouterService:
         self._reject_log = RateLimitedLog(log)
         self._advisor_labels: set[str] = set()
         self._remerges: dict[tuple[str, int | None], asyncio.TimerHandle] = {}
+        self.closed = False
         self.counts: collections.Counter[str] = collections.Counter()
         """Advice received and accepted, bias updates sent, rejections by reason: for the progress line."""
         self._received_rate, self._sent_rate = Rate(), Rate()
@@ -85,6 +86,8 @@ class RouterService:
 
     def _schedule_remerge(self, update: BiasUpdate) -> None:
         """A merged bias lives as long as its shortest opinion; when that one expires, the others still count."""
+        if self.closed:
+            return
         target = (update.actor, update.bots[0] if update.bots else None)
         previous = self._remerges.pop(target, None)
         if previous is not None:
@@ -95,7 +98,7 @@ class RouterService:
         self._remerges.pop(target, None)
         update = self.router.merged(target, self.settings.run, time.time())
         if update is not None:
-            self.tasks.create_task(self._publish(update), name="remerge")
+            self.tasks.start(self._publish(update), name="remerge")
 
     def _advisor_label(self, advisor: str) -> str:
         """Advisor names come off the wire: label at most MAX_ADVISOR_LABELS of them, the rest as 'other'."""
@@ -144,6 +147,7 @@ class RouterService:
         return cleared
 
     def close(self) -> None:
+        self.closed = True
         for handle in self._remerges.values():
             handle.cancel()
 
@@ -177,7 +181,7 @@ class RouterService:
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, asyncio.TaskGroup() as tasks:
+    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
         service = RouterService(settings, runtime.bus, tasks)
         run = settings.run
         await runtime.bus.subscribe(subjects.heartbeat_wildcard(run), service.on_heartbeat)
@@ -186,17 +190,14 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         api = ApiServer(
             uvicorn.Config(create_app(service), host=settings.api_host, port=settings.api_port, log_level="warning")
         )
-        api_task = tasks.create_task(api.serve(), name="router-api")
-        report_task = tasks.create_task(service.report(), name="router-report")
-        progress = tasks.create_task(
-            report_progress("router", service.progress, settings.progress_interval_s), name="progress"
-        )
+        api_task = tasks.start(api.serve(), name="router-api")
+        tasks.start(service.report(), name="router-report")
+        tasks.start(report_progress("router", service.progress, settings.progress_interval_s), name="progress")
         await stop.wait()
         api.should_exit = True
         await api_task
         service.close()
-        report_task.cancel()
-        progress.cancel()
+        await tasks.stop_all()
 
 
 def main() -> None:
