@@ -97,6 +97,7 @@ def config_show(
         raise typer.BadParameter(f"choose from {list(SERVICE_NAMES)}")
     console.print(_settings_table("broker (ala nats, ala up)", BrokerSettings()))
     console.print(_settings_table("nats connection (every service)", NatsSettings()))
+    console.print(_settings_table("ala up (restarts)", RestartPolicy()))
     for name in names:
         console.print(_settings_table(name, _settings_class(name)()))
 

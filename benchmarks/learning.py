@@ -48,9 +48,7 @@ def run_seed(job: tuple[str, int, int]) -> SeedResult:
         curve.append((progress.env_steps, progress.mean_return))
         return progress.mean_return >= THRESHOLD
 
-    run = train_local(
-        ActorSettings(env_id=env_id, seed=seed), LearnerSettings(env_id=env_id, seed=seed), max_steps, record
-    )
+    run = train_local(ActorSettings(env_id=env_id, seed=seed), LearnerSettings(seed=seed), max_steps, record)
     reached = curve[-1][1] >= THRESHOLD
     return SeedResult(env_id, seed, run.env_steps if reached else None, run.env_steps, run.seconds, curve)
 
