@@ -10,12 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from ala.broker import EmbeddedBroker
 from ala.bus import Bus
-from ala.config import BrokerSettings, NatsSettings
+from ala.config import NatsSettings
 from ala.metrics import BusMetrics, bus_metrics
-
-
-def broker_settings(store_dir: Path) -> BrokerSettings:
-    return BrokerSettings(port=-1, monitor_port=-1, store_dir=store_dir, ready_timeout_s=20)
+from ala.testing import broker_settings
 
 
 @pytest.fixture

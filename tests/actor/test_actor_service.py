@@ -11,19 +11,17 @@ from contextlib import AsyncExitStack
 import numpy as np
 import torch
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.rl.policy import weights_to_bytes
-from ala.testing import ENV_ID, fresh_agent, running, wait_until
+from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, wait_until
 from protos import (
     Array,
     BiasUpdate,
     DigestRequest,
     StateDigest,
-    TrajectoryChunk,
     WeightsAnnouncement,
     decode,
     encode,
@@ -50,30 +48,6 @@ def _settings(nats: NatsSettings, **overrides: object) -> ActorSettings:
         "nats": nats,
     }
     return ActorSettings(**(values | overrides))
-
-
-class ChunkReader:
-    """Chunks as the learner would see them: an ephemeral consumer from the first stored chunk."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.consumer: JetStreamContext.PullSubscription | None = None
-
-    async def __aenter__(self) -> ChunkReader:
-        self.consumer = await self.bus.js.pull_subscribe(
-            subjects.trajectory_wildcard("test"), stream=subjects.TRAJECTORIES.name
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.consumer is not None
-        await self.consumer.unsubscribe()
-
-    async def next(self) -> TrajectoryChunk:
-        assert self.consumer is not None
-        [msg] = await self.consumer.fetch(1, timeout=20)
-        await msg.ack()
-        return decode(msg.data, TrajectoryChunk)
 
 
 def _bias_update(bias: np.ndarray, ttl_s: float) -> BiasUpdate:
