@@ -138,6 +138,10 @@ def train(
     stop_at_return: Annotated[
         float | None, typer.Option(help="Stop once the mean return of the last 100 episodes reaches this.")
     ] = None,
+    eval_every: Annotated[
+        int, typer.Option(help="Score the policy alone on held-out seeds every this many updates (0: never).")
+    ] = 0,
+    stop_at_eval: Annotated[float | None, typer.Option(help="Stop once an evaluation's return reaches this.")] = None,
 ) -> None:
     """Train PPO. `--local` is the single-process baseline; the distributed stack is `ala up`."""
     if not local:
@@ -153,6 +157,14 @@ def train(
     learner = LearnerSettings(**overrides)
 
     def report(progress: Progress) -> bool:
+        if progress.evaluation is not None:
+            console.print(
+                f"eval v{progress.updates} at {progress.env_steps:,} env steps after {progress.train_seconds:.2f}s: "
+                f"return {progress.evaluation.sampled.mean_return:.3f} (greedy "
+                f"{progress.evaluation.greedy.mean_return:.3f})"
+            )
+            if stop_at_eval is not None and progress.evaluation.sampled.mean_return >= stop_at_eval:
+                return True
         if progress.updates % 10 == 0:
             console.print(
                 f"steps {progress.env_steps:>9,}  sps {progress.steps_per_s:6.0f}  "
@@ -160,7 +172,7 @@ def train(
             )
         return stop_at_return is not None and progress.mean_return >= stop_at_return
 
-    run = train_local(actor, learner, total_steps, report)
+    run = train_local(actor, learner, total_steps, report, evaluate_every=eval_every)
     console.print(f"{run.env_steps:,} steps in {run.seconds:.1f}s ({run.env_steps / run.seconds:.0f} steps/s)")
 
 

@@ -63,6 +63,8 @@ class ServiceRuntime:
         self.action_space = action_space
         self.num_bots = num_bots
         self.policy = policy
+        self.env_steps: Callable[[], int] | None = None
+        """Actors: reports the env steps taken, for heartbeats."""
         self.started_at = time.time()
         self.metrics_port = 0
         self._bus: Bus | None = None
@@ -116,6 +118,7 @@ class ServiceRuntime:
             action_space=self.action_space,
             num_bots=self.num_bots,
             policy=self.policy,
+            env_steps=self.env_steps() if self.env_steps else 0,
         )
 
     async def _heartbeat_loop(self) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import nats.errors
 import numpy as np
 import torch
 from nats.js import JetStreamContext
@@ -38,6 +39,7 @@ from protos import (
     Array,
     BiasUpdate,
     DigestRequest,
+    Evaluation,
     Heartbeat,
     ImplicitReward,
     MessageBase,
@@ -103,9 +105,13 @@ class ChunkReader:
         assert self.consumer is not None
         await self.consumer.unsubscribe()
 
-    async def next(self) -> TrajectoryChunk:
+    async def next(self, timeout_s: float = 20.0) -> TrajectoryChunk:
+        """The next stored chunk; raises TimeoutError when none comes within `timeout_s`."""
         assert self.consumer is not None
-        [msg] = await self.consumer.fetch(1, timeout=20)
+        try:
+            [msg] = await self.consumer.fetch(1, timeout=timeout_s)
+        except nats.errors.TimeoutError as exc:
+            raise TimeoutError(f"no chunk within {timeout_s}s") from exc
         await msg.ack()
         return decode(msg.data, TrajectoryChunk)
 
@@ -216,6 +222,18 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
             action=3,
             reward=0.025,
             source="critical-state-review",
+            created_at=1.7e9,
+        ),
+        Evaluation(
+            run="test",
+            policy_version=120,
+            env_steps=61_440,
+            episodes=32,
+            mean_return=0.91,
+            success_rate=1.0,
+            greedy_return=0.93,
+            greedy_success_rate=1.0,
+            seconds=0.4,
             created_at=1.7e9,
         ),
         Heartbeat(

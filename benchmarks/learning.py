@@ -1,128 +1,258 @@
-"""Plain PPO (no advice): env steps until the mean return of the last 100 episodes reaches 0.8, per seed.
+"""Learning through the stack: env steps and wall-clock seconds to an evaluation return of 0.8, per arm and seed.
 
-Runs the `ala train --local` code (the distributed stack runs the same rollout and update). Seeds run in parallel
-worker processes, one per core; steps-to-threshold does not depend on wall time, so that is fair.
+Arms (no advice in any):
+- `local`: `ala train --local`, the single-process baseline, scored every 8 updates (4,096 env steps) by the same
+  held-out evaluation; its seconds are training time only (no interpreter start-up, no evaluation).
+- `up`: `ala up --no-broker` with actor, learner, router and evaluator as processes over a real nats-server.
+- `up-2actors`: the same and one more `ala actor`.
+- `up-hog`: `up` while another process spins on one core (labs share machines).
 
-    python -m benchmarks.learning [--envs MiniGrid-DoorKey-5x5-v0 --envs MiniGrid-DoorKey-8x8-v0] [--seeds 3]
+A run ends at the first evaluation whose return (sampled actions, 32 held-out seeds) is >= 0.8, or at its step or
+time budget: a run that never gets there counts as a collapse. Stack seconds are from process start (`ala up`). Reports
+markdown (medians, min-max, ratios to `local` on the same seeds) and PNG curves (mean and spread over seeds).
+
+    python -m benchmarks.learning [--seeds 5] [--envs MiniGrid-DoorKey-5x5-v0] [--arms local --arms up] [--quick]
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import multiprocessing
 import os
 import platform
+import re
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack, suppress
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import nats
 import numpy as np
 import typer
 
+from ala.broker import EmbeddedBroker
+from ala.testing import broker_settings
+from protos import Evaluation, decode, subjects
+
 THRESHOLD = 0.8
-MAX_STEPS = {"MiniGrid-DoorKey-5x5-v0": 300_000, "MiniGrid-DoorKey-8x8-v0": 1_500_000}
+ARMS = ("local", "up", "up-2actors", "up-hog")
+BUDGET = {  # env steps, seconds
+    "MiniGrid-DoorKey-5x5-v0": (300_000, 120.0),
+    "MiniGrid-DoorKey-8x8-v0": (1_500_000, 600.0),
+}
+LOCAL_EVAL_EVERY = 8
 
 
 @dataclass
-class SeedResult:
+class Run:
     env_id: str
+    arm: str
     seed: int
     steps_to_threshold: int | None
-    env_steps: int
-    seconds: float
-    curve: list[tuple[int, float]]
-    """(env steps, mean return of the last 100 episodes) after every update."""
+    seconds_to_threshold: float | None
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
+    """(env steps, seconds since process start, evaluation return) of every evaluation."""
 
 
-def run_seed(job: tuple[str, int, int]) -> SeedResult:
-    from ala.rl.local import Progress, train_local
-    from services.actor.settings import ActorSettings
-    from services.learner.settings import LearnerSettings
+def run_local(env_id: str, seed: int, max_steps: int) -> Run:
+    command = ["train", "--local", "--env-id", env_id, "--seed", str(seed), "--total-steps", str(max_steps)]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ala",
+            *command,
+            "--eval-every",
+            str(LOCAL_EVAL_EVERY),
+            "--stop-at-eval",
+            str(THRESHOLD),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ, COLUMNS="200"),
+    )
+    curve = [  # seconds: training only (no interpreter start, no evaluation)
+        (int(steps.replace(",", "")), float(seconds), float(ret))
+        for steps, seconds, ret in re.findall(r"at ([\d,]+) env steps after ([\d.]+)s: return ([\d.]+)", result.stdout)
+    ]
+    return _result(env_id, "local", seed, curve)
 
-    env_id, seed, max_steps = job
-    curve: list[tuple[int, float]] = []
 
-    def record(progress: Progress) -> bool:
-        curve.append((progress.env_steps, progress.mean_return))
-        return progress.mean_return >= THRESHOLD
+def run_stack(env_id: str, arm: str, seed: int, max_steps: int, max_seconds: float) -> Run:
+    with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker(broker_settings(Path(scratch) / "nats")))
+        env = dict(
+            os.environ,
+            ALA_NATS_URL=broker.url,
+            ALA_RUN="bench",
+            ALA_ENV_ID=env_id,
+            ALA_ACTOR_SEED=str(seed),
+            ALA_LEARNER_SEED=str(seed),
+            ALA_LEARNER_CHECKPOINT_DIR=str(Path(scratch) / "checkpoints"),
+            ALA_ROUTER_API_PORT="0",
+            ALA_EVALUATOR_MIN_INTERVAL_S="1",
+            **{f"ALA_{s}_METRICS_PORT": "0" for s in ("ACTOR", "LEARNER", "ROUTER", "EVALUATOR")},
+        )
+        processes: list[subprocess.Popen[bytes]] = []
+        if arm == "up-hog":
+            processes.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        curve: list[tuple[int, float, float]] = []
+        started = time.monotonic()
+        services = ["--service", "actor", "--service", "learner", "--service", "router", "--service", "evaluator"]
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "ala", "up", "--no-broker", *services], env=env, stderr=subprocess.DEVNULL
+            )
+        )
+        if arm == "up-2actors":
+            second = dict(env, ALA_ACTOR_INSTANCE="actor-2", ALA_ACTOR_SEED=str(1000 + seed))
+            processes.append(
+                subprocess.Popen([sys.executable, "-m", "ala", "actor"], env=second, stderr=subprocess.DEVNULL)
+            )
+        try:
+            asyncio.run(_follow_evaluations(broker.url, curve, started, max_steps, max_seconds))
+        finally:
+            for process in reversed(processes):
+                process.send_signal(signal.SIGINT)
+            for process in processes:
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    return _result(env_id, arm, seed, curve)
 
-    run = train_local(ActorSettings(env_id=env_id, seed=seed), LearnerSettings(seed=seed), max_steps, record)
-    reached = curve[-1][1] >= THRESHOLD
-    return SeedResult(env_id, seed, run.env_steps if reached else None, run.env_steps, run.seconds, curve)
+
+async def _follow_evaluations(
+    url: str, curve: list[tuple[int, float, float]], started: float, max_steps: int, max_seconds: float
+) -> None:
+    client = await nats.connect(url)
+    done = asyncio.Event()
+
+    async def on_evaluation(msg: nats.aio.msg.Msg) -> None:
+        evaluation = decode(msg.data, Evaluation)
+        curve.append((evaluation.env_steps, time.monotonic() - started, evaluation.mean_return))
+        if evaluation.mean_return >= THRESHOLD or evaluation.env_steps >= max_steps:
+            done.set()
+
+    await client.subscribe(subjects.evaluation_subject("bench"), cb=on_evaluation)
+    with suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), max_seconds)
+    await client.drain()
 
 
-def plot(results: list[SeedResult], path: Path) -> None:
+def _result(env_id: str, arm: str, seed: int, curve: list[tuple[int, float, float]]) -> Run:
+    reached = next((point for point in curve if point[2] >= THRESHOLD), None)
+    return Run(env_id, arm, seed, reached[0] if reached else None, reached[1] if reached else None, curve)
+
+
+def plot(runs: list[Run], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    envs = sorted({r.env_id for r in results})
-    figure, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 4), squeeze=False)
+    envs = sorted({r.env_id for r in runs})
+    fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 4.5), squeeze=False)
     for axis, env_id in zip(axes[0], envs, strict=True):
-        runs = [r for r in results if r.env_id == env_id]
-        grid = np.linspace(0, max(r.env_steps for r in runs), 200)
-        curves = []
-        for run in runs:
-            steps, returns = np.array(run.curve, dtype=float).T
-            returns = np.nan_to_num(returns)
-            # A run that stopped at the threshold stays there for the rest of the grid.
-            curves.append(np.interp(grid, steps, returns, right=returns[-1]))
-            axis.plot(steps, returns, alpha=0.3, linewidth=0.8)
-        stacked = np.stack(curves)
-        axis.plot(grid, stacked.mean(0), color="black", label=f"mean of {len(runs)} seeds")
-        axis.fill_between(grid, stacked.min(0), stacked.max(0), alpha=0.2, color="grey", label="min-max")
-        axis.axhline(THRESHOLD, linestyle="--", color="red", linewidth=0.8)
-        axis.set(title=f"{env_id}: plain PPO", xlabel="env steps", ylabel="mean return (last 100 episodes)")
-        axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+        for arm in ARMS:
+            curves = [r.curve for r in runs if r.env_id == env_id and r.arm == arm and r.curve]
+            if not curves:
+                continue
+            grid = np.linspace(0, max(c[-1][0] for c in curves), 60)
+            # Each seed's curve holds its last evaluation after it stopped (runs stop at the threshold).
+            values = np.array([np.interp(grid, [p[0] for p in c], [p[2] for p in c]) for c in curves])
+            axis.plot(grid, values.mean(0), label=f"{arm} ({len(curves)} seeds)")
+            axis.fill_between(grid, values.min(0), values.max(0), alpha=0.15)
+        axis.axhline(THRESHOLD, color="grey", linestyle=":")
+        axis.set(title=f"{env_id}, no advice", xlabel="env steps", ylabel="evaluation return (held-out seeds)")
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def report(runs: list[Run], seeds: int, command: str) -> str:
+    lines = [
+        "# Learning through the stack: steps and seconds to evaluation return 0.8",
+        "",
+        f"`{command}` on {os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}, {seeds} seeds "
+        "per arm, one run at a time. Evaluation: the policy alone (no bias), sampled actions, 32 held-out seeds. "
+        "Seconds from process start; ratios against `local` on the same seeds (medians).",
+        "",
+    ]
+    for env_id in sorted({r.env_id for r in runs}):
+        base = [r for r in runs if r.env_id == env_id and r.arm == "local"]
+        base_steps = statistics.median([r.steps_to_threshold for r in base if r.steps_to_threshold] or [np.nan])
+        lines += [
+            f"## {env_id}",
+            "",
+            "| arm | reached 0.8 | median env steps (min-max) | steps vs local | median seconds (min-max) | per seed |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for arm in ARMS:
+            arm_runs = [r for r in runs if r.env_id == env_id and r.arm == arm]
+            if not arm_runs:
+                continue
+            steps = [r.steps_to_threshold for r in arm_runs if r.steps_to_threshold]
+            seconds = [r.seconds_to_threshold for r in arm_runs if r.seconds_to_threshold]
+            per_seed = ", ".join(
+                f"s{r.seed}: {r.steps_to_threshold:,}" if r.steps_to_threshold else f"s{r.seed}: never"
+                for r in arm_runs
+            )
+            if steps:
+                median_steps = statistics.median(steps)
+                lines.append(
+                    f"| {arm} | {len(steps)}/{len(arm_runs)} | {median_steps:,.0f} ({min(steps):,}-{max(steps):,}) | "
+                    f"{median_steps / base_steps:.2f} | {statistics.median(seconds):.1f} "
+                    f"({min(seconds):.1f}-{max(seconds):.1f}) | {per_seed} |"
+                )
+            else:
+                lines.append(f"| {arm} | 0/{len(arm_runs)} | - | - | - | {per_seed} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(
-    envs: Annotated[list[str] | None, typer.Option(help="Environments (repeat the option).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per environment.")] = 3,
-    jobs: Annotated[int, typer.Option(help="Seeds trained in parallel.")] = os.cpu_count() or 1,
-    out_dir: Annotated[Path, typer.Option(help="Where the report, raw JSON and PNG go.")] = Path("benchmarks/results"),
+    envs: Annotated[list[str] | None, typer.Option(help="Environments (default: DoorKey 5x5 and 8x8).")] = None,
+    arms: Annotated[list[str] | None, typer.Option(help=f"Arms (default: all of {ARMS}).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per arm (1..N).")] = 5,
+    quick: Annotated[bool, typer.Option(help="Smoke check: DoorKey-5x5, local and up, 2 seeds.")] = False,
+    out: Annotated[Path, typer.Option(help="Markdown report; the PNG and JSON go beside it.")] = Path(
+        "benchmarks/results/learning.md"
+    ),
 ) -> None:
-    env_ids = envs or list(MAX_STEPS)
-    work = [(env_id, seed, MAX_STEPS.get(env_id, 1_000_000)) for env_id in env_ids for seed in range(1, seeds + 1)]
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        results = []
-        for result in pool.imap_unordered(run_seed, work):
-            print(f"{result.env_id} seed {result.seed}: {result.steps_to_threshold} steps to {THRESHOLD}", flush=True)
-            results.append(result)
-    results.sort(key=lambda r: (r.env_id, r.seed))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "learning.json").write_text(json.dumps([asdict(r) for r in results]))
-    plot(results, out_dir / "learning.png")
-
-    lines = [
-        "# Learning: plain PPO, steps to mean return 0.8",
-        "",
-        f"`python -m benchmarks.learning --seeds {seeds}` ({platform.machine()}, {time.strftime('%Y-%m-%d')}): the "
-        "`ala train --local` code, default settings, mean return of the last 100 training episodes "
-        "(stochastic policy).",
-        "",
-        "| env | seed | steps to 0.8 | env steps run | wall s | steps/s |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        reached = f"{r.steps_to_threshold:,}" if r.steps_to_threshold else f"not within {r.env_steps:,}"
-        rate = r.env_steps / r.seconds
-        lines.append(f"| {r.env_id} | {r.seed} | {reached} | {r.env_steps:,} | {r.seconds:.0f} | {rate:,.0f} |")
-    lines.append("")
+    if quick:
+        envs, arms, seeds = ["MiniGrid-DoorKey-5x5-v0"], ["local", "up"], 2
+    env_ids = envs or list(BUDGET)
+    chosen = arms or list(ARMS)
+    runs = []
     for env_id in env_ids:
-        reached = [r.steps_to_threshold for r in results if r.env_id == env_id and r.steps_to_threshold]
-        if reached:
-            lines.append(
-                f"- {env_id}: median {statistics.median(reached):,.0f} steps over {len(reached)} seeds that reached 0.8"
-            )
-    lines += ["", "![curves](learning.png)", ""]
-    (out_dir / "learning.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+        max_steps, max_seconds = BUDGET.get(env_id, (1_000_000, 600.0))
+        for seed in range(1, seeds + 1):
+            for arm in chosen:  # interleaved, so machine noise spreads over every arm alike
+                run = (
+                    run_local(env_id, seed, max_steps)
+                    if arm == "local"
+                    else run_stack(env_id, arm, seed, max_steps, max_seconds)
+                )
+                runs.append(run)
+                print(
+                    f"{env_id} {arm} seed {seed}: {run.steps_to_threshold} steps, {run.seconds_to_threshold} s",
+                    flush=True,
+                )
+    command = "python -m benchmarks.learning " + " ".join(sys.argv[1:])
+    text = report(runs, seeds, command.strip())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    plot(runs, out.with_suffix(".png"))
+    out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in runs]))
+    print(text)
 
 
 if __name__ == "__main__":

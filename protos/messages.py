@@ -232,6 +232,11 @@ class WeightsAnnouncement(MessageBase):
     created_at: float
     policy: PolicySpec | None = None
     """The network these weights fit; actors refuse weights whose spec differs from their own."""
+    settled_stream_seq: NonNegInt = 0
+    """The highest `ALA_TRAJECTORIES` stream sequence the learner has settled (trained on, or dropped): actors
+    compare it with their own chunks' sequences to know how far ahead of training they are (flow control)."""
+    env_steps: NonNegInt = 0
+    """Env steps in the chunks the learner has trained on, up to these weights."""
 
 
 class ImplicitReward(MessageBase):
@@ -247,6 +252,27 @@ class ImplicitReward(MessageBase):
     reward: float
     """Already bounded by the advisor (|reward| <= its max_implicit_reward)."""
     source: str
+    created_at: float
+
+
+class Evaluation(MessageBase):
+    """evaluator → anyone (dashboards, benchmarks): the policy alone (no bias) on held-out env seeds."""
+
+    run: Name
+    policy_version: NonNegInt
+    env_steps: NonNegInt
+    """Env steps the actors had taken when this version was announced (the x axis of learning curves)."""
+    episodes: NonNegInt
+    """Episodes per mode, one per held-out seed."""
+    mean_return: float
+    """Sampled actions (the policy as it trains): the number benchmarks and dashboards read."""
+    success_rate: float
+    """Share of sampled episodes with a positive return."""
+    greedy_return: float
+    """The most likely action at every step."""
+    greedy_success_rate: float
+    seconds: float
+    """Time the evaluation took."""
     created_at: float
 
 
@@ -266,6 +292,8 @@ class Heartbeat(MessageBase):
     num_bots: NonNegInt = 0
     policy: PolicySpec | None = None
     """Actors only: the policy their bots sample from; the learner builds its network from the first it hears."""
+    env_steps: NonNegInt = 0
+    """Actors only: env steps taken so far, summed over bots."""
 
 
 Message = (
@@ -276,6 +304,7 @@ Message = (
     | TrajectoryChunk
     | WeightsAnnouncement
     | ImplicitReward
+    | Evaluation
     | Heartbeat
 )
 MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
@@ -286,6 +315,7 @@ MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
     TrajectoryChunk,
     WeightsAnnouncement,
     ImplicitReward,
+    Evaluation,
     Heartbeat,
 )
 

@@ -59,6 +59,11 @@ def implicit_reward_subject(run: str) -> str:
     return _subject(run, "implicit-reward")
 
 
+def evaluation_subject(run: str) -> str:
+    """evaluator → anyone: `Evaluation`s of policy versions."""
+    return _subject(run, "eval")
+
+
 def heartbeat_subject(run: str, service: str, instance: str) -> str:
     """every service: `Heartbeat`s."""
     return _subject(run, "heartbeat", check_token(service, "service"), check_token(instance, "instance"))

@@ -1,3 +1,3 @@
-"""ALA's four services, one folder each: advisor, router, actor, learner."""
+"""ALA's services, one folder each: advisor, router, actor, learner, and the evaluator that scores the policy."""
 
-SERVICE_NAMES = ("advisor", "router", "actor", "learner")
+SERVICE_NAMES = ("advisor", "router", "actor", "learner", "evaluator")

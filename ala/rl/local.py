@@ -15,6 +15,7 @@ import torch
 
 from ala.envs import adapter_for
 from ala.rl.config import PPOSettings, RolloutSettings
+from ala.rl.evaluate import EvaluationResult, evaluate
 from ala.rl.learner import Learner
 from ala.rl.rollout import Rollout
 
@@ -27,6 +28,10 @@ class Progress:
     mean_return: float
     """Mean return of the last 100 episodes (nan until 100 have ended, so a few lucky ones cannot count)."""
     stats: dict[str, float]
+    evaluation: EvaluationResult | None = None
+    """Set on updates that were evaluated (`evaluate_every`)."""
+    train_seconds: float = 0.0
+    """Seconds since the start, less the time spent evaluating."""
 
 
 @dataclass
@@ -42,15 +47,19 @@ def train_local(
     learner: PPOSettings,
     total_steps: int,
     on_update: Callable[[Progress], bool | None] | None = None,
+    evaluate_every: int = 0,
+    eval_episodes: int = 32,
 ) -> LocalRun:
-    """Train until `total_steps` env steps, or until `on_update` returns True."""
+    """Train until `total_steps` env steps, or until `on_update` returns True. With `evaluate_every`, the policy
+    alone is scored on held-out seeds every that many updates (`ala.rl.evaluate`, as the evaluator service does),
+    its time kept out of `train_seconds`."""
     torch.set_num_threads(actor.torch_threads)
     adapter = adapter_for(actor.env_id)
     envs = adapter.make_vector(actor.num_bots)
     trainer = Learner(adapter.policy_spec(envs.envs[0], actor.hidden), learner, device=learner.device)
     rollout = Rollout(envs, trainer.agent, actor.num_steps, actor.seed, device=str(trainer.device))
     run, recent = LocalRun(), deque[float](maxlen=100)
-    start = time.perf_counter()
+    start, eval_seconds = time.perf_counter(), 0.0
     while rollout.env_steps < total_steps:
         stats = trainer.train([rollout.collect()])
         rollout.set_policy(trainer.agent, trainer.version)
@@ -58,9 +67,21 @@ def train_local(
             run.curve.append((rollout.env_steps, episode.episode_return))
             recent.append(episode.episode_return)
         rollout.finished.clear()
+        evaluation = None
+        if evaluate_every and trainer.version % evaluate_every == 0:
+            evaluation = evaluate(trainer.agent, adapter, eval_episodes, seed=actor.seed)
+            eval_seconds += evaluation.seconds
         elapsed = time.perf_counter() - start
         mean_return = float(np.mean(recent)) if len(recent) == recent.maxlen else float("nan")
-        progress = Progress(rollout.env_steps, trainer.version, rollout.env_steps / elapsed, mean_return, stats)
+        progress = Progress(
+            rollout.env_steps,
+            trainer.version,
+            rollout.env_steps / (elapsed - eval_seconds),
+            mean_return,
+            stats,
+            evaluation,
+            elapsed - eval_seconds,
+        )
         if on_update is not None and on_update(progress):
             break
     run.env_steps, run.seconds = rollout.env_steps, time.perf_counter() - start

@@ -68,3 +68,9 @@ DIGESTS = Counter("ala_actor_digests", "State digests published for the advisor.
 SHIP_SECONDS = Histogram(
     "ala_actor_chunk_ship_seconds", "Chunk publish until its ack.", buckets=SECOND_BUCKETS, registry=REGISTRY
 )
+FLOW_WAIT_SECONDS = Counter(
+    "ala_actor_flow_wait_seconds", "Time spent waiting for training to catch up (flow control).", registry=REGISTRY
+)
+FLOW_TIMEOUTS = Counter(
+    "ala_actor_flow_timeouts", "Flow-control waits that gave up after flow_timeout_s.", registry=REGISTRY
+)

@@ -4,6 +4,10 @@
   between steps and never waits for the advisor or router.
 - Chunks go to JetStream through a bounded retry buffer: when the broker is away they wait and are retried with the
   same `Nats-Msg-Id`; when the buffer is full, stepping waits. Nothing produced is dropped.
+- Flow control: the learner's weights announcements say how far training has come (`settled_stream_seq`); the
+  actor starts a chunk only while at most `max_chunks_ahead` of its chunks wait to be trained and the newest
+  announced weights are installed, so it samples with a policy about one version old instead of racing ahead
+  (a wait longer than `flow_timeout_s` is counted and logged, and sampling goes on).
 - New weights are fetched and verified (size, sha256, policy spec, shapes) off the step loop and installed
   between chunks, so every chunk is sampled by exactly one policy version.
 - The step loop, the chunk shipper and weight fetches run in one task group: if any of them fails, the process
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import time
@@ -23,17 +26,18 @@ from collections import deque
 import numpy as np
 import torch
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 
 from ala.bus import Bus, PublishError
 from ala.envs import EnvAdapter, adapter_for
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
-from ala.rl.policy import Agent, load_weights
+from ala.rejection import Rejected
+from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
 from ala.rl.trajectory import to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
+from ala.weights import fetch_policy
 from protos import (
     ActionSpace,
     Array,
@@ -81,6 +85,16 @@ class Actor:
         self._fetch: asyncio.Task[None] | None = None
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
+        self._flow_log = RateLimitedLog(log)
+        self.flow_active = False
+        """Flow control starts with the first announcement: without a learner there is nothing to wait for."""
+        self.settled_stream_seq = 0
+        self.unacked_chunks = 0
+        """Chunks enqueued and not yet stored by JetStream."""
+        self.shipped_seqs: deque[int] = deque()
+        """Stream sequences of this actor's stored chunks that the learner has not settled yet."""
+        self.progressed = asyncio.Event()
+        """Set whenever training may have caught up: an announcement, installed weights, a stored chunk."""
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.requested_digests: set[int] = set(range(rollout.num_bots))  # every bot's first episode starts now
         self.step_rate = Rate()
@@ -127,6 +141,11 @@ class Actor:
         # Any version but the one in use: a learner restarted without its checkpoint starts again from 0.
         if announcement.run != self.settings.run:
             return
+        self.flow_active = True
+        self.settled_stream_seq = max(self.settled_stream_seq, announcement.settled_stream_seq)
+        while self.shipped_seqs and self.shipped_seqs[0] <= self.settled_stream_seq:
+            self.shipped_seqs.popleft()
+        self.progressed.set()
         if self.has_learner_weights and announcement.version == self.rollout.policy_version:
             return
         self.latest_announced = announcement.version
@@ -138,31 +157,13 @@ class Actor:
         while self._wanted is not None:
             announcement, self._wanted = self._wanted, None
             try:
-                store = await self.bus.js.object_store(announcement.bucket)
-                data = (await store.get(announcement.name)).data or b""
-            except (NotFoundError, TimeoutError, NatsError) as exc:
-                # The next announcement tries again; a connection that is closing ends here too.
-                metrics.WEIGHTS_REJECTED.labels("missing").inc()
-                log.warning("weights %s not fetched: %s", announcement.name, exc)
-                continue
-            if announcement.policy is not None and announcement.policy != self.spec:
-                metrics.WEIGHTS_REJECTED.labels("spec").inc()
-                log.warning(
-                    "weights %s are for %s, this actor runs %s", announcement.name, announcement.policy, self.spec
-                )
-                continue
-            if len(data) != announcement.size or hashlib.sha256(data).hexdigest() != announcement.sha256:
-                metrics.WEIGHTS_REJECTED.labels("sha256").inc()
-                log.warning("weights %s fail their size/sha256 check", announcement.name)
-                continue
-            agent = Agent(self.spec).to(self.rollout.device)
-            try:
-                load_weights(agent, data)
-            except ValueError as exc:
-                metrics.WEIGHTS_REJECTED.labels("shape").inc()
-                log.warning("weights %s rejected: %s", announcement.name, exc)
+                agent = await fetch_policy(self.bus, announcement, self.spec, self.rollout.device)
+            except Rejected as exc:  # the next announcement tries again
+                metrics.WEIGHTS_REJECTED.labels(exc.reason).inc()
+                log.warning("weights rejected (%s): %s", exc.reason, exc)
                 continue
             self._pending_policy = (agent, announcement.version)
+            self.progressed.set()
 
     def _install_pending_policy(self) -> None:
         if self._pending_policy is not None:
@@ -179,6 +180,7 @@ class Actor:
     async def run(self, stop: asyncio.Event) -> None:
         subject = subjects.trajectory_subject(self.settings.run, self.settings.instance)
         while not stop.is_set():
+            await self._wait_for_training()
             self._install_pending_policy()
             trajectory = self.rollout.new_trajectory()
             for t in range(self.rollout.num_steps):
@@ -195,6 +197,35 @@ class Actor:
             chunk = to_chunk(trajectory, self.settings.run, self.settings.instance, chunk_seq)
             msg_id = subjects.trajectory_msg_id(self.settings.run, self.settings.instance, chunk_seq)
             await self._enqueue((subject, encode(chunk), msg_id))
+
+    def chunks_ahead(self) -> int:
+        """This actor's chunks not yet trained on: waiting to be stored, or stored and not settled."""
+        return self.unacked_chunks + sum(seq > self.settled_stream_seq for seq in self.shipped_seqs)
+
+    def _weights_in_flight(self) -> bool:
+        return self._wanted is not None or (self._fetch is not None and not self._fetch.done())
+
+    async def _wait_for_training(self) -> None:
+        """Flow control (see the module docstring)."""
+        limit = self.settings.max_chunks_ahead
+        if not self.flow_active or limit == 0:
+            return
+        start = time.perf_counter()
+        deadline = start + self.settings.flow_timeout_s
+        while self.chunks_ahead() > limit or self._weights_in_flight():
+            self.progressed.clear()
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                metrics.FLOW_TIMEOUTS.inc()
+                self._flow_log.warning(
+                    "no training progress for %.0fs (%d chunks ahead): sampling on",
+                    self.settings.flow_timeout_s,
+                    self.chunks_ahead(),
+                )
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progressed.wait(), remaining)
+        metrics.FLOW_WAIT_SECONDS.inc(time.perf_counter() - start)
 
     async def _after_step(self) -> None:
         wanted = set(self.requested_digests)
@@ -245,6 +276,7 @@ class Actor:
             metrics.DIGESTS.inc()
 
     async def _enqueue(self, item: tuple[str, bytes, str]) -> None:
+        self.unacked_chunks += 1
         if self.outbox.full():
             start = time.perf_counter()
             await self.outbox.put(item)
@@ -260,7 +292,7 @@ class Actor:
             for attempt in itertools.count():
                 start = time.perf_counter()
                 try:
-                    await self.bus.publish_durable(subject, payload, msg_id, kind="trajectory")
+                    ack = await self.bus.publish_durable(subject, payload, msg_id, kind="trajectory")
                     break
                 except PublishError as exc:
                     metrics.CHUNK_RETRIES.inc()
@@ -268,6 +300,10 @@ class Actor:
                     await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
             metrics.SHIP_SECONDS.observe(time.perf_counter() - start)
             metrics.CHUNKS_SHIPPED.inc()
+            self.unacked_chunks -= 1
+            if ack.seq > self.settled_stream_seq:
+                self.shipped_seqs.append(ack.seq)
+            self.progressed.set()
             self.outbox.task_done()
             metrics.RETRY_BUFFER.set(self.outbox.qsize())
 
@@ -305,6 +341,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         ServiceTasks() as tasks,
     ):
         actor = Actor(settings, runtime.bus, rollout, bias, adapter, tasks)
+        runtime.env_steps = lambda: rollout.env_steps
         chunk_bytes = len(encode(to_chunk(rollout.new_trajectory(), settings.run, settings.instance, 0)))
         if chunk_bytes > runtime.bus.nc.max_payload:
             raise ValueError(

@@ -21,6 +21,16 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         validation_alias=AliasChoices("env_id", "ALA_ACTOR_ENV_ID", "ALA_ENV_ID"),
         description="Gymnasium environment id every bot runs (ALA_ENV_ID works too).",
     )
+    max_chunks_ahead: int = Field(
+        1,
+        ge=0,
+        description="Flow control: start a new chunk only while at most this many of this actor's chunks wait to be"
+        " trained, and with the newest announced weights installed (1: sample chunk k+1 while k trains, policy lag"
+        " ~1; 0: off). Active once a learner has announced weights.",
+    )
+    flow_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the learner before sampling anyway (counted, logged)."
+    )
     max_abs_bias: float = Field(3.0, gt=0, description="Defensive clip of every received bias element.")
     retry_buffer_chunks: int = Field(
         256, ge=1, description="Unacknowledged chunks kept for retry; when full, stepping waits (nothing is dropped)."

@@ -74,6 +74,7 @@ class LearnerWorker:
         self.pending_ids: set[str] = set()
         """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
         self.last_stats: dict[str, float] = {}
+        self.announced: WeightsAnnouncement | None = None
         self.sample_rate = Rate()
         self._spec_log = RateLimitedLog(log)
         self._fetch_log = RateLimitedLog(log)
@@ -134,34 +135,39 @@ class LearnerWorker:
             reason = exc.reason if isinstance(exc, BadChunk) else "decode"
             metrics.CHUNKS_REJECTED.labels(reason).inc()
             log.warning("chunk rejected (%s): %s", reason, exc)
-            await msg.term()
+            await self._settle(msg, terminate=True)
             return None
         chunk_id = self.chunk_id(chunk)
         if chunk_id in self._trained_set or chunk_id in self.pending_ids:
             metrics.CHUNKS_DUPLICATE.inc()
-            await msg.ack()
+            await self._settle(msg)
             return None
         if chunk.run != self.settings.run or chunk.policy_version > self.learner.version:
             metrics.CHUNKS_REJECTED.labels("unknown_version" if chunk.run == self.settings.run else "run").inc()
-            await msg.term()
+            await self._settle(msg, terminate=True)
             return None
         metrics.POLICY_LAG.observe(self.learner.version - chunk.policy_version)
         if self.learner.is_stale(trajectory):
             metrics.CHUNKS_STALE.inc()
-            await msg.ack()
+            await self._settle(msg)
             return None
         trajectory.rewards = trajectory.rewards.copy()  # decoded arrays are read-only views
         metrics.IMPLICIT_REWARDS_APPLIED.inc(self.implicit.apply(trajectory))
         return chunk_id, trajectory
+
+    async def _settle(self, msg: Msg, terminate: bool = False) -> None:
+        """Acknowledge a chunk trained on or dropped (terminate one that must never come back); actors learn how far
+        training has come from the highest stream sequence settled."""
+        await (msg.term() if terminate else msg.ack())
+        self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
 
     async def train(self, batch: list[tuple[Msg, str, Trajectory]]) -> None:
         with timed(metrics.UPDATE_SECONDS):
             # Off the event loop, so heartbeats and acks keep flowing during a long update.
             stats = await asyncio.to_thread(self.learner.train, [trajectory for _, _, trajectory in batch])
         for msg, chunk_id, _ in batch:
-            await msg.ack()
+            await self._settle(msg)
             self._remember(chunk_id)
-            self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
         metrics.CHUNKS_TRAINED.inc(len(batch))
         metrics.SAMPLES.inc(stats["samples"])
         for name, value in stats.items():
@@ -183,7 +189,7 @@ class LearnerWorker:
         store = await self.bus.js.object_store(subjects.WEIGHTS_BUCKET)
         name = subjects.weights_object_name(self.settings.run, version)
         await store.put(name, data)
-        announcement = WeightsAnnouncement(
+        self.announced = WeightsAnnouncement(
             run=self.settings.run,
             version=version,
             bucket=subjects.WEIGHTS_BUCKET,
@@ -192,11 +198,10 @@ class LearnerWorker:
             size=len(data),
             created_at=time.time(),
             policy=self.spec,
+            settled_stream_seq=self.last_stream_seq,
+            env_steps=self.learner.samples_trained,
         )
-        msg_id = f"{self.settings.run}.weights.{version}"
-        await self.bus.publish_durable(
-            subjects.weights_subject(self.settings.run), encode(announcement), msg_id, "weights"
-        )
+        await self._announce(self.announced)
         metrics.WEIGHTS_PUBLISHED.inc()
         metrics.POLICY_VERSION.set(version)
         if version > KEEP_WEIGHT_VERSIONS:
@@ -204,6 +209,27 @@ class LearnerWorker:
                 await store.delete(subjects.weights_object_name(self.settings.run, version - KEEP_WEIGHT_VERSIONS))
             except Exception as exc:
                 log.debug("old weights not deleted: %s", exc)
+
+    async def _announce(self, announcement: WeightsAnnouncement) -> None:
+        # One id per announcement (a retry of the same one is stored once); a resumed learner's re-announcement of
+        # the same version is a new announcement.
+        msg_id = f"{self.settings.run}.weights.{announcement.version}.{announcement.created_at:.6f}"
+        await self.bus.publish_durable(
+            subjects.weights_subject(self.settings.run), encode(announcement), msg_id, "weights"
+        )
+
+    async def announce_progress(self) -> None:
+        """Chunks were settled without an update (stale, duplicate, rejected): say so with the same weights, or
+        actors waiting for training to catch up would wait for nothing."""
+        if self.announced is None or self.announced.settled_stream_seq >= self.last_stream_seq:
+            return
+        self.announced = msgspec.structs.replace(
+            self.announced, settled_stream_seq=self.last_stream_seq, created_at=time.time()
+        )
+        try:
+            await self._announce(self.announced)
+        except (PublishError, NatsError, TimeoutError) as exc:
+            log.warning("progress announcement not published: %s", exc)
 
     def save_checkpoint(self) -> None:
         buffer = io.BytesIO()
@@ -268,6 +294,7 @@ class LearnerWorker:
                 await self.train(pending)
                 pending = []
                 self.pending_ids.clear()
+            await self.announce_progress()
 
 
 def checkpoint_path(settings: LearnerSettings) -> Path:

@@ -9,6 +9,7 @@ import time
 from contextlib import AsyncExitStack
 
 import numpy as np
+import pytest
 import torch
 from nats.aio.msg import Msg
 
@@ -112,7 +113,7 @@ async def test_malformed_bias_is_rejected_and_counted(bus: Bus, nats_settings: N
         assert not (await chunks.next()).bias.to_numpy().any()
 
 
-async def _announce(bus: Bus, version: int, data: bytes, sha256: str | None = None) -> None:
+async def _announce(bus: Bus, version: int, data: bytes, sha256: str | None = None, settled: int = 0) -> None:
     store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
     name = subjects.weights_object_name("test", version)
     await store.put(name, data)
@@ -124,14 +125,18 @@ async def _announce(bus: Bus, version: int, data: bytes, sha256: str | None = No
         sha256=sha256 or hashlib.sha256(data).hexdigest(),
         size=len(data),
         created_at=time.time(),
+        settled_stream_seq=settled,
     )
-    await bus.publish_durable(subjects.weights_subject("test"), encode(announcement), f"w{version}", "weights")
+    await bus.publish_durable(
+        subjects.weights_subject("test"), encode(announcement), f"w{version}.{settled}", "weights"
+    )
 
 
 async def test_announced_weights_are_verified_and_swapped(bus: Bus, nats_settings: NatsSettings) -> None:
     new_policy = fresh_agent(seed=11)
     rejected = metrics.WEIGHTS_REJECTED.labels("sha256")._value.get()
-    async with running(serve, _settings(nats_settings)), ChunkReader(bus) as chunks:
+    # No flow control here: this test plays a learner that announces weights but trains nothing.
+    async with running(serve, _settings(nats_settings, max_chunks_ahead=0)), ChunkReader(bus) as chunks:
         assert (await chunks.next()).policy_version == 0
         await _announce(bus, 7, weights_to_bytes(new_policy))
         chunk = await chunks.next()
@@ -191,3 +196,23 @@ async def test_broker_restart_loses_no_chunk(
         seqs = [(await stored.next()).chunk_seq for _ in range(info.state.messages)]
     assert len(seqs) == len(set(seqs))
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_flow_control_keeps_the_actor_one_chunk_ahead_of_training(bus: Bus, nats_settings: NatsSettings) -> None:
+    """The test plays the learner: it announces weights, and later that it has trained the first chunk."""
+    weights = weights_to_bytes(fresh_agent(seed=5))
+    settings = _settings(nats_settings, max_chunks_ahead=1, flow_timeout_s=60)
+    steps_per_chunk = settings.num_bots * settings.num_steps
+    async with ChunkReader(bus) as chunks:
+        await _announce(bus, 1, weights)  # a learner exists: flow control is on from the actor's start
+        async with running(serve, settings):
+            first, second = await chunks.next(), await chunks.next()
+            assert first.policy_version == second.policy_version == 1
+            with pytest.raises(TimeoutError):  # a third chunk would be two ahead of training
+                await chunks.next(timeout_s=1.0)
+            assert metrics.FLOW_TIMEOUTS._value.get() == 0
+            stream_seq = (await bus.js.get_msg(subjects.TRAJECTORIES.name, seq=1)).seq
+            await _announce(bus, 2, weights, settled=stream_seq)  # the first chunk is trained: version 2
+            third = await chunks.next()
+    assert third.policy_version == 2  # sampled with the weights trained on the first chunk
+    assert first.chunk_seq < second.chunk_seq < third.chunk_seq and steps_per_chunk == 16

@@ -42,8 +42,15 @@ def _settings(nats: NatsSettings, tmp_path: Path, **overrides: object) -> Learne
 async def _announcements(bus: Bus) -> asyncio.Queue[WeightsAnnouncement]:
     queue: asyncio.Queue[WeightsAnnouncement] = asyncio.Queue()
 
+    last: list[WeightsAnnouncement] = []
+
     async def on_weights(msg: Msg) -> None:
-        await queue.put(decode(msg.data, WeightsAnnouncement))
+        announcement = decode(msg.data, WeightsAnnouncement)
+        same_weights = last and (last[-1].version, last[-1].sha256) == (announcement.version, announcement.sha256)
+        if same_weights and announcement.settled_stream_seq > last[-1].settled_stream_seq:
+            return  # training progress without new weights (flow control), not a new version
+        last.append(announcement)
+        await queue.put(announcement)
 
     await bus.subscribe(subjects.weights_subject("test"), on_weights)
     await bus.nc.flush()

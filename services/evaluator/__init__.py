@@ -1,0 +1,1 @@
+"""The evaluator: scores every newest policy version alone (no bias) on held-out seeds."""

@@ -1,0 +1,142 @@
+"""The evaluator process: every newest policy version, alone (no bias), on held-out env seeds.
+
+It follows weights announcements (which carry the policy spec, so it builds the right environments) and actor
+heartbeats (for the env steps taken when a version was announced), fetches the weights like an actor, scores them
+with sampled and greedy actions in a worker thread, and publishes an `Evaluation` on `ala.<run>.eval` and
+`ala_eval_return{mode}`. When versions come faster than evaluations, it skips to the newest (counted). It runs
+niced (`nice` setting), so on a shared machine it takes only CPU that actors and learner leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import torch
+from nats.aio.msg import Msg
+
+from ala.bus import Bus
+from ala.envs import EnvAdapter, adapter_for
+from ala.progress import report_progress
+from ala.ratelimit import RateLimitedLog
+from ala.rejection import Rejected
+from ala.rl.evaluate import evaluate
+from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
+from ala.weights import fetch_policy
+from protos import Evaluation, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
+from services.evaluator import metrics
+from services.evaluator.settings import EvaluatorSettings
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+    def __init__(self, settings: EvaluatorSettings, bus: Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.actor_steps: dict[str, int] = {}
+        self.newest: tuple[WeightsAnnouncement, int] | None = None
+        """The newest announcement to evaluate, with the actors' env steps when it arrived."""
+        self.ready = asyncio.Event()
+        self.last: Evaluation | None = None
+        self._adapters: dict[str, EnvAdapter] = {}
+        self._log = RateLimitedLog(log)
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        try:
+            heartbeat = decode(msg.data, Heartbeat)
+        except WireError:
+            return
+        if heartbeat.service == "actor":
+            self.actor_steps[heartbeat.instance] = heartbeat.env_steps
+
+    async def on_weights(self, msg: Msg) -> None:
+        try:
+            announcement = decode(msg.data, WeightsAnnouncement)
+        except WireError:
+            metrics.SKIPPED.labels("decode").inc()
+            return
+        newest = self.newest[0].version if self.newest else (self.last.policy_version if self.last else -1)
+        if announcement.version % self.settings.every_versions or announcement.version <= newest:
+            return  # not a version to score, or a progress re-announcement of one already seen
+        if self.newest is not None:
+            metrics.SKIPPED.labels("behind").inc()
+        steps = sum(self.actor_steps.values()) or announcement.env_steps
+        self.newest = (announcement, steps)
+        self.ready.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            if self.newest is None:
+                continue
+            (announcement, env_steps), self.newest = self.newest, None
+            try:
+                await self.score(announcement, env_steps)
+            except Rejected as exc:
+                metrics.SKIPPED.labels(exc.reason).inc()
+                self._log.warning("version %d not evaluated (%s): %s", announcement.version, exc.reason, exc)
+            await asyncio.sleep(self.settings.min_interval_s)
+
+    async def score(self, announcement: WeightsAnnouncement, env_steps: int) -> None:
+        spec = announcement.policy
+        if spec is None:
+            raise Rejected("no_spec", "the announcement names no policy spec")
+        if spec.env_id not in self._adapters:
+            self._adapters[spec.env_id] = adapter_for(spec.env_id)
+        agent = await fetch_policy(self.bus, announcement, spec, torch.device("cpu"))
+        result = await asyncio.to_thread(
+            evaluate, agent, self._adapters[spec.env_id], self.settings.episodes, self.settings.seed
+        )
+        self.last = Evaluation(
+            run=self.settings.run,
+            policy_version=announcement.version,
+            env_steps=env_steps,
+            episodes=result.episodes,
+            mean_return=result.sampled.mean_return,
+            success_rate=result.sampled.success_rate,
+            greedy_return=result.greedy.mean_return,
+            greedy_success_rate=result.greedy.success_rate,
+            seconds=result.seconds,
+            created_at=time.time(),
+        )
+        for mode, score in (("sampled", result.sampled), ("greedy", result.greedy)):
+            metrics.RETURN.labels(mode).set(score.mean_return)
+            metrics.SUCCESS_RATE.labels(mode).set(score.success_rate)
+        metrics.POLICY_VERSION.set(announcement.version)
+        metrics.ENV_STEPS.set(env_steps)
+        metrics.EVALUATIONS.inc()
+        metrics.SECONDS.observe(result.seconds)
+        await self.bus.publish(subjects.evaluation_subject(self.settings.run), self.last, kind="evaluation")
+
+    def progress(self) -> str:
+        """The evaluator's console line (every few seconds, see `ala.progress`)."""
+        e = self.last
+        if e is None:
+            return "waiting for weights"
+        return (
+            f"policy v{e.policy_version} at {e.env_steps:,} env steps: eval return {e.mean_return:.3f} "
+            f"(greedy {e.greedy_return:.3f}), success {e.success_rate:.0%} over {e.episodes} held-out seeds "
+            f"in {e.seconds:.1f}s"
+        )
+
+
+async def serve(settings: EvaluatorSettings, stop: asyncio.Event) -> None:
+    torch.set_num_threads(settings.torch_threads)
+    async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
+        evaluator = Evaluator(settings, runtime.bus)
+        await runtime.bus.subscribe(subjects.heartbeat_wildcard(settings.run), evaluator.on_heartbeat)
+        await runtime.bus.subscribe(subjects.weights_subject(settings.run), evaluator.on_weights)
+        tasks.start(evaluator.run(), name="evaluate")
+        tasks.start(report_progress("evaluator", evaluator.progress, settings.progress_interval_s), name="progress")
+        await stop.wait()
+        await tasks.stop_all()
+
+
+def main() -> None:
+    settings = EvaluatorSettings()
+    os.nice(settings.nice)
+    run_until_signalled(serve, settings)

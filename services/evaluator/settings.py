@@ -1,0 +1,25 @@
+"""Settings of the evaluator; every field is also an environment variable `ALA_EVALUATOR_<FIELD>`."""
+
+from typing import ClassVar
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ala.config import ServiceSettings
+
+
+class EvaluatorSettings(ServiceSettings):
+    service: ClassVar[str] = "evaluator"
+    model_config = SettingsConfigDict(env_prefix="ALA_EVALUATOR_")
+
+    metrics_port: int = Field(9105, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
+    episodes: int = Field(32, ge=1, le=1024, description="Held-out seeds, one episode each, per mode.")
+    every_versions: int = Field(
+        1, ge=1, description="Evaluate only versions that are multiples of this (the newest such when behind)."
+    )
+    min_interval_s: float = Field(2.0, ge=0, description="At least this long between the starts of two evaluations.")
+    seed: int = Field(0, description="Seed of the sampled actions.")
+    nice: int = Field(
+        10, ge=0, le=19, description="Process niceness (`ala evaluator`): scoring yields the CPU to actors and learner."
+    )
+    torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")

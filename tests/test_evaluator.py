@@ -1,0 +1,75 @@
+"""The evaluator: the policy alone on held-out seeds, reproducible, published for everyone to read."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+
+import msgspec
+from nats.aio.msg import Msg
+
+from ala.bus import Bus
+from ala.config import NatsSettings
+from ala.envs import adapter_for
+from ala.rl.evaluate import evaluate
+from ala.rl.policy import weights_to_bytes
+from ala.testing import ENV_ID, actor_heartbeat, fresh_agent, running
+from protos import Evaluation, WeightsAnnouncement, decode, subjects
+from services.evaluator import metrics
+from services.evaluator.service import serve
+from services.evaluator.settings import EvaluatorSettings
+
+
+def test_evaluation_is_reproducible_and_bounded() -> None:
+    agent, adapter = fresh_agent(seed=4), adapter_for(ENV_ID)
+    first, second = evaluate(agent, adapter, episodes=6, seed=1), evaluate(agent, adapter, episodes=6, seed=1)
+    assert (first.sampled, first.greedy) == (second.sampled, second.greedy)
+    for score in (first.sampled, first.greedy):
+        assert 0.0 <= score.mean_return <= 1.0 and 0.0 <= score.success_rate <= 1.0
+    assert first.episodes == 6
+
+
+async def test_the_evaluator_scores_announced_weights_and_publishes_them(bus: Bus, nats_settings: NatsSettings) -> None:
+    agent = fresh_agent(seed=6)
+    data = weights_to_bytes(agent)
+    evaluations: asyncio.Queue[Evaluation] = asyncio.Queue()
+
+    async def on_evaluation(msg: Msg) -> None:
+        await evaluations.put(decode(msg.data, Evaluation))
+
+    await bus.subscribe(subjects.evaluation_subject("test"), on_evaluation)
+    settings = EvaluatorSettings(
+        run="test", instance="e1", nats=nats_settings, metrics_host="127.0.0.1", metrics_port=0, episodes=4
+    )
+    async with running(serve, settings):
+        store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
+        await store.put("test/3", data)
+        announcement = WeightsAnnouncement(
+            run="test",
+            version=3,
+            bucket=subjects.WEIGHTS_BUCKET,
+            name="test/3",
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            created_at=time.time(),
+            policy=agent.spec,
+            env_steps=1234,
+        )
+        heartbeat = msgspec.structs.replace(actor_heartbeat(policy=agent.spec), env_steps=5000)
+        evaluation = None
+        async with asyncio.timeout(60):
+            while evaluation is None:  # until the evaluator has subscribed and answered
+                await bus.publish(subjects.heartbeat_subject("test", "actor", "a1"), heartbeat, kind="heartbeat")
+                await bus.publish(subjects.weights_subject("test"), announcement, kind="weights")
+                with contextlib.suppress(TimeoutError):
+                    evaluation = await asyncio.wait_for(evaluations.get(), 1.0)
+    expected = evaluate(agent, adapter_for(ENV_ID), episodes=4, seed=0)
+    assert evaluation.policy_version == 3 and evaluation.episodes == 4
+    assert evaluation.env_steps == 5000  # the actors' steps when the version was announced
+
+    assert evaluation.mean_return == expected.sampled.mean_return
+    assert evaluation.greedy_return == expected.greedy.mean_return
+    assert metrics.RETURN.labels("sampled")._value.get() == expected.sampled.mean_return
+    assert metrics.POLICY_VERSION._value.get() == 3
