@@ -43,7 +43,7 @@ bench-router: setup  ## router latency against the bare two-hop, and sustained a
 bench-advisor: setup  ## backend latency and tokens/s, and LLM calls saved by the cache
 	$(BIN)/python -m benchmarks.advisor
 
-bench-learning: setup  ## plain PPO learning curves, DoorKey 5x5 and 8x8, 3 seeds
+bench-learning: setup  ## learning through the stack vs the local trainer, DoorKey 5x5 and 8x8, 5 seeds
 	$(BIN)/python -m benchmarks.learning
 
 clean:

@@ -120,7 +120,7 @@ def run_stack(env_id: str, arm: str, seed: int, max_steps: int, max_seconds: flo
             asyncio.run(_follow_evaluations(broker.url, curve, started, max_steps, max_seconds))
         finally:
             for process in reversed(processes):
-                process.send_signal(signal.SIGINT)
+                process.send_signal(signal.SIGTERM if process.args[-1] == "while True: pass" else signal.SIGINT)
             for process in processes:
                 try:
                     process.wait(30)

@@ -22,6 +22,7 @@ def _environment(tmp_path: Path, nats_url: str, **extra: str) -> dict[str, str]:
         ALA_ACTOR_ENV_ID=CRASHING_ENV,
         ALA_ACTOR_NUM_BOTS="2",
         ALA_ACTOR_METRICS_PORT="0",
+        ALA_ACTOR_MAX_CHUNKS_AHEAD="0",  # no learner: do not wait for one
         ALA_TEST_CRASH_AFTER_STEPS="200",
         ALA_TEST_CRASH_FILE=str(tmp_path / "crashes"),
         **extra,

@@ -179,6 +179,7 @@ class Actor:
     # The step loop.
     async def run(self, stop: asyncio.Event) -> None:
         subject = subjects.trajectory_subject(self.settings.run, self.settings.instance)
+        await self.wait_for_learner()
         while not stop.is_set():
             await self._wait_for_training()
             self._install_pending_policy()
@@ -204,6 +205,18 @@ class Actor:
 
     def _weights_in_flight(self) -> bool:
         return self._wanted is not None or (self._fetch is not None and not self._fetch.done())
+
+    async def wait_for_learner(self) -> None:
+        """At start, wait up to `flow_timeout_s` for a learner's first weights: chunks sampled by this actor's own
+        random initialisation teach the learner little and spend env steps. No learner: sampling starts anyway."""
+        if self.settings.max_chunks_ahead == 0 or self.flow_active:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.progressed.wait(), self.settings.flow_timeout_s)
+        if not self.flow_active:
+            log.warning(
+                "no learner weights within %.0fs: sampling with this actor's own policy", self.settings.flow_timeout_s
+            )
 
     async def _wait_for_training(self) -> None:
         """Flow control (see the module docstring)."""

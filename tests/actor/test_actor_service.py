@@ -47,6 +47,7 @@ def _settings(nats: NatsSettings, **overrides: object) -> ActorSettings:
         "metrics_host": "127.0.0.1",
         "metrics_port": 0,
         "nats": nats,
+        "max_chunks_ahead": 0,  # no learner in these tests: flow control on only where a test plays the learner
     }
     return ActorSettings(**(values | overrides))
 

@@ -183,6 +183,7 @@ def _actor_settings(nats: NatsSettings) -> ActorSettings:
         metrics_port=0,
         heartbeat_interval_s=0.1,
         nats=nats,
+        max_chunks_ahead=0,  # no learner here
     )
 
 
