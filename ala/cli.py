@@ -160,8 +160,7 @@ def train(
         if progress.evaluation is not None:
             console.print(
                 f"eval v{progress.updates} at {progress.env_steps:,} env steps after {progress.train_seconds:.2f}s: "
-                f"return {progress.evaluation.sampled.mean_return:.3f} (greedy "
-                f"{progress.evaluation.greedy.mean_return:.3f})"
+                f"return {progress.evaluation.sampled.mean_return:.3f}"
             )
             if stop_at_eval is not None and progress.evaluation.sampled.mean_return >= stop_at_eval:
                 return True

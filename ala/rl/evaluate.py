@@ -26,20 +26,21 @@ class Score:
 @dataclass(frozen=True)
 class EvaluationResult:
     sampled: Score
-    greedy: Score
+    greedy: Score | None
+    """None when greedy play was not asked for."""
     episodes: int
     seconds: float
 
 
-def evaluate(agent: Agent, adapter: EnvAdapter, episodes: int, seed: int = 0) -> EvaluationResult:
+def evaluate(agent: Agent, adapter: EnvAdapter, episodes: int, seed: int = 0, greedy: bool = True) -> EvaluationResult:
     start = time.perf_counter()
     envs = adapter.make_vector(episodes)
     try:
         sampled = _play(agent, envs, greedy=False, seed=seed)
-        greedy = _play(agent, envs, greedy=True, seed=seed)
+        greedy_score = _play(agent, envs, greedy=True, seed=seed) if greedy else None
     finally:
         envs.close()
-    return EvaluationResult(sampled, greedy, episodes, time.perf_counter() - start)
+    return EvaluationResult(sampled, greedy_score, episodes, time.perf_counter() - start)
 
 
 def _play(agent: Agent, envs: object, greedy: bool, seed: int) -> Score:

@@ -69,7 +69,7 @@ def train_local(
         rollout.finished.clear()
         evaluation = None
         if evaluate_every and trainer.version % evaluate_every == 0:
-            evaluation = evaluate(trainer.agent, adapter, eval_episodes, seed=actor.seed)
+            evaluation = evaluate(trainer.agent, adapter, eval_episodes, seed=actor.seed, greedy=False)
             eval_seconds += evaluation.seconds
         elapsed = time.perf_counter() - start
         mean_return = float(np.mean(recent)) if len(recent) == recent.maxlen else float("nan")

@@ -89,8 +89,14 @@ class Evaluator:
             self._adapters[spec.env_id] = adapter_for(spec.env_id)
         agent = await fetch_policy(self.bus, announcement, spec, torch.device("cpu"))
         result = await asyncio.to_thread(
-            evaluate, agent, self._adapters[spec.env_id], self.settings.episodes, self.settings.seed
+            evaluate,
+            agent,
+            self._adapters[spec.env_id],
+            self.settings.episodes,
+            self.settings.seed,
+            self.settings.greedy,
         )
+        greedy = result.greedy or result.sampled  # without greedy play, greedy fields repeat the sampled ones
         self.last = Evaluation(
             run=self.settings.run,
             policy_version=announcement.version,
@@ -98,12 +104,14 @@ class Evaluator:
             episodes=result.episodes,
             mean_return=result.sampled.mean_return,
             success_rate=result.sampled.success_rate,
-            greedy_return=result.greedy.mean_return,
-            greedy_success_rate=result.greedy.success_rate,
+            greedy_return=greedy.mean_return,
+            greedy_success_rate=greedy.success_rate,
             seconds=result.seconds,
             created_at=time.time(),
         )
         for mode, score in (("sampled", result.sampled), ("greedy", result.greedy)):
+            if score is None:
+                continue
             metrics.RETURN.labels(mode).set(score.mean_return)
             metrics.SUCCESS_RATE.labels(mode).set(score.success_rate)
         metrics.POLICY_VERSION.set(announcement.version)

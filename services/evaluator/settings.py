@@ -18,6 +18,7 @@ class EvaluatorSettings(ServiceSettings):
         1, ge=1, description="Evaluate only versions that are multiples of this (the newest such when behind)."
     )
     min_interval_s: float = Field(2.0, ge=0, description="At least this long between the starts of two evaluations.")
+    greedy: bool = Field(True, description="Also play greedy (most likely action) episodes; off halves the cost.")
     seed: int = Field(0, description="Seed of the sampled actions.")
     nice: int = Field(
         10, ge=0, le=19, description="Process niceness (`ala evaluator`): scoring yields the CPU to actors and learner."
