@@ -1,9 +1,10 @@
 """Env steps/s of the distributed stack (no advice) against `ala train --local`, in the same run, interleaved.
 
 - local: `python -m ala train --local` (rollout and update in one process, one after the other).
-- distributed: a real nats-server, `ala up --no-broker` (advisor, router, actor, learner as processes), and for
-  `--actors 2` one more `ala actor`. Env steps/s is read from the actors' `ala_actor_env_steps_total` over a
-  window after a warm-up; the learner's `ala_learner_samples_total` says whether training keeps up.
+- distributed: a real nats-server, `ala up --no-broker` with actor, learner, router and evaluator as processes (no
+  advisor: advice off, as in the learning benchmark), and for `--actors 2` one more `ala actor`. Env steps/s is
+  read from the actors' `ala_actor_env_steps_total` over a window after a warm-up; the learner's
+  `ala_learner_samples_total` says whether training keeps up.
 
     python -m benchmarks.throughput [--env-id MiniGrid-DoorKey-8x8-v0] [--window 20] [--repeats 2]
 """
@@ -56,7 +57,7 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             ALA_NATS_URL=broker.url,
             ALA_RUN="bench",
             ALA_ENV_ID=env_id,
-            ALA_ADVISOR_METRICS_PORT="0",
+            ALA_EVALUATOR_METRICS_PORT="0",
             ALA_ROUTER_METRICS_PORT="0",
             ALA_ROUTER_API_PORT="0",
             ALA_ACTOR_METRICS_PORT=str(actor_ports[0]),
@@ -64,7 +65,8 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             ALA_LEARNER_METRICS_PORT=str(learner_port),
             ALA_LEARNER_CHECKPOINT_DIR=str(Path(scratch) / "checkpoints"),
         )
-        commands = [([sys.executable, "-m", "ala", "up", "--no-broker"], env)]
+        services = ["--service", "actor", "--service", "learner", "--service", "router", "--service", "evaluator"]
+        commands = [([sys.executable, "-m", "ala", "up", "--no-broker", *services], env)]
         for i, port in enumerate(actor_ports[1:], start=2):
             extra = dict(env, ALA_ACTOR_METRICS_PORT=str(port), ALA_ACTOR_INSTANCE=f"actor-{i}", ALA_ACTOR_SEED=str(i))
             commands.append(([sys.executable, "-m", "ala", "actor"], extra))
@@ -74,13 +76,18 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             def steps() -> float:
                 return sum(scrape(port, "ala_actor_env_steps_total") for port in actor_ports)
 
+            def waited() -> float:
+                return sum(scrape(port, "ala_actor_flow_wait_seconds_total") for port in actor_ports)
+
             deadline = time.monotonic() + 60
             while steps() == 0 and time.monotonic() < deadline:
                 time.sleep(0.5)
             time.sleep(warmup_s)
             steps_0, trained_0, t_0 = steps(), scrape(learner_port, "ala_learner_samples_total"), time.monotonic()
+            waited_0 = waited()
             time.sleep(window_s)
             steps_1, trained_1, t_1 = steps(), scrape(learner_port, "ala_learner_samples_total"), time.monotonic()
+            waited_1 = waited()
             stale = scrape(learner_port, "ala_learner_chunks_stale_total")
             step_seconds = sum(scrape(port, "ala_actor_step_seconds_sum") for port in actor_ports)
             step_count = sum(scrape(port, "ala_actor_step_seconds_count") for port in actor_ports)
@@ -97,6 +104,7 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             "trained_per_s": (trained_1 - trained_0) / (t_1 - t_0),
             "stale_chunks": stale,
             "mean_step_ms": 1000 * step_seconds / max(step_count, 1),
+            "flow_wait_share": (waited_1 - waited_0) / (t_1 - t_0) / actors,
         }
 
 
@@ -120,11 +128,12 @@ def main(
 
     base = statistics.median(local)
     rows = [
-        f"| `ala train --local` | {base:,.0f} | {base:,.0f} | 1.00 | - | - |",
+        f"| `ala train --local` | {base:,.0f} | {base:,.0f} | 1.00 | - | - | - |",
         *(
             f"| `ala up`, {n} actor{'s' if n > 1 else ''} | {median(runs, 'env_steps_per_s'):,.0f} | "
             f"{median(runs, 'trained_per_s'):,.0f} | {median(runs, 'env_steps_per_s') / base:.2f} | "
-            f"{median(runs, 'stale_chunks'):.0f} | {median(runs, 'mean_step_ms'):.1f} |"
+            f"{median(runs, 'stale_chunks'):.0f} | {median(runs, 'mean_step_ms'):.1f} | "
+            f"{median(runs, 'flow_wait_share'):.0%} |"
             for n, runs in ((1, one), (2, two))
         ),
     ]
@@ -136,15 +145,16 @@ def main(
             f"{os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}. Medians of {repeats} "
             "interleaved repeats; the ratio is against the local trainer measured in the same run.",
             "",
-            "| configuration | env steps/s | trained/s | ratio to local | stale chunks dropped | actor step ms |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| configuration | env steps/s | trained/s | ratio to local | stale chunks dropped | actor step ms | "
+            "actor waiting for training |",
+            "|---|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
             f"Raw: local {[round(x) for x in local]}; 1 actor {one}; 2 actors {two}.",
             "",
             "Actor step ms: mean time of one step of all 16 bots (bias lookup, policy forward, sampling, env step).",
-            "With 2 actors, three busy processes share 2 cores: env steps/s rise, but the learner falls behind and",
-            "drops chunks older than `max_policy_lag` (counted), so 1 actor per core left for the learner is the fit.",
+            "Actor waiting: share of the window an actor spent in flow control, waiting for the learner to train its",
+            "previous chunk and for the resulting weights (`ala_actor_flow_wait_seconds_total`).",
             "",
         ]
     )
