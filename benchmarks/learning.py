@@ -2,7 +2,8 @@
 
 Arms (no advice in any):
 - `local`: `ala train --local`, the single-process baseline, scored every 8 updates (4,096 env steps; 8x8: every
-  40 updates) by the same held-out evaluation; its seconds are training time only (no interpreter start-up, no evaluation).
+  40 updates) by the same held-out evaluation; its seconds are training time only (no interpreter start-up, no
+  evaluation).
 - `up`: `ala up --no-broker` with actor, learner, router and evaluator as processes over a real nats-server.
 - `up-2actors`: the same and one more `ala actor`.
 - `up-hog`: `up` while another process spins on one core (labs share machines).
