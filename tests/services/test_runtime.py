@@ -22,6 +22,7 @@ BUDGET_HISTOGRAMS = {
     "router": "ala_router_processing_seconds",
     "actor": "ala_actor_step_seconds",
     "learner": "ala_learner_update_seconds",
+    "evaluator": "ala_eval_seconds",
 }
 
 
