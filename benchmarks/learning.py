@@ -219,7 +219,8 @@ def report(runs: list[Run], seeds: int, command: str) -> str:
 def main(
     envs: Annotated[list[str] | None, typer.Option(help="Environments (default: DoorKey 5x5 and 8x8).")] = None,
     arms: Annotated[list[str] | None, typer.Option(help=f"Arms (default: all of {ARMS}).")] = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per arm (1..N).")] = 5,
+    seeds: Annotated[int, typer.Option(help="Seeds per arm (first_seed .. first_seed + N - 1).")] = 5,
+    first_seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
     quick: Annotated[bool, typer.Option(help="Smoke check: DoorKey-5x5, local and up, 2 seeds.")] = False,
     out: Annotated[Path, typer.Option(help="Markdown report; the PNG and JSON go beside it.")] = Path(
         "benchmarks/results/learning.md"
@@ -232,7 +233,7 @@ def main(
     runs = []
     for env_id in env_ids:
         max_steps, max_seconds = BUDGET.get(env_id, (1_000_000, 600.0))
-        for seed in range(1, seeds + 1):
+        for seed in range(first_seed, first_seed + seeds):
             for arm in chosen:  # interleaved, so machine noise spreads over every arm alike
                 run = (
                     run_local(env_id, seed, max_steps)
