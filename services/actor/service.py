@@ -56,6 +56,7 @@ from services.actor.settings import ActorSettings
 
 log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+MAX_TRACKED_CHUNKS = 1024
 
 
 class Actor:
@@ -91,8 +92,9 @@ class Actor:
         self.settled_stream_seq = 0
         self.unacked_chunks = 0
         """Chunks enqueued and not yet stored by JetStream."""
-        self.shipped_seqs: deque[int] = deque()
-        """Stream sequences of this actor's stored chunks that the learner has not settled yet."""
+        self.shipped_seqs: deque[int] = deque(maxlen=MAX_TRACKED_CHUNKS)
+        """Stream sequences of this actor's stored chunks that the learner has not settled yet (bounded: with no
+        learner nothing settles them)."""
         self.progressed = asyncio.Event()
         """Set whenever training may have caught up: an announcement, installed weights, a stored chunk."""
         self.recent_returns: deque[float] = deque(maxlen=100)
