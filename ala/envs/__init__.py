@@ -12,6 +12,7 @@ Register your own in your package's `pyproject.toml`:
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 
@@ -35,7 +36,10 @@ def registered_adapters() -> list[type[EnvAdapter]]:
     return [*plugins, *BUILT_IN]
 
 
+@functools.cache
 def adapter_for(env_id: str) -> EnvAdapter:
+    """The adapter serving `env_id`, looked up once per id (entry points are read from disk; adapters hold no state
+    but the id, so one instance serves every caller: the advisor's review asks per chunk)."""
     for adapter in registered_adapters():
         if adapter.matches(env_id):
             return adapter(env_id)

@@ -18,7 +18,7 @@ import torch
 from nats.aio.msg import Msg
 
 from ala.bus import Bus
-from ala.envs import EnvAdapter, adapter_for
+from ala.envs import adapter_for
 from ala.progress import report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.rejection import Rejected
@@ -41,7 +41,6 @@ class Evaluator:
         """The newest announcement to evaluate, with the actors' env steps when it arrived."""
         self.ready = asyncio.Event()
         self.last: Evaluation | None = None
-        self._adapters: dict[str, EnvAdapter] = {}
         self._log = RateLimitedLog(log)
 
     async def on_heartbeat(self, msg: Msg) -> None:
@@ -85,13 +84,11 @@ class Evaluator:
         spec = announcement.policy
         if spec is None:
             raise Rejected("no_spec", "the announcement names no policy spec")
-        if spec.env_id not in self._adapters:
-            self._adapters[spec.env_id] = adapter_for(spec.env_id)
         agent = await fetch_policy(self.bus, announcement, spec, torch.device("cpu"))
         result = await asyncio.to_thread(
             evaluate,
             agent,
-            self._adapters[spec.env_id],
+            adapter_for(spec.env_id),
             self.settings.episodes,
             self.settings.seed,
             self.settings.greedy,

@@ -82,12 +82,16 @@ class TaggedCartPole(EnvAdapter):
         return env_id == "CartPole-v1"
 
 
-def test_users_register_their_own_adapter_by_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_users_register_their_own_adapter_by_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     dist = tmp_path / "my_adapter-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-adapter\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[ala.envs]\ntagged = {__name__}:TaggedCartPole\n")
     monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    adapter_for.cache_clear()  # adapters are looked up once per id: forget the ones chosen before this package
+    request.addfinalizer(adapter_for.cache_clear)  # and those chosen with it
     assert registered_adapters()[0] is TaggedCartPole
     assert adapter_for("CartPole-v1").family == "tagged"
     assert isinstance(adapter_for("MiniGrid-DoorKey-5x5-v0"), MiniGridAdapter)  # the others are unaffected
