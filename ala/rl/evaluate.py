@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -43,18 +44,17 @@ def evaluate(agent: Agent, adapter: EnvAdapter, episodes: int, seed: int = 0, gr
     return EvaluationResult(sampled, greedy_score, episodes, time.perf_counter() - start)
 
 
-def _play(agent: Agent, envs: object, greedy: bool, seed: int) -> Score:
+def _play(agent: Agent, envs: gym.vector.VectorEnv, greedy: bool, seed: int) -> Score:
     """The first episode of every env, seeded `HELD_OUT_SEED + i`."""
-    vector = envs  # a gymnasium SyncVectorEnv from the adapter
-    count = vector.num_envs  # type: ignore[attr-defined]
-    obs, _ = vector.reset(seed=[HELD_OUT_SEED + i for i in range(count)])  # type: ignore[attr-defined]
+    count = envs.num_envs
+    obs, _ = envs.reset(seed=[HELD_OUT_SEED + i for i in range(count)])
     returns, done = np.zeros(count), np.zeros(count, dtype=bool)
     generator = torch.Generator().manual_seed(seed)
     while not done.all():
         with torch.inference_mode():
             logits, _ = agent.logits_and_value(torch.as_tensor(np.asarray(obs, dtype=np.float32)))
             actions = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator)
-        obs, rewards, terminated, truncated, _ = vector.step(actions.reshape(-1).numpy())  # type: ignore[attr-defined]
+        obs, rewards, terminated, truncated, _ = envs.step(actions.reshape(-1).numpy())
         returns += np.where(done, 0.0, rewards)
         done |= terminated | truncated
     return Score(float(returns.mean()), float((returns > 0).mean()))

@@ -40,18 +40,24 @@ class EpisodeHistograms:
     CartPole's 500 and Acrobot's -500 land in a bucket as well as MiniGrid's 0..1."""
 
     def __init__(self, return_buckets: tuple[float, ...], length_buckets: tuple[float, ...]) -> None:
-        self.return_ = Histogram(
-            "ala_actor_episode_return", "Return of finished episodes.", buckets=return_buckets, registry=REGISTRY
-        )
-        self.length = Histogram(
-            "ala_actor_episode_length", "Length of finished episodes.", buckets=length_buckets, registry=REGISTRY
-        )
+        self.return_, self.length = self._register(return_buckets, length_buckets)
 
     def rebucket(self, return_buckets: tuple[float, ...], length_buckets: tuple[float, ...]) -> None:
         """Replace both histograms (at start, once the env is known)."""
         REGISTRY.unregister(self.return_)
         REGISTRY.unregister(self.length)
-        self.__init__(return_buckets, length_buckets)  # type: ignore[misc]
+        self.return_, self.length = self._register(return_buckets, length_buckets)
+
+    @staticmethod
+    def _register(return_buckets: tuple[float, ...], length_buckets: tuple[float, ...]) -> tuple[Histogram, Histogram]:
+        return (
+            Histogram(
+                "ala_actor_episode_return", "Return of finished episodes.", buckets=return_buckets, registry=REGISTRY
+            ),
+            Histogram(
+                "ala_actor_episode_length", "Length of finished episodes.", buckets=length_buckets, registry=REGISTRY
+            ),
+        )
 
 
 EPISODES = EpisodeHistograms((0.0, 0.5, 1.0), (10, 100, 1000))

@@ -93,8 +93,9 @@ class Actor:
         self.unacked_chunks = 0
         """Chunks enqueued and not yet stored by JetStream."""
         self.shipped_seqs: deque[int] = deque(maxlen=MAX_TRACKED_CHUNKS)
-        """Stream sequences of this actor's stored chunks that the learner has not settled yet (bounded: with no
-        learner nothing settles them)."""
+        """Stream sequences of this actor's stored chunks that the learner has not settled yet, ascending (one
+        shipper stores them in order; announcements drop the settled ones from the left). Bounded: with no learner
+        nothing settles them."""
         self.progressed = asyncio.Event()
         """Set whenever training may have caught up: an announcement, installed weights, a stored chunk."""
         self.recent_returns: deque[float] = deque(maxlen=100)
@@ -203,7 +204,7 @@ class Actor:
 
     def chunks_ahead(self) -> int:
         """This actor's chunks not yet trained on: waiting to be stored, or stored and not settled."""
-        return self.unacked_chunks + sum(seq > self.settled_stream_seq for seq in self.shipped_seqs)
+        return self.unacked_chunks + len(self.shipped_seqs)
 
     def _weights_in_flight(self) -> bool:
         return self._wanted is not None or (self._fetch is not None and not self._fetch.done())

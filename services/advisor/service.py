@@ -216,7 +216,7 @@ class AdvisorService:
             suggestion = await advisor.answer(digest, messages)
         except Skipped as skipped:
             child(metrics.DIGESTS_SKIPPED, name, skipped.reason).inc()
-            self.counts[f"{skipped.reason}"] += 1
+            self.counts[skipped.reason] += 1
             return
         except TimeoutError:
             child(metrics.BACKEND_FAILURES, name, "timeout").inc()
