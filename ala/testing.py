@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import msgspec
 import nats.errors
 import numpy as np
 import torch
@@ -114,6 +116,24 @@ class ChunkReader:
             raise TimeoutError(f"no chunk within {timeout_s}s") from exc
         await msg.ack()
         return decode(msg.data, TrajectoryChunk)
+
+
+async def store_weights(bus: Bus, version: int, data: bytes, run: str = "test", **fields: Any) -> WeightsAnnouncement:
+    """Put `data` in the weights bucket as a learner does; the announcement that names it (`fields` override or add
+    to it, e.g. a wrong sha256 or `settled_stream_seq`). Publishing it is the caller's part."""
+    store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
+    name = subjects.weights_object_name(run, version)
+    await store.put(name, data)
+    announcement = WeightsAnnouncement(
+        run=run,
+        version=version,
+        bucket=subjects.WEIGHTS_BUCKET,
+        name=name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        created_at=time.time(),
+    )
+    return msgspec.structs.replace(announcement, **fields)
 
 
 # Messages.

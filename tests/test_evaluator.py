@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import time
 
 import msgspec
 from nats.aio.msg import Msg
@@ -15,8 +13,8 @@ from ala.config import NatsSettings
 from ala.envs import adapter_for
 from ala.rl.evaluate import evaluate
 from ala.rl.policy import weights_to_bytes
-from ala.testing import ENV_ID, actor_heartbeat, fresh_agent, running
-from protos import Evaluation, WeightsAnnouncement, decode, subjects
+from ala.testing import ENV_ID, actor_heartbeat, fresh_agent, running, store_weights
+from protos import Evaluation, decode, subjects
 from services.evaluator import metrics
 from services.evaluator.service import serve
 from services.evaluator.settings import EvaluatorSettings
@@ -44,19 +42,7 @@ async def test_the_evaluator_scores_announced_weights_and_publishes_them(bus: Bu
         run="test", instance="e1", nats=nats_settings, metrics_host="127.0.0.1", metrics_port=0, episodes=4
     )
     async with running(serve, settings):
-        store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
-        await store.put("test/3", data)
-        announcement = WeightsAnnouncement(
-            run="test",
-            version=3,
-            bucket=subjects.WEIGHTS_BUCKET,
-            name="test/3",
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            created_at=time.time(),
-            policy=agent.spec,
-            env_steps=1234,
-        )
+        announcement = await store_weights(bus, 3, data, policy=agent.spec, env_steps=1234)
         heartbeat = msgspec.structs.replace(actor_heartbeat(policy=agent.spec), env_steps=5000)
         evaluation = None
         async with asyncio.timeout(60):

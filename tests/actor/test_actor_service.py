@@ -4,7 +4,6 @@ verified and swapped, digests flow, and a broker restart loses no chunk."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from contextlib import AsyncExitStack
 
@@ -17,13 +16,12 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.rl.policy import weights_to_bytes
-from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, wait_until
+from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, store_weights, wait_until
 from protos import (
     Array,
     BiasUpdate,
     DigestRequest,
     StateDigest,
-    WeightsAnnouncement,
     decode,
     encode,
     subjects,
@@ -114,23 +112,10 @@ async def test_malformed_bias_is_rejected_and_counted(bus: Bus, nats_settings: N
         assert not (await chunks.next()).bias.to_numpy().any()
 
 
-async def _announce(bus: Bus, version: int, data: bytes, sha256: str | None = None, settled: int = 0) -> None:
-    store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
-    name = subjects.weights_object_name("test", version)
-    await store.put(name, data)
-    announcement = WeightsAnnouncement(
-        run="test",
-        version=version,
-        bucket=subjects.WEIGHTS_BUCKET,
-        name=name,
-        sha256=sha256 or hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        created_at=time.time(),
-        settled_stream_seq=settled,
-    )
-    await bus.publish_durable(
-        subjects.weights_subject("test"), encode(announcement), f"w{version}.{settled}", "weights"
-    )
+async def _announce(bus: Bus, version: int, data: bytes, **fields: object) -> None:
+    announcement = await store_weights(bus, version, data, **fields)
+    msg_id = f"w{version}.{announcement.settled_stream_seq}"
+    await bus.publish_durable(subjects.weights_subject("test"), encode(announcement), msg_id, "weights")
 
 
 async def test_announced_weights_are_verified_and_swapped(bus: Bus, nats_settings: NatsSettings) -> None:
@@ -213,7 +198,7 @@ async def test_flow_control_keeps_the_actor_one_chunk_ahead_of_training(bus: Bus
                 await chunks.next(timeout_s=1.0)
             assert metrics.FLOW_TIMEOUTS._value.get() == 0
             stream_seq = (await bus.js.get_msg(subjects.TRAJECTORIES.name, seq=1)).seq
-            await _announce(bus, 2, weights, settled=stream_seq)  # the first chunk is trained: version 2
+            await _announce(bus, 2, weights, settled_stream_seq=stream_seq)  # the first chunk is trained: version 2
             third = await chunks.next()
     assert third.policy_version == 2  # sampled with the weights trained on the first chunk
     assert first.chunk_seq < second.chunk_seq < third.chunk_seq and steps_per_chunk == 16
