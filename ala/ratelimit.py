@@ -1,4 +1,4 @@
-"""Logging at a bounded rate, for paths that bad input or a dead peer can hit thousands of times a second."""
+"""Bounded rates: logging that bad input or a dead peer can hit thousands of times a second, and a token bucket."""
 
 from __future__ import annotations
 
@@ -28,3 +28,23 @@ class RateLimitedLog:
         self.logger.warning(message, *args)
         self._last = now
         self._suppressed = 0
+
+
+class TokenBucket:
+    """At most `rate_per_s` events per second on average, `burst` at once; `take` never waits."""
+
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._tokens = burst
+        self._last = time.monotonic()
+
+    def take(self, now: float | None = None) -> bool:
+        """Spend one token if there is one (`now`: monotonic seconds, for tests)."""
+        now = time.monotonic() if now is None else now
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._last) * self.rate_per_s)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True

@@ -25,6 +25,8 @@ MAX_DIMS = 8
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+StateKey = Annotated[str, msgspec.Meta(max_length=64)]
+"""A canonical key of one observation (`ala.rl.trajectory.observation_key`: 16 hex digits); empty: none."""
 
 
 class WireError(ValueError):
@@ -114,8 +116,9 @@ class StateDigest(MessageBase):
     action_names: list[str]
     created_at: float
     """Unix time (seconds) at the actor."""
-    state_key: str = ""
-    """Canonical key of the symbolic state, when the actor can compute one (used by advice caches)."""
+    state_key: StateKey = ""
+    """Key of the observation the bot's policy sees (sha1 of its float32 bytes, 16 hex digits): advice naming it
+    reaches every bot of the actor that meets the same observation."""
     full_state: Array | None = None
     """Privileged full state for expert advisors (MiniGrid: the whole grid as uint8 codes, W x H x 3, the agent's
     cell holding (agent, 0, direction)); None when the actor does not share it."""
@@ -126,7 +129,8 @@ class AdviceTarget(msgspec.Struct, kw_only=True, frozen=True):
 
     actor: str = ""
     bot: int | None = None
-    state_key: str = ""
+    state_key: StateKey = ""
+    """Non-empty: the advice is about the state with this key (state-scoped), not about the bot."""
 
 
 class DigestRequest(MessageBase):
@@ -178,6 +182,13 @@ class BiasUpdate(MessageBase):
     created_at: float
     advice_created_at: float = 0.0
     """Earliest `created_at` of the advice merged into this bias, for end-to-end latency metrics."""
+    state_key: StateKey = ""
+    """Non-empty: state-scoped advice. The bias applies to every bot of the actor while its observation has this key
+    (`StateDigest.state_key`), whichever bot it was asked for; `bots` is ignored. Empty: per-bot advice for `bots`,
+    which also ends with the bot's episode."""
+    ttl_steps: NonNegInt = 0
+    """Also expire after this many steps of each bot (the actor's ticks), whichever comes first with `ttl_s`; 0:
+    time only."""
 
 
 class TrajectoryChunk(MessageBase):

@@ -1,10 +1,21 @@
-"""The actor's local bias table: one bias vector and expiry per bot, read between steps.
+"""The actor's bias tables, read between steps: advice about a state, and advice about a bot.
 
-Expiry is computed from the *remaining* TTL at receipt with this machine's monotonic clock, so actor and router
-clocks need not agree, and a bias expires even if the router dies. An expired or missing bias is zero.
+- **State-scoped** (`BiasUpdate.state_key` set): a bounded LRU table key -> bias. A bot gets the bias while its
+  current observation has that key, whichever bot the advice was asked for, so an advised state is advised again
+  for every bot that meets it, with no round trip. This is how advice lands on the state it is about.
+- **Per-bot** (no key): strategic, state-independent advice for some bots; it ends at the bot's episode end.
+
+Both expire by time and by steps, whichever comes first. Time: the *remaining* TTL at receipt on this machine's
+monotonic clock, so actor and router clocks need not agree and a bias expires even if the router dies. Steps:
+`ttl_steps` ticks of the actor (one tick = every bot steps once). Where both apply, the state's bias wins: it is
+about what the bot sees now. An expired or missing bias is zero.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,14 +27,40 @@ class BiasRejected(Rejected):
     """A bias update the actor will not install; `reason` labels `ala_actor_bias_rejected_total`."""
 
 
+@dataclass
+class StateBias:
+    bias: np.ndarray
+    expires_at: float
+    """Monotonic seconds."""
+    expires_tick: float
+    """Actor ticks (inf: time only)."""
+
+    def live(self, now: float, tick: int) -> bool:
+        return self.expires_at > now and self.expires_tick > tick
+
+
+@dataclass
+class BiasLookup:
+    bias: np.ndarray
+    """[num_bots, n_actions], zero where no advice is live."""
+    from_state: np.ndarray
+    """bool [num_bots]: the bias came from the state table."""
+    from_bot: np.ndarray
+    """bool [num_bots]: the bias came from per-bot advice."""
+
+
 class BiasTable:
-    def __init__(self, num_bots: int, n_actions: int, max_abs_bias: float) -> None:
+    def __init__(self, num_bots: int, n_actions: int, max_abs_bias: float, max_states: int = 4096) -> None:
         self.bias = np.zeros((num_bots, n_actions), dtype=np.float32)
         self.expires_at = np.full(num_bots, -np.inf)
+        self.expires_tick = np.full(num_bots, np.inf)
+        self.states: OrderedDict[str, StateBias] = OrderedDict()
+        self.max_states = max_states
         self.max_abs_bias = max_abs_bias
 
-    def apply(self, update: BiasUpdate, now: float) -> int:
-        """Install `update` (received at monotonic time `now`); returns the number of bots it reached."""
+    def apply(self, update: BiasUpdate, now: float, tick: int = 0) -> int:
+        """Install `update` (received at monotonic time `now`, actor tick `tick`); returns the number of bots it
+        reached now (state-scoped advice: 0, it reaches bots when they meet the state)."""
         bias = update.bias.to_numpy()
         num_bots, n_actions = self.bias.shape
         if bias.shape != (n_actions,) or bias.dtype != np.float32:
@@ -32,20 +69,57 @@ class BiasTable:
             raise BiasRejected("non_finite", "bias or ttl is NaN or infinite")
         if update.ttl_s <= 0:
             raise BiasRejected("expired", f"ttl {update.ttl_s}s")
+        # The router bounds biases already; clipping again keeps the ratio guarantee if it is misconfigured.
+        clipped = np.clip(bias, -self.max_abs_bias, self.max_abs_bias)
+        expires_tick = tick + update.ttl_steps if update.ttl_steps else np.inf
+        if update.state_key:
+            self.states[update.state_key] = StateBias(clipped, now + update.ttl_s, expires_tick)
+            self.states.move_to_end(update.state_key)
+            while len(self.states) > self.max_states:
+                self.states.popitem(last=False)
+            return 0
         bots = np.asarray(update.bots, dtype=np.int64) if update.bots else np.arange(num_bots)
         if bots.size and (bots.min() < 0 or bots.max() >= num_bots):
             raise BiasRejected("bot_range", f"bots outside [0, {num_bots})")
-        # The router bounds biases already; clipping again keeps the ratio guarantee if it is misconfigured.
-        self.bias[bots] = np.clip(bias, -self.max_abs_bias, self.max_abs_bias)
+        self.bias[bots] = clipped
         self.expires_at[bots] = now + update.ttl_s
+        self.expires_tick[bots] = expires_tick
         return int(bots.size)
 
-    def current(self, now: float) -> np.ndarray:
-        """Biases in force at `now`, [num_bots, n_actions]; expired rows are zero."""
-        return np.where((self.expires_at > now)[:, None], self.bias, np.float32(0))
+    def lookup(self, now: float, tick: int = 0, keys: Sequence[str] = ()) -> BiasLookup:
+        """Biases in force at `now` for bots whose observations have `keys` (one per bot; empty: no state lookup)."""
+        from_bot = (self.expires_at > now) & (self.expires_tick > tick)
+        bias = np.where(from_bot[:, None], self.bias, np.float32(0))
+        from_state = np.zeros(len(from_bot), dtype=np.bool_)
+        if self.states:
+            for bot, key in enumerate(keys):
+                entry = self.states.get(key)
+                if entry is None:
+                    continue
+                if not entry.live(now, tick):
+                    del self.states[key]
+                    continue
+                self.states.move_to_end(key)
+                bias[bot] = entry.bias
+                from_state[bot] = True
+        return BiasLookup(bias, from_state, from_bot & ~from_state)
 
-    def active(self, now: float) -> int:
-        return int((self.expires_at > now).sum())
+    def current(self, now: float, tick: int = 0, keys: Sequence[str] = ()) -> np.ndarray:
+        """Biases in force, [num_bots, n_actions]; expired rows are zero."""
+        return self.lookup(now, tick, keys).bias
+
+    def has_state_advice(self, key: str, now: float, tick: int) -> bool:
+        entry = self.states.get(key)
+        return entry is not None and entry.live(now, tick)
+
+    def end_episodes(self, bots: Sequence[int]) -> None:
+        """Per-bot advice is about the episode it was given in."""
+        self.expires_at[list(bots)] = -np.inf
+
+    def active(self, now: float, tick: int = 0) -> int:
+        """Bots with live per-bot advice."""
+        return int(((self.expires_at > now) & (self.expires_tick > tick)).sum())
 
     def clear(self) -> None:
         self.expires_at[:] = -np.inf
+        self.states.clear()

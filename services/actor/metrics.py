@@ -70,7 +70,24 @@ BACKPRESSURE_SECONDS = Counter(
 DIGEST_REQUESTS_REJECTED = Counter(
     "ala_actor_digest_requests_rejected", "Digest requests that could not be decoded.", registry=REGISTRY
 )
-DIGESTS = Counter("ala_actor_digests", "State digests published for the advisor.", registry=REGISTRY)
+DIGESTS = Counter(
+    "ala_actor_digests",
+    "State digests published for the advisors, by why: new_state (no advice yet), requested, periodic.",
+    ["reason"],
+    registry=REGISTRY,
+)
+DIGESTS_LIMITED = Counter(
+    "ala_actor_digests_rate_limited",
+    "Digests wanted but not sent: over ALA_ACTOR_DIGEST_RATE_PER_S.",
+    registry=REGISTRY,
+)
+BIASED_STEPS = Counter(
+    "ala_actor_biased_steps",
+    "Bot steps taken under advice, by scope: state (the state table: the advice was about this observation) or"
+    " bot (per-bot advice).",
+    ["scope"],
+    registry=REGISTRY,
+)
 SHIP_SECONDS = Histogram(
     "ala_actor_chunk_ship_seconds", "Chunk publish until its ack.", buckets=SECOND_BUCKETS, registry=REGISTRY
 )

@@ -1,7 +1,8 @@
 """The actor process: the rollout wired to NATS.
 
-- Bias updates (own subject and broadcast) land in the bias table from a callback; the step loop reads the table
-  between steps and never waits for the advisor or router.
+- Bias updates (own subject and broadcast) land in the bias tables from a callback; the step loop reads them
+  between steps and never waits for the advisor or router. State-scoped advice reaches every bot whose observation
+  has the advised key (`bias.py`); digests ask about states with no advice yet, at a bounded rate (`asking.py`).
 - Chunks go to JetStream through a bounded retry buffer: when the broker is away they wait and are retried with the
   same `Nats-Msg-Id`; when the buffer is full, stepping waits. Nothing produced is dropped.
 - Flow control: the learner's weights announcements say how far training has come (`settled_stream_seq`); the
@@ -35,7 +36,7 @@ from ala.ratelimit import RateLimitedLog
 from ala.rejection import Rejected
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
-from ala.rl.trajectory import to_chunk
+from ala.rl.trajectory import observation_key, to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from ala.weights import fetch_policy
 from protos import (
@@ -51,6 +52,7 @@ from protos import (
     subjects,
 )
 from services.actor import metrics
+from services.actor.asking import Asker, Reason
 from services.actor.bias import BiasRejected, BiasTable
 from services.actor.settings import ActorSettings
 
@@ -99,7 +101,16 @@ class Actor:
         self.progressed = asyncio.Event()
         """Set whenever training may have caught up: an announcement, installed weights, a stored chunk."""
         self.recent_returns: deque[float] = deque(maxlen=100)
-        self.requested_digests: set[int] = set(range(rollout.num_bots))  # every bot's first episode starts now
+        self.requested_digests: set[int] = set()
+        self.asker = Asker(
+            rollout.num_bots,
+            settings.digest_rate_per_s,
+            settings.digest_bot_interval_s,
+            settings.ask_again_s,
+            max_keys=4 * settings.state_table_size,
+        )
+        self.keys = self.state_keys()
+        """The key of each bot's current observation: what state-scoped advice is looked up by."""
         self.step_rate = Rate()
 
     # Bias updates: a callback writes the table; the step loop reads it.
@@ -107,7 +118,7 @@ class Actor:
         start = time.perf_counter()
         try:
             update = decode(msg.data, BiasUpdate)
-            self.bias.apply(update, time.monotonic())
+            self.bias.apply(update, time.monotonic(), self.tick)
         except WireError as exc:
             self._reject("decode", exc)
             return
@@ -189,11 +200,13 @@ class Actor:
             trajectory = self.rollout.new_trajectory()
             for t in range(self.rollout.num_steps):
                 start = time.perf_counter()
-                bias = self.bias.current(time.monotonic())
-                self.rollout.step(trajectory, t, bias)
+                lookup = self.bias.lookup(time.monotonic(), self.tick, self.keys)
+                self.rollout.step(trajectory, t, lookup.bias)
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
                 metrics.ENV_STEPS.inc(self.rollout.num_bots)
-                metrics.ACTIVE_BIASES.set(int(bias.any(axis=1).sum()))
+                metrics.ACTIVE_BIASES.set(int(lookup.bias.any(axis=1).sum()))
+                metrics.BIASED_STEPS.labels("state").inc(int(lookup.from_state.sum()))
+                metrics.BIASED_STEPS.labels("bot").inc(int(lookup.from_bot.sum()))
                 await self._after_step()
                 await asyncio.sleep(0)  # let bias and weights callbacks run between steps
             self.rollout.finish(trajectory)
@@ -243,24 +256,39 @@ class Actor:
                 await asyncio.wait_for(self.progressed.wait(), remaining)
         metrics.FLOW_WAIT_SECONDS.inc(time.perf_counter() - start)
 
+    @property
+    def tick(self) -> int:
+        """Steps each bot has taken: the clock of step-based expiry."""
+        return self.rollout.env_steps // self.rollout.num_bots
+
+    def state_keys(self) -> list[str]:
+        return [observation_key(observation) for observation in self.rollout.obs]
+
     async def _after_step(self) -> None:
-        wanted = set(self.requested_digests)
-        self.requested_digests.clear()
         for episode in self.rollout.finished:
             self.recent_returns.append(episode.episode_return)
             metrics.EPISODES.return_.observe(episode.episode_return)
             metrics.EPISODES.length.observe(episode.length)
-            wanted.add(episode.bot)  # a new episode starts
         if self.rollout.finished:
             metrics.MEAN_RETURN.set(self.mean_return())
+            self.bias.end_episodes([episode.bot for episode in self.rollout.finished])
         self.rollout.finished.clear()
+        self.keys = self.state_keys()
         if not self.settings.digests_enabled:
             return
+        requested, self.requested_digests = self.requested_digests, set()
         every = self.settings.digest_every_steps
-        if every and (self.rollout.env_steps // self.rollout.num_bots) % every == 0:
-            wanted.update(range(self.rollout.num_bots))
-        for bot in sorted(wanted):
-            await self._publish_digest(bot)
+        now, tick = time.monotonic(), self.tick
+        limited_before = self.asker.limited
+        chosen = self.asker.choose(
+            self.keys,
+            lambda key: self.bias.has_state_advice(key, now, tick),
+            requested,
+            periodic=bool(every) and tick % every == 0,
+        )
+        metrics.DIGESTS_LIMITED.inc(self.asker.limited - limited_before)
+        for bot, reason in chosen:
+            await self._publish_digest(bot, reason)
 
     def mean_return(self) -> float:
         return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
@@ -270,10 +298,10 @@ class Actor:
         return (
             f"steps {self.rollout.env_steps:,}  {self.step_rate.per_second(self.rollout.env_steps):,.0f}/s  "
             f"policy v{self.rollout.policy_version}  return {self.mean_return():.3f} (last 100)  "
-            f"biased bots {self.bias.active(time.monotonic())}/{self.rollout.num_bots}"
+            f"advised states {len(self.bias.states)}, bots {self.bias.active(time.monotonic(), self.tick)}"
         )
 
-    async def _publish_digest(self, bot: int) -> None:
+    async def _publish_digest(self, bot: int, reason: Reason) -> None:
         env = self.rollout.envs.envs[bot]  # type: ignore[attr-defined]
         full_state = self.adapter.full_state(env) if self.settings.digest_full_state else None
         digest = StateDigest(
@@ -287,9 +315,10 @@ class Actor:
             observation=Array.from_numpy(self.rollout.obs[bot]),
             action_names=self.spec.action_names,
             created_at=time.time(),
+            state_key=self.keys[bot],
         )
         if await self.bus.publish(subjects.digest_subject(self.settings.run, self.settings.instance), digest, "digest"):
-            metrics.DIGESTS.inc()
+            metrics.DIGESTS.labels(reason).inc()
 
     async def _enqueue(self, item: tuple[str, bytes, str]) -> None:
         self.unacked_chunks += 1
@@ -343,7 +372,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
     spec = adapter.policy_spec(envs.envs[0], settings.hidden)
     metrics.EPISODES.rebucket(adapter.return_buckets(), adapter.length_buckets())
     rollout = Rollout(envs, Agent(spec), settings.num_steps, settings.seed, settings.device)
-    bias = BiasTable(settings.num_bots, spec.n_actions, settings.max_abs_bias)
+    bias = BiasTable(settings.num_bots, spec.n_actions, settings.max_abs_bias, settings.state_table_size)
     action_space = ActionSpace(n=spec.n_actions, names=spec.action_names)
     async with (
         ServiceRuntime(

@@ -38,8 +38,18 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     digest_every_steps: int = Field(
         0,
         ge=0,
-        description="Also publish a StateDigest of each bot every k of its steps (always: at episode start and on"
-        " request).",
+        description="Also publish a StateDigest of each bot every k of its steps (always: for states with no advice"
+        " yet, and on request).",
+    )
+    digest_rate_per_s: float = Field(
+        50.0, gt=0, description="Most digests this actor publishes per second, on average (a token bucket)."
+    )
+    digest_bot_interval_s: float = Field(0.1, ge=0, description="Least time between two digests of one bot.")
+    ask_again_s: float = Field(
+        5.0, gt=0, description="A state asked about and still without advice is asked about again after this."
+    )
+    state_table_size: int = Field(
+        4096, ge=1, description="Most advised states remembered (least recently met are forgotten first)."
     )
     digests_enabled: bool = Field(True, description="Publish StateDigests for the advisor at all.")
     digest_full_state: bool = Field(

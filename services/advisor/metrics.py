@@ -30,10 +30,15 @@ ADVICE_PUBLISHED = Counter(
 )
 DIGESTS = Counter("ala_advisor_digests", "State digests received.", registry=REGISTRY)
 DIGESTS_DROPPED = Counter(
-    "ala_advisor_digests_dropped", "Digests replaced by a newer one for the same bot, or evicted.", registry=REGISTRY
+    "ala_advisor_digests_dropped",
+    "Digests replaced by a newer one for the same bot, or evicted, in one advisor's queue.",
+    ["advisor"],
+    registry=REGISTRY,
 )
 DIGESTS_REJECTED = Counter("ala_advisor_digests_rejected", "Digests that could not be decoded.", registry=REGISTRY)
-QUEUE_DEPTH = Gauge("ala_advisor_queue_depth", "Bots with a digest waiting for advice.", registry=REGISTRY)
+QUEUE_DEPTH = Gauge(
+    "ala_advisor_queue_depth", "Bots with a digest waiting for one advisor.", ["advisor"], registry=REGISTRY
+)
 CACHE_HITS = Counter(
     "ala_advisor_cache_hits", "Answers served from the cache (LLM calls saved).", ["advisor"], registry=REGISTRY
 )

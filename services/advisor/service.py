@@ -1,11 +1,14 @@
 """The advisor process: state digests in, advice out, never blocking anything upstream.
 
-Digests arrive in a queue group (replicas share them). Only the newest digest per bot waits (older ones are
-dropped and counted), in a bounded table. `workers` tasks take the oldest waiting bot and ask every configured
-advisor in parallel, each bounded by its timeout; each answer is published on that advisor's own subject for the
-router to merge. A slow or dead advisor only means its advice is missing. A digest without what a backend reads
-(no text for an LLM, from environments the adapter cannot put into words; no full state for the expert) is
-skipped and counted by reason, never asked.
+Digests arrive in a queue group (replicas share them). Each advisor answers on its own: it has its own bounded
+queue, where only the newest digest per bot waits (older ones are dropped and counted), and its own `workers`
+tasks, each answer bounded by its timeout and published on that advisor's own subject for the router to merge. A
+slow, hung or failing advisor only means its own advice is missing; the others keep their pace. A digest without
+what a backend reads (no text for an LLM, from environments the adapter cannot put into words; no full state for
+the expert) is skipped and counted by reason, never queued.
+
+Advice names the digest's `state_key` (scope `state`, the default): the actors then apply it to every bot that
+meets that state. Scope `bot` keeps it for the bot that asked, until its episode ends.
 
 Workers and the review run in one task group: an unexpected error stops the process with a traceback and a
 non-zero exit rather than leaving it heartbeating with no worker.
@@ -69,14 +72,6 @@ class Prompt:
         ]
 
 
-class Skipped(Exception):
-    """A digest this advisor cannot answer (it lacks what the backend reads); `reason` labels the metric."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def missing_input(backend: Backend, digest: StateDigest) -> str | None:
     """Why `backend` cannot answer `digest`, or None when it can."""
     reads = getattr(backend, "reads", "observation")  # plug-ins that say nothing get the observation
@@ -88,19 +83,40 @@ def missing_input(backend: Backend, digest: StateDigest) -> str | None:
 
 
 class Advisor:
-    """One configured advisor: a backend, optionally behind the adaptive cache."""
+    """One configured advisor: a backend, optionally behind the adaptive cache, and its queue of digests."""
 
-    def __init__(self, spec: AdvisorSpec, backend: Backend, cache: AdviceCache | None) -> None:
+    def __init__(self, spec: AdvisorSpec, backend: Backend, cache: AdviceCache | None, max_pending: int = 256) -> None:
         self.spec = spec
         self.backend = backend
         self.cache = cache
         self.backend_calls = 0
         self.backend_seconds = 0.0
+        self.max_pending = max_pending
+        self.waiting: OrderedDict[tuple[str, int], StateDigest] = OrderedDict()
+        """The newest digest per (actor, bot), oldest first."""
+        self.ready = asyncio.Event()
+
+    def enqueue(self, digest: StateDigest) -> None:
+        key = (digest.actor, digest.bot)
+        if key in self.waiting:
+            child(metrics.DIGESTS_DROPPED, self.spec.name).inc()  # the newer state supersedes it
+            del self.waiting[key]
+        self.waiting[key] = digest
+        while len(self.waiting) > self.max_pending:
+            self.waiting.popitem(last=False)
+            child(metrics.DIGESTS_DROPPED, self.spec.name).inc()
+        child(metrics.QUEUE_DEPTH, self.spec.name).set(len(self.waiting))
+        self.ready.set()
+
+    async def next_digest(self) -> StateDigest:
+        while not self.waiting:
+            self.ready.clear()
+            await self.ready.wait()
+        _, digest = self.waiting.popitem(last=False)
+        child(metrics.QUEUE_DEPTH, self.spec.name).set(len(self.waiting))
+        return digest
 
     async def answer(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
-        missing = missing_input(self.backend, digest)
-        if missing is not None:
-            raise Skipped(missing)
         if self.cache is None:
             return await self._ask(digest, messages)
         observation = digest.observation.to_numpy()
@@ -128,11 +144,12 @@ class Advisor:
 
 
 def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion) -> Advice:
+    state_key = digest.state_key if spec.scope == "state" else ""
     return Advice(
         advice_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
         advisor=spec.name,
         priority=spec.priority,
-        target=AdviceTarget(actor=digest.actor, bot=digest.bot, state_key=digest.state_key),
+        target=AdviceTarget(actor=digest.actor, bot=digest.bot, state_key=state_key),
         ttl_s=suggestion.ttl_s,
         created_at=time.time(),
         recommended_action=suggestion.action,
@@ -147,8 +164,6 @@ class AdvisorService:
         self.bus = bus
         self.advisors = advisors
         self.prompt = Prompt(settings)
-        self.waiting: OrderedDict[tuple[str, int], StateDigest] = OrderedDict()
-        self.ready = asyncio.Event()
         self._log = RateLimitedLog(log)
         self.policies: dict[str, PolicySpec] = {}
         """Each actor's policy spec, from its heartbeats: which environment (and adapter) its chunks come from."""
@@ -175,7 +190,8 @@ class AdvisorService:
         others = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if k not in ("digests", "advice"))
         return (
             f"digests {self._digest_rate.per_second(self.counts['digests']):.1f}/s  "
-            f"advice {self._advice_rate.per_second(self.counts['advice']):.1f}/s  waiting {len(self.waiting)}  "
+            f"advice {self._advice_rate.per_second(self.counts['advice']):.1f}/s  "
+            f"waiting {sum(len(advisor.waiting) for advisor in self.advisors)}  "
             f"backend calls {new_calls} (mean {latency})  skipped/failed: {others or 'none'}"
         )
 
@@ -188,36 +204,24 @@ class AdvisorService:
             return
         metrics.DIGESTS.inc()
         self.counts["digests"] += 1
-        key = (digest.actor, digest.bot)
-        if key in self.waiting:
-            metrics.DIGESTS_DROPPED.inc()  # the newer state supersedes it
-            del self.waiting[key]
-        self.waiting[key] = digest
-        while len(self.waiting) > self.settings.max_pending:
-            self.waiting.popitem(last=False)
-            metrics.DIGESTS_DROPPED.inc()
-        metrics.QUEUE_DEPTH.set(len(self.waiting))
-        self.ready.set()
-
-    async def work(self) -> None:
-        while True:
-            await self.ready.wait()
-            if not self.waiting:
-                self.ready.clear()
+        for advisor in self.advisors:
+            missing = missing_input(advisor.backend, digest)
+            if missing is not None:
+                child(metrics.DIGESTS_SKIPPED, advisor.spec.name, missing).inc()
+                self.counts[missing] += 1
                 continue
-            _, digest = self.waiting.popitem(last=False)
-            metrics.QUEUE_DEPTH.set(len(self.waiting))
-            messages = self.prompt.messages(digest)
-            await asyncio.gather(*(self._advise(advisor, digest, messages) for advisor in self.advisors))
+            advisor.enqueue(digest)
+
+    async def work(self, advisor: Advisor) -> None:
+        """One of `advisor`'s workers: its newest waiting digests, one at a time."""
+        while True:
+            digest = await advisor.next_digest()
+            await self._advise(advisor, digest, self.prompt.messages(digest))
 
     async def _advise(self, advisor: Advisor, digest: StateDigest, messages: list[dict[str, str]]) -> None:
         name = advisor.spec.name
         try:
             suggestion = await advisor.answer(digest, messages)
-        except Skipped as skipped:
-            child(metrics.DIGESTS_SKIPPED, name, skipped.reason).inc()
-            self.counts[skipped.reason] += 1
-            return
         except TimeoutError:
             child(metrics.BACKEND_FAILURES, name, "timeout").inc()
             self.counts["timeout"] += 1
@@ -330,7 +334,8 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
                 settings.cache_audit_rate,
                 seed=spec.seed,
             )
-        advisors.append(Advisor(spec, create_backend(spec, settings.third_party_log_level), cache))
+        backend = create_backend(spec, settings.third_party_log_level)
+        advisors.append(Advisor(spec, backend, cache, settings.max_pending))
     return advisors
 
 
@@ -343,8 +348,9 @@ async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
             await runtime.bus.subscribe(
                 subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group
             )
-            for i in range(settings.workers):
-                tasks.start(service.work(), name=f"advisor-worker-{i}")
+            for advisor in advisors:
+                for i in range(settings.workers):
+                    tasks.start(service.work(advisor), name=f"advisor-{advisor.spec.name}-{i}")
             if settings.review:
                 tasks.start(review_episodes(settings, service), name="review")
             tasks.start(report_progress("advisor", service.progress, settings.progress_interval_s), name="progress")

@@ -24,6 +24,11 @@ class AdvisorSpec(BaseModel):
     plugin: str = Field("", description="plugin: name of an `ala.advisors` entry point (a factory taking this spec).")
     priority: float = Field(1.0, ge=0, description="Sent with every advice; the router weighs by it.")
     timeout_s: float = Field(30.0, gt=0, description="Longest wait for one answer; a slow advisor is skipped.")
+    scope: Literal["state", "bot"] = Field(
+        "state",
+        description="state: advice is about the observation the digest shows and reaches every bot that meets it;"
+        " bot: about the bot that asked, until its episode ends (strategic, state-independent advice).",
+    )
     # openai: any OpenAI-compatible server (vLLM first).
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL up to /v1.")
     model: str = Field("openai/gpt-oss-20b", description="openai: model name as the server knows it.")
@@ -47,11 +52,13 @@ class AdvisorSettings(ServiceSettings):
     metrics_port: int = Field(9101, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
     advisors: list[AdvisorSpec] = Field(
         default_factory=lambda: [AdvisorSpec(name="llm-0", backend="embedded")],
-        description="The advisors this process runs (JSON list); each answers every digest in parallel.",
+        description="The advisors this process runs (JSON list); each answers every digest on its own.",
     )
     queue_group: str = Field("advisors", description="Replicas in one queue group share the digests.")
-    max_pending: int = Field(256, ge=1, description="Bots with a digest waiting; beyond, the oldest is dropped.")
-    workers: int = Field(2, ge=1, description="Digests being answered at once.")
+    max_pending: int = Field(
+        256, ge=1, description="Bots with a digest waiting, per advisor; beyond, the oldest is dropped."
+    )
+    workers: int = Field(2, ge=1, description="Digests being answered at once, per advisor.")
     prompt_dir: Path = Field(PROMPTS, description="Folder with system.txt and user.txt prompt templates.")
     cache: bool = Field(True, description="Reuse advice for identical or near-identical states.")
     cache_size: int = Field(10_000, ge=1, description="Most states remembered.")

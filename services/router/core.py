@@ -6,8 +6,12 @@ but never make an action more than `exp(2 b_max)` times more or less likely than
 
 From advice to bias: per-action `scores` are used as logits; a `recommended_action` with confidence `c` becomes
 the logit vector `c * onehot(action)`. The logits are mean-centred, multiplied by the strength (which may anneal),
-and clipped. Concurrent advice for the same (actor, bot) from several advisors is merged by a weighted mean with
+and clipped. Concurrent advice for the same target from several advisors is merged by a weighted mean with
 weight `priority * confidence * advisor_weight`, once at least `quorum` distinct advisors have live advice there.
+
+Targets: advice naming a state (`target.state_key`) is about that state and reaches every bot of the actor that
+meets it (the actor's state table); other advice is about a bot (or every bot) and also expires after
+`bot_ttl_steps` of the bot's steps and at its episode end. Bounds, merging and the guarantee are the same for both.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ class LiveConfig(BaseModel):
     strength: float = Field(1.0, ge=0, le=100, description="Multiplier from advice logits to bias (before clipping).")
     b_max: float = Field(2.0, gt=0, le=20, description="Every bias element is clipped to [-b_max, b_max].")
     default_ttl_s: float = Field(5.0, gt=0, description="TTL for advice that gives none (ttl_s = 0).")
+    bot_ttl_steps: int = Field(
+        32, ge=0, description="Per-bot advice also expires after this many of the bot's steps (0: time only)."
+    )
+    state_ttl_steps: int = Field(
+        0, ge=0, description="State-scoped advice also expires after this many steps of each bot (0: time only)."
+    )
     max_ttl_s: float = Field(60.0, gt=0, description="Longer TTLs are refused.")
     quorum: int = Field(1, ge=1, description="Distinct advisors needed before a merged bias is emitted.")
     advisor_weights: dict[str, float] = Field(
@@ -83,8 +93,10 @@ class Opinion:
     created_at: float
 
 
-Target = tuple[str, int | None]
-"""(actor or BROADCAST, bot); bot None means every bot."""
+Target = tuple[str, int | None, str]
+"""(actor or BROADCAST, bot, state key): bot None means every bot; a non-empty key makes it state-scoped."""
+MAX_TARGETS = 65_536
+"""Targets with opinions kept at once; beyond, expired ones are pruned, then the oldest."""
 
 
 @dataclass
@@ -171,7 +183,10 @@ class Router:
     def accept(self, advice: Advice, run: str, now: float) -> BiasUpdate | None:
         """Check, store and merge `advice`; the bias update to send now, or None while below quorum."""
         actor, expires_at = self.check(advice, now)
-        target: Target = (advice.target.actor or BROADCAST, advice.target.bot)
+        key = advice.target.state_key
+        target: Target = (advice.target.actor or BROADCAST, None if key else advice.target.bot, key)
+        if target not in self.opinions and len(self.opinions) >= MAX_TARGETS:
+            self._prune(now)
         weight = advice.priority * advice.confidence * self.config.advisor_weights.get(advice.advisor, 1.0)
         opinions = self.opinions.setdefault(target, {})
         opinions[advice.advisor] = Opinion(
@@ -191,7 +206,7 @@ class Router:
         else:  # a convex combination of bounded biases is bounded: no second clip needed
             total = sum(o.weight for o in live)
             bias = (sum(o.weight * o.bias for o in live) / total).astype(np.float32)
-        actor, bot = target
+        actor, bot, key = target
         return BiasUpdate(
             run=run,
             actor=actor,
@@ -201,7 +216,16 @@ class Router:
             advice_ids=[o.advice_id for o in live],
             created_at=now,
             advice_created_at=min(o.created_at for o in live),
+            state_key=key,
+            ttl_steps=self.config.state_ttl_steps if key else self.config.bot_ttl_steps,
         )
+
+    def _prune(self, now: float) -> None:
+        expired = [t for t, opinions in self.opinions.items() if all(o.expires_at <= now for o in opinions.values())]
+        for target in expired:
+            del self.opinions[target]
+        while len(self.opinions) >= MAX_TARGETS:
+            del self.opinions[next(iter(self.opinions))]
 
     def active_targets(self, now: float) -> int:
         return sum(any(o.expires_at > now for o in opinions.values()) for opinions in self.opinions.values())

@@ -25,7 +25,7 @@ from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from protos import Advice, BiasUpdate, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
 from services.router import metrics
 from services.router.api import Status, create_app
-from services.router.core import AdviceRejected, LiveConfig, Router, clear_all
+from services.router.core import AdviceRejected, LiveConfig, Router, Target, clear_all
 from services.router.settings import RouterSettings
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class RouterService:
         self.router = Router(settings.live_config(), actor_timeout_s=settings.actor_timeout_s)
         self._reject_log = RateLimitedLog(log)
         self._advisor_labels: set[str] = set()
-        self._remerges: dict[tuple[str, int | None], asyncio.TimerHandle] = {}
+        self._remerges: dict[Target, asyncio.TimerHandle] = {}
         self.closed = False
         self.counts: collections.Counter[str] = collections.Counter()
         """Advice received and accepted, bias updates sent, rejections by reason: for the progress line."""
@@ -88,13 +88,14 @@ class RouterService:
         """A merged bias lives as long as its shortest opinion; when that one expires, the others still count."""
         if self.closed:
             return
-        target = (update.actor, update.bots[0] if update.bots else None)
+        bot = None if update.state_key or not update.bots else update.bots[0]
+        target: Target = (update.actor, bot, update.state_key)
         previous = self._remerges.pop(target, None)
         if previous is not None:
             previous.cancel()
         self._remerges[target] = asyncio.get_running_loop().call_later(update.ttl_s, self._remerge, target)
 
-    def _remerge(self, target: tuple[str, int | None]) -> None:
+    def _remerge(self, target: Target) -> None:
         self._remerges.pop(target, None)
         update = self.router.merged(target, self.settings.run, time.time())
         if update is not None:

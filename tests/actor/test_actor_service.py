@@ -16,6 +16,7 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.rl.policy import weights_to_bytes
+from ala.rl.trajectory import observation_key
 from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, store_weights, wait_until
 from protos import (
     Array,
@@ -50,7 +51,7 @@ def _settings(nats: NatsSettings, **overrides: object) -> ActorSettings:
     return ActorSettings(**(values | overrides))
 
 
-def _bias_update(bias: np.ndarray, ttl_s: float) -> BiasUpdate:
+def _bias_update(bias: np.ndarray, ttl_s: float, state_key: str = "") -> BiasUpdate:
     return BiasUpdate(
         run="test",
         actor="a1",
@@ -60,6 +61,7 @@ def _bias_update(bias: np.ndarray, ttl_s: float) -> BiasUpdate:
         advice_ids=["advice-1"],
         created_at=time.time(),
         advice_created_at=time.time(),
+        state_key=state_key,
     )
 
 
@@ -160,6 +162,40 @@ async def test_digests_describe_the_bots_state(bus: Bus, nats_settings: NatsSett
     assert "Mission: use the key to open the door" in digest.text
     assert digest.observation.shape == (147,) and digest.action_names[2] == "forward"
     assert on_demand.env_step > 3
+    assert all(d.state_key == observation_key(d.observation.to_numpy()) for d in [*first, on_demand])
+    assert metrics.DIGESTS.labels("new_state")._value.get() >= 3
+    assert metrics.DIGESTS.labels("requested")._value.get() >= 1
+
+
+async def test_state_scoped_bias_reaches_exactly_the_steps_in_that_state(bus: Bus, nats_settings: NatsSettings) -> None:
+    digests: asyncio.Queue[StateDigest] = asyncio.Queue()
+
+    async def on_digest(msg: Msg) -> None:
+        await digests.put(decode(msg.data, StateDigest))
+
+    await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
+    await bus.nc.flush()
+    bias = np.zeros(N_ACTIONS)
+    bias[6] = 3.0  # "done" changes nothing in MiniGrid: a bot that meets the state tends to stay in it
+    before = metrics.BIASED_STEPS.labels("state")._value.get()
+    async with running(serve, _settings(nats_settings, num_bots=4)), ChunkReader(bus) as chunks:
+        digest = await asyncio.wait_for(digests.get(), 20)
+        update = _bias_update(bias, ttl_s=60.0, state_key=digest.state_key)
+        await bus.publish(subjects.bias_subject("test", "a1"), update, kind="bias")
+        await wait_until(lambda: metrics.BIASED_STEPS.labels("state")._value.get() > before)
+        installed_at = time.time()
+        biased_rows = 0
+        while biased_rows < 10:
+            chunk = await chunks.next()
+            rows = chunk.bias.to_numpy().reshape(-1, N_ACTIONS)
+            keys = [observation_key(o) for o in chunk.observations.to_numpy().reshape(len(rows), -1)]
+            in_state = np.array([key == digest.state_key for key in keys])
+            biased = rows.any(axis=1)
+            assert not (biased & ~in_state).any()  # never on another state
+            np.testing.assert_array_equal(rows[biased], np.tile(bias, (int(biased.sum()), 1)))
+            if chunk.created_at - 8 * 0.05 > installed_at:  # sampled after the bias was installed (8 steps < 0.4 s)
+                assert (biased == in_state).all()  # always on that state, whichever bot is in it
+            biased_rows += int(biased.sum())
 
 
 async def test_broker_restart_loses_no_chunk(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -67,3 +68,39 @@ def test_clear_removes_every_bias() -> None:
     table.apply(_update([1.0, 0.0]), now=0.0)
     table.clear()
     assert not table.current(0.1).any()
+
+
+def _state_update(bias: list[float], key: str, ttl_s: float = 10.0, ttl_steps: int = 0) -> BiasUpdate:
+    return msgspec.structs.replace(_update(bias, ttl_s), state_key=key, ttl_steps=ttl_steps)
+
+
+def test_state_advice_reaches_whichever_bot_is_in_that_state_and_wins_over_bot_advice() -> None:
+    table = BiasTable(num_bots=3, n_actions=2, max_abs_bias=5.0)
+    assert table.apply(_state_update([2.0, -2.0], "s1"), now=0.0) == 0  # reaches bots only when they meet s1
+    table.apply(_update([-1.0, 1.0], bots=[2]), now=0.0)
+    lookup = table.lookup(0.5, tick=0, keys=["s0", "s1", "s1"])
+    np.testing.assert_array_equal(lookup.bias, [[0.0, 0.0], [2.0, -2.0], [2.0, -2.0]])
+    assert lookup.from_state.tolist() == [False, True, True] and lookup.from_bot.tolist() == [False, False, False]
+    lookup = table.lookup(0.5, tick=0, keys=["s1", "s0", "s0"])
+    np.testing.assert_array_equal(lookup.bias, [[2.0, -2.0], [0.0, 0.0], [-1.0, 1.0]])
+    assert lookup.from_bot.tolist() == [False, False, True]
+    assert table.has_state_advice("s1", 0.5, 0) and not table.has_state_advice("s0", 0.5, 0)
+
+
+def test_advice_expires_by_steps_as_well_as_time_and_bot_advice_ends_with_the_episode() -> None:
+    table = BiasTable(num_bots=2, n_actions=2, max_abs_bias=5.0)
+    table.apply(_state_update([1.0, 0.0], "s", ttl_s=100.0, ttl_steps=5), now=0.0, tick=10)
+    table.apply(_update([0.0, 1.0], ttl_s=100.0, bots=[1]), now=0.0, tick=10)
+    assert table.current(1.0, tick=14, keys=["s", "t"]).any(axis=1).tolist() == [True, True]
+    table.end_episodes([0, 1])
+    assert table.current(1.0, tick=14, keys=["s", "t"]).any(axis=1).tolist() == [True, False]  # states outlive it
+    assert not table.current(1.0, tick=15, keys=["s", "t"]).any()  # 5 steps on: the state's advice is gone
+
+
+def test_the_state_table_is_bounded_and_forgets_the_least_recently_met() -> None:
+    table = BiasTable(num_bots=1, n_actions=2, max_abs_bias=5.0, max_states=2)
+    table.apply(_state_update([1.0, 0.0], "a"), now=0.0)
+    table.apply(_state_update([1.0, 0.0], "b"), now=0.0)
+    table.lookup(0.1, keys=["a"])  # a met again: b is now the least recent
+    table.apply(_state_update([1.0, 0.0], "c"), now=0.0)
+    assert list(table.states) == ["a", "c"]

@@ -58,16 +58,19 @@ async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, na
     assert expert.priority == 2.0 and (expert.target.actor, expert.target.bot) == ("a1", 0)
 
 
-async def test_only_the_newest_digest_per_bot_waits(nats_settings: NatsSettings) -> None:
+async def test_only_the_newest_digest_per_bot_waits_in_each_advisors_queue(nats_settings: NatsSettings) -> None:
     settings = _settings(nats_settings, max_pending=2)
-    service = AdvisorService(settings, bus=None, advisors=[])  # type: ignore[arg-type]  # no publishing here
-    dropped = metrics.DIGESTS_DROPPED._value.get()
+    advisors = [Advisor(AdvisorSpec(name=name, backend="expert"), ExpertBackend(), None, 2) for name in ("a", "b")]
+    service = AdvisorService(settings, bus=None, advisors=advisors)  # type: ignore[arg-type]  # no publishing here
+    dropped = metrics.DIGESTS_DROPPED.labels("a")._value.get()
     states = digests(4)
     for bot, digest in [(0, states[0]), (0, states[1]), (1, states[2]), (2, states[3])]:
         moved = msgspec.structs.replace(digest, bot=bot)
         await service.on_digest(Msg(_client=None, subject="s", data=encode(moved)))  # type: ignore[arg-type]
-    assert [key for key in service.waiting] == [("a1", 1), ("a1", 2)]  # bot 0's old state replaced, then evicted
-    assert metrics.DIGESTS_DROPPED._value.get() - dropped == 2
+    for advisor in advisors:  # bot 0's old state replaced, then evicted
+        assert list(advisor.waiting) == [("a1", 1), ("a1", 2)]
+    assert metrics.DIGESTS_DROPPED.labels("a")._value.get() - dropped == 2
+    assert (await advisors[0].next_digest()).bot == 1 and list(advisors[1].waiting) == [("a1", 1), ("a1", 2)]
 
 
 async def test_cache_returns_identical_advice_for_identical_states_and_counts_hits() -> None:
@@ -116,6 +119,31 @@ async def test_a_hung_backend_is_timed_out_and_counted_while_others_answer(
         await _publish_until_answered(bus, digests(1)[0], answered)
         await wait_until(lambda: metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get() > timeouts)
     assert (await received.get()).advisor == "expert"  # a dead advisor only means its advice is missing
+
+
+async def test_each_advisor_keeps_its_own_pace_beside_a_hung_one(
+    bus: Bus, nats_settings: NatsSettings, hung_server: str
+) -> None:
+    """A hung LLM holds only its own workers: the expert answers every bot's digest meanwhile."""
+    answered_bots: set[int] = set()
+    first = asyncio.Event()
+
+    async def on_advice(msg: Msg) -> None:
+        advice = decode(msg.data, Advice)
+        assert advice.advisor == "expert" and advice.target.state_key  # state-scoped by default
+        answered_bots.add(advice.target.bot or 0)
+        first.set()
+
+    await bus.subscribe(subjects.advice_subject("test", "expert"), on_advice)
+    hung = AdvisorSpec(name="hung", backend="openai", base_url=hung_server, timeout_s=60.0, retries=0)
+    settings = _settings(nats_settings, advisors=[hung, AdvisorSpec(name="expert", backend="expert")], workers=1)
+    states = digests(10)
+    async with running(serve, settings):
+        await _publish_until_answered(bus, msgspec.structs.replace(states[0], state_key="k0"), first)
+        for bot, digest in enumerate(states):
+            keyed = msgspec.structs.replace(digest, bot=bot, state_key=f"k{bot}")
+            await bus.publish(subjects.digest_subject("test", "a1"), keyed, kind="digest")
+        await wait_until(lambda: len(answered_bots) == 10)  # long before the hung one's 60-s timeout
 
 
 async def _publish_until_answered(bus: Bus, digest: StateDigest, answered: asyncio.Event) -> None:

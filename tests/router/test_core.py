@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -99,7 +100,7 @@ def test_two_advisors_merge_by_priority_confidence_and_trust() -> None:
     np.testing.assert_allclose(
         update.bias.to_numpy(), (weights[0] * fast + weights[1] * slow) / weights.sum(), atol=1e-6
     )
-    assert sorted(update.advice_ids) == sorted(o.advice_id for o in router.opinions[("a1", 2)].values())
+    assert sorted(update.advice_ids) == sorted(o.advice_id for o in router.opinions[("a1", 2, "")].values())
 
 
 def test_quorum_waits_for_enough_distinct_advisors() -> None:
@@ -192,3 +193,20 @@ def test_a_creation_time_in_the_future_cannot_stretch_the_ttl() -> None:
 def test_priority_is_bounded_so_merges_cannot_overflow() -> None:
     with pytest.raises(AdviceRejected, match="range"):
         _router().accept(_advice(action=1, priority=1e308), "test", NOW)
+
+
+def test_state_scoped_advice_targets_the_state_and_merges_across_the_bots_that_asked() -> None:
+    router = _router(state_ttl_steps=500, bot_ttl_steps=16)
+    about_state = msgspec.structs.replace(
+        _advice("a", action=1, bot=2), target=AdviceTarget(actor="a1", bot=2, state_key="k1")
+    )
+    update = router.accept(about_state, "test", NOW)
+    assert update is not None and (update.state_key, update.bots, update.ttl_steps) == ("k1", [], 500)
+    # Another advisor answering another bot's digest of the same state merges into the same target.
+    same_state = msgspec.structs.replace(
+        _advice("b", action=1, bot=0), target=AdviceTarget(actor="a1", bot=0, state_key="k1")
+    )
+    merged = router.accept(same_state, "test", NOW)
+    assert merged is not None and len(merged.advice_ids) == 2 and merged.state_key == "k1"
+    per_bot = router.accept(_advice("a", action=1, bot=2), "test", NOW)
+    assert per_bot is not None and (per_bot.state_key, per_bot.bots, per_bot.ttl_steps) == ("", [2], 16)
