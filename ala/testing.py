@@ -37,10 +37,12 @@ from ala.rl.trajectory import Trajectory
 from protos import (
     ActionSpace,
     Advice,
+    AdviceOutcome,
     AdviceTarget,
     Array,
     BiasUpdate,
     DigestRequest,
+    EpisodeStats,
     Evaluation,
     Heartbeat,
     ImplicitReward,
@@ -254,6 +256,13 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
             greedy_return=0.93,
             greedy_success_rate=1.0,
             seconds=0.4,
+            created_at=1.7e9,
+        ),
+        AdviceOutcome(
+            run="test",
+            actor="orin-1",
+            control=EpisodeStats(episodes=3, return_sum=0.5, return_sq_sum=0.2),
+            advised={"expert": EpisodeStats(episodes=30, return_sum=24.0, return_sq_sum=19.6)},
             created_at=1.7e9,
         ),
         Heartbeat(

@@ -23,11 +23,11 @@ import numpy as np
 import typer
 
 from ala.envs import adapter_for
+from ala.envs.minigrid_expert import plan
 from ala.testing import digest_of
 from protos import StateDigest
 from services.advisor.backends import AdversarialBackend, Backend, EmbeddedBackend, ExpertBackend, OpenAIBackend
 from services.advisor.cache import AdviceCache
-from services.advisor.expert import plan
 from services.advisor.service import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 

@@ -38,7 +38,8 @@ import numpy as np
 import typer
 
 from ala.broker import EmbeddedBroker
-from ala.testing import broker_settings
+from ala.testing import broker_settings, free_port
+from benchmarks.scrape import metrics_text, sample
 from protos import Evaluation, decode, subjects
 
 THRESHOLD = 0.8
@@ -61,6 +62,24 @@ class Run:
     seconds_to_threshold: float | None
     curve: list[tuple[int, float, float]] = field(default_factory=list)
     """(env steps, seconds since process start, evaluation return) of every evaluation."""
+    scraped: dict[str, float] = field(default_factory=dict)
+    """Counters read from the services' /metrics at the end of a stack run (`StackArm.scrape`)."""
+
+
+@dataclass(frozen=True)
+class StackArm:
+    """How one stack arm runs: `ala up` with these services and variables, and what it reads at the end."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    services: tuple[str, ...] = ("actor", "learner", "router", "evaluator")
+    actors: int = 1
+    hog: bool = False
+    """Another process spins on one core (labs share machines)."""
+    scrape: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)
+    """name -> (service, metric, labels): summed from that service's /metrics just before the stack stops."""
+
+
+STACK_ARMS = {"up": StackArm(), "up-2actors": StackArm(actors=2), "up-hog": StackArm(hog=True)}
 
 
 def run_local(env_id: str, seed: int, max_steps: int) -> Run:
@@ -80,7 +99,16 @@ def run_local(env_id: str, seed: int, max_steps: int) -> Run:
     return _result(env_id, "local", seed, curve)
 
 
-def run_stack(env_id: str, arm: str, seed: int, max_steps: int, max_seconds: float) -> Run:
+def run_stack(
+    env_id: str,
+    arm: str,
+    seed: int,
+    max_steps: int,
+    max_seconds: float,
+    spec: StackArm,
+    stop_at_threshold: bool = True,
+) -> Run:
+    ports = {service: free_port() for service in spec.services}
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker(broker_settings(Path(scratch) / "nats")))
         env = dict(
@@ -96,26 +124,35 @@ def run_stack(env_id: str, arm: str, seed: int, max_steps: int, max_seconds: flo
             # close to the local arm's every 4,096 steps; it stays niced, so training keeps the CPU.
             ALA_EVALUATOR_MIN_INTERVAL_S="0",
             ALA_EVALUATOR_GREEDY="false",
-            **{f"ALA_{s}_METRICS_PORT": "0" for s in ("ACTOR", "LEARNER", "ROUTER", "EVALUATOR")},
+            **{f"ALA_{service.upper()}_METRICS_PORT": str(port) for service, port in ports.items()},
+            **spec.env,
         )
         processes: list[subprocess.Popen[bytes]] = []
-        if arm == "up-hog":
+        if spec.hog:
             processes.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
         curve: list[tuple[int, float, float]] = []
         started = time.monotonic()
-        services = ["--service", "actor", "--service", "learner", "--service", "router", "--service", "evaluator"]
+        services = [option for service in spec.services for option in ("--service", service)]
         processes.append(
             subprocess.Popen(
                 [sys.executable, "-m", "ala", "up", "--no-broker", *services], env=env, stderr=subprocess.DEVNULL
             )
         )
-        if arm == "up-2actors":
-            second = dict(env, ALA_ACTOR_INSTANCE="actor-2", ALA_ACTOR_SEED=str(1000 + seed))
-            processes.append(
-                subprocess.Popen([sys.executable, "-m", "ala", "actor"], env=second, stderr=subprocess.DEVNULL)
+        for extra in range(1, spec.actors):
+            more = dict(
+                env,
+                ALA_ACTOR_INSTANCE=f"actor-{extra + 1}",
+                ALA_ACTOR_SEED=str(1000 * extra + seed),
+                ALA_ACTOR_METRICS_PORT="0",
             )
+            processes.append(
+                subprocess.Popen([sys.executable, "-m", "ala", "actor"], env=more, stderr=subprocess.DEVNULL)
+            )
+        scraped: dict[str, float] = {}
         try:
-            asyncio.run(_follow_evaluations(broker.url, curve, started, max_steps, max_seconds))
+            asyncio.run(_follow_evaluations(broker.url, curve, started, max_steps, max_seconds, stop_at_threshold))
+            for name, (service, metric, labels) in spec.scrape.items():
+                scraped[name] = sample(metrics_text(ports[service]), metric, labels)
         finally:
             for process in reversed(processes):
                 process.send_signal(signal.SIGTERM if process.args[-1] == "while True: pass" else signal.SIGINT)
@@ -124,11 +161,16 @@ def run_stack(env_id: str, arm: str, seed: int, max_steps: int, max_seconds: flo
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    return _result(env_id, arm, seed, curve)
+    return _result(env_id, arm, seed, curve, scraped)
 
 
 async def _follow_evaluations(
-    url: str, curve: list[tuple[int, float, float]], started: float, max_steps: int, max_seconds: float
+    url: str,
+    curve: list[tuple[int, float, float]],
+    started: float,
+    max_steps: int,
+    max_seconds: float,
+    stop_at_threshold: bool,
 ) -> None:
     client = await nats.connect(url)
     done = asyncio.Event()
@@ -136,7 +178,7 @@ async def _follow_evaluations(
     async def on_evaluation(msg: nats.aio.msg.Msg) -> None:
         evaluation = decode(msg.data, Evaluation)
         curve.append((evaluation.env_steps, time.monotonic() - started, evaluation.mean_return))
-        if evaluation.mean_return >= THRESHOLD or evaluation.env_steps >= max_steps:
+        if (stop_at_threshold and evaluation.mean_return >= THRESHOLD) or evaluation.env_steps >= max_steps:
             done.set()
 
     await client.subscribe(subjects.evaluation_subject("bench"), cb=on_evaluation)
@@ -145,9 +187,12 @@ async def _follow_evaluations(
     await client.drain()
 
 
-def _result(env_id: str, arm: str, seed: int, curve: list[tuple[int, float, float]]) -> Run:
+def _result(
+    env_id: str, arm: str, seed: int, curve: list[tuple[int, float, float]], scraped: dict[str, float] | None = None
+) -> Run:
     reached = next((point for point in curve if point[2] >= THRESHOLD), None)
-    return Run(env_id, arm, seed, reached[0] if reached else None, reached[1] if reached else None, curve)
+    steps, seconds = (reached[0], reached[1]) if reached else (None, None)
+    return Run(env_id, arm, seed, steps, seconds, curve, scraped or {})
 
 
 def plot(runs: list[Run], path: Path) -> None:
@@ -238,7 +283,7 @@ def main(
                 run = (
                     run_local(env_id, seed, max_steps)
                     if arm == "local"
-                    else run_stack(env_id, arm, seed, max_steps, max_seconds)
+                    else run_stack(env_id, arm, seed, max_steps, max_seconds, STACK_ARMS[arm])
                 )
                 runs.append(run)
                 print(

@@ -189,6 +189,8 @@ class BiasUpdate(MessageBase):
     ttl_steps: NonNegInt = 0
     """Also expire after this many steps of each bot (the actor's ticks), whichever comes first with `ttl_s`; 0:
     time only."""
+    advisors: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
+    """The advisors whose advice is merged into this bias: actors credit episode outcomes to them (trust)."""
 
 
 class TrajectoryChunk(MessageBase):
@@ -287,6 +289,27 @@ class Evaluation(MessageBase):
     created_at: float
 
 
+class EpisodeStats(msgspec.Struct, kw_only=True, frozen=True):
+    """Returns of some finished episodes: count, sum and sum of squares (mergeable)."""
+
+    episodes: NonNegInt = 0
+    return_sum: float = 0.0
+    return_sq_sum: float = 0.0
+
+
+class AdviceOutcome(MessageBase):
+    """actor → router, every few seconds: how episodes ended since the last report, for evidence-driven trust.
+
+    `control` holds the bot-episodes the actor played with no advice at all (a random share); `advised` the
+    episodes each advisor's advice reached (an episode advised by two advisors counts for both)."""
+
+    run: Name
+    actor: Name
+    control: EpisodeStats
+    advised: Annotated[dict[Name, EpisodeStats], msgspec.Meta(max_length=64)]
+    created_at: float
+
+
 class Heartbeat(MessageBase):
     """Every service, every few seconds: who it is, which build, and (actors) what it can do."""
 
@@ -316,6 +339,7 @@ Message = (
     | WeightsAnnouncement
     | ImplicitReward
     | Evaluation
+    | AdviceOutcome
     | Heartbeat
 )
 MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
@@ -327,6 +351,7 @@ MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
     WeightsAnnouncement,
     ImplicitReward,
     Evaluation,
+    AdviceOutcome,
     Heartbeat,
 )
 

@@ -64,6 +64,15 @@ def evaluation_subject(run: str) -> str:
     return _subject(run, "eval")
 
 
+def outcome_subject(run: str, actor: str) -> str:
+    """actor → router: `AdviceOutcome`s (episode returns with and without advice)."""
+    return _subject(run, "outcome", check_token(actor, "actor"))
+
+
+def outcome_wildcard(run: str) -> str:
+    return _subject(run, "outcome", "*")
+
+
 def heartbeat_subject(run: str, service: str, instance: str) -> str:
     """every service: `Heartbeat`s."""
     return _subject(run, "heartbeat", check_token(service, "service"), check_token(instance, "instance"))

@@ -126,6 +126,11 @@ class EnvAdapter:
         """Privileged full state for expert advisors, or None."""
         return None
 
+    def expert_action(self, env: gym.Env) -> int | None:
+        """The best action in the env's current state by a privileged planner, or None (no planner, no path): the
+        judge of advice precision."""
+        return None
+
     # Metrics.
     def return_buckets(self) -> tuple[float, ...]:
         """Histogram buckets of the episode return, wide enough for this env. The registered reward threshold hints

@@ -15,6 +15,7 @@ from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from minigrid.wrappers import ImgObsWrapper
 
 from ala.envs.base import EnvAdapter, registered_spec
+from ala.envs.minigrid_expert import plan
 
 VIEW = 7
 """MiniGrid's egocentric view is 7x7; the agent stands at column 3 of the last row, facing up the view."""
@@ -87,6 +88,10 @@ class MiniGridAdapter(EnvAdapter):
         x, y = base.agent_pos  # type: ignore[attr-defined]
         encoded[x, y] = (OBJECT_TO_IDX["agent"], 0, base.agent_dir)  # type: ignore[attr-defined]
         return encoded
+
+    def expert_action(self, env: gym.Env) -> int | None:
+        """Shortest-path planning over key, door and goal (`minigrid_expert`): exact for DoorKey rooms."""
+        return plan(self.full_state(env))
 
     def return_buckets(self) -> tuple[float, ...]:
         """MiniGrid rewards success with 1 - 0.9 * steps / max_steps, else 0."""

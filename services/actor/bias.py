@@ -34,6 +34,7 @@ class StateBias:
     """Monotonic seconds."""
     expires_tick: float
     """Actor ticks (inf: time only)."""
+    advisors: tuple[str, ...] = ()
 
     def live(self, now: float, tick: int) -> bool:
         return self.expires_at > now and self.expires_tick > tick
@@ -47,6 +48,16 @@ class BiasLookup:
     """bool [num_bots]: the bias came from the state table."""
     from_bot: np.ndarray
     """bool [num_bots]: the bias came from per-bot advice."""
+    advisors: list[tuple[str, ...]]
+    """Per bot: the advisors whose advice is in its bias (empty: none)."""
+
+    def mute(self, bots: np.ndarray) -> None:
+        """No advice for these bots (bool mask): the control group."""
+        self.bias[bots] = 0
+        self.from_state &= ~bots
+        self.from_bot &= ~bots
+        for bot in np.flatnonzero(bots):
+            self.advisors[bot] = ()
 
 
 class BiasTable:
@@ -54,6 +65,7 @@ class BiasTable:
         self.bias = np.zeros((num_bots, n_actions), dtype=np.float32)
         self.expires_at = np.full(num_bots, -np.inf)
         self.expires_tick = np.full(num_bots, np.inf)
+        self.bot_advisors: list[tuple[str, ...]] = [()] * num_bots
         self.states: OrderedDict[str, StateBias] = OrderedDict()
         self.max_states = max_states
         self.max_abs_bias = max_abs_bias
@@ -73,7 +85,7 @@ class BiasTable:
         clipped = np.clip(bias, -self.max_abs_bias, self.max_abs_bias)
         expires_tick = tick + update.ttl_steps if update.ttl_steps else np.inf
         if update.state_key:
-            self.states[update.state_key] = StateBias(clipped, now + update.ttl_s, expires_tick)
+            self.states[update.state_key] = StateBias(clipped, now + update.ttl_s, expires_tick, tuple(update.advisors))
             self.states.move_to_end(update.state_key)
             while len(self.states) > self.max_states:
                 self.states.popitem(last=False)
@@ -84,6 +96,8 @@ class BiasTable:
         self.bias[bots] = clipped
         self.expires_at[bots] = now + update.ttl_s
         self.expires_tick[bots] = expires_tick
+        for bot in bots:
+            self.bot_advisors[bot] = tuple(update.advisors)
         return int(bots.size)
 
     def lookup(self, now: float, tick: int = 0, keys: Sequence[str] = ()) -> BiasLookup:
@@ -91,6 +105,7 @@ class BiasTable:
         from_bot = (self.expires_at > now) & (self.expires_tick > tick)
         bias = np.where(from_bot[:, None], self.bias, np.float32(0))
         from_state = np.zeros(len(from_bot), dtype=np.bool_)
+        advisors = [self.bot_advisors[bot] if live else () for bot, live in enumerate(from_bot)]
         if self.states:
             for bot, key in enumerate(keys):
                 entry = self.states.get(key)
@@ -102,7 +117,8 @@ class BiasTable:
                 self.states.move_to_end(key)
                 bias[bot] = entry.bias
                 from_state[bot] = True
-        return BiasLookup(bias, from_state, from_bot & ~from_state)
+                advisors[bot] = entry.advisors
+        return BiasLookup(bias, from_state, from_bot & ~from_state, advisors)
 
     def current(self, now: float, tick: int = 0, keys: Sequence[str] = ()) -> np.ndarray:
         """Biases in force, [num_bots, n_actions]; expired rows are zero."""

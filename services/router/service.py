@@ -22,7 +22,7 @@ from ala.metrics import child
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
-from protos import Advice, BiasUpdate, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
+from protos import Advice, AdviceOutcome, BiasUpdate, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
 from services.router import metrics
 from services.router.api import Status, create_app
 from services.router.core import AdviceRejected, LiveConfig, Router, Target, clear_all
@@ -123,6 +123,26 @@ class RouterService:
         self.router.observe_heartbeat(heartbeat, time.time())
         metrics.ACTORS.set(len(self.router.actors))
 
+    async def on_outcome(self, msg: Msg) -> None:
+        try:
+            outcome = decode(msg.data, AdviceOutcome)
+        except WireError as exc:
+            metrics.OUTCOMES_REJECTED.inc()
+            self._reject_log.warning("advice outcome rejected: %s", exc)
+            return
+        if outcome.run == self.settings.run:
+            self.router.trust.observe(outcome)
+
+    async def update_trust(self) -> None:
+        """Move every advisor's trust with the evidence, every `trust_interval_s`."""
+        while True:
+            await asyncio.sleep(self.settings.trust_interval_s)
+            self.router.trust.update()
+            for advisor, trust in self.router.trust.trust.items():
+                label = self._advisor_label(advisor)
+                child(metrics.TRUST, label).set(trust)
+                child(metrics.TRUST_ADVANTAGE, label).set(self.router.trust.advantage.get(advisor, 0.0))
+
     async def on_weights(self, msg: Msg) -> None:
         with contextlib.suppress(WireError):
             self.router.learner_version = decode(msg.data, WeightsAnnouncement).version
@@ -166,11 +186,13 @@ class RouterService:
         """The router's console line (every few seconds, see `ala.progress`)."""
         rejected = {k.split(":", 1)[1]: v for k, v in self.counts.items() if k.startswith("rejected:")}
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(rejected.items())) or "none"
+        trust = ", ".join(f"{a} {t:.2f}" for a, t in sorted(self.router.trust.trust.items())) or "no evidence yet"
         return (
             f"advice {self._received_rate.per_second(self.counts['received']):.1f}/s  "
             f"accepted {self.counts['accepted']}/{self.counts['received']}  rejected: {reasons}  "
             f"biases sent {self._sent_rate.per_second(self.counts['sent']):.1f}/s  "
-            f"live targets {self.router.active_targets(time.time())}  actors {len(self.router.actors)}"
+            f"live targets {self.router.active_targets(time.time())}  actors {len(self.router.actors)}  "
+            f"trust: {trust}"
         )
 
     async def report(self) -> None:
@@ -188,11 +210,13 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.heartbeat_wildcard(run), service.on_heartbeat)
         await runtime.bus.subscribe(subjects.weights_subject(run), service.on_weights)
         await runtime.bus.subscribe(subjects.advice_wildcard(run), service.on_advice)
+        await runtime.bus.subscribe(subjects.outcome_wildcard(run), service.on_outcome)
         api = ApiServer(
             uvicorn.Config(create_app(service), host=settings.api_host, port=settings.api_port, log_level="warning")
         )
         api_task = tasks.start(api.serve(), name="router-api")
         tasks.start(service.report(), name="router-report")
+        tasks.start(service.update_trust(), name="router-trust")
         tasks.start(report_progress("router", service.progress, settings.progress_interval_s), name="progress")
         await stop.wait()
         api.should_exit = True

@@ -7,6 +7,7 @@ import asyncio
 import time
 from contextlib import AsyncExitStack
 
+import msgspec
 import numpy as np
 import pytest
 import torch
@@ -15,10 +16,12 @@ from nats.aio.msg import Msg
 from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
+from ala.envs.minigrid_expert import plan
 from ala.rl.policy import weights_to_bytes
 from ala.rl.trajectory import observation_key
 from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, store_weights, wait_until
 from protos import (
+    AdviceOutcome,
     Array,
     BiasUpdate,
     DigestRequest,
@@ -178,7 +181,8 @@ async def test_state_scoped_bias_reaches_exactly_the_steps_in_that_state(bus: Bu
     bias = np.zeros(N_ACTIONS)
     bias[6] = 3.0  # "done" changes nothing in MiniGrid: a bot that meets the state tends to stay in it
     before = metrics.BIASED_STEPS.labels("state")._value.get()
-    async with running(serve, _settings(nats_settings, num_bots=4)), ChunkReader(bus) as chunks:
+    settings = _settings(nats_settings, num_bots=4, control_share=0.0)  # no control group: every bot is advised
+    async with running(serve, settings), ChunkReader(bus) as chunks:
         digest = await asyncio.wait_for(digests.get(), 20)
         update = _bias_update(bias, ttl_s=60.0, state_key=digest.state_key)
         await bus.publish(subjects.bias_subject("test", "a1"), update, kind="bias")
@@ -238,3 +242,52 @@ async def test_flow_control_keeps_the_actor_one_chunk_ahead_of_training(bus: Bus
             third = await chunks.next()
     assert third.policy_version == 2  # sampled with the weights trained on the first chunk
     assert first.chunk_seq < second.chunk_seq < third.chunk_seq and steps_per_chunk == 16
+
+
+async def test_the_judge_scores_advice_against_the_planner_for_the_state_each_bot_is_in(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    """Expert advice about a state is judged right wherever a bot meets it; its opposite is judged wrong."""
+    digests: asyncio.Queue[StateDigest] = asyncio.Queue()
+
+    async def on_digest(msg: Msg) -> None:
+        await digests.put(decode(msg.data, StateDigest))
+
+    await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
+    await bus.nc.flush()
+    right = metrics.ADVICE_JUDGED.labels("state", "right")
+    wrong = metrics.ADVICE_JUDGED.labels("state", "wrong")
+    before = right._value.get(), wrong._value.get()
+    async with running(serve, _settings(nats_settings, num_bots=4, judge_rate=1.0)):
+        for favourite in ("expert", "other"):
+            digest = await asyncio.wait_for(digests.get(), 20)
+            while digest.full_state is None or plan(digest.full_state.to_numpy()) is None:
+                digest = await asyncio.wait_for(digests.get(), 20)
+            expert = plan(digest.full_state.to_numpy())
+            bias = np.zeros(N_ACTIONS)
+            bias[expert if favourite == "expert" else (expert + 1) % N_ACTIONS] = 2.0
+            update = _bias_update(bias, ttl_s=60.0, state_key=digest.state_key)
+            await bus.publish(subjects.bias_subject("test", "a1"), update, kind="bias")
+            counter = right if favourite == "expert" else wrong
+            await wait_until(lambda c=counter, i=int(favourite != "expert"): c._value.get() > before[i])
+
+
+async def test_episode_outcomes_reach_the_router_with_a_control_group(bus: Bus, nats_settings: NatsSettings) -> None:
+    outcomes: asyncio.Queue[AdviceOutcome] = asyncio.Queue()
+
+    async def on_outcome(msg: Msg) -> None:
+        await outcomes.put(decode(msg.data, AdviceOutcome))
+
+    await bus.subscribe(subjects.outcome_wildcard("test"), on_outcome)
+    await bus.nc.flush()
+    control = advised = 0
+    settings = _settings(nats_settings, num_bots=8, control_share=0.5, outcome_interval_s=0.2)
+    async with running(serve, settings):
+        bias = np.zeros(N_ACTIONS)
+        bias[2] = 1.0
+        update = msgspec.structs.replace(_bias_update(bias, ttl_s=60.0), advisors=["expert"])
+        while control == 0 or advised == 0:
+            await bus.publish(subjects.bias_subject("test", "a1"), update, kind="bias")  # per-bot: every episode anew
+            outcome = await asyncio.wait_for(outcomes.get(), 20)
+            control += outcome.control.episodes
+            advised += outcome.advised["expert"].episodes if "expert" in outcome.advised else 0

@@ -10,12 +10,12 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
+from ala.envs.minigrid_expert import plan
 from ala.testing import digests, running, wait_until
 from protos import Advice, StateDigest, decode, encode, subjects
 from services.advisor import metrics
 from services.advisor.backends import ExpertBackend
 from services.advisor.cache import AdviceCache
-from services.advisor.expert import plan
 from services.advisor.service import Advisor, AdvisorService, serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from ala.envs import adapter_for
+from ala.envs.minigrid_expert import plan
 from ala.testing import digest_of, digests
 from services.advisor.backends import (
     AdversarialBackend,
@@ -19,7 +20,6 @@ from services.advisor.backends import (
     create_backend,
     parse_answer,
 )
-from services.advisor.expert import plan
 from services.advisor.service import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 
@@ -77,6 +77,18 @@ async def test_adversarial_advice_is_never_the_experts_when_always_wrong() -> No
     for digest in digests(20, "MiniGrid-DoorKey-8x8-v0"):
         assert digest.full_state is not None
         assert (await adversary.suggest(digest, [])).action != plan(digest.full_state.to_numpy())
+
+
+async def test_random_advice_is_as_strong_as_the_experts_and_spread_over_every_action() -> None:
+    spec = AdvisorSpec(name="noise", backend="random", seed=3)
+    states = digests(70, "MiniGrid-DoorKey-8x8-v0")
+    actions = [(await create_backend(spec).suggest(d, [])).action for d in states[:1]]
+    backend = create_backend(spec)
+    suggestions = [await backend.suggest(digest, []) for digest in states]
+    assert [s.action for s in suggestions[:1]] == actions  # seeded
+    assert {s.action for s in suggestions} == set(range(7))
+    expert = await ExpertBackend().suggest(states[0], [])
+    assert {(s.confidence, s.ttl_s) for s in suggestions} == {(expert.confidence, expert.ttl_s)}
 
 
 def test_plugin_advisors_load_from_entry_points() -> None:

@@ -19,7 +19,8 @@ N = 7
 
 
 def _router(**config: object) -> Router:
-    router = Router(LiveConfig(**config))  # type: ignore[arg-type]
+    """Trust off unless asked for: these tests are about the rules applied to one piece of advice."""
+    router = Router(LiveConfig(**({"trust": False} | config)))  # type: ignore[arg-type]
     router.observe_heartbeat(actor_heartbeat(n_actions=N, created_at=NOW), NOW)
     return router
 
@@ -88,7 +89,7 @@ def test_bias_is_bounded_and_so_is_the_behaviour_to_policy_ratio(
 
 
 def test_two_advisors_merge_by_priority_confidence_and_trust() -> None:
-    router = _router(b_max=5.0, advisor_weights={"slow-llm": 0.5})
+    router = _router(strength=1.0, b_max=5.0, advisor_weights={"slow-llm": 0.5})
     router.accept(_advice("fast", action=1, priority=1.0, confidence=1.0), "test", NOW)
     update = router.accept(_advice("slow-llm", action=4, priority=2.0, confidence=0.5), "test", NOW)
     assert update is not None

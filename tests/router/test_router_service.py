@@ -35,6 +35,8 @@ def _settings(nats: NatsSettings, **overrides: object) -> RouterSettings:
         "api_port": free_port(),
         "token": TOKEN,
         "b_max": 3.0,
+        "trust": False,  # plumbing tests; trust has its own
+        "strength": 1.0,
         "nats": nats,
     }
     return RouterSettings(**(values | overrides))

@@ -1,9 +1,10 @@
 """The expert: a planner with full knowledge of a MiniGrid room (shortest path to key, door and goal).
 
-It reads the privileged `StateDigest.full_state` (the whole grid as MiniGrid codes, the agent's cell holding
-`(agent, 0, direction)`), searches breadth-first over (position, direction, carrying the key, door open) and
-recommends the first action of a shortest plan. It is the upper bound for experiments and the template for
-users' own heuristic advisors: a function from a digest to an action.
+It reads the privileged full state (`MiniGridAdapter.full_state`, sent as `StateDigest.full_state`: the whole grid
+as MiniGrid codes, the agent's cell holding `(agent, 0, direction)`), searches breadth-first over (position,
+direction, carrying the key, door open) and gives the first action of a shortest plan. The expert advisor answers
+with it (the upper bound for experiments, and the template for users' own heuristic advisors), and the actor can
+judge advice with it (`ALA_ACTOR_JUDGE_ADVICE`: advice precision).
 """
 
 from __future__ import annotations

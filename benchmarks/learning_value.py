@@ -1,0 +1,227 @@
+"""What advice is worth, through the real stack: env steps to evaluation 0.8 per advisor, scored with advice OFF.
+
+Every arm runs `ala up --no-broker` (actor, learner, router, evaluator, and the advisor where there is one) over a
+real nats-server, as `benchmarks/learning.py` does; the evaluator plays the policy alone (no bias) on held-out
+seeds, so an arm only scores what the *policy* learned. Arms:
+
+- `plain`: no advisor.
+- `expert`: the shortest-path planner (privileged full state): the upper bound of good advice.
+- `wrong`: the planner's advice, always replaced by a wrong action; `half-wrong`: wrong half the time.
+- `random`: a uniformly random action at the expert's strength: tells knowledge from perturbation.
+- `llm`, `llm-cache`: the embedded SmolLM2-135M (weak: it proves plumbing), without and with the advice cache.
+- `expert-shortcut`: the expert with ALA's shortcut ratio instead of the exact importance weight.
+- `expert-notrust`: the expert with the router's evidence-driven trust off (full strength from the start).
+- `expert-s1`: the expert at strength 1 instead of the default 3.
+
+Reported per arm: runs that reached 0.8, median env steps and its ratio to `plain` with a bootstrap 90% interval
+(seeds resampled; a run that never got there counts at the budget, so its ratio is a lower bound), the final
+evaluation return, median seconds from process start, backend calls, and advice precision: the share of judged
+advised steps whose favourite action is the planner's for the state the bot was actually in (`ALA_ACTOR_JUDGE_RATE`).
+
+    python -m benchmarks.learning_value [--envs MiniGrid-DoorKey-5x5-v0] [--arms plain --arms expert] [--seeds 5]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from benchmarks.learning import THRESHOLD, Run, StackArm, run_stack
+
+SERVICES = ("actor", "learner", "router", "evaluator", "advisor")
+BUDGET = {  # env steps, seconds: every arm runs to the same budget, so final returns compare
+    "MiniGrid-DoorKey-5x5-v0": (60_000, 120.0),
+    "MiniGrid-DoorKey-8x8-v0": (400_000, 300.0),
+}
+SCRAPE = {
+    "judged_right": ("actor", "ala_actor_advice_judged_total", {"verdict": "right"}),
+    "judged_wrong": ("actor", "ala_actor_advice_judged_total", {"verdict": "wrong"}),
+    "biased_state_steps": ("actor", "ala_actor_biased_steps_total", {"scope": "state"}),
+    "env_steps": ("actor", "ala_actor_env_steps_total", {}),
+    "digests": ("actor", "ala_actor_digests_total", {}),
+    "backend_calls": ("advisor", "ala_advisor_llm_seconds_count", {}),
+    "trust": ("router", "ala_router_trust", {}),
+    "cache_hits": ("advisor", "ala_advisor_cache_hits_total", {}),
+}
+
+
+def advised(advisor: dict[str, object], **env: str) -> StackArm:
+    return StackArm(
+        env={
+            "ALA_ADVISOR_ADVISORS": json.dumps([{"name": str(advisor["backend"]), **advisor}]),
+            "ALA_ADVISOR_CACHE": "false",
+            "ALA_ACTOR_JUDGE_RATE": "0.05",
+            **env,
+        },
+        services=SERVICES,
+        scrape=SCRAPE,
+    )
+
+
+ARMS = {
+    "plain": StackArm(scrape={"env_steps": SCRAPE["env_steps"]}),
+    "expert": advised({"backend": "expert"}),
+    "wrong": advised({"backend": "adversarial", "wrong_probability": 1.0}),
+    "half-wrong": advised({"backend": "adversarial", "wrong_probability": 0.5}),
+    "random": advised({"backend": "random"}),
+    "llm": advised({"backend": "embedded"}),
+    "llm-cache": advised({"backend": "embedded"}, ALA_ADVISOR_CACHE="true"),
+    "expert-shortcut": advised({"backend": "expert"}, ALA_LEARNER_CORRECTION="shortcut"),
+    "expert-notrust": advised({"backend": "expert"}, ALA_ROUTER_TRUST="false"),
+    "expert-s1": advised({"backend": "expert"}, ALA_ROUTER_STRENGTH="1"),
+}
+DEFAULT_ARMS = (
+    "plain",
+    "expert",
+    "wrong",
+    "half-wrong",
+    "random",
+    "expert-shortcut",
+    "expert-notrust",
+    "expert-s1",
+)
+
+
+def steps_or_budget(run: Run, budget: int) -> int:
+    return run.steps_to_threshold or budget
+
+
+def ratio_interval(arm: list[Run], plain: list[Run], budget: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Bootstrap 90% interval of median(arm) / median(plain), seeds resampled within each arm."""
+    a = np.array([steps_or_budget(r, budget) for r in arm], dtype=float)
+    p = np.array([steps_or_budget(r, budget) for r in plain], dtype=float)
+    ratios = [np.median(rng.choice(a, a.size)) / np.median(rng.choice(p, p.size)) for _ in range(2000)]
+    low, high = np.percentile(ratios, [5, 95])
+    return float(low), float(high)
+
+
+def final_return(run: Run) -> float:
+    """Mean of the last two evaluations (the run's end, at the budget)."""
+    tail = [point[2] for point in run.curve[-2:]]
+    return float(np.mean(tail)) if tail else float("nan")
+
+
+def precision(runs: list[Run]) -> str:
+    right = sum(r.scraped.get("judged_right", 0.0) for r in runs)
+    wrong = sum(r.scraped.get("judged_wrong", 0.0) for r in runs)
+    return f"{right / (right + wrong):.2f} ({int(right + wrong):,})" if right + wrong else "-"
+
+
+def report(runs: list[Run], seeds: int, command: str) -> str:
+    rng = np.random.default_rng(0)
+    lines = [
+        "# What advice is worth, through the stack (scored with advice off)",
+        "",
+        f"`{command}` on {os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}, {seeds} seeds "
+        "per arm, one run at a time, arms interleaved per seed. Evaluation: the policy alone, no bias, sampled "
+        "actions, 32 held-out seeds. Ratio: median env steps to 0.8 against `plain`, with a bootstrap 90% interval "
+        "(runs that never got there count at the budget). Precision: advised steps whose favourite action is the "
+        "planner's for the state the bot was in (judged steps in brackets). Calls: backend calls per run (median).",
+        "",
+    ]
+    for env_id in sorted({r.env_id for r in runs}):
+        budget = BUDGET.get(env_id, (1_000_000, 600.0))[0]
+        plain = [r for r in runs if r.env_id == env_id and r.arm == "plain"]
+        plain_median = statistics.median([steps_or_budget(r, budget) for r in plain]) if plain else float("nan")
+        lines += [
+            f"## {env_id} (budget {budget:,} env steps)",
+            "",
+            "| arm | reached 0.8 | median env steps | vs plain (90% CI) | final return | median seconds | precision "
+            "| state-advised steps | calls | per seed |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for arm in ARMS:
+            arm_runs = [r for r in runs if r.env_id == env_id and r.arm == arm]
+            if not arm_runs:
+                continue
+            reached = [r for r in arm_runs if r.steps_to_threshold]
+            steps = statistics.median([steps_or_budget(r, budget) for r in arm_runs])
+            low, high = ratio_interval(arm_runs, plain, budget, rng) if plain else (np.nan, np.nan)
+            seconds = [r.seconds_to_threshold for r in reached if r.seconds_to_threshold]
+            share = statistics.median(
+                [r.scraped.get("biased_state_steps", 0.0) / max(1.0, r.scraped.get("env_steps", 0.0)) for r in arm_runs]
+            )
+            per_seed = ", ".join(
+                f"s{r.seed}: {r.steps_to_threshold:,}" if r.steps_to_threshold else f"s{r.seed}: never"
+                for r in arm_runs
+            )
+            lines.append(
+                f"| {arm} | {len(reached)}/{len(arm_runs)} | {steps:,.0f} | {steps / plain_median:.2f} "
+                f"({low:.2f}-{high:.2f}) | {statistics.median(final_return(r) for r in arm_runs):.2f} | "
+                f"{statistics.median(seconds) if seconds else float('nan'):.1f} | {precision(arm_runs)} | "
+                f"{share:.1%} | {statistics.median(r.scraped.get('backend_calls', 0.0) for r in arm_runs):,.0f} | "
+                f"{per_seed} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = sorted({r.env_id for r in runs})
+    fig, axes = plt.subplots(1, len(envs), figsize=(7 * len(envs), 4.8), squeeze=False)
+    for axis, env_id in zip(axes[0], envs, strict=True):
+        for arm in ARMS:
+            curves = [r.curve for r in runs if r.env_id == env_id and r.arm == arm and r.curve]
+            if not curves:
+                continue
+            grid = np.linspace(0, max(c[-1][0] for c in curves), 60)
+            values = np.array([np.interp(grid, [p[0] for p in c], [p[2] for p in c]) for c in curves])
+            axis.plot(grid, values.mean(0), label=f"{arm} ({len(curves)} seeds)")
+            axis.fill_between(grid, values.min(0), values.max(0), alpha=0.12)
+        axis.axhline(THRESHOLD, color="grey", linestyle=":")
+        axis.set(title=f"{env_id}: scored with advice off", xlabel="env steps", ylabel="evaluation return")
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(
+    envs: Annotated[list[str] | None, typer.Option(help="Environments (default: DoorKey-5x5).")] = None,
+    arms: Annotated[list[str] | None, typer.Option(help=f"Arms (default: {DEFAULT_ARMS}; all: {tuple(ARMS)}).")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per arm.")] = 5,
+    first_seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
+    stop_at_threshold: Annotated[
+        bool, typer.Option(help="End a run at evaluation 0.8 instead of the budget (faster; no final return).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Markdown report; PNG and JSON beside it.")] = Path(
+        "benchmarks/results/learning-value.md"
+    ),
+) -> None:
+    env_ids = envs or ["MiniGrid-DoorKey-5x5-v0"]
+    chosen = arms or list(DEFAULT_ARMS)
+    unknown = set(chosen) - set(ARMS)
+    if unknown:
+        raise typer.BadParameter(f"unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
+    runs = []
+    for env_id in env_ids:
+        max_steps, max_seconds = BUDGET.get(env_id, (1_000_000, 600.0))
+        for seed in range(first_seed, first_seed + seeds):
+            for arm in chosen:  # interleaved, so machine noise spreads over every arm alike
+                run = run_stack(env_id, arm, seed, max_steps, max_seconds, ARMS[arm], stop_at_threshold)
+                runs.append(run)
+                print(f"{env_id} {arm} seed {seed}: {run.steps_to_threshold} steps, {run.scraped}", flush=True)
+    text = report(runs, seeds, ("python -m benchmarks.learning_value " + " ".join(sys.argv[1:])).strip())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    plot(runs, out.with_suffix(".png"))
+    out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in runs]))
+    print(text)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,99 @@
+"""Evidence-driven trust: each advisor's bias is scaled by a trust in [0, 1] that rises only while the episodes its
+advice reached end better than the control group's, and decays otherwise, down to zero.
+
+The evidence comes from the actors (`AdviceOutcome`): a random share of bot-episodes gets no advice at all (the
+control group, which also measures the policy alone), and every other finished episode is credited to the advisors
+whose advice it met. Statistics forget geometrically (`forget` per update), so trust follows an advisor whose
+quality changes, and a policy that outgrows its advice.
+
+Every `interval_s` (the router's task), for each advisor with at least `min_episodes` of both groups:
+- no information: both groups' mean return is 0 (early DoorKey: nobody reaches the goal yet), so trust holds;
+- `diff = mean(advised) - mean(control)`, `se` its standard error; `diff - z * se > margin`: trust rises by `rise`
+  (multiplicatively, capped at 1);
+- `diff <= margin`: trust decays by `decay`, and below `floor` it is 0: the advisor is silenced for good, since a
+  silenced advisor reaches no episodes and cannot earn trust back (an operator can reset it: `PUT /config`);
+- otherwise (better, not yet significantly): trust holds.
+
+Failure modes, by design: advice that helps only what training episodes score (a crutch the policy never learns)
+still earns trust; an advisor that is right but rarely heard gathers evidence slowly; all-zero returns say
+nothing, so a harmful advisor keeps its initial trust until someone succeeds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from protos import AdviceOutcome, EpisodeStats
+
+
+@dataclass
+class Group:
+    """Forgetting sums of episode returns."""
+
+    episodes: float = 0.0
+    total: float = 0.0
+    squares: float = 0.0
+
+    def add(self, stats: EpisodeStats) -> None:
+        self.episodes += stats.episodes
+        self.total += stats.return_sum
+        self.squares += stats.return_sq_sum
+
+    def forget(self, factor: float) -> None:
+        self.episodes *= factor
+        self.total *= factor
+        self.squares *= factor
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.episodes if self.episodes else 0.0
+
+    @property
+    def variance(self) -> float:
+        return max(0.0, self.squares / self.episodes - self.mean**2) if self.episodes else 0.0
+
+
+@dataclass
+class TrustEstimator:
+    initial: float = 0.5
+    margin: float = 0.0
+    z: float = 1.0
+    min_episodes: int = 20
+    rise: float = 1.25
+    decay: float = 0.8
+    floor: float = 0.05
+    forget: float = 0.98
+    control: Group = field(default_factory=Group)
+    advised: dict[str, Group] = field(default_factory=dict)
+    trust: dict[str, float] = field(default_factory=dict)
+    advantage: dict[str, float] = field(default_factory=dict)
+    """Latest `mean(advised) - mean(control)` per advisor (a metric)."""
+
+    def weight(self, advisor: str) -> float:
+        return self.trust.get(advisor, self.initial)
+
+    def observe(self, outcome: AdviceOutcome) -> None:
+        self.control.add(outcome.control)
+        for advisor, stats in outcome.advised.items():
+            self.advised.setdefault(advisor, Group()).add(stats)
+
+    def update(self) -> None:
+        """One step of every advisor's trust from the evidence so far (see the module docstring)."""
+        control = self.control
+        for advisor, group in self.advised.items():
+            trust = self.weight(advisor)
+            if min(group.episodes, control.episodes) >= self.min_episodes and trust > 0:
+                diff = group.mean - control.mean
+                self.advantage[advisor] = diff
+                se = math.sqrt(group.variance / group.episodes + control.variance / control.episodes)
+                if group.mean == 0 and control.mean == 0:
+                    pass  # nobody succeeds yet: no information
+                elif diff - self.z * se > self.margin:
+                    trust = min(1.0, trust * self.rise)
+                elif diff <= self.margin:
+                    trust = trust * self.decay
+                    trust = 0.0 if trust < self.floor else trust
+            self.trust[advisor] = trust
+            group.forget(self.forget)
+        control.forget(self.forget)

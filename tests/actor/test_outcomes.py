@@ -1,0 +1,32 @@
+"""The actor's evidence for trust: control-group episodes and the advisors each advised episode met."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.actor.outcomes import OutcomeLedger
+
+
+def test_episodes_are_credited_to_the_control_group_or_to_every_advisor_they_met() -> None:
+    ledger = OutcomeLedger(num_bots=3, control_share=0.0, seed=0)
+    ledger.control[:] = [True, False, False]
+    ledger.record_step([(), ("expert",), ("expert", "llm")])
+    ledger.record_step([(), (), ("llm",)])
+    for bot, episode_return in enumerate([0.5, 0.9, 0.2]):
+        ledger.end_episode(bot, episode_return)
+    outcome = ledger.take("test", "a1")
+    assert outcome is not None
+    assert (outcome.control.episodes, outcome.control.return_sum) == (1, 0.5)
+    assert outcome.advised["expert"].episodes == 2 and np.isclose(outcome.advised["expert"].return_sum, 1.1)
+    assert outcome.advised["llm"].episodes == 1 and np.isclose(outcome.advised["llm"].return_sq_sum, 0.04)
+    assert ledger.take("test", "a1") is None  # taken: starts afresh
+    assert not ledger.control.any()  # new episodes drew again, with share 0
+
+
+def test_the_control_share_is_drawn_per_episode() -> None:
+    ledger = OutcomeLedger(num_bots=1, control_share=0.25, seed=1)
+    draws = []
+    for _ in range(2000):
+        draws.append(bool(ledger.control[0]))
+        ledger.end_episode(0, 0.0)
+    assert 0.22 < np.mean(draws) < 0.28

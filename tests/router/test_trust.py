@@ -1,0 +1,70 @@
+"""Evidence-driven trust: rises only while advised episodes beat the control group, decays to zero otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protos import AdviceOutcome, EpisodeStats
+from services.router.core import LiveConfig, Router
+from services.router.trust import TrustEstimator
+
+
+def _stats(returns: np.ndarray) -> EpisodeStats:
+    return EpisodeStats(episodes=len(returns), return_sum=float(returns.sum()), return_sq_sum=float((returns**2).sum()))
+
+
+def _outcome(rng: np.random.Generator, control_mean: float, advised_means: dict[str, float]) -> AdviceOutcome:
+    def returns(mean: float, n: int) -> np.ndarray:
+        return (rng.random(n) < mean).astype(float)  # success (1) or failure (0)
+
+    return AdviceOutcome(
+        run="test",
+        actor="a1",
+        control=_stats(returns(control_mean, 5)),
+        advised={advisor: _stats(returns(mean, 45)) for advisor, mean in advised_means.items()},
+        created_at=0.0,
+    )
+
+
+def test_helpful_advice_earns_trust_and_harmful_or_useless_advice_loses_it_for_good() -> None:
+    rng = np.random.default_rng(0)
+    trust = TrustEstimator(initial=0.5, min_episodes=20)
+    for _ in range(40):
+        trust.observe(_outcome(rng, 0.3, {"expert": 0.8, "liar": 0.05, "noise": 0.3}))
+        trust.update()
+    assert trust.trust["expert"] == 1.0
+    assert trust.trust["liar"] == 0.0 and trust.trust["noise"] == 0.0
+    assert trust.advantage["expert"] > 0.3 and trust.advantage["liar"] < -0.1
+
+
+def test_no_trust_moves_without_enough_episodes_or_while_nobody_succeeds() -> None:
+    rng = np.random.default_rng(1)
+    trust = TrustEstimator(initial=0.5, min_episodes=1000)
+    trust.observe(_outcome(rng, 0.3, {"liar": 0.0}))
+    trust.update()
+    assert trust.weight("liar") == 0.5  # too few episodes
+    zeros = TrustEstimator(initial=0.5, min_episodes=1)
+    for _ in range(20):
+        zeros.observe(_outcome(rng, 0.0, {"liar": 0.0}))
+        zeros.update()
+    assert zeros.weight("liar") == 0.5  # all-zero returns carry no information
+
+
+def test_the_router_scales_an_advisors_bias_by_its_trust() -> None:
+    from ala.testing import actor_heartbeat
+    from protos import Advice, AdviceTarget
+
+    router = Router(LiveConfig(strength=1.0, b_max=5.0, trust_initial=0.5))
+    router.observe_heartbeat(actor_heartbeat(n_actions=7, created_at=0.0), 0.0)
+
+    def advice(advisor: str) -> Advice:
+        target = AdviceTarget(actor="a1", bot=0, state_key=advisor)
+        return Advice(
+            advice_id=advisor, advisor=advisor, priority=1, target=target, ttl_s=5, created_at=0.0, recommended_action=3
+        )
+
+    router.trust.trust["silenced"] = 0.0
+    half = router.accept(advice("new"), "test", 0.0)
+    assert half is not None and half.bias.to_numpy()[3] == np.float32(0.5 * 6 / 7)
+    assert half.advisors == ["new"]
+    assert router.accept(advice("silenced"), "test", 0.0) is None  # trust 0: not heard at all
