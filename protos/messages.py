@@ -231,6 +231,9 @@ class TrajectoryChunk(MessageBase):
     """float32 `(T, N)`: where `truncated`, the value of the episode's final observation (bootstrapped, since a time
     limit is not a terminal state); 0 elsewhere."""
     created_at: float
+    advice: Array | None = None
+    """float32 `(T, N, n_actions)`, distillation mode only: the advice in force at each step, *not* added to the
+    logits (the learner distils it into the policy); None when advice was applied as `bias`."""
 
 
 class WeightsAnnouncement(MessageBase):

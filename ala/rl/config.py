@@ -41,6 +41,15 @@ class PPOSettings(BaseModel):
     advantage: Literal["gae", "vtrace"] = Field("gae", description="Advantage estimator.")
     max_weight: float = Field(2.0, gt=0, description="Truncation of the importance weight pi_prox / mu.")
     shortcut_beta: float = Field(1.0, description="beta of the shortcut ratio (the bias is already scaled: 1).")
+    distill_coef: float = Field(
+        1.0,
+        ge=0,
+        description="Weight of the distillation term (chunks sampled in the actors' distill mode only): cross-entropy"
+        " from softmax(advice) to the policy on advised steps, LLM4Teach-style.",
+    )
+    distill_horizon: int = Field(
+        500, ge=1, description="The distillation weight falls linearly to 0 over this many learner versions."
+    )
     max_policy_lag: int = Field(8, ge=0, description="Chunks more than this many versions old are dropped.")
     device: str = Field("auto", description="torch device: auto (CUDA when present), cpu, cuda, cuda:1, ...")
     torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")

@@ -6,6 +6,10 @@ Corrections (`settings.correction`):
   `pi / pi_prox` is clipped. Bias and policy lag are both inside `mu`.
 - `shortcut`: ALA's published ratio `exp(logp_new - logp_old - beta * bias[a])`, clipped, unweighted.
 - `none`: PPO ratio against the actor's unbiased `pi_old`, ignoring the bias (a baseline that is wrong by design).
+
+Distillation (chunks from actors in `advice_mode=distill`, which record advice without applying it): the loss also
+pulls the policy towards `softmax(advice)` on advised steps, by cross-entropy weighted `distill_coef`, annealed to 0
+over `distill_horizon` versions (LLM4Teach, arXiv 2311.13373). The data is then on-policy: no bias, `mu = pi_old`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Batch:
     returns: torch.Tensor
     values: torch.Tensor
     version_lag: torch.Tensor
+    advice: torch.Tensor
+    """[B, n_actions]: advice to distil (zeros where none)."""
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -139,6 +145,11 @@ class Learner:
                 )
                 returns = advantages + tensors["values"]
             bias_taken = tensors["bias"].gather(-1, tensors["actions"].unsqueeze(-1)).squeeze(-1)
+            advice = (
+                torch.zeros_like(tensors["bias"])
+                if trajectory.advice is None
+                else torch.as_tensor(np.array(trajectory.advice), device=self.device)
+            )
             flat = {
                 "obs": obs,
                 "actions": actions,
@@ -152,6 +163,7 @@ class Learner:
                 "version_lag": torch.full(
                     (steps * bots,), self.version - trajectory.policy_version, device=self.device
                 ),
+                "advice": advice.reshape(steps * bots, -1),
             }
             for name, tensor in flat.items():
                 parts[name].append(tensor)
@@ -180,6 +192,9 @@ class Learner:
         value_loss = 0.5 * ((sample.value - batch.returns[idx]) ** 2).mean()
         entropy = sample.entropy.mean()
         loss = policy.loss - s.ent_coef * entropy + s.vf_coef * value_loss
+        distill = self._distillation(batch.advice[idx], sample.logprobs)
+        if distill is not None:
+            loss = loss + self.distill_weight() * distill
 
         self.optimizer.zero_grad()
         loss.backward()
@@ -195,7 +210,19 @@ class Learner:
             "losses/approx_kl": float(approx_kl),
             "losses/clipfrac": float(policy.clipped.float().mean()),
             "losses/kl_to_behaviour": float(kl_to_behaviour),
-        }
+        } | ({} if distill is None else {"losses/distill": distill.item()})
+
+    def distill_weight(self) -> float:
+        s = self.settings
+        return s.distill_coef * max(0.0, 1.0 - self.version / s.distill_horizon)
+
+    def _distillation(self, advice: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor | None:
+        """Cross-entropy from the teacher `softmax(advice)` to the policy, over advised samples; None if none."""
+        advised = advice.any(-1)
+        if self.distill_weight() == 0 or not advised.any():
+            return None
+        teacher = torch.softmax(advice[advised], -1)
+        return -(teacher * logprobs[advised]).sum(-1).mean()
 
     def checkpoint(self) -> bytes:
         buffer = io.BytesIO()

@@ -34,6 +34,8 @@ class ActionSample(NamedTuple):
     entropy: torch.Tensor
     """Entropy of the policy alone."""
     value: torch.Tensor
+    logprobs: torch.Tensor
+    """log softmax(logits) of every action [B, n_actions]: the policy alone (for distillation)."""
 
 
 class Agent(nn.Module):
@@ -92,6 +94,7 @@ class Agent(nn.Module):
             policy_logprob=policy_logprobs.gather(-1, taken).squeeze(-1),
             entropy=-(policy_logprobs.exp() * policy_logprobs).sum(-1),
             value=value,
+            logprobs=policy_logprobs,
         )
 
 

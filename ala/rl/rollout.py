@@ -67,8 +67,9 @@ class Rollout:
             trajectory.bootstrap_value[:] = self.agent.get_value(self._tensor(self.obs)).cpu().numpy()
         return trajectory
 
-    def step(self, trajectory: Trajectory, t: int, bias: np.ndarray | None) -> None:
-        """One step of all bots, recorded at row `t` of `trajectory`."""
+    def step(self, trajectory: Trajectory, t: int, bias: np.ndarray | None, advice: np.ndarray | None = None) -> None:
+        """One step of all bots, recorded at row `t` of `trajectory`. `bias` is added to the logits; `advice` (the
+        distillation mode) is only recorded, for the learner to distil."""
         bias_tensor = self._tensor(bias) if bias is not None and bias.any() else None
         with torch.inference_mode():
             sample = self.agent.get_action_and_value(self._tensor(self.obs), bias_tensor, generator=self.generator)
@@ -85,6 +86,10 @@ class Rollout:
         trajectory.values[t] = sample.value.cpu().numpy()
         if bias is not None:
             trajectory.bias[t] = bias
+        if advice is not None:
+            if trajectory.advice is None:
+                trajectory.advice = np.zeros_like(trajectory.bias)
+            trajectory.advice[t] = advice
         cut = truncated & ~terminated
         if cut.any():  # a time limit is not a terminal state: bootstrap from the final observation
             final_obs = np.stack(info["final_obs"][cut]).astype(np.float32)

@@ -49,6 +49,8 @@ class Trajectory:
     bot_ids: np.ndarray
     """int32 [N]"""
     policy_version: int
+    advice: np.ndarray | None = None
+    """float32 [T, N, n_actions], distillation mode: advice in force, not applied (the learner distils it)."""
 
     @property
     def num_steps(self) -> int:
@@ -81,7 +83,7 @@ def observation_key(observation: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(observation, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
-_ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name != "policy_version"]
+_ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name not in ("policy_version", "advice")]
 
 
 def to_chunk(trajectory: Trajectory, run: str, actor: str, chunk_seq: int) -> TrajectoryChunk:
@@ -92,6 +94,7 @@ def to_chunk(trajectory: Trajectory, run: str, actor: str, chunk_seq: int) -> Tr
         chunk_seq=chunk_seq,
         policy_version=trajectory.policy_version,
         created_at=time.time(),
+        advice=None if trajectory.advice is None else Array.from_numpy(trajectory.advice),
         **arrays,
     )
 
@@ -116,6 +119,9 @@ def from_chunk(chunk: TrajectoryChunk, spec: PolicySpec) -> Trajectory:
         "bootstrap_value": ((bots,), np.float32),
         "bot_ids": ((bots,), np.int32),
     }
+    if chunk.advice is not None:
+        arrays["advice"] = chunk.advice.to_numpy()
+        expected["advice"] = ((steps, bots, spec.n_actions), np.float32)
     for name, (shape, dtype) in expected.items():
         array = arrays[name]
         if array.shape != shape or array.dtype != dtype:

@@ -208,7 +208,10 @@ class Actor:
                 self.outcomes.record_step(lookup.advisors)
                 if self.settings.judge_rate:
                     self._judge(lookup)
-                self.rollout.step(trajectory, t, lookup.bias)
+                if self.settings.advice_mode == "distill":
+                    self.rollout.step(trajectory, t, None, advice=lookup.bias)
+                else:
+                    self.rollout.step(trajectory, t, lookup.bias)
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
                 metrics.ENV_STEPS.inc(self.rollout.num_bots)
                 metrics.ACTIVE_BIASES.set(int(lookup.bias.any(axis=1).sum()))

@@ -48,6 +48,11 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     ask_again_s: float = Field(
         5.0, gt=0, description="A state asked about and still without advice is asked about again after this."
     )
+    advice_mode: Literal["bias", "distill"] = Field(
+        "bias",
+        description="bias: advice tilts sampling (logits += bias; the learner corrects with importance weights);"
+        " distill: sample from the policy alone and record the advice for the learner to distil (LLM4Teach-style).",
+    )
     control_share: float = Field(
         0.1,
         ge=0,
