@@ -12,6 +12,10 @@ seeds, so an arm only scores what the *policy* learned. Arms:
 - `expert-shortcut`: the expert with ALA's shortcut ratio instead of the exact importance weight.
 - `expert-notrust`: the expert with the router's evidence-driven trust off (full strength from the start).
 - `expert-s1`: the expert at strength 1 instead of the default 3.
+- `expert-anneal`: the expert with strength falling linearly to 0 over 100 learner versions.
+- `distill`: the expert's advice distilled into the policy by the learner (a cross-entropy term annealed over
+  `ALA_LEARNER_DISTILL_HORIZON` versions), the actor sampling from the policy alone (LLM4Teach, arXiv 2311.13373);
+  trust off and no control group, since no episode is steered.
 
 Reported per arm: runs that reached 0.8, median env steps and its ratio to `plain` with a bootstrap 90% interval
 (seeds resampled; a run that never got there counts at the budget, so its ratio is a lower bound), the final
@@ -78,6 +82,10 @@ ARMS = {
     "llm-cache": advised({"backend": "embedded"}, ALA_ADVISOR_CACHE="true"),
     "expert-shortcut": advised({"backend": "expert"}, ALA_LEARNER_CORRECTION="shortcut"),
     "expert-notrust": advised({"backend": "expert"}, ALA_ROUTER_TRUST="false"),
+    "expert-anneal": advised({"backend": "expert"}, ALA_ROUTER_SCHEDULE="linear", ALA_ROUTER_SCHEDULE_HORIZON="100"),
+    "distill": advised(
+        {"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="distill", ALA_ROUTER_TRUST="false", ALA_ACTOR_CONTROL_SHARE="0"
+    ),
     "expert-s1": advised({"backend": "expert"}, ALA_ROUTER_STRENGTH="1"),
 }
 DEFAULT_ARMS = (
@@ -89,6 +97,8 @@ DEFAULT_ARMS = (
     "expert-shortcut",
     "expert-notrust",
     "expert-s1",
+    "expert-anneal",
+    "distill",
 )
 
 

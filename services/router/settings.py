@@ -27,7 +27,7 @@ class RouterSettings(ServiceSettings, LiveConfig):
         SecretStr(""), description="Bearer token for PUT /config and POST /kill; empty: those endpoints refuse all."
     )
     kill_ttl_s: float = Field(60.0, gt=0, description="How long POST /kill's zero bias overrides actors' biases.")
-    trust_interval_s: float = Field(2.0, gt=0, description="Trust moves with the evidence this often.")
+    trust_interval_s: float = Field(1.0, gt=0, description="Trust moves with the evidence this often.")
     actor_timeout_s: float = Field(30.0, gt=0, description="An actor without a heartbeat for this long is forgotten.")
 
     def live_config(self) -> LiveConfig:
