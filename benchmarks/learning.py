@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ class Run:
     """(env steps, seconds since process start, evaluation return) of every evaluation."""
     scraped: dict[str, float] = field(default_factory=dict)
     """Counters read from the services' /metrics at the end of a stack run (`StackArm.scrape`)."""
+    series: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    """(env steps, `StackArm.follow` values) read at every evaluation of a stack run."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class StackArm:
     """Another process spins on one core (labs share machines)."""
     scrape: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)
     """name -> (service, metric, labels): summed from that service's /metrics just before the stack stops."""
+    follow: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)
+    """The same, read at every evaluation (e.g. the router's trust over time)."""
 
 
 STACK_ARMS = {"up": StackArm(), "up-2actors": StackArm(actors=2), "up-hog": StackArm(hog=True)}
@@ -149,10 +154,23 @@ def run_stack(
                 subprocess.Popen([sys.executable, "-m", "ala", "actor"], env=more, stderr=subprocess.DEVNULL)
             )
         scraped: dict[str, float] = {}
+        series: list[tuple[int, dict[str, float]]] = []
+
+        def read(metrics: dict[str, tuple[str, str, dict[str, str]]]) -> dict[str, float]:
+            return {
+                name: sample(metrics_text(ports[svc]), metric, labels)
+                for name, (svc, metric, labels) in metrics.items()
+            }
+
+        def follow(env_steps: int) -> None:
+            if spec.follow:
+                series.append((env_steps, read(spec.follow)))
+
         try:
-            asyncio.run(_follow_evaluations(broker.url, curve, started, max_steps, max_seconds, stop_at_threshold))
-            for name, (service, metric, labels) in spec.scrape.items():
-                scraped[name] = sample(metrics_text(ports[service]), metric, labels)
+            asyncio.run(
+                _follow_evaluations(broker.url, curve, started, max_steps, max_seconds, stop_at_threshold, follow)
+            )
+            scraped = read(spec.scrape)
         finally:
             for process in reversed(processes):
                 process.send_signal(signal.SIGTERM if process.args[-1] == "while True: pass" else signal.SIGINT)
@@ -161,7 +179,9 @@ def run_stack(
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    return _result(env_id, arm, seed, curve, scraped)
+    run = _result(env_id, arm, seed, curve, scraped)
+    run.series = series
+    return run
 
 
 async def _follow_evaluations(
@@ -171,6 +191,7 @@ async def _follow_evaluations(
     max_steps: int,
     max_seconds: float,
     stop_at_threshold: bool,
+    follow: Callable[[int], None],
 ) -> None:
     client = await nats.connect(url)
     done = asyncio.Event()
@@ -178,6 +199,7 @@ async def _follow_evaluations(
     async def on_evaluation(msg: nats.aio.msg.Msg) -> None:
         evaluation = decode(msg.data, Evaluation)
         curve.append((evaluation.env_steps, time.monotonic() - started, evaluation.mean_return))
+        await asyncio.to_thread(follow, evaluation.env_steps)
         if (stop_at_threshold and evaluation.mean_return >= THRESHOLD) or evaluation.env_steps >= max_steps:
             done.set()
 

@@ -69,6 +69,7 @@ def advised(advisor: dict[str, object], **env: str) -> StackArm:
         },
         services=SERVICES,
         scrape=SCRAPE,
+        follow={"trust": SCRAPE["trust"]},
     )
 
 
@@ -183,8 +184,8 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     envs = sorted({r.env_id for r in runs})
-    fig, axes = plt.subplots(1, len(envs), figsize=(7 * len(envs), 4.8), squeeze=False)
-    for axis, env_id in zip(axes[0], envs, strict=True):
+    fig, axes = plt.subplots(2, len(envs), figsize=(7 * len(envs), 8.5), squeeze=False)
+    for axis, trust_axis, env_id in zip(axes[0], axes[1], envs, strict=True):
         for arm in ARMS:
             curves = [r.curve for r in runs if r.env_id == env_id and r.arm == arm and r.curve]
             if not curves:
@@ -196,6 +197,15 @@ def plot(runs: list[Run], path: Path) -> None:
         axis.axhline(THRESHOLD, color="grey", linestyle=":")
         axis.set(title=f"{env_id}: scored with advice off", xlabel="env steps", ylabel="evaluation return")
         axis.legend(fontsize=8)
+        for index, arm in enumerate(ARMS):
+            for run in [r for r in runs if r.env_id == env_id and r.arm == arm and r.series]:
+                steps = [point[0] for point in run.series]
+                trust = [point[1].get("trust", np.nan) for point in run.series]
+                trust_axis.plot(steps, trust, color=f"C{index}", alpha=0.6, label=arm if run.seed == 1 else None)
+        trust_axis.set(
+            title="router trust per advisor (each seed)", xlabel="env steps", ylabel="trust", ylim=(-0.05, 1.05)
+        )
+        trust_axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -54,7 +54,7 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         " distill: sample from the policy alone and record the advice for the learner to distil (LLM4Teach-style).",
     )
     control_share: float = Field(
-        0.1,
+        0.2,
         ge=0,
         le=1,
         description="Share of bot-episodes played with no advice: the control group the router's trust compares"

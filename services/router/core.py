@@ -63,11 +63,11 @@ class LiveConfig(BaseModel):
     )
     allow_unknown_advisors: bool = Field(True, description="False: only advisors in advisor_weights are accepted.")
     trust: bool = Field(True, description="Scale each advisor's bias by its evidence-driven trust (trust.py).")
-    trust_initial: float = Field(0.5, ge=0, le=1, description="Trust of an advisor before any evidence.")
+    trust_initial: float = Field(0.25, ge=0, le=1, description="Trust of an advisor before any evidence.")
     trust_margin: float = Field(
-        0.0, ge=0, description="Advised episodes must beat the control group's mean return by more than this."
+        0.02, ge=0, description="Advised episodes must beat the control group's mean return by more than this."
     )
-    trust_min_episodes: int = Field(20, ge=1, description="Episodes of each group before trust moves.")
+    trust_min_episodes: int = Field(10, ge=1, description="Episodes of each group before trust moves.")
     schedule: Literal["constant", "linear", "exponential"] = Field("constant", description="Annealing of strength.")
     schedule_clock: Literal["learner_version", "seconds"] = Field(
         "learner_version", description="What the schedule advances with: learner updates or wall time."

@@ -7,18 +7,23 @@ whose advice it met. Statistics forget geometrically (`forget` per update), so t
 quality changes, and a policy that outgrows its advice.
 
 Every `interval_s` (the router's task), for each advisor with at least `min_episodes` of both groups:
-- no information: both groups' mean return is 0 (early DoorKey: nobody reaches the goal yet), so trust holds;
-- `diff = mean(advised) - mean(control)`, `se` its standard error; `diff - z * se > margin`: trust doubles
-  (`rise`, capped at 1);
-- `diff <= margin`: trust halves (`decay`), and below `floor` it is 0: the advisor is silenced for good, since a
-  silenced advisor reaches no episodes and cannot earn trust back (an operator can reset it: `PUT /config`). Fast
-  on purpose: always-wrong advice measured on DoorKey-5x5 with a gentler 0.8 per 2 s kept trust at 0.26 to the end
-  of a 60k-step run, and that run never reached 0.8;
-- otherwise (better, not yet significantly): trust holds.
+- `diff = mean(advised) - mean(control)`, `se` its standard error. `diff - z * se > margin` (beats the control
+  by the margin, clearly): trust doubles (`rise`, capped at 1). `diff + z * se < margin` (clearly does not): trust
+  halves (`decay`), and below `floor` it is 0: the advisor is silenced for good, since a silenced advisor reaches
+  no episodes and cannot earn trust back (an operator can reset it: `PUT /config`). In between: trust holds.
+
+Measured on DoorKey-5x5 (`benchmarks/learning_value.py`) while choosing these: a gentler decay (x0.8 every 2 s)
+left always-wrong advice at trust 0.26 after 60k steps and the run never reached 0.8; decaying on the point
+estimate alone (no `z * se`) from an initial 0.1 silenced the expert by noise in one of two seeds.
+
+While nobody succeeds (early DoorKey: both groups score 0), advice does not beat the control, so trust decays:
+good advice must earn its first successes at its initial trust, or it is silenced. Holding trust there instead
+was measured to trap learning: always-wrong advice kept trust 0.25 for a whole 60k-step DoorKey-5x5 run, and the
+run never reached 0.8, since wrong advice kept the control group from succeeding too.
 
 Failure modes, by design: advice that helps only what training episodes score (a crutch the policy never learns)
-still earns trust; an advisor that is right but rarely heard gathers evidence slowly; all-zero returns say
-nothing, so a harmful advisor keeps its initial trust until someone succeeds.
+still earns trust; an advisor that is right but rarely heard gathers evidence slowly; advice that needs more than
+its initial trust to produce a first success is silenced before it can show its worth.
 """
 
 from __future__ import annotations
@@ -58,10 +63,10 @@ class Group:
 
 @dataclass
 class TrustEstimator:
-    initial: float = 0.5
-    margin: float = 0.0
+    initial: float = 0.25
+    margin: float = 0.02
     z: float = 1.0
-    min_episodes: int = 20
+    min_episodes: int = 10
     rise: float = 2.0
     decay: float = 0.5
     floor: float = 0.05
@@ -89,11 +94,9 @@ class TrustEstimator:
                 diff = group.mean - control.mean
                 self.advantage[advisor] = diff
                 se = math.sqrt(group.variance / group.episodes + control.variance / control.episodes)
-                if group.mean == 0 and control.mean == 0:
-                    pass  # nobody succeeds yet: no information
-                elif diff - self.z * se > self.margin:
+                if diff - self.z * se > self.margin:
                     trust = min(1.0, trust * self.rise)
-                elif diff <= self.margin:
+                elif diff + self.z * se < self.margin:
                     trust = trust * self.decay
                     trust = 0.0 if trust < self.floor else trust
             self.trust[advisor] = trust
