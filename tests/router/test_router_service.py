@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.testing import ENV_ID, ChunkReader, actor_heartbeat, free_port, running, wait_until
-from protos import Advice, AdviceTarget, Array, BiasUpdate, decode, subjects
+from protos import Advice, AdviceOutcome, AdviceTarget, Array, BiasUpdate, EpisodeStats, decode, subjects
 from services.actor import service as actor_service
 from services.actor.settings import ActorSettings
 from services.router import metrics
@@ -230,3 +230,31 @@ async def test_biases_expire_at_the_actor_after_the_router_dies(bus: Bus, nats_s
 @pytest.fixture(autouse=True)
 def _fresh_actor_count() -> None:
     metrics.ACTORS.set(0)
+
+
+async def test_outcomes_from_actors_move_an_advisors_trust_and_its_bias(bus: Bus, nats_settings: NatsSettings) -> None:
+    """Episodes the liar's advice reached end worse than the control group's: its trust falls to 0 and it is not
+    heard any more; the expert's episodes end better: its trust rises to 1 and its bias is at full strength."""
+    biases = await _biases(bus)
+    settings = _settings(nats_settings, trust=True, trust_initial=0.5, trust_min_episodes=5, trust_interval_s=0.05)
+    good = EpisodeStats(episodes=20, return_sum=18.0, return_sq_sum=16.5)
+    bad = EpisodeStats(episodes=20, return_sum=0.0, return_sq_sum=0.0)
+    control = EpisodeStats(episodes=10, return_sum=4.0, return_sq_sum=2.0)
+    outcome = AdviceOutcome(
+        run="test", actor="a1", control=control, advised={"expert": good, "liar": bad}, created_at=time.time()
+    )
+    async with running(serve, settings):
+        await _router_knows_actor(bus)
+        for _ in range(10):  # forgetting keeps this evidence for a few seconds of updates
+            await bus.publish(subjects.outcome_subject("test", "a1"), outcome, kind="outcome")
+        await wait_until(
+            lambda: metrics.TRUST.labels("expert")._value.get() == 1 and metrics.TRUST.labels("liar")._value.get() == 0
+        )
+        await bus.publish(subjects.advice_subject("test", "liar"), _advice("liar", 4), kind="advice")
+        await bus.publish(subjects.advice_subject("test", "expert"), _advice("expert", 2), kind="advice")
+        update = await asyncio.wait_for(biases.get(), 10)
+    assert update.advisors == ["expert"] and update.bias.to_numpy().argmax() == 2  # the liar was not heard
+    assert update.bias.to_numpy()[2] == pytest.approx(6 / 7, abs=1e-6)  # strength 1, trust 1
+    assert (
+        metrics.TRUST_ADVANTAGE.labels("liar")._value.get() < 0 < metrics.TRUST_ADVANTAGE.labels("expert")._value.get()
+    )
