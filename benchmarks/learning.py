@@ -28,11 +28,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import nats
 import numpy as np
@@ -217,6 +217,21 @@ def _result(
     return Run(env_id, arm, seed, steps, seconds, curve, scraped or {})
 
 
+def plot_curves(axis: Any, runs: list[Run], env_id: str, arms: Iterable[str]) -> None:
+    """Mean evaluation return of each arm over env steps, with the min-max band over seeds."""
+    for arm in arms:
+        curves = [r.curve for r in runs if r.env_id == env_id and r.arm == arm and r.curve]
+        if not curves:
+            continue
+        grid = np.linspace(0, max(c[-1][0] for c in curves), 60)
+        # Each seed's curve holds its last evaluation after it stopped (runs may stop at the threshold).
+        values = np.array([np.interp(grid, [p[0] for p in c], [p[2] for p in c]) for c in curves])
+        axis.plot(grid, values.mean(0), label=f"{arm} ({len(curves)} seeds)")
+        axis.fill_between(grid, values.min(0), values.max(0), alpha=0.12)
+    axis.axhline(THRESHOLD, color="grey", linestyle=":")
+    axis.legend(fontsize=8)
+
+
 def plot(runs: list[Run], path: Path) -> None:
     import matplotlib
 
@@ -226,18 +241,8 @@ def plot(runs: list[Run], path: Path) -> None:
     envs = sorted({r.env_id for r in runs})
     fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 4.5), squeeze=False)
     for axis, env_id in zip(axes[0], envs, strict=True):
-        for arm in ARMS:
-            curves = [r.curve for r in runs if r.env_id == env_id and r.arm == arm and r.curve]
-            if not curves:
-                continue
-            grid = np.linspace(0, max(c[-1][0] for c in curves), 60)
-            # Each seed's curve holds its last evaluation after it stopped (runs stop at the threshold).
-            values = np.array([np.interp(grid, [p[0] for p in c], [p[2] for p in c]) for c in curves])
-            axis.plot(grid, values.mean(0), label=f"{arm} ({len(curves)} seeds)")
-            axis.fill_between(grid, values.min(0), values.max(0), alpha=0.15)
-        axis.axhline(THRESHOLD, color="grey", linestyle=":")
+        plot_curves(axis, runs, env_id, ARMS)
         axis.set(title=f"{env_id}, no advice", xlabel="env steps", ylabel="evaluation return (held-out seeds)")
-        axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -313,7 +318,11 @@ def main(
                     flush=True,
                 )
     command = "python -m benchmarks.learning " + " ".join(sys.argv[1:])
-    text = report(runs, seeds, command.strip())
+    save(runs, report(runs, seeds, command.strip()), out, plot)
+
+
+def save(runs: list[Run], text: str, out: Path, plot: Callable[[list[Run], Path], None]) -> None:
+    """The markdown report at `out`, its curves (PNG) and every run (JSON) beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     plot(runs, out.with_suffix(".png"))

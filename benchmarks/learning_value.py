@@ -33,14 +33,13 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
 
-from benchmarks.learning import THRESHOLD, Run, StackArm, run_stack
+from benchmarks.learning import Run, StackArm, plot_curves, run_stack, save
 
 SERVICES = ("actor", "learner", "router", "evaluator", "advisor")
 BUDGET = {  # env steps, seconds: every arm runs to the same budget, so final returns compare
@@ -186,17 +185,8 @@ def plot(runs: list[Run], path: Path) -> None:
     envs = sorted({r.env_id for r in runs})
     fig, axes = plt.subplots(2, len(envs), figsize=(7 * len(envs), 8.5), squeeze=False)
     for axis, trust_axis, env_id in zip(axes[0], axes[1], envs, strict=True):
-        for arm in ARMS:
-            curves = [r.curve for r in runs if r.env_id == env_id and r.arm == arm and r.curve]
-            if not curves:
-                continue
-            grid = np.linspace(0, max(c[-1][0] for c in curves), 60)
-            values = np.array([np.interp(grid, [p[0] for p in c], [p[2] for p in c]) for c in curves])
-            axis.plot(grid, values.mean(0), label=f"{arm} ({len(curves)} seeds)")
-            axis.fill_between(grid, values.min(0), values.max(0), alpha=0.12)
-        axis.axhline(THRESHOLD, color="grey", linestyle=":")
+        plot_curves(axis, runs, env_id, ARMS)
         axis.set(title=f"{env_id}: scored with advice off", xlabel="env steps", ylabel="evaluation return")
-        axis.legend(fontsize=8)
         for index, arm in enumerate(ARMS):
             for run in [r for r in runs if r.env_id == env_id and r.arm == arm and r.series]:
                 steps = [point[0] for point in run.series]
@@ -235,12 +225,8 @@ def main(
                 run = run_stack(env_id, arm, seed, max_steps, max_seconds, ARMS[arm], stop_at_threshold)
                 runs.append(run)
                 print(f"{env_id} {arm} seed {seed}: {run.steps_to_threshold} steps, {run.scraped}", flush=True)
-    text = report(runs, seeds, ("python -m benchmarks.learning_value " + " ".join(sys.argv[1:])).strip())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    plot(runs, out.with_suffix(".png"))
-    out.with_suffix(".json").write_text(json.dumps([asdict(r) for r in runs]))
-    print(text)
+    command = "python -m benchmarks.learning_value " + " ".join(sys.argv[1:])
+    save(runs, report(runs, seeds, command.strip()), out, plot)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,18 @@ def _settings(nats: NatsSettings, **overrides: object) -> ActorSettings:
     return ActorSettings(**(values | overrides))
 
 
+async def _digests(bus: Bus) -> asyncio.Queue[StateDigest]:
+    """Every digest the actors publish, from now on."""
+    digests: asyncio.Queue[StateDigest] = asyncio.Queue()
+
+    async def on_digest(msg: Msg) -> None:
+        await digests.put(decode(msg.data, StateDigest))
+
+    await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
+    await bus.nc.flush()
+    return digests
+
+
 def _bias_update(bias: np.ndarray, ttl_s: float, state_key: str = "") -> BiasUpdate:
     return BiasUpdate(
         run="test",
@@ -145,13 +157,7 @@ async def test_announced_weights_are_verified_and_swapped(bus: Bus, nats_setting
 
 
 async def test_digests_describe_the_bots_state(bus: Bus, nats_settings: NatsSettings) -> None:
-    digests: asyncio.Queue[StateDigest] = asyncio.Queue()
-
-    async def on_digest(msg: Msg) -> None:
-        await digests.put(decode(msg.data, StateDigest))
-
-    await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
-    await bus.nc.flush()
+    digests = await _digests(bus)
     async with running(serve, _settings(nats_settings, num_bots=3)):
         first = [await asyncio.wait_for(digests.get(), 20) for _ in range(3)]  # every bot's first episode
         request = DigestRequest(run="test", actor="a1", bots=[1], requested_by="test")
@@ -171,13 +177,7 @@ async def test_digests_describe_the_bots_state(bus: Bus, nats_settings: NatsSett
 
 
 async def test_state_scoped_bias_reaches_exactly_the_steps_in_that_state(bus: Bus, nats_settings: NatsSettings) -> None:
-    digests: asyncio.Queue[StateDigest] = asyncio.Queue()
-
-    async def on_digest(msg: Msg) -> None:
-        await digests.put(decode(msg.data, StateDigest))
-
-    await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
-    await bus.nc.flush()
+    digests = await _digests(bus)
     bias = np.zeros(N_ACTIONS)
     bias[6] = 3.0  # "done" changes nothing in MiniGrid: a bot that meets the state tends to stay in it
     before = metrics.BIASED_STEPS.labels("state")._value.get()
@@ -248,13 +248,7 @@ async def test_the_judge_scores_advice_against_the_planner_for_the_state_each_bo
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
     """Expert advice about a state is judged right wherever a bot meets it; its opposite is judged wrong."""
-    digests: asyncio.Queue[StateDigest] = asyncio.Queue()
-
-    async def on_digest(msg: Msg) -> None:
-        await digests.put(decode(msg.data, StateDigest))
-
-    await bus.subscribe(subjects.digest_wildcard("test"), on_digest)
-    await bus.nc.flush()
+    digests = await _digests(bus)
     right = metrics.ADVICE_JUDGED.labels("state", "right")
     wrong = metrics.ADVICE_JUDGED.labels("state", "wrong")
     before = right._value.get(), wrong._value.get()
