@@ -85,6 +85,9 @@ class BiasTable:
         clipped = np.clip(bias, -self.max_abs_bias, self.max_abs_bias)
         expires_tick = tick + update.ttl_steps if update.ttl_steps else np.inf
         if update.state_key:
+            if not clipped.any():  # cleared (the router revoked it): the state has no advice, and may be asked again
+                self.states.pop(update.state_key, None)
+                return 0
             self.states[update.state_key] = StateBias(clipped, now + update.ttl_s, expires_tick, tuple(update.advisors))
             self.states.move_to_end(update.state_key)
             while len(self.states) > self.max_states:

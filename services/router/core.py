@@ -106,6 +106,8 @@ class Opinion:
     weight: float
     expires_at: float
     created_at: float
+    trust: float = 1.0
+    """The advisor's trust when this was merged in (`bias` and `weight` include it)."""
 
 
 Target = tuple[str, int | None, str]
@@ -215,8 +217,43 @@ class Router:
         weight = advice.priority * advice.confidence * self.config.advisor_weights.get(advice.advisor, 1.0) * trust
         opinions = self.opinions.setdefault(target, {})
         bias = self.bias_of(advice, actor.action_space.n, now) * np.float32(trust)  # |trust * b| <= b_max
-        opinions[advice.advisor] = Opinion(advice.advice_id, bias, weight, expires_at, advice.created_at)
+        opinions[advice.advisor] = Opinion(advice.advice_id, bias, weight, expires_at, advice.created_at, trust)
         return self.merged(target, run, now)
+
+    def retrust(self, advisor: str, trust: float, run: str, now: float) -> list[BiasUpdate]:
+        """Rescale `advisor`'s live opinions to its new trust (drop them at 0) and re-merge every target they are
+        in: advice already at the actors must not keep its old strength until it expires (30 s for the expert)."""
+        updates = []
+        for target, opinions in self.opinions.items():
+            opinion = opinions.get(advisor)
+            if opinion is None or opinion.expires_at <= now or opinion.trust == trust or opinion.trust == 0:
+                continue
+            ttl_s = opinion.expires_at - now
+            if trust == 0:
+                del opinions[advisor]
+            else:
+                scale = trust / opinion.trust
+                opinion.bias = (opinion.bias * np.float32(scale)).astype(np.float32)
+                opinion.weight *= scale
+                opinion.trust = trust
+            cleared = self.cleared(target, run, now, ttl_s, len(opinion.bias))
+            updates.append(self.merged(target, run, now) or cleared)
+        return updates
+
+    @staticmethod
+    def cleared(target: Target, run: str, now: float, ttl_s: float, n_actions: int) -> BiasUpdate:
+        """A zero bias for `target`: it replaces (a state: removes) what the actors hold there."""
+        actor, bot, key = target
+        return BiasUpdate(
+            run=run,
+            actor=actor,
+            bots=[] if bot is None else [bot],
+            bias=Array.from_numpy(np.zeros(n_actions, dtype=np.float32)),
+            ttl_s=ttl_s,
+            advice_ids=[],
+            created_at=now,
+            state_key=key,
+        )
 
     def merged(self, target: Target, run: str, now: float) -> BiasUpdate | None:
         opinions = self.opinions.get(target, {})

@@ -104,3 +104,10 @@ def test_the_state_table_is_bounded_and_forgets_the_least_recently_met() -> None
     table.lookup(0.1, keys=["a"])  # a met again: b is now the least recent
     table.apply(_state_update([1.0, 0.0], "c"), now=0.0)
     assert list(table.states) == ["a", "c"]
+
+
+def test_a_zero_bias_for_a_state_removes_its_advice() -> None:
+    table = BiasTable(num_bots=1, n_actions=2, max_abs_bias=5.0)
+    table.apply(_state_update([1.0, -1.0], "s"), now=0.0)
+    table.apply(_state_update([0.0, 0.0], "s"), now=1.0)
+    assert not table.has_state_advice("s", 1.0, 0) and not table.lookup(1.0, keys=["s"]).from_state.any()

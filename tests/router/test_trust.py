@@ -68,3 +68,23 @@ def test_the_router_scales_an_advisors_bias_by_its_trust() -> None:
     assert half is not None and half.bias.to_numpy()[3] == np.float32(0.5 * 6 / 7)
     assert half.advisors == ["new"]
     assert router.accept(advice("silenced"), "test", 0.0) is None  # trust 0: not heard at all
+
+
+def test_a_trust_change_rescales_advice_the_actors_already_hold_and_zero_clears_it() -> None:
+    from ala.testing import actor_heartbeat
+    from protos import Advice, AdviceTarget
+
+    router = Router(LiveConfig(strength=1.0, b_max=5.0, trust_initial=0.5))
+    router.observe_heartbeat(actor_heartbeat(n_actions=7, created_at=0.0), 0.0)
+    target = AdviceTarget(actor="a1", bot=0, state_key="k1")
+    advice = Advice(
+        advice_id="x", advisor="expert", priority=1, target=target, ttl_s=30, created_at=0.0, recommended_action=3
+    )
+    held = router.accept(advice, "test", 0.0)
+    assert held is not None and held.bias.to_numpy()[3] == np.float32(0.5 * 6 / 7)
+    (stronger,) = router.retrust("expert", 1.0, "test", 10.0)
+    assert stronger.state_key == "k1" and stronger.bias.to_numpy()[3] == np.float32(6 / 7)
+    assert stronger.ttl_s == 20.0
+    (cleared,) = router.retrust("expert", 0.0, "test", 11.0)
+    assert cleared.state_key == "k1" and not cleared.bias.to_numpy().any() and cleared.ttl_s == 19.0
+    assert router.retrust("expert", 0.5, "test", 12.0) == []  # nothing of it is held any more
