@@ -57,6 +57,12 @@ SCRAPE = {
     "cache_hits": ("advisor", "ala_advisor_cache_hits_total", {}),
 }
 
+FOLLOW = {
+    "trust": SCRAPE["trust"],
+    "entropy": ("learner", "ala_learner_training", {"stat": "losses/entropy"}),
+}
+"""Read at every evaluation: trust over time, and the policy's entropy (to see a collapse)."""
+
 
 def advised(advisor: dict[str, object], **env: str) -> StackArm:
     return StackArm(
@@ -68,12 +74,12 @@ def advised(advisor: dict[str, object], **env: str) -> StackArm:
         },
         services=SERVICES,
         scrape=SCRAPE,
-        follow={"trust": SCRAPE["trust"]},
+        follow=FOLLOW,
     )
 
 
 ARMS = {
-    "plain": StackArm(scrape={"env_steps": SCRAPE["env_steps"]}),
+    "plain": StackArm(scrape={"env_steps": SCRAPE["env_steps"]}, follow={"entropy": FOLLOW["entropy"]}),
     "expert": advised({"backend": "expert"}),
     "wrong": advised({"backend": "adversarial", "wrong_probability": 1.0}),
     "half-wrong": advised({"backend": "adversarial", "wrong_probability": 0.5}),
