@@ -45,6 +45,7 @@ SERVICES = ("actor", "learner", "router", "evaluator", "advisor")
 BUDGET = {  # env steps, seconds: every arm runs to the same budget, so final returns compare
     "MiniGrid-DoorKey-5x5-v0": (60_000, 120.0),
     "MiniGrid-DoorKey-8x8-v0": (400_000, 300.0),
+    "MiniGrid-LavaGapS5-v0": (150_000, 120.0),  # untuned: chosen after every default was set
 }
 SCRAPE = {
     "judged_right": ("actor", "ala_actor_advice_judged_total", {"verdict": "right"}),
