@@ -247,6 +247,13 @@ def plot(runs: list[Run], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def steps_per_seed(runs: list[Run]) -> str:
+    """`s1: 24,064, s2: never, ...`: each seed's env steps to the threshold."""
+    return ", ".join(
+        f"s{r.seed}: {r.steps_to_threshold:,}" if r.steps_to_threshold else f"s{r.seed}: never" for r in runs
+    )
+
+
 def report(runs: list[Run], seeds: int, command: str) -> str:
     lines = [
         "# Learning through the stack: steps and seconds to evaluation return 0.8",
@@ -271,10 +278,7 @@ def report(runs: list[Run], seeds: int, command: str) -> str:
                 continue
             steps = [r.steps_to_threshold for r in arm_runs if r.steps_to_threshold]
             seconds = [r.seconds_to_threshold for r in arm_runs if r.seconds_to_threshold]
-            per_seed = ", ".join(
-                f"s{r.seed}: {r.steps_to_threshold:,}" if r.steps_to_threshold else f"s{r.seed}: never"
-                for r in arm_runs
-            )
+            per_seed = steps_per_seed(arm_runs)
             if steps:
                 median_steps = statistics.median(steps)
                 lines.append(

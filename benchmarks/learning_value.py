@@ -39,7 +39,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from benchmarks.learning import Run, StackArm, plot_curves, run_stack, save
+from benchmarks.learning import Run, StackArm, plot_curves, run_stack, save, steps_per_seed
 
 SERVICES = ("actor", "learner", "router", "evaluator", "advisor")
 BUDGET = {  # env steps, seconds: every arm runs to the same budget, so final returns compare
@@ -168,16 +168,12 @@ def report(runs: list[Run], seeds: int, command: str) -> str:
             share = statistics.median(
                 [r.scraped.get("biased_state_steps", 0.0) / max(1.0, r.scraped.get("env_steps", 0.0)) for r in arm_runs]
             )
-            per_seed = ", ".join(
-                f"s{r.seed}: {r.steps_to_threshold:,}" if r.steps_to_threshold else f"s{r.seed}: never"
-                for r in arm_runs
-            )
             lines.append(
                 f"| {arm} | {len(reached)}/{len(arm_runs)} | {steps:,.0f} | {steps / plain_median:.2f} "
                 f"({low:.2f}-{high:.2f}) | {statistics.median(final_return(r) for r in arm_runs):.2f} | "
                 f"{statistics.median(seconds) if seconds else float('nan'):.1f} | {precision(arm_runs)} | "
                 f"{share:.1%} | {statistics.median(r.scraped.get('backend_calls', 0.0) for r in arm_runs):,.0f} | "
-                f"{per_seed} |"
+                f"{steps_per_seed(arm_runs)} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -105,7 +105,7 @@ class BiasTable:
 
     def lookup(self, now: float, tick: int = 0, keys: Sequence[str] = ()) -> BiasLookup:
         """Biases in force at `now` for bots whose observations have `keys` (one per bot; empty: no state lookup)."""
-        from_bot = (self.expires_at > now) & (self.expires_tick > tick)
+        from_bot = self._bots_live(now, tick)
         bias = np.where(from_bot[:, None], self.bias, np.float32(0))
         from_state = np.zeros(len(from_bot), dtype=np.bool_)
         advisors = [self.bot_advisors[bot] if live else () for bot, live in enumerate(from_bot)]
@@ -137,7 +137,10 @@ class BiasTable:
 
     def active(self, now: float, tick: int = 0) -> int:
         """Bots with live per-bot advice."""
-        return int(((self.expires_at > now) & (self.expires_tick > tick)).sum())
+        return int(self._bots_live(now, tick).sum())
+
+    def _bots_live(self, now: float, tick: int) -> np.ndarray:
+        return (self.expires_at > now) & (self.expires_tick > tick)
 
     def clear(self) -> None:
         self.expires_at[:] = -np.inf

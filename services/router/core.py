@@ -126,13 +126,17 @@ class Router:
     actor_timeout_s: float = 30.0
     trust: TrustEstimator = field(default_factory=TrustEstimator)
 
-    def __post_init__(self) -> None:
-        self.trust.initial = self.config.trust_initial
-        self.trust.margin = self.config.trust_margin
-        self.trust.min_episodes = self.config.trust_min_episodes
-
     def trust_of(self, advisor: str) -> float:
-        return self.trust.weight(advisor) if self.config.trust else 1.0
+        return self.trust.weight(advisor, self.config.trust_initial) if self.config.trust else 1.0
+
+    def update_trust(self, run: str, now: float) -> list[BiasUpdate]:
+        """One step of every advisor's trust (`trust.py`, with the live config's rule); the bias updates that carry
+        each change to the advice the actors already hold (none while trust is off)."""
+        config = self.config
+        changed = self.trust.update(config.trust_initial, config.trust_margin, config.trust_min_episodes)
+        if not config.trust:
+            return []
+        return [update for advisor, trust in changed.items() for update in self.retrust(advisor, trust, run, now)]
 
     def observe_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
         if heartbeat.service == "actor" and heartbeat.action_space is not None:
@@ -236,8 +240,7 @@ class Router:
                 opinion.bias = (opinion.bias * np.float32(scale)).astype(np.float32)
                 opinion.weight *= scale
                 opinion.trust = trust
-            cleared = self.cleared(target, run, now, ttl_s, len(opinion.bias))
-            updates.append(self.merged(target, run, now) or cleared)
+            updates.append(self.merged(target, run, now) or self.cleared(target, run, now, ttl_s, len(opinion.bias)))
         return updates
 
     @staticmethod

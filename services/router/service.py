@@ -137,12 +137,9 @@ class RouterService:
         """Move every advisor's trust with the evidence, every `trust_interval_s`."""
         while True:
             await asyncio.sleep(self.settings.trust_interval_s)
-            before = dict(self.router.trust.trust)
-            self.router.trust.update()
+            for update in self.router.update_trust(self.settings.run, time.time()):
+                await self._publish(update)
             for advisor, trust in self.router.trust.trust.items():
-                if self.router.config.trust and before.get(advisor, self.router.trust.initial) != trust:
-                    for update in self.router.retrust(advisor, trust, self.settings.run, time.time()):
-                        await self._publish(update)
                 label = self._advisor_label(advisor)
                 child(metrics.TRUST, label).set(trust)
                 child(metrics.TRUST_ADVANTAGE, label).set(self.router.trust.advantage.get(advisor, 0.0))

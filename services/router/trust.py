@@ -6,11 +6,13 @@ control group, which also measures the policy alone), and every other finished e
 whose advice it met. Statistics forget geometrically (`forget` per update), so trust follows an advisor whose
 quality changes, and a policy that outgrows its advice.
 
-Every `interval_s` (the router's task), for each advisor with at least `min_episodes` of both groups:
+Every `interval_s` (the router's task), for each advisor with at least `min_episodes` of both groups (`initial`,
+`margin` and `min_episodes` are the router's live config, passed in, so `PUT /config` changes them at once):
 - `diff = mean(advised) - mean(control)`, `se` its standard error. `diff - z * se > margin` (beats the control
   by the margin, clearly): trust doubles (`rise`, capped at 1). `diff + z * se < margin` (clearly does not): trust
   halves (`decay`), and below `floor` it is 0: the advisor is silenced for good, since a silenced advisor reaches
-  no episodes and cannot earn trust back (an operator can reset it: `PUT /config`). In between: trust holds.
+  no episodes and cannot earn trust back (an operator can only hear it again with trust off: `PUT /config`
+  `{"trust": false}`). In between: trust holds.
 
 Measured on DoorKey-5x5 (`benchmarks/learning_value.py`) while choosing these: a gentler decay (x0.8 every 2 s)
 left always-wrong advice at trust 0.26 after 60k steps and the run never reached 0.8; decaying on the point
@@ -63,10 +65,7 @@ class Group:
 
 @dataclass
 class TrustEstimator:
-    initial: float = 0.25
-    margin: float = 0.02
     z: float = 1.0
-    min_episodes: int = 10
     rise: float = 2.0
     decay: float = 0.5
     floor: float = 0.05
@@ -77,28 +76,32 @@ class TrustEstimator:
     advantage: dict[str, float] = field(default_factory=dict)
     """Latest `mean(advised) - mean(control)` per advisor (a metric)."""
 
-    def weight(self, advisor: str) -> float:
-        return self.trust.get(advisor, self.initial)
+    def weight(self, advisor: str, initial: float) -> float:
+        return self.trust.get(advisor, initial)
 
     def observe(self, outcome: AdviceOutcome) -> None:
         self.control.add(outcome.control)
         for advisor, stats in outcome.advised.items():
             self.advised.setdefault(advisor, Group()).add(stats)
 
-    def update(self) -> None:
-        """One step of every advisor's trust from the evidence so far (see the module docstring)."""
-        control = self.control
+    def update(self, initial: float, margin: float, min_episodes: int) -> dict[str, float]:
+        """One step of every advisor's trust from the evidence so far (see the module docstring); returns the
+        advisors whose trust changed, with their new trust."""
+        control, changed = self.control, {}
         for advisor, group in self.advised.items():
-            trust = self.weight(advisor)
-            if min(group.episodes, control.episodes) >= self.min_episodes and trust > 0:
+            before = trust = self.weight(advisor, initial)
+            if min(group.episodes, control.episodes) >= min_episodes and trust > 0:
                 diff = group.mean - control.mean
                 self.advantage[advisor] = diff
                 se = math.sqrt(group.variance / group.episodes + control.variance / control.episodes)
-                if diff - self.z * se > self.margin:
+                if diff - self.z * se > margin:
                     trust = min(1.0, trust * self.rise)
-                elif diff + self.z * se < self.margin:
+                elif diff + self.z * se < margin:
                     trust = trust * self.decay
                     trust = 0.0 if trust < self.floor else trust
             self.trust[advisor] = trust
+            if trust != before:
+                changed[advisor] = trust
             group.forget(self.forget)
         control.forget(self.forget)
+        return changed

@@ -28,10 +28,10 @@ def _outcome(rng: np.random.Generator, control_mean: float, advised_means: dict[
 
 def test_helpful_advice_earns_trust_and_harmful_or_useless_advice_loses_it_for_good() -> None:
     rng = np.random.default_rng(0)
-    trust = TrustEstimator(initial=0.5, min_episodes=20, margin=0.05)
+    trust = TrustEstimator()
     for _ in range(40):
         trust.observe(_outcome(rng, 0.3, {"expert": 0.8, "liar": 0.05, "noise": 0.3}))
-        trust.update()
+        trust.update(initial=0.5, margin=0.05, min_episodes=20)
     assert trust.trust["expert"] == 1.0
     assert trust.trust["liar"] == 0.0 and trust.trust["noise"] == 0.0
     assert trust.advantage["expert"] > 0.3 and trust.advantage["liar"] < -0.1
@@ -39,15 +39,17 @@ def test_helpful_advice_earns_trust_and_harmful_or_useless_advice_loses_it_for_g
 
 def test_trust_holds_without_enough_episodes_and_decays_while_nobody_succeeds() -> None:
     rng = np.random.default_rng(1)
-    trust = TrustEstimator(initial=0.5, min_episodes=1000)
+    trust = TrustEstimator()
     trust.observe(_outcome(rng, 0.3, {"liar": 0.0}))
-    trust.update()
-    assert trust.weight("liar") == 0.5  # too few episodes
-    zeros = TrustEstimator(initial=0.5, min_episodes=1)
+    assert trust.update(initial=0.5, margin=0.02, min_episodes=1000) == {}
+    assert trust.weight("liar", initial=0.5) == 0.5  # too few episodes
+    zeros = TrustEstimator()  # advice that never beats the control decays, even when nobody succeeds
     for _ in range(20):
         zeros.observe(_outcome(rng, 0.0, {"liar": 0.0}))
-        zeros.update()
-    assert zeros.weight("liar") == 0.0  # advice that never beats the control decays, even when nobody succeeds
+        zeros.update(initial=0.5, margin=0.02, min_episodes=1)
+    assert (
+        zeros.weight("liar", initial=0.5) == 0.0
+    )  # advice that never beats the control decays, even when nobody succeeds
 
 
 def test_the_router_scales_an_advisors_bias_by_its_trust() -> None:
@@ -88,3 +90,12 @@ def test_a_trust_change_rescales_advice_the_actors_already_hold_and_zero_clears_
     (cleared,) = router.retrust("expert", 0.0, "test", 11.0)
     assert cleared.state_key == "k1" and not cleared.bias.to_numpy().any() and cleared.ttl_s == 19.0
     assert router.retrust("expert", 0.5, "test", 12.0) == []  # nothing of it is held any more
+
+
+def test_the_trust_rule_follows_the_live_config() -> None:
+    router = Router(LiveConfig(trust_initial=0.5))
+    assert router.trust_of("new") == 0.5
+    router.config = router.config.model_copy(update={"trust_initial": 0.1})  # as PUT /config does
+    assert router.trust_of("new") == 0.1
+    router.config = router.config.model_copy(update={"trust": False})
+    assert router.trust_of("new") == 1.0
