@@ -12,6 +12,8 @@ seeds, so an arm only scores what the *policy* learned. Arms:
 - `expert-shortcut`: the expert with ALA's shortcut ratio instead of the exact importance weight.
 - `expert-notrust`: the expert with the router's evidence-driven trust off (full strength from the start).
 - `expert-s1`: the expert at strength 1 instead of the default 3.
+- `expert-strength`, `wrong-strength`, `random-strength`: trust acting on the bias's strength in every advised
+  episode (the previous default) instead of on its reach (the share of episodes it applies in, at full strength).
 - `expert-anneal`: the expert with strength falling linearly to 0 over 100 learner versions.
 - `distill`: the expert's advice distilled into the policy by the learner (a cross-entropy term annealed over
   `ALA_LEARNER_DISTILL_HORIZON` versions), the actor sampling from the policy alone (LLM4Teach, arXiv 2311.13373);
@@ -61,6 +63,7 @@ SCRAPE = {
 FOLLOW = {
     "trust": SCRAPE["trust"],
     "entropy": ("learner", "ala_learner_training", {"stat": "losses/entropy"}),
+    "biased_steps": ("actor", "ala_actor_biased_steps_total", {}),
 }
 """Read at every evaluation: trust over time, and the policy's entropy (to see a collapse)."""
 
@@ -94,6 +97,11 @@ ARMS = {
         {"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="distill", ALA_ROUTER_TRUST="false", ALA_ACTOR_CONTROL_SHARE="0"
     ),
     "expert-s1": advised({"backend": "expert"}, ALA_ROUTER_STRENGTH="1"),
+    "expert-strength": advised({"backend": "expert"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
+    "wrong-strength": advised(
+        {"backend": "adversarial", "wrong_probability": 1.0}, ALA_ROUTER_TRUST_ACTS_ON="strength"
+    ),
+    "random-strength": advised({"backend": "random"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
 }
 DEFAULT_ARMS = (
     "plain",

@@ -26,6 +26,7 @@ MAX_DIMS = 8
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 StateKey = Annotated[str, msgspec.Meta(max_length=64)]
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
 """A canonical key of one observation (`ala.rl.trajectory.observation_key`: 16 hex digits); empty: none."""
 
 
@@ -191,6 +192,10 @@ class BiasUpdate(MessageBase):
     time only."""
     advisors: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
     """The advisors whose advice is merged into this bias: actors credit episode outcomes to them (trust)."""
+    reach: Share = 1.0
+    """The share of bot-episodes this bias applies in (the router's trust, as reach). Each episode an actor draws
+    one number per bot, uniform in [0, 1), and applies the bias to that bot only if the draw is below `reach`: an
+    unproven advisor shapes only a share of the experience, at its full strength."""
 
 
 class TrajectoryChunk(MessageBase):

@@ -8,7 +8,8 @@
 Both expire by time and by steps, whichever comes first. Time: the *remaining* TTL at receipt on this machine's
 monotonic clock, so actor and router clocks need not agree and a bias expires even if the router dies. Steps:
 `ttl_steps` ticks of the actor (one tick = every bot steps once). Where both apply, the state's bias wins: it is
-about what the bot sees now. An expired or missing bias is zero.
+about what the bot sees now. An expired or missing bias is zero. Each bias also carries its `reach`, the share of
+episodes it applies in; the outcome ledger (`outcomes.py`) decides per bot-episode which biases a bot is reached by.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class StateBias:
     expires_tick: float
     """Actor ticks (inf: time only)."""
     advisors: tuple[str, ...] = ()
+    reach: float = 1.0
 
     def live(self, now: float, tick: int) -> bool:
         return self.expires_at > now and self.expires_tick > tick
@@ -50,6 +52,8 @@ class BiasLookup:
     """bool [num_bots]: the bias came from per-bot advice."""
     advisors: list[tuple[str, ...]]
     """Per bot: the advisors whose advice is in its bias (empty: none)."""
+    reach: np.ndarray
+    """float [num_bots]: the share of episodes the bot's bias applies in (`BiasUpdate.reach`; 1 where none)."""
 
     def mute(self, bots: np.ndarray) -> None:
         """No advice for these bots (bool mask): the control group."""
@@ -66,6 +70,7 @@ class BiasTable:
         self.expires_at = np.full(num_bots, -np.inf)
         self.expires_tick = np.full(num_bots, np.inf)
         self.bot_advisors: list[tuple[str, ...]] = [()] * num_bots
+        self.bot_reach = np.ones(num_bots)
         self.states: OrderedDict[str, StateBias] = OrderedDict()
         self.max_states = max_states
         self.max_abs_bias = max_abs_bias
@@ -81,6 +86,8 @@ class BiasTable:
             raise BiasRejected("non_finite", "bias or ttl is NaN or infinite")
         if update.ttl_s <= 0:
             raise BiasRejected("expired", f"ttl {update.ttl_s}s")
+        if not 0 <= update.reach <= 1:  # msgspec checks it on decode; this guards updates built in-process
+            raise BiasRejected("range", f"reach {update.reach} outside [0, 1]")
         # The router bounds biases already; clipping again keeps the ratio guarantee if it is misconfigured.
         clipped = np.clip(bias, -self.max_abs_bias, self.max_abs_bias)
         expires_tick = tick + update.ttl_steps if update.ttl_steps else np.inf
@@ -88,7 +95,9 @@ class BiasTable:
             if not clipped.any():  # cleared (the router revoked it): the state has no advice, and may be asked again
                 self.states.pop(update.state_key, None)
                 return 0
-            self.states[update.state_key] = StateBias(clipped, now + update.ttl_s, expires_tick, tuple(update.advisors))
+            self.states[update.state_key] = StateBias(
+                clipped, now + update.ttl_s, expires_tick, tuple(update.advisors), update.reach
+            )
             self.states.move_to_end(update.state_key)
             while len(self.states) > self.max_states:
                 self.states.popitem(last=False)
@@ -99,6 +108,7 @@ class BiasTable:
         self.bias[bots] = clipped
         self.expires_at[bots] = now + update.ttl_s
         self.expires_tick[bots] = expires_tick
+        self.bot_reach[bots] = update.reach
         for bot in bots:
             self.bot_advisors[bot] = tuple(update.advisors)
         return int(bots.size)
@@ -109,6 +119,7 @@ class BiasTable:
         bias = np.where(from_bot[:, None], self.bias, np.float32(0))
         from_state = np.zeros(len(from_bot), dtype=np.bool_)
         advisors = [self.bot_advisors[bot] if live else () for bot, live in enumerate(from_bot)]
+        reach = np.where(from_bot, self.bot_reach, 1.0)
         if self.states:
             for bot, key in enumerate(keys):
                 entry = self.states.get(key)
@@ -121,7 +132,8 @@ class BiasTable:
                 bias[bot] = entry.bias
                 from_state[bot] = True
                 advisors[bot] = entry.advisors
-        return BiasLookup(bias, from_state, from_bot & ~from_state, advisors)
+                reach[bot] = entry.reach
+        return BiasLookup(bias, from_state, from_bot & ~from_state, advisors, reach)
 
     def current(self, now: float, tick: int = 0, keys: Sequence[str] = ()) -> np.ndarray:
         """Biases in force, [num_bots, n_actions]; expired rows are zero."""

@@ -1,7 +1,9 @@
 """The evidence for trust: a control group of bot-episodes with no advice, and how every episode ended.
 
 At each episode start a bot joins the control group with probability `control_share`: it gets no advice for the
-whole episode (and so also shows how the policy alone plays). Other episodes remember which advisors' advice they
+whole episode (and so also shows how the policy alone plays). It also draws a number in [0, 1): a bias whose
+`reach` (the router's trust in its advisors) is not above that number does not apply in this episode, so an
+advisor trusted 0.25 shapes about a quarter of the episodes. Other episodes remember which advisors' advice they
 met. Finished episodes add their return to the control group or to each advisor they met; `take` turns what
 accumulated into an `AdviceOutcome` for the router (`services/router/trust.py`) and starts afresh.
 """
@@ -38,9 +40,15 @@ class OutcomeLedger:
         self.rng = np.random.default_rng(seed)
         self.control = self.rng.random(num_bots) < control_share
         """bool [num_bots]: bots playing this episode without advice."""
+        self.draw = self.rng.random(num_bots)
+        """[num_bots]: this episode's draw per bot, against each bias's reach."""
         self.met: list[set[str]] = [set() for _ in range(num_bots)]
         self._control = Sums()
         self._advised: dict[str, Sums] = {}
+
+    def unreached(self, reach: np.ndarray) -> np.ndarray:
+        """bool [num_bots]: bots whose bias must not apply this step, given each bias's reach (`BiasLookup.reach`)."""
+        return self.control | (self.draw >= reach)
 
     def record_step(self, advisors: Sequence[tuple[str, ...]]) -> None:
         for bot, names in enumerate(advisors):
@@ -55,6 +63,7 @@ class OutcomeLedger:
                 self._advised.setdefault(advisor, Sums()).add(episode_return)
         self.met[bot].clear()
         self.control[bot] = self.rng.random() < self.control_share
+        self.draw[bot] = self.rng.random()
 
     def take(self, run: str, actor: str) -> AdviceOutcome | None:
         """What accumulated since the last call, or None when no episode ended."""

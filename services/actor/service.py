@@ -204,7 +204,7 @@ class Actor:
             for t in range(self.rollout.num_steps):
                 start = time.perf_counter()
                 lookup = self.bias.lookup(time.monotonic(), self.tick, self.keys)
-                lookup.mute(self.outcomes.control)
+                lookup.mute(self.outcomes.unreached(lookup.reach))
                 self.outcomes.record_step(lookup.advisors)
                 if self.settings.judge_rate:
                     self._judge(lookup)

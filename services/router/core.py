@@ -8,8 +8,11 @@ From advice to bias: per-action `scores` are used as logits; a `recommended_acti
 the logit vector `c * onehot(action)`. The logits are mean-centred, multiplied by the strength (which may anneal),
 and clipped. Concurrent advice for the same target from several advisors is merged by a weighted mean with
 weight `priority * confidence * advisor_weight * trust`, once at least `quorum` distinct advisors have live advice
-there. Trust (`trust.py`, on by default) is each advisor's evidence that its advice helps, in [0, 1]: it also scales
-the advisor's bias, so an advisor is heard only as far as it has been shown to help, and not at all at 0.
+there. Trust (`trust.py`, on by default) is each advisor's evidence that its advice helps, in [0, 1], and an
+advisor is heard only as far as it has been shown to help, not at all at 0. By default trust acts on *reach*: the
+bias keeps its full strength but applies only in a share of bot-episodes equal to the trust (`BiasUpdate.reach`),
+so unproven advice shapes a bounded share of the experience, and where it is right those episodes show it quickly.
+The alternative (`trust_acts_on="strength"`) scales the bias by the trust in every advised episode.
 
 Targets: advice naming a state (`target.state_key`) is about that state and reaches every bot of the actor that
 meets it (the actor's state table); other advice is about a bot (or every bot) and also expires after
@@ -62,7 +65,12 @@ class LiveConfig(BaseModel):
         default_factory=dict, description="Trust per advisor (missing: 1.0); 0 silences an advisor."
     )
     allow_unknown_advisors: bool = Field(True, description="False: only advisors in advisor_weights are accepted.")
-    trust: bool = Field(True, description="Scale each advisor's bias by its evidence-driven trust (trust.py).")
+    trust: bool = Field(True, description="Weigh each advisor by its evidence-driven trust (trust.py).")
+    trust_acts_on: Literal["reach", "strength"] = Field(
+        "reach",
+        description="reach: an advisor's advice applies at full strength in a share of bot-episodes equal to its"
+        " trust (BiasUpdate.reach); strength: in every advised episode, with its bias scaled by its trust.",
+    )
     trust_initial: float = Field(0.25, ge=0, le=1, description="Trust of an advisor before any evidence.")
     trust_margin: float = Field(
         0.02, ge=0, description="Advised episodes must beat the control group's mean return by more than this."
@@ -107,7 +115,7 @@ class Opinion:
     expires_at: float
     created_at: float
     trust: float = 1.0
-    """The advisor's trust when this was merged in (`bias` and `weight` include it)."""
+    """The advisor's trust when this was merged in (`weight` includes it; `bias` too when trust acts on strength)."""
 
 
 Target = tuple[str, int | None, str]
@@ -220,7 +228,9 @@ class Router:
         trust = self.trust_of(advice.advisor)
         weight = advice.priority * advice.confidence * self.config.advisor_weights.get(advice.advisor, 1.0) * trust
         opinions = self.opinions.setdefault(target, {})
-        bias = self.bias_of(advice, actor.action_space.n, now) * np.float32(trust)  # |trust * b| <= b_max
+        bias = self.bias_of(advice, actor.action_space.n, now)
+        if self.config.trust_acts_on == "strength":
+            bias *= np.float32(trust)  # |trust * b| <= b_max
         opinions[advice.advisor] = Opinion(advice.advice_id, bias, weight, expires_at, advice.created_at, trust)
         return self.merged(target, run, now)
 
@@ -237,7 +247,8 @@ class Router:
                 del opinions[advisor]
             else:
                 scale = trust / opinion.trust
-                opinion.bias = (opinion.bias * np.float32(scale)).astype(np.float32)
+                if self.config.trust_acts_on == "strength":
+                    opinion.bias = (opinion.bias * np.float32(scale)).astype(np.float32)
                 opinion.weight *= scale
                 opinion.trust = trust
             updates.append(self.merged(target, run, now) or self.cleared(target, run, now, ttl_s, len(opinion.bias)))
@@ -284,7 +295,15 @@ class Router:
             state_key=key,
             ttl_steps=self.config.state_ttl_steps if key else self.config.bot_ttl_steps,
             advisors=live_advisors,
+            reach=self.reach(live),
         )
+
+    def reach(self, opinions: list[Opinion]) -> float:
+        """The share of episodes a merged bias applies in: its most trusted advisor's trust (trust acting on reach),
+        else every episode."""
+        if self.config.trust_acts_on != "reach":
+            return 1.0
+        return min(1.0, max(o.trust for o in opinions))
 
     def _prune(self, now: float) -> None:
         expired = [t for t, opinions in self.opinions.items() if all(o.expires_at <= now for o in opinions.values())]

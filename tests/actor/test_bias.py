@@ -111,3 +111,21 @@ def test_a_zero_bias_for_a_state_removes_its_advice() -> None:
     table.apply(_state_update([1.0, -1.0], "s"), now=0.0)
     table.apply(_state_update([0.0, 0.0], "s"), now=1.0)
     assert not table.has_state_advice("s", 1.0, 0) and not table.lookup(1.0, keys=["s"]).from_state.any()
+
+
+def test_each_bias_reports_its_reach_and_the_ledger_withholds_it_from_episodes_drawn_beyond() -> None:
+    from services.actor.outcomes import OutcomeLedger
+
+    table = BiasTable(num_bots=3, n_actions=2, max_abs_bias=5.0)
+    table.apply(msgspec.structs.replace(_state_update([1.0, -1.0], "s"), reach=0.25), now=0.0)
+    table.apply(msgspec.structs.replace(_update([0.0, 1.0], bots=[2]), reach=0.5), now=0.0)
+    lookup = table.lookup(0.5, keys=["s", "t", "t"])
+    assert lookup.reach.tolist() == [0.25, 1.0, 0.5]
+    ledger = OutcomeLedger(num_bots=3, control_share=0.0, seed=0)
+    ledger.draw[:] = [0.3, 0.9, 0.4]
+    lookup.mute(ledger.unreached(lookup.reach))
+    np.testing.assert_array_equal(lookup.bias, [[0.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # 0.3 >= 0.25; 0.4 < 0.5
+    assert lookup.advisors[0] == () and lookup.from_bot.tolist() == [False, False, True]
+    with pytest.raises(BiasRejected) as refused:
+        table.apply(msgspec.structs.replace(_update([0.0, 1.0]), reach=1.5), now=0.0)
+    assert refused.value.reason == "range"

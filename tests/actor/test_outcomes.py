@@ -30,3 +30,12 @@ def test_the_control_share_is_drawn_per_episode() -> None:
         draws.append(bool(ledger.control[0]))
         ledger.end_episode(0, 0.0)
     assert 0.22 < np.mean(draws) < 0.28
+
+
+def test_a_bias_reaches_the_share_of_episodes_its_reach_names() -> None:
+    ledger = OutcomeLedger(num_bots=1, control_share=0.2, seed=2)
+    reached = []
+    for _ in range(4000):
+        reached.append(not ledger.unreached(np.array([0.25]))[0])
+        ledger.end_episode(0, 0.0)
+    assert 0.17 < np.mean(reached) < 0.23  # 0.8 outside the control group, a quarter of those: 0.2

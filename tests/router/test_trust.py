@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protos import AdviceOutcome, EpisodeStats
+from protos import Advice, AdviceOutcome, AdviceTarget, EpisodeStats
 from services.router.core import LiveConfig, Router
 from services.router.trust import TrustEstimator
 
@@ -52,44 +52,52 @@ def test_trust_holds_without_enough_episodes_and_decays_while_nobody_succeeds() 
     )  # advice that never beats the control decays, even when nobody succeeds
 
 
-def test_the_router_scales_an_advisors_bias_by_its_trust() -> None:
+def _router(**config: object) -> Router:
     from ala.testing import actor_heartbeat
-    from protos import Advice, AdviceTarget
 
-    router = Router(LiveConfig(strength=1.0, b_max=5.0, trust_initial=0.5))
+    router = Router(LiveConfig(strength=1.0, b_max=5.0, trust_initial=0.5, **config))
     router.observe_heartbeat(actor_heartbeat(n_actions=7, created_at=0.0), 0.0)
-
-    def advice(advisor: str) -> Advice:
-        target = AdviceTarget(actor="a1", bot=0, state_key=advisor)
-        return Advice(
-            advice_id=advisor, advisor=advisor, priority=1, target=target, ttl_s=5, created_at=0.0, recommended_action=3
-        )
-
-    router.trust.trust["silenced"] = 0.0
-    half = router.accept(advice("new"), "test", 0.0)
-    assert half is not None and half.bias.to_numpy()[3] == np.float32(0.5 * 6 / 7)
-    assert half.advisors == ["new"]
-    assert router.accept(advice("silenced"), "test", 0.0) is None  # trust 0: not heard at all
+    return router
 
 
-def test_a_trust_change_rescales_advice_the_actors_already_hold_and_zero_clears_it() -> None:
-    from ala.testing import actor_heartbeat
-    from protos import Advice, AdviceTarget
-
-    router = Router(LiveConfig(strength=1.0, b_max=5.0, trust_initial=0.5))
-    router.observe_heartbeat(actor_heartbeat(n_actions=7, created_at=0.0), 0.0)
-    target = AdviceTarget(actor="a1", bot=0, state_key="k1")
-    advice = Advice(
-        advice_id="x", advisor="expert", priority=1, target=target, ttl_s=30, created_at=0.0, recommended_action=3
+def _advice(advisor: str, key: str, ttl_s: float = 5) -> Advice:
+    target = AdviceTarget(actor="a1", bot=0, state_key=key)
+    return Advice(
+        advice_id=advisor, advisor=advisor, priority=1, target=target, ttl_s=ttl_s, created_at=0.0, recommended_action=3
     )
-    held = router.accept(advice, "test", 0.0)
-    assert held is not None and held.bias.to_numpy()[3] == np.float32(0.5 * 6 / 7)
-    (stronger,) = router.retrust("expert", 1.0, "test", 10.0)
-    assert stronger.state_key == "k1" and stronger.bias.to_numpy()[3] == np.float32(6 / 7)
-    assert stronger.ttl_s == 20.0
+
+
+def test_trust_sets_the_share_of_episodes_an_advisors_full_strength_bias_reaches() -> None:
+    router = _router()
+    router.trust.trust["silenced"] = 0.0
+    half = router.accept(_advice("new", "k1"), "test", 0.0)
+    assert half is not None and half.bias.to_numpy()[3] == np.float32(6 / 7) and half.reach == 0.5
+    assert half.advisors == ["new"]
+    assert router.accept(_advice("silenced", "k2"), "test", 0.0) is None  # trust 0: not heard at all
+    router.trust.trust["proven"] = 1.0
+    both = router.accept(_advice("proven", "k1"), "test", 0.0)
+    assert both is not None and both.reach == 1.0  # a merged bias reaches as far as its most trusted advisor
+
+
+def test_trust_acting_on_strength_scales_the_bias_in_every_episode() -> None:
+    update = _router(trust_acts_on="strength").accept(_advice("new", "k1"), "test", 0.0)
+    assert update is not None and update.bias.to_numpy()[3] == np.float32(0.5 * 6 / 7) and update.reach == 1.0
+
+
+def test_a_trust_change_reaches_advice_the_actors_already_hold_and_zero_clears_it() -> None:
+    router = _router()
+    held = router.accept(_advice("expert", "k1", ttl_s=30), "test", 0.0)
+    assert held is not None and held.reach == 0.5
+    (wider,) = router.retrust("expert", 1.0, "test", 10.0)
+    assert wider.state_key == "k1" and wider.reach == 1.0 and wider.bias.to_numpy()[3] == np.float32(6 / 7)
+    assert wider.ttl_s == 20.0
     (cleared,) = router.retrust("expert", 0.0, "test", 11.0)
     assert cleared.state_key == "k1" and not cleared.bias.to_numpy().any() and cleared.ttl_s == 19.0
     assert router.retrust("expert", 0.5, "test", 12.0) == []  # nothing of it is held any more
+    scaled = _router(trust_acts_on="strength")
+    scaled.accept(_advice("expert", "k1", ttl_s=30), "test", 0.0)
+    (stronger,) = scaled.retrust("expert", 1.0, "test", 10.0)
+    assert stronger.bias.to_numpy()[3] == np.float32(6 / 7) and stronger.reach == 1.0
 
 
 def test_the_trust_rule_follows_the_live_config() -> None:
