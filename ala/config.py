@@ -70,6 +70,9 @@ class ServiceSettings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Interface of the Prometheus /metrics endpoint.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of /metrics (0 = a free one, logged at start).")
     heartbeat_interval_s: float = Field(2.0, gt=0, description="Seconds between heartbeats.")
+    liveness_timeout_s: float = Field(
+        15.0, gt=0, description="/healthz fails once the service's event loop has not turned for this long."
+    )
     log_level: str = Field("INFO", validation_alias="ALA_LOG_LEVEL", description="Logging level of ALA's own code.")
     third_party_log_level: str = Field(
         "WARNING",

@@ -1,5 +1,5 @@
 """Prometheus plumbing shared by the services: bucket sets sized to each latency budget, the bus metrics every
-service has, a timing context manager and the /metrics server.
+service has, and a timing context manager (the /metrics server is in `health.py`, with /healthz and /readyz).
 
 Each service declares its own metrics at the top of its `metrics.py`, in its own `CollectorRegistry`, named
 `ala_<service>_<what>_<unit>`, so that several services can share a process (tests, `ala train --local`) and each
@@ -9,19 +9,14 @@ Each service declares its own metrics at the top of its `metrics.py`, in its own
 from __future__ import annotations
 
 import functools
-import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
-
-log = logging.getLogger(__name__)
 
 # Router work is tens of microseconds; its end-to-end budget is 50 ms.
 MICROSECOND_BUCKETS = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1)
@@ -104,10 +99,3 @@ def timed(histogram: Histogram) -> Iterator[None]:
         yield
     finally:
         histogram.observe(time.perf_counter() - start)
-
-
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Serve `registry` on http://host:port/metrics in a daemon thread; port 0 picks a free one."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
-    return server, thread

@@ -1,5 +1,5 @@
-"""What every service does around its own job: serve /metrics, connect to NATS, provision JetStream, heartbeat,
-supervise its long-lived tasks, stop cleanly on SIGINT/SIGTERM and drain.
+"""What every service does around its own job: serve /metrics, /healthz and /readyz (`health.py`), connect to
+NATS, provision JetStream, heartbeat, supervise its long-lived tasks, stop cleanly on SIGINT/SIGTERM and drain.
 
 A service's `main` reads:
 
@@ -35,7 +35,8 @@ from prometheus_client import CollectorRegistry
 from ala import __version__
 from ala.bus import Bus
 from ala.config import ServiceSettings
-from ala.metrics import ServiceMetrics, serve_metrics
+from ala.health import Health, serve_health_and_metrics
+from ala.metrics import ServiceMetrics
 from protos import ActionSpace, Heartbeat, PolicySpec
 from protos.subjects import heartbeat_subject
 
@@ -67,6 +68,9 @@ class ServiceRuntime:
         """Actors: reports the env steps taken, for heartbeats."""
         self.started_at = time.time()
         self.metrics_port = 0
+        self.health = Health(settings.liveness_timeout_s)
+        """Services add their own readiness checks (`runtime.health.add_check`) to the base ones: nats, streams."""
+        self._provisioned = False
         self._bus: Bus | None = None
         self._stack = AsyncExitStack()
         self._heartbeat_seq = 0
@@ -83,7 +87,9 @@ class ServiceRuntime:
 
     async def __aenter__(self) -> Self:
         settings = self.settings
-        server, _ = serve_metrics(self.registry, settings.metrics_host, settings.metrics_port)
+        self.health.add_check("nats", lambda: self._bus is not None and self._bus.is_connected)
+        self.health.add_check("streams", lambda: self._provisioned)
+        server, _ = serve_health_and_metrics(self.health, self.registry, settings.metrics_host, settings.metrics_port)
         self._stack.callback(server.shutdown)
         self.metrics_port = server.server_port
         self.metrics.up.labels(__version__).set(1)
@@ -93,9 +99,12 @@ class ServiceRuntime:
         self._bus = await Bus.connect(settings.nats, name, self.metrics.bus)
         self._stack.push_async_callback(self._bus.drain)
         await self._bus.provision()
+        self._provisioned = True
 
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.service}-heartbeat")
         self._stack.push_async_callback(_cancel, heartbeat)
+        ticking = asyncio.create_task(self.health.keep_ticking(), name=f"{self.service}-liveness")
+        self._stack.push_async_callback(_cancel, ticking)
         log.info("%s %s up (run %s, ala %s)", self.service, settings.instance, settings.run, __version__)
         return self
 

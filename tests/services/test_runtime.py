@@ -89,3 +89,39 @@ async def test_runtime_provisions_jetstream_and_serves_metrics_over_http(nats_se
     assert {TRAJECTORIES.name, WEIGHTS_ANNOUNCEMENTS.name, f"OBJ_{WEIGHTS_BUCKET}"} <= streams
     assert "ala_router_processing_seconds_bucket" in body
     assert "ala_actor_" not in body  # each endpoint shows only its own service
+
+
+async def test_runtime_serves_liveness_and_readiness_beside_metrics(nats_settings: NatsSettings) -> None:
+    import json
+    import urllib.error
+
+    from ala.service import ServiceRuntime
+    from services.router.metrics import REGISTRY, SERVICE
+
+    def get(url: str) -> tuple[int, dict[str, Any]]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    async with ServiceRuntime(_settings("router", nats_settings), SERVICE, REGISTRY) as runtime:
+        base = f"http://127.0.0.1:{runtime.metrics_port}"
+        assert await asyncio.to_thread(get, f"{base}/healthz") == (200, {"live": True})
+        assert await asyncio.to_thread(get, f"{base}/readyz") == (200, {"ready": True, "failing": []})
+        runtime.health.add_check("model", lambda: False)
+        assert await asyncio.to_thread(get, f"{base}/readyz") == (503, {"ready": False, "failing": ["model"]})
+        runtime.health.last_tick -= runtime.settings.liveness_timeout_s  # as if the event loop had stuck
+        assert (await asyncio.to_thread(get, f"{base}/healthz"))[0] == 503
+
+
+def test_a_readiness_check_that_raises_counts_as_failing() -> None:
+    from ala.health import Health
+
+    def broken() -> bool:
+        raise RuntimeError("boom")
+
+    health = Health()
+    health.add_check("ok", lambda: True)
+    health.add_check("broken", broken)
+    assert health.failing() == ["broken"]
