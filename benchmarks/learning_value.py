@@ -14,6 +14,8 @@ seeds, so an arm only scores what the *policy* learned. Arms:
 - `expert-s1`: the expert at strength 1 instead of the default 3.
 - `expert-strength`, `wrong-strength`, `random-strength`: trust acting on the bias's strength in every advised
   episode (the previous default) instead of on its reach (the share of episodes it applies in, at full strength).
+- `plain-vtrace`, `expert-vtrace`, `wrong-vtrace`, `random-vtrace`: V-trace advantages and value targets (traces
+  cut where the behaviour took an action the policy would not), instead of GAE along the biased behaviour.
 - `expert-anneal`: the expert with strength falling linearly to 0 over 100 learner versions.
 - `distill`: the expert's advice distilled into the policy by the learner (a cross-entropy term annealed over
   `ALA_LEARNER_DISTILL_HORIZON` versions), the actor sampling from the policy alone (LLM4Teach, arXiv 2311.13373);
@@ -102,6 +104,14 @@ ARMS = {
         {"backend": "adversarial", "wrong_probability": 1.0}, ALA_ROUTER_TRUST_ACTS_ON="strength"
     ),
     "random-strength": advised({"backend": "random"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
+    "plain-vtrace": StackArm(
+        env={"ALA_LEARNER_ADVANTAGE": "vtrace"},
+        scrape={"env_steps": SCRAPE["env_steps"]},
+        follow={"entropy": FOLLOW["entropy"]},
+    ),
+    "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
+    "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
+    "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
 }
 DEFAULT_ARMS = (
     "plain",

@@ -1,0 +1,72 @@
+"""The compose files: valid alone and in every combination a user runs, and saying what the README says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import ROOT, run, tool
+
+COMBINATIONS = [
+    ["docker-compose.yml"],
+    ["docker-compose.yml", "compose.cpu.yml"],
+    ["docker-compose.yml", "deploy/compose/lab-dgx.yml"],
+    ["docker-compose.yml", "deploy/compose/lab-rtx.yml"],
+    ["docker-compose.yml", "deploy/compose/lab-jetson.yml"],
+]
+
+
+def config(files: list[str]) -> dict:
+    args = [arg for file in files for arg in ("-f", file)]
+    return json.loads(run(tool("docker-compose"), *args, "config", "--format", "json", env_host="dgx.lab"))
+
+
+@pytest.mark.parametrize("files", COMBINATIONS, ids=lambda files: "+".join(f.split("/")[-1] for f in files))
+def test_every_combination_is_valid(files: list[str]) -> None:
+    args = [arg for file in files for arg in ("-f", file)]
+    run(tool("docker-compose"), *args, "config", "-q", env_host="dgx.lab")
+
+
+@pytest.mark.parametrize("files", COMBINATIONS, ids=lambda files: "+".join(f.split("/")[-1] for f in files))
+def test_every_combination_matches_the_compose_specification(files: list[str], tmp_path: Path) -> None:
+    """The merged model (overrides use `!reset`/`!override`, YAML tags the schema checker cannot read alone)."""
+    merged = tmp_path / "merged.json"
+    merged.write_text(json.dumps(config(files)))
+    run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(merged))
+    if files == ["docker-compose.yml"]:
+        run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(ROOT / files[0]))
+
+
+def test_the_cpu_override_runs_everything_without_a_gpu_or_vllm() -> None:
+    services = config(["docker-compose.yml", "compose.cpu.yml"])["services"]
+    assert "vllm" not in services  # behind a profile
+    assert set(services) == {"nats", "advisor", "router", "actor", "learner", "evaluator", "prometheus", "grafana"}
+    for name, service in services.items():
+        assert "devices" not in json.dumps(service.get("deploy", {})), f"{name} still reserves a GPU"
+        if name not in ("prometheus", "grafana"):
+            assert service["image"] == "ala:cpu", name
+    assert "embedded" in services["advisor"]["environment"]["ALA_ADVISOR_ADVISORS"]
+    assert set(services["advisor"]["depends_on"]) == {"nats"}
+
+
+def test_the_full_file_waits_for_health_and_reserves_gpus() -> None:
+    services = config(["docker-compose.yml"])["services"]
+    for name in ("advisor", "router", "actor", "learner", "evaluator"):
+        service = services[name]
+        assert service["depends_on"]["nats"]["condition"] == "service_healthy", name
+        assert service["healthcheck"]["test"][-1] == "ala.probe", name
+        port = service["environment"]["ALA_HEALTH_PORT"]
+        assert service["environment"][f"ALA_{name.upper()}_METRICS_PORT"] == port, name
+        assert service["restart"] == "unless-stopped"
+    assert services["advisor"]["depends_on"]["vllm"]["condition"] == "service_healthy"
+    for name in ("vllm", "actor", "learner"):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"], name
+
+
+def test_each_lab_host_points_its_services_at_the_one_broker() -> None:
+    for host, service in (("lab-dgx.yml", "advisor"), ("lab-jetson.yml", "actor")):
+        services = config(["docker-compose.yml", f"deploy/compose/{host}"])["services"]
+        assert services[service]["environment"]["ALA_NATS_URL"] == "nats://dgx.lab:4222"
