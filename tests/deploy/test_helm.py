@@ -1,0 +1,90 @@
+"""The Helm chart: lint --strict (values.schema.json), and every per-hardware rendering valid Kubernetes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import DEPLOY, run, tool
+
+CHART = DEPLOY / "helm" / "ala"
+HARDWARE = {
+    "defaults": [],
+    "dgx": ["values-dgx.yaml"],
+    "rtx": ["values-rtx.yaml"],
+    "jetson": ["values-jetson.yaml"],
+    "lab": ["values-rtx.yaml", "values-dgx.yaml", "values-jetson.yaml"],
+}
+
+
+def render(values: list[str], *extra: str) -> list[dict]:
+    args = [arg for file in values for arg in ("-f", str(CHART / file))]
+    manifests = run(tool("helm"), "template", "ala", str(CHART), "--namespace", "ala", *args, *extra)
+    return [doc for doc in yaml.safe_load_all(manifests) if doc]
+
+
+def workloads(docs: list[dict]) -> dict[str, dict]:
+    return {
+        doc["metadata"]["name"]: doc
+        for doc in docs
+        if doc["kind"] in ("Deployment", "StatefulSet") and doc["metadata"]["labels"].get("app.kubernetes.io/part-of")
+    }
+
+
+@pytest.mark.parametrize("hardware", HARDWARE)
+def test_lint_and_render_valid_kubernetes(hardware: str, tmp_path) -> None:
+    args = [arg for file in HARDWARE[hardware] for arg in ("-f", str(CHART / file))]
+    run(tool("helm"), "lint", "--strict", str(CHART), *args)
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(yaml.safe_dump_all(render(HARDWARE[hardware])))
+    output = run(tool("kubernetes-validate"), "--strict", "-k", "1.30.0", str(manifests))
+    assert "passed" in output
+
+
+def test_the_schema_refuses_values_a_typo_would_make() -> None:
+    helm = tool("helm")
+    for bad in ("services.router.metricsPort=0", "services.routr.enabled=true", "run=two words"):
+        with pytest.raises(AssertionError, match="schema"):
+            run(helm, "lint", "--strict", str(CHART), "--set", bad)
+
+
+def test_each_hardware_file_places_its_services_and_the_lab_combines_them() -> None:
+    alone = workloads(render(HARDWARE["dgx"]))
+    assert {"ala-advisor", "ala-vllm", "ala-router", "ala-actor"} <= set(alone)  # an overlay: the rest stay
+    assert "nodeSelector" not in alone["ala-actor"]["spec"]["template"]["spec"]
+    lab = workloads(render(HARDWARE["lab"]))
+    placed = {name: doc["spec"]["template"]["spec"].get("nodeSelector", {}) for name, doc in lab.items()}
+    assert placed["ala-advisor"] == placed["ala-vllm"] == {"nvidia.com/gpu.product": "NVIDIA-DGX"}
+    for name in ("ala-router", "ala-learner", "ala-evaluator"):
+        assert placed[name] == {"nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-5090"}, name
+    actor = lab["ala-actor"]["spec"]["template"]["spec"]
+    assert actor["runtimeClassName"] == "nvidia" and actor["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    (container,) = actor["containers"]
+    assert container["image"] == "ala:jetson" and container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["ALA_NATS_URL"] == "nats://ala-nats:4222"
+    assert env["ALA_HEALTH_PORT"] == env["ALA_ACTOR_METRICS_PORT"] == "9103"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (learner_container,) = lab["ala-learner"]["spec"]["template"]["spec"]["containers"]
+    assert learner_container["image"] == "ala:cuda"
+    learner = lab["ala-learner"]
+    assert learner["kind"] == "StatefulSet" and learner["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    assert learner["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    only_actor = workloads(
+        render([], *[f"--set=services.{s}.enabled=false" for s in ("advisor", "router", "learner", "evaluator")])
+    )
+    assert set(only_actor) == {"ala-actor"}
+
+
+def test_nats_comes_from_the_official_chart_with_jetstream_and_the_monitoring_objects_carry_our_rules() -> None:
+    docs = render(HARDWARE["rtx"])
+    config = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-nats-config")
+    assert "jetstream" in config["data"]["nats.conf"] and '"max_payload": 8MB' in config["data"]["nats.conf"]
+    rule = next(doc for doc in docs if doc["kind"] == "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
+    monitor = next(doc for doc in docs if doc["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "5s"}]
+    dashboards = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-dashboards")
+    assert set(dashboards["data"]) == {"ala-budgets.json", "ala-training.json", "ala-advice.json"}
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
