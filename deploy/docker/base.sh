@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Build the base image `ala-base:bookworm` (Debian bookworm, python3 3.11, venv, CA certificates) with mmdebstrap
-# and `docker import`, for machines that reach Debian's mirror but no image registry. Where a registry is reachable,
-# skip this and build with `--build-arg BASE=python:3.11-slim-bookworm`.
+# Build the base image `ala-base:bookworm` (Debian bookworm, python3 3.11, venv, CA certificates, and libgomp1,
+# which the embedded LLM's llama.cpp needs) with mmdebstrap and `docker import`, for machines that reach Debian's
+# mirror but no image registry. Where a registry is reachable, skip this and build with
+# `--build-arg BASE=python:3.11-slim-bookworm` (the Dockerfile then installs libgomp1 itself).
 set -euo pipefail
 tag="${1:-ala-base:bookworm}"
-if docker image inspect "$tag" >/dev/null 2>&1; then
+packages="python3,python3-venv,ca-certificates,libgomp1"
+if [ "$(docker image inspect --format '{{ index .Config.Labels "ala.packages" }}' "$tag" 2>/dev/null)" = "$packages" ]; then
     echo "$tag exists"
     exit 0
 fi
-mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates bookworm - \
-    | docker import --change 'CMD ["python3"]' - "$tag"
+mmdebstrap --quiet --variant=minbase --include="$packages" bookworm - \
+    | docker import --change 'CMD ["python3"]' --change "LABEL ala.packages=$packages" - "$tag"
 echo "built $tag"

@@ -1,5 +1,7 @@
-"""Evidence-driven trust: each advisor's bias is scaled by a trust in [0, 1] that rises only while the episodes its
-advice reached end better than the control group's, and decays otherwise, down to zero.
+"""Evidence-driven trust: each advisor has a trust in [0, 1] that rises only while the episodes its advice reached
+end better than the control group's, and decays otherwise, down to zero. The router turns it into the share of
+bot-episodes the advisor's bias reaches (`core.py`, `trust_acts_on="reach"`, the default) or into a scale on the
+bias (`"strength"`).
 
 The evidence comes from the actors (`AdviceOutcome`): a random share of bot-episodes gets no advice at all (the
 control group, which also measures the policy alone), and every other finished episode is credited to the advisors
