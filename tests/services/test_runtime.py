@@ -95,6 +95,7 @@ async def test_runtime_serves_liveness_and_readiness_beside_metrics(nats_setting
     import json
     import urllib.error
 
+    from ala.probe import probe
     from ala.service import ServiceRuntime
     from services.router.metrics import REGISTRY, SERVICE
 
@@ -111,8 +112,13 @@ async def test_runtime_serves_liveness_and_readiness_beside_metrics(nats_setting
         assert await asyncio.to_thread(get, f"{base}/readyz") == (200, {"ready": True, "failing": []})
         runtime.health.add_check("model", lambda: False)
         assert await asyncio.to_thread(get, f"{base}/readyz") == (503, {"ready": False, "failing": ["model"]})
+        ready, body = await asyncio.to_thread(probe, runtime.metrics_port)  # the container healthcheck's view
+        assert not ready and "model" in body
+        assert (await asyncio.to_thread(probe, runtime.metrics_port, "/healthz"))[0]
         runtime.health.last_tick -= runtime.settings.liveness_timeout_s  # as if the event loop had stuck
         assert (await asyncio.to_thread(get, f"{base}/healthz"))[0] == 503
+    ready, body = await asyncio.to_thread(probe, runtime.metrics_port)  # stopped: nothing answers
+    assert not ready and "refused" in body
 
 
 def test_a_readiness_check_that_raises_counts_as_failing() -> None:
