@@ -66,6 +66,8 @@ class ServiceRuntime:
         self.policy = policy
         self.env_steps: Callable[[], int] | None = None
         """Actors: reports the env steps taken, for heartbeats."""
+        self.bias_bounds: Callable[[], tuple[float, float]] | None = None
+        """Routers: (b_max, max_ttl_s) as configured now, for heartbeats: actors hold every bias to them."""
         self.started_at = time.time()
         self.metrics_port = 0
         self.health = Health(settings.liveness_timeout_s)
@@ -128,6 +130,7 @@ class ServiceRuntime:
             num_bots=self.num_bots,
             policy=self.policy,
             env_steps=self.env_steps() if self.env_steps else 0,
+            **(dict(zip(("b_max", "max_ttl_s"), self.bias_bounds(), strict=True)) if self.bias_bounds else {}),
         )
 
     async def _heartbeat_loop(self) -> None:

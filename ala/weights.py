@@ -3,6 +3,7 @@ and the evaluator both do with a `WeightsAnnouncement`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import torch
@@ -15,14 +16,23 @@ from ala.rl.policy import Agent, load_weights
 from protos import PolicySpec, WeightsAnnouncement
 
 
-async def fetch_policy(bus: Bus, announcement: WeightsAnnouncement, spec: PolicySpec, device: torch.device) -> Agent:
-    """The announced weights in a new `Agent`; raises `Rejected` with reason missing, spec, sha256 or shape."""
+async def fetch_policy(
+    bus: Bus, announcement: WeightsAnnouncement, spec: PolicySpec, device: torch.device, timeout_s: float = 10.0
+) -> Agent:
+    """The announced weights in a new `Agent`; raises `Rejected` with reason missing, timeout, spec, sha256 or
+    shape. Bounded by `timeout_s`: an Object Store read cut by a broker restart can otherwise never return."""
     if announcement.policy is not None and announcement.policy != spec:
         raise Rejected("spec", f"weights {announcement.name} are for {announcement.policy}, not {spec}")
-    try:
+
+    async def read() -> bytes:
         store = await bus.js.object_store(announcement.bucket)
-        data = (await store.get(announcement.name)).data or b""
-    except (NotFoundError, TimeoutError, NatsError) as exc:  # a connection that is closing ends here too
+        return (await store.get(announcement.name)).data or b""
+
+    try:
+        data = await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError as exc:
+        raise Rejected("timeout", f"weights {announcement.name} not fetched within {timeout_s} s") from exc
+    except (NotFoundError, NatsError) as exc:  # a connection that is closing ends here too
         raise Rejected("missing", f"weights {announcement.name} not fetched: {exc}") from exc
     if len(data) != announcement.size or hashlib.sha256(data).hexdigest() != announcement.sha256:
         raise Rejected("sha256", f"weights {announcement.name} fail their size/sha256 check")

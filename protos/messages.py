@@ -336,6 +336,10 @@ class Heartbeat(MessageBase):
     """Actors only: the policy their bots sample from; the learner builds its network from the first it hears."""
     env_steps: NonNegInt = 0
     """Actors only: env steps taken so far, summed over bots."""
+    b_max: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Routers only: the bound every bias element is clipped to; actors clip to it too (0: not announced)."""
+    max_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Routers only: the longest TTL the router grants; actors cap every bias's TTL at it (0: not announced)."""
 
 
 Message = (

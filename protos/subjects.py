@@ -78,8 +78,11 @@ def heartbeat_subject(run: str, service: str, instance: str) -> str:
     return _subject(run, "heartbeat", check_token(service, "service"), check_token(instance, "instance"))
 
 
-def heartbeat_wildcard(run: str) -> str:
-    return _subject(run, "heartbeat", ">")
+def heartbeat_wildcard(run: str, service: str = "") -> str:
+    """Every heartbeat of the run, or of one service's instances."""
+    return (
+        _subject(run, "heartbeat", check_token(service, "service"), "*") if service else _subject(run, "heartbeat", ">")
+    )
 
 
 # JetStream: durable, at least once, de-duplicated by Nats-Msg-Id.

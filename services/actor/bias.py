@@ -5,8 +5,10 @@
   for every bot that meets it, with no round trip. This is how advice lands on the state it is about.
 - **Per-bot** (no key): strategic, state-independent advice for some bots; it ends at the bot's episode end.
 
-Both expire by time and by steps, whichever comes first. Time: the *remaining* TTL at receipt on this machine's
-monotonic clock, so actor and router clocks need not agree and a bias expires even if the router dies. Steps:
+Both expire by time and by steps, whichever comes first, and never later than `max_ttl_s` after receipt; every
+element is clipped to `max_abs_bias` (the router's bounds, announced in its heartbeats: defence in depth). Time:
+the *remaining* TTL at receipt on this machine's monotonic clock, so actor and router clocks need not agree and a
+bias expires even if the router dies. Steps:
 `ttl_steps` ticks of the actor (one tick = every bot steps once). Where both apply, the state's bias wins: it is
 about what the bot sees now. An expired or missing bias is zero. Each bias also carries its `reach`, the share of
 episodes it applies in; the outcome ledger (`outcomes.py`) decides per bot-episode which biases a bot is reached by.
@@ -65,7 +67,9 @@ class BiasLookup:
 
 
 class BiasTable:
-    def __init__(self, num_bots: int, n_actions: int, max_abs_bias: float, max_states: int = 4096) -> None:
+    def __init__(
+        self, num_bots: int, n_actions: int, max_abs_bias: float, max_states: int = 4096, max_ttl_s: float = 60.0
+    ) -> None:
         self.bias = np.zeros((num_bots, n_actions), dtype=np.float32)
         self.expires_at = np.full(num_bots, -np.inf)
         self.expires_tick = np.full(num_bots, np.inf)
@@ -74,6 +78,11 @@ class BiasTable:
         self.states: OrderedDict[str, StateBias] = OrderedDict()
         self.max_states = max_states
         self.max_abs_bias = max_abs_bias
+        self.max_ttl_s = max_ttl_s
+        self.clipped_elements = 0
+        """Bias elements received beyond `max_abs_bias` (none from a router that keeps its bound): a total."""
+        self.capped_ttls = 0
+        """Updates received with a TTL beyond `max_ttl_s`: a total."""
 
     def apply(self, update: BiasUpdate, now: float, tick: int = 0) -> int:
         """Install `update` (received at monotonic time `now`, actor tick `tick`); returns the number of bots it
@@ -88,15 +97,19 @@ class BiasTable:
             raise BiasRejected("expired", f"ttl {update.ttl_s}s")
         if not 0 <= update.reach <= 1:  # msgspec checks it on decode; this guards updates built in-process
             raise BiasRejected("range", f"reach {update.reach} outside [0, 1]")
-        # The router bounds biases already; clipping again keeps the ratio guarantee if it is misconfigured.
+        # The router bounds biases and TTLs already; bounding them again here keeps the guarantee whoever published
+        # the update (any client may, on a bus without permissions) and however the router is configured.
         clipped = np.clip(bias, -self.max_abs_bias, self.max_abs_bias)
+        self.clipped_elements += int((clipped != bias).sum())
+        ttl_s = min(update.ttl_s, self.max_ttl_s)
+        self.capped_ttls += int(ttl_s < update.ttl_s)
         expires_tick = tick + update.ttl_steps if update.ttl_steps else np.inf
         if update.state_key:
             if not clipped.any():  # cleared (the router revoked it): the state has no advice, and may be asked again
                 self.states.pop(update.state_key, None)
                 return 0
             self.states[update.state_key] = StateBias(
-                clipped, now + update.ttl_s, expires_tick, tuple(update.advisors), update.reach
+                clipped, now + ttl_s, expires_tick, tuple(update.advisors), update.reach
             )
             self.states.move_to_end(update.state_key)
             while len(self.states) > self.max_states:
@@ -106,7 +119,7 @@ class BiasTable:
         if bots.size and (bots.min() < 0 or bots.max() >= num_bots):
             raise BiasRejected("bot_range", f"bots outside [0, {num_bots})")
         self.bias[bots] = clipped
-        self.expires_at[bots] = now + update.ttl_s
+        self.expires_at[bots] = now + ttl_s
         self.expires_tick[bots] = expires_tick
         self.bot_reach[bots] = update.reach
         for bot in bots:

@@ -24,6 +24,20 @@ ADVICE_TO_BIAS_SECONDS = Histogram(
 )
 ACTIVE_BIASES = Gauge("ala_actor_active_biases", "Bots with a bias in force.", registry=REGISTRY)
 BIAS_REJECTED = Counter("ala_actor_bias_rejected", "Bias updates refused, by reason.", ["reason"], registry=REGISTRY)
+BIAS_BOUND = Gauge(
+    "ala_actor_bias_bound",
+    "The bounds every received bias is held to now (what=b_max, max_ttl_s): the tighter of the actor's and the"
+    " router's.",
+    ["what"],
+    registry=REGISTRY,
+)
+BIAS_BOUNDED = Counter(
+    "ala_actor_bias_bounded",
+    "Received bias elements clipped to b_max (what=element) and TTLs capped at max_ttl_s (what=ttl): a router keeps"
+    " these bounds, so any count means an update from elsewhere or a misconfiguration.",
+    ["what"],
+    registry=REGISTRY,
+)
 POLICY_VERSION = Gauge("ala_actor_policy_version", "Version of the policy sampling now.", registry=REGISTRY)
 POLICY_LAG = Gauge("ala_actor_policy_lag", "Newest announced version minus the one in use.", registry=REGISTRY)
 WEIGHTS_LOADED = Counter("ala_actor_weights_loaded", "Policy versions installed.", registry=REGISTRY)

@@ -44,6 +44,7 @@ from protos import (
     Array,
     BiasUpdate,
     DigestRequest,
+    Heartbeat,
     StateDigest,
     WeightsAnnouncement,
     WireError,
@@ -60,6 +61,9 @@ from services.actor.settings import ActorSettings
 log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 MAX_TRACKED_CHUNKS = 1024
+WEIGHTS_RETRY_S = 0.5
+MAX_WEIGHTS_RETRY_S = 5.0
+"""Backoff of a weights fetch that failed for the broker's sake (a newer announcement replaces it at once)."""
 
 
 class Actor:
@@ -115,10 +119,12 @@ class Actor:
         self.keys = self.state_keys()
         """The key of each bot's current observation: what state-scoped advice is looked up by."""
         self.step_rate = Rate()
+        self.report_bounds()
 
     # Bias updates: a callback writes the table; the step loop reads it.
     async def on_bias(self, msg: Msg) -> None:
         start = time.perf_counter()
+        clipped, capped = self.bias.clipped_elements, self.bias.capped_ttls
         try:
             update = decode(msg.data, BiasUpdate)
             self.bias.apply(update, time.monotonic(), self.tick)
@@ -128,9 +134,28 @@ class Actor:
         except BiasRejected as exc:
             self._reject(exc.reason, exc)
             return
+        if self.bias.clipped_elements > clipped or self.bias.capped_ttls > capped:
+            metrics.BIAS_BOUNDED.labels("element").inc(self.bias.clipped_elements - clipped)
+            metrics.BIAS_BOUNDED.labels("ttl").inc(self.bias.capped_ttls - capped)
         metrics.BIAS_APPLY_SECONDS.observe(time.perf_counter() - start)
         if update.advice_created_at > 0:
             metrics.ADVICE_TO_BIAS_SECONDS.observe(max(0.0, time.time() - update.advice_created_at))
+
+    async def on_router_heartbeat(self, msg: Msg) -> None:
+        """The router's bounds, as configured now: the actor holds every bias to the tighter of its own and these."""
+        try:
+            heartbeat = decode(msg.data, Heartbeat)
+        except WireError:
+            return
+        if heartbeat.b_max > 0:
+            self.bias.max_abs_bias = min(self.settings.max_abs_bias, heartbeat.b_max)
+        if heartbeat.max_ttl_s > 0:
+            self.bias.max_ttl_s = min(self.settings.max_ttl_s, heartbeat.max_ttl_s)
+        self.report_bounds()
+
+    def report_bounds(self) -> None:
+        metrics.BIAS_BOUND.labels("b_max").set(self.bias.max_abs_bias)
+        metrics.BIAS_BOUND.labels("max_ttl_s").set(self.bias.max_ttl_s)
 
     def _reject(self, reason: str, exc: Exception) -> None:
         metrics.BIAS_REJECTED.labels(reason).inc()
@@ -171,14 +196,25 @@ class Actor:
             self._fetch = self.tasks.start(self._fetch_weights(), name="fetch-weights")
 
     async def _fetch_weights(self) -> None:
+        """Fetch the newest wanted weights. A fetch that failed for the broker's sake (missing, timeout: a restart)
+        is retried with backoff until it succeeds or a newer announcement replaces it: an actor left on old
+        weights ships only stale chunks, which the learner cannot train on, so nothing else would unstick it."""
+        retry_s = WEIGHTS_RETRY_S
         while self._wanted is not None:
             announcement, self._wanted = self._wanted, None
             try:
-                agent = await fetch_policy(self.bus, announcement, self.spec, self.rollout.device)
-            except Rejected as exc:  # the next announcement tries again
+                agent = await fetch_policy(
+                    self.bus, announcement, self.spec, self.rollout.device, self.settings.weights_fetch_timeout_s
+                )
+            except Rejected as exc:
                 metrics.WEIGHTS_REJECTED.labels(exc.reason).inc()
                 log.warning("weights rejected (%s): %s", exc.reason, exc)
+                if exc.reason in ("missing", "timeout") and self._wanted is None:
+                    await asyncio.sleep(retry_s)
+                    retry_s = min(2 * retry_s, MAX_WEIGHTS_RETRY_S)
+                    self._wanted = self._wanted or announcement
                 continue
+            retry_s = WEIGHTS_RETRY_S
             self._pending_policy = (agent, announcement.version)
             self.progressed.set()
 
@@ -405,7 +441,9 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
     spec = adapter.policy_spec(envs.envs[0], settings.hidden)
     metrics.EPISODES.rebucket(adapter.return_buckets(), adapter.length_buckets())
     rollout = Rollout(envs, Agent(spec), settings.num_steps, settings.seed, settings.device)
-    bias = BiasTable(settings.num_bots, spec.n_actions, settings.max_abs_bias, settings.state_table_size)
+    bias = BiasTable(
+        settings.num_bots, spec.n_actions, settings.max_abs_bias, settings.state_table_size, settings.max_ttl_s
+    )
     action_space = ActionSpace(n=spec.n_actions, names=spec.action_names)
     async with (
         ServiceRuntime(
@@ -431,6 +469,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.bias_subject(run, settings.instance), actor.on_bias)
         await runtime.bus.subscribe(subjects.bias_subject(run, subjects.BROADCAST), actor.on_bias)
         await runtime.bus.subscribe(subjects.weights_subject(run), actor.on_weights)
+        await runtime.bus.subscribe(subjects.heartbeat_wildcard(run, "router"), actor.on_router_heartbeat)
         await runtime.bus.subscribe(subjects.digest_request_subject(run, settings.instance), actor.on_digest_request)
         await actor.latest_weights()
         tasks.start(actor.ship(), name="ship-chunks")

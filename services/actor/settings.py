@@ -31,7 +31,17 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     flow_timeout_s: float = Field(
         10.0, gt=0, description="Longest wait for the learner before sampling anyway (counted, logged)."
     )
-    max_abs_bias: float = Field(3.0, gt=0, description="Defensive clip of every received bias element.")
+    max_abs_bias: float = Field(
+        2.0,
+        gt=0,
+        description="Clip of every received bias element: the router's b_max (lowered to what its heartbeats say).",
+    )
+    max_ttl_s: float = Field(
+        60.0, gt=0, description="Cap on every received bias's TTL: the router's (lowered to what its heartbeats say)."
+    )
+    weights_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Bound on one weights fetch from the Object Store; a failed fetch is retried."
+    )
     retry_buffer_chunks: int = Field(
         256, ge=1, description="Unacknowledged chunks kept for retry; when full, stepping waits (nothing is dropped)."
     )

@@ -64,6 +64,10 @@ async def test_service_heartbeats_serves_metrics_and_stops(service: str, bus: Bu
         assert first.action_space.names[3] == "pickup" and first.num_bots == 16
     else:
         assert first.action_space is None
+    if service == "router":  # its bounds, which actors hold every bias to
+        assert (second.b_max, second.max_ttl_s) == (2.0, 60.0)
+    else:
+        assert second.b_max == second.max_ttl_s == 0
 
     registry = importlib.import_module(f"services.{service}.metrics").REGISTRY
     exposition = generate_latest(registry).decode()
