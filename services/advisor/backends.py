@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -199,27 +200,42 @@ class OpenAIBackend:
         async with self.slots:
             for attempt in range(self.spec.retries + 1):
                 try:
-                    response = await self.client.post("/chat/completions", json=body)
+                    status, data = await self._post(body)
                 except httpx.TimeoutException as exc:
                     raise BackendError("timeout", f"no answer within {self.spec.timeout_s}s") from exc
                 except httpx.TransportError as exc:
                     if attempt == self.spec.retries:
                         raise BackendError("unavailable", str(exc)) from exc
                 else:
-                    if response.status_code < 500:
+                    if status < 500:
                         break
                     if attempt == self.spec.retries:
-                        raise BackendError("http", f"status {response.status_code}")
+                        raise BackendError("http", f"status {status}")
                 await asyncio.sleep(0.25 * 2**attempt)
-        if response.status_code != 200:
-            raise BackendError("http", f"status {response.status_code}: {response.text[:200]}")
+        if status != 200:
+            raise BackendError("http", f"status {status}: {data[:200]!r}")
         try:
-            payload = response.json()
+            payload = json.loads(data)
             content = payload["choices"][0]["message"]["content"]
             tokens = int((payload.get("usage") or {}).get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise BackendError("parse", f"unexpected response {response.text[:200]!r}") from exc
+            raise BackendError("parse", f"unexpected response {data[:200]!r}") from exc
         return parse_answer(content or "", len(digest.action_names), tokens)
+
+    async def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """POST and read the reply, up to `max_reply_bytes`: a server answering with megabytes is cut off at the
+        bound (the connection closed), not read into memory."""
+        limit = self.spec.max_reply_bytes
+        async with self.client.stream("POST", "/chat/completions", json=body) as response:
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > limit:
+                raise BackendError("too_large", f"reply of {declared} bytes, over the {limit}-byte bound")
+            data = bytearray()
+            async for piece in response.aiter_bytes():
+                data += piece
+                if len(data) > limit:
+                    raise BackendError("too_large", f"reply over the {limit}-byte bound")
+            return response.status_code, bytes(data)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -40,6 +40,9 @@ class AdvisorSpec(BaseModel):
     max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
     retries: int = Field(2, ge=0, description="openai: retries after a connection error or 5xx, with backoff.")
     max_tokens: int = Field(160, ge=16, description="LLM answer length bound.")
+    max_reply_bytes: int = Field(
+        65_536, ge=1024, description="openai: longest HTTP reply read; a longer one is cut off and counted."
+    )
     temperature: float = Field(0.2, ge=0, description="LLM sampling temperature.")
     # adversarial: the expert's advice, made wrong on purpose.
     wrong_probability: float = Field(1.0, ge=0, le=1, description="adversarial: chance of recommending a wrong action.")

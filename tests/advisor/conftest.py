@@ -45,3 +45,39 @@ async def garbage_server() -> AsyncIterator[str]:
 
     async with _serving(answer) as url:
         yield url
+
+
+class HugeServer:
+    """Answers 200 with a 20 MB body, streamed (no Content-Length), as a broken or hostile server might; counts
+    what it managed to send before the client hung up."""
+
+    size = 20 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.sent = 0
+        self.done = asyncio.Event()
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        block = b"x" * 65536
+        try:
+            while self.sent < self.size:
+                writer.write(b"%x\r\n%s\r\n" % (len(block), block))
+                await writer.drain()
+                self.sent += len(block)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        writer.close()
+        self.done.set()
+
+
+@pytest.fixture
+async def huge_server() -> AsyncIterator[HugeServer]:
+    server = HugeServer()
+    async with _serving(server.answer) as url:
+        server.url = url
+        yield server

@@ -3,6 +3,7 @@ model's real OpenAI-compatible server, the expert planner on real MiniGrid rooms
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -22,6 +23,7 @@ from services.advisor.backends import (
 )
 from services.advisor.service import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from tests.advisor.conftest import HugeServer
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 
@@ -118,3 +120,12 @@ async def test_a_non_json_answer_is_a_parse_failure(garbage_server: str) -> None
     with pytest.raises(BackendError, match="parse"):
         await backend.suggest(digests(1)[0], [])
     await backend.close()
+
+
+async def test_a_huge_reply_is_cut_off_at_the_bound(huge_server: HugeServer) -> None:
+    backend = OpenAIBackend(AdvisorSpec(name="huge", backend="openai", base_url=huge_server.url, retries=0))
+    with pytest.raises(BackendError, match="too_large"):
+        await backend.suggest(digests(1)[0], [])
+    await backend.close()
+    await asyncio.wait_for(huge_server.done.wait(), 10)
+    assert huge_server.sent < huge_server.size  # the client hung up: most of the body was never sent
