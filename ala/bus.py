@@ -55,6 +55,8 @@ class Bus:
 
         async def on_error(exc: Exception) -> None:
             metrics.errors.inc()
+            if "permissions violation" in str(exc).lower():  # the broker refused a publish or subscribe
+                metrics.permission_denied.inc()
             error_log.warning("nats error: %s: %s", type(exc).__name__, exc)
 
         async def on_disconnected() -> None:
@@ -75,7 +77,7 @@ class Bus:
 
         options: dict[str, Any] = {}
         if settings.user:
-            options |= {"user": settings.user, "password": settings.password.get_secret_value()}
+            options |= {"user": settings.user, "password": settings.login_password()}
         if settings.creds_file:
             options["user_credentials"] = settings.creds_file
         await nc.connect(

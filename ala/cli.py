@@ -59,6 +59,11 @@ def nats() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with EmbeddedBroker(BrokerSettings()) as broker:
         console.print(f"nats-server at [bold]{broker.url}[/], monitoring {broker.monitor_url}, log {broker.log_path}")
+        if broker.credentials is not None:
+            console.print(
+                f"one user per service; passwords in {broker.credentials.directory}/<service>.password: run each"
+                " service with ALA_NATS_USER=<service> ALA_NATS_PASSWORD_FILE=<that file>"
+            )
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
 

@@ -25,6 +25,9 @@ class NatsSettings(BaseSettings):
     url: str = Field("nats://127.0.0.1:4222", description="Broker URL(s), comma-separated for a cluster.")
     user: str = Field("", description="User name, when the broker requires one.")
     password: SecretStr = Field(SecretStr(""), description="Password for `user`.")
+    password_file: str = Field(
+        "", description="A file holding the password for `user` (as `ala up`, compose and Helm hand them out)."
+    )
     creds_file: str = Field("", description="NATS credentials file (JWT + nkey), instead of user/password.")
     connect_timeout_s: float = Field(2.0, gt=0, description="Timeout of one connection attempt.")
     reconnect_time_wait_s: float = Field(0.25, gt=0, description="Pause between reconnect attempts (never gives up).")
@@ -33,6 +36,12 @@ class NatsSettings(BaseSettings):
     pending_size_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Client buffer for core publishes while disconnected."
     )
+
+    def login_password(self) -> str:
+        """`password`, or the contents of `password_file` when one is named (read at each connect: a tiny file)."""
+        if self.password_file:
+            return Path(self.password_file).read_text().strip()
+        return self.password.get_secret_value()
 
     @property
     def servers(self) -> list[str]:
@@ -54,6 +63,18 @@ class BrokerSettings(BaseSettings):
     max_file_store_bytes: int = Field(10 * 1024**3, gt=0, description="JetStream disk quota.")
     max_memory_store_bytes: int = Field(256 * 1024**2, gt=0, description="JetStream memory quota.")
     ready_timeout_s: float = Field(15.0, gt=0, description="How long to wait for the server to report healthy.")
+    auth: bool = Field(
+        True,
+        description="One user per service with subject permissions (ala/security.py); false: anyone may connect and"
+        " publish anything.",
+    )
+    secrets_dir: Path | None = Field(
+        None, description="The services' password files (created once, mode 0600); default: <store_dir>/secrets."
+    )
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.secrets_dir if self.secrets_dir is not None else self.store_dir / "secrets"
 
 
 class ServiceSettings(BaseSettings):

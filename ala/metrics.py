@@ -40,6 +40,7 @@ class BusMetrics:
     disconnects: Counter
     reconnects: Counter
     errors: Counter
+    permission_denied: Counter
     published: Counter
     publish_failures: Counter
     publish_seconds: Histogram
@@ -52,6 +53,11 @@ def bus_metrics(service: str, registry: CollectorRegistry) -> BusMetrics:
         disconnects=Counter(f"{prefix}_disconnects", "Times the broker connection was lost.", registry=registry),
         reconnects=Counter(f"{prefix}_reconnects", "Times the connection came back.", registry=registry),
         errors=Counter(f"{prefix}_errors", "Asynchronous client errors reported by nats-py.", registry=registry),
+        permission_denied=Counter(
+            f"{prefix}_permission_denied",
+            "Publishes or subscriptions the broker refused (this service's user is not allowed the subject).",
+            registry=registry,
+        ),
         published=Counter(f"{prefix}_published", "Messages published, by kind.", ["kind"], registry=registry),
         publish_failures=Counter(
             f"{prefix}_publish_failures", "Publishes that failed, by reason.", ["kind", "reason"], registry=registry

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
+from ala.security import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Supervisor:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     children: dict[str, Child] = field(default_factory=dict)
     _env: dict[str, str] = field(default_factory=dict)
+    _credentials: Credentials | None = None
     _stopping: bool = False
 
     def run(self) -> int:
@@ -75,6 +77,7 @@ class Supervisor:
         if self.broker_settings is not None:
             broker = EmbeddedBroker(self.broker_settings).start()
             self._env["ALA_NATS_URL"] = broker.url
+            self._credentials = broker.credentials
             log.info("broker at %s, monitoring %s", broker.url, broker.monitor_url)
         try:
             for name in self.services:
@@ -87,7 +90,9 @@ class Supervisor:
             log.info("all stopped")
 
     def _start(self, name: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "ala", name], env=self._env, start_new_session=True)
+        # Each service connects as its own user when the broker enforces permissions (ala/security.py).
+        env = self._env | (self._credentials.env(name) if self._credentials is not None else {})
+        process = subprocess.Popen([sys.executable, "-m", "ala", name], env=env, start_new_session=True)
         log.info("started %s (pid %d)", name, process.pid)
         return process
 

@@ -86,9 +86,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def broker_settings(store_dir: Path) -> BrokerSettings:
-    """An embedded broker on free ports with JetStream under `store_dir`."""
-    return BrokerSettings(port=-1, monitor_port=-1, store_dir=store_dir, ready_timeout_s=20)
+def broker_settings(store_dir: Path, auth: bool = False) -> BrokerSettings:
+    """An embedded broker on free ports with JetStream under `store_dir`; open to anyone unless `auth` (then the
+    services' passwords are under `store_dir/secrets`)."""
+    return BrokerSettings(port=-1, monitor_port=-1, store_dir=store_dir, ready_timeout_s=20, auth=auth)
 
 
 class ChunkReader:

@@ -188,7 +188,7 @@ def main(
     rates = rates or [10_000.0, 20_000.0]
     with (
         tempfile.TemporaryDirectory() as scratch,
-        EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, store_dir=Path(scratch))) as broker,
+        EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, auth=False, store_dir=Path(scratch))) as broker,
     ):
         metrics_port = free_port()
         env = dict(

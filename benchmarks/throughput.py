@@ -48,7 +48,7 @@ def local_steps_per_s(env_id: str, total_steps: int) -> float:
 def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
         broker = stack.enter_context(
-            EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, store_dir=Path(scratch) / "nats"))
+            EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, auth=False, store_dir=Path(scratch) / "nats"))
         )
         actor_ports = [free_port() for _ in range(actors)]
         learner_port = free_port()

@@ -127,7 +127,7 @@ def main(
     ]
     with (
         tempfile.TemporaryDirectory() as store,
-        EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, store_dir=Path(store))) as broker,
+        EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, auth=False, store_dir=Path(store))) as broker,
     ):
         for name, payload, measure, count in (
             ("core publish → subscriber callback", bias, hop_latencies, hops),

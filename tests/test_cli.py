@@ -18,7 +18,7 @@ from ala.bus import Bus
 from ala.cli import app
 from ala.config import NatsSettings
 from ala.metrics import BusMetrics
-from ala.testing import free_port
+from ala.testing import free_port, wait_until
 from protos import Heartbeat, decode, subjects
 from protos.schema import json_schemas
 from services import SERVICE_NAMES
@@ -58,8 +58,10 @@ def _up_environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def _wait_for_heartbeats_of_every_service(url: str, metrics: BusMetrics) -> None:
-    settings = NatsSettings(url=url, reconnect_time_wait_s=0.05)
+async def _wait_for_heartbeats_of_every_service(url: str, metrics: BusMetrics, password_file: Path) -> None:
+    # The broker `ala up` starts lets only the services in, each as its own user: watch as one of them.
+    await wait_until(password_file.exists, 30)
+    settings = NatsSettings(url=url, reconnect_time_wait_s=0.05, user="router", password_file=str(password_file))
     bus = await asyncio.wait_for(Bus.connect(settings, "observer", metrics), 30)
     seen: set[str] = set()
     all_seen = asyncio.Event()
@@ -85,7 +87,8 @@ def test_up_runs_broker_and_all_services_and_one_sigint_stops_them(tmp_path: Pat
         text=True,
     )
     try:
-        asyncio.run(_wait_for_heartbeats_of_every_service(f"nats://127.0.0.1:{port}", metrics))
+        password_file = tmp_path / "nats" / "secrets" / "router.password"
+        asyncio.run(_wait_for_heartbeats_of_every_service(f"nats://127.0.0.1:{port}", metrics, password_file))
     finally:
         up.send_signal(signal.SIGINT)
         _, stderr = up.communicate(timeout=60)

@@ -70,3 +70,15 @@ def test_each_lab_host_points_its_services_at_the_one_broker() -> None:
     for host, service in (("lab-dgx.yml", "advisor"), ("lab-jetson.yml", "actor")):
         services = config(["docker-compose.yml", f"deploy/compose/{host}"])["services"]
         assert services[service]["environment"]["ALA_NATS_URL"] == "nats://dgx.lab:4222"
+
+
+def test_every_service_connects_as_its_own_user_with_the_password_the_broker_wrote() -> None:
+    services = config(["docker-compose.yml", "compose.cpu.yml"])["services"]
+    assert services["nats"]["environment"]["ALA_BROKER_AUTH"] == "true"
+    assert services["nats"]["environment"]["ALA_BROKER_SECRETS_DIR"] == "/secrets"
+    for name in ("advisor", "router", "actor", "learner", "evaluator"):
+        env = services[name]["environment"]
+        assert env["ALA_NATS_USER"] == name
+        assert env["ALA_NATS_PASSWORD_FILE"] == f"/secrets/{name}.password"
+        mounts = {(v["source"], v["target"], v.get("read_only", False)) for v in services[name]["volumes"]}
+        assert ("secrets", "/secrets", True) in mounts, name
