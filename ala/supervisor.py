@@ -9,6 +9,9 @@ since every service reconnects and resumes on its own (the learner from its chec
 weights). One restart too many stops the whole stack with exit status 1: a service that keeps crashing needs a
 person, and a half-running stack is worse than a stopped one. `max_restarts = 0` stops everything at the first
 death. Container restart policies (`on-failure`) act on the same exit status in Compose and Kubernetes.
+
+The embedded broker is watched the same way: if it dies it is restarted at once on the same ports, store and
+passwords (the services reconnect by themselves), at most `max_restarts` times within the window.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ala.broker import EmbeddedBroker
+from ala.broker import BrokerError, EmbeddedBroker
 from ala.config import BrokerSettings
 from ala.security import Credentials
 
@@ -67,6 +70,8 @@ class Supervisor:
     children: dict[str, Child] = field(default_factory=dict)
     _env: dict[str, str] = field(default_factory=dict)
     _credentials: Credentials | None = None
+    _broker: EmbeddedBroker | None = None
+    _broker_restarts: deque[float] = field(default_factory=deque)
     _stopping: bool = False
 
     def run(self) -> int:
@@ -75,7 +80,7 @@ class Supervisor:
         self._env = dict(os.environ)
         broker = None
         if self.broker_settings is not None:
-            broker = EmbeddedBroker(self.broker_settings).start()
+            broker = self._broker = EmbeddedBroker(self.broker_settings).start()
             self._env["ALA_NATS_URL"] = broker.url
             self._credentials = broker.credentials
             log.info("broker at %s, monitoring %s", broker.url, broker.monitor_url)
@@ -103,6 +108,8 @@ class Supervisor:
         deadline = None if self.duration_s is None else time.monotonic() + self.duration_s
         while not self._stopping:
             now = time.monotonic()
+            if not self._keep_broker_up(now):
+                return 1
             for child in self.children.values():
                 if child.restart_at is not None:
                     if now >= child.restart_at:
@@ -113,6 +120,34 @@ class Supervisor:
                 break
             time.sleep(POLL_INTERVAL_S)
         return 0
+
+    def _keep_broker_up(self, now: float) -> bool:
+        """Restart the embedded broker if it died (same ports, store and passwords: the services reconnect on
+        their own, JetStream keeps what it acknowledged), at most `max_restarts` times within the window."""
+        broker = self._broker
+        if broker is None or broker.process is None or broker.process.poll() is None:
+            return True
+        status = broker.process.returncode
+        while self._broker_restarts and now - self._broker_restarts[0] > self.policy.restart_window_s:
+            self._broker_restarts.popleft()
+        if len(self._broker_restarts) >= self.policy.max_restarts:
+            log.error(
+                "the broker exited with status %s after %d restart(s); stopping", status, self.policy.max_restarts
+            )
+            return False
+        self._broker_restarts.append(now)
+        log.warning(
+            "the broker exited with status %s; restarting it (restart %d of %d)",
+            status,
+            len(self._broker_restarts),
+            self.policy.max_restarts,
+        )
+        try:
+            broker.start()
+        except BrokerError as exc:
+            log.error("the broker did not come back: %s", exc)
+            return len(self._broker_restarts) < self.policy.max_restarts  # the next poll tries again
+        return True
 
     def _schedule_restart(self, child: Child, now: float) -> bool:
         """Plan a restart of a child that died; False when it has used up its restarts."""

@@ -63,3 +63,60 @@ def test_up_restarts_a_dead_service_then_stops_the_stack_past_its_limit(
     assert "actor exited with status 1; restarting it in 0.2s (restart 1 of 1)" in result.stderr
     assert "actor exited with status 1 after 1 restart(s)" in result.stderr
     assert result.stderr.count("started actor") == 2 and "all stopped" in result.stderr
+
+
+def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path) -> None:
+    """kill -9 of the broker `ala up` started: it comes back on the same port, and the router is served again."""
+    import asyncio
+    import signal
+
+    from prometheus_client import CollectorRegistry
+
+    from ala.bus import Bus
+    from ala.metrics import bus_metrics
+    from ala.testing import free_port, wait_until
+
+    port = free_port()
+    env = dict(
+        os.environ,
+        ALA_RUN="brokerdeath",
+        ALA_BROKER_PORT=str(port),
+        ALA_BROKER_MONITOR_PORT="-1",
+        ALA_BROKER_STORE_DIR=str(tmp_path / "nats"),
+        ALA_ROUTER_METRICS_PORT="0",
+        ALA_ROUTER_API_PORT="0",
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "ala", "up", "--service", "router"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    password_file = tmp_path / "nats" / "secrets" / "router.password"
+
+    async def heartbeats_after_broker_death() -> None:
+        await wait_until(password_file.exists, 30)
+        settings = NatsSettings(
+            url=f"nats://127.0.0.1:{port}", reconnect_time_wait_s=0.05, user="router", password_file=str(password_file)
+        )
+        bus = await asyncio.wait_for(Bus.connect(settings, "observer", bus_metrics("o", CollectorRegistry())), 30)
+        beats: asyncio.Queue[object] = asyncio.Queue()
+
+        async def on_heartbeat(msg: object) -> None:
+            await beats.put(msg)
+
+        await bus.subscribe("ala.brokerdeath.heartbeat.router.*", on_heartbeat)
+        await asyncio.wait_for(beats.get(), 30)
+        (ports_file,) = (tmp_path / "nats").glob("*.ports")  # nats-server_<pid>.ports
+        pid = int(ports_file.stem.rsplit("_", 1)[1])
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: bus.metrics.reconnects._value.get() >= 1, 30)
+        while not beats.empty():
+            beats.get_nowait()
+        await asyncio.wait_for(beats.get(), 30)  # the router is heard again, through the restarted broker
+        await bus.drain()
+
+    try:
+        asyncio.run(heartbeats_after_broker_death())
+    finally:
+        up.send_signal(signal.SIGINT)
+        _, stderr = up.communicate(timeout=60)
+    assert "the broker exited with status -9; restarting it (restart 1 of 3)" in stderr
+    assert up.returncode == 0, stderr
