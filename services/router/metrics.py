@@ -38,3 +38,9 @@ OUTCOMES_REJECTED = Counter(
 )
 STRENGTH = Gauge("ala_router_strength", "Bias strength now (after annealing).", registry=REGISTRY)
 KILLS = Counter("ala_router_kills", "POST /kill calls.", registry=REGISTRY)
+API_REFUSED = Counter(
+    "ala_router_api_refused",
+    "Control API requests refused before handling, by reason (rate, size).",
+    ["reason"],
+    registry=REGISTRY,
+)

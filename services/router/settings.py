@@ -23,6 +23,11 @@ class RouterSettings(ServiceSettings, LiveConfig):
     metrics_port: int = Field(9102, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
     api_host: str = Field("127.0.0.1", description="Interface of the control API (FastAPI).")
     api_port: int = Field(8102, ge=0, le=65535, description="Port of the control API (0 = a free one).")
+    api_max_body_bytes: int = Field(
+        65_536, ge=1024, description="Control API: larger request bodies are refused with 413 before being read."
+    )
+    api_rate_per_s: float = Field(20.0, gt=0, description="Control API: requests per second per client (429 beyond).")
+    api_burst: int = Field(40, ge=1, description="Control API: requests one client may send at once.")
     token: SecretStr = Field(
         SecretStr(""), description="Bearer token for PUT /config and POST /kill; empty: those endpoints refuse all."
     )
