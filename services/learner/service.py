@@ -1,10 +1,12 @@
 """The learner process: `Learner` wired to NATS.
 
-One durable pull consumer reads trajectory chunks. A chunk is acknowledged only once it is in a trained batch;
-bad chunks are terminated (never redelivered) and counted; chunks already trained (a redelivery after a lost ack
-or a restart) are acknowledged and skipped; chunks older than `max_policy_lag` are dropped and counted. Weights go
-to the JetStream Object Store, then an announcement to the weights stream. Checkpoints (weights, optimizer,
-trained chunk ids, stream position, policy spec) are written atomically and restored at start.
+One durable pull consumer reads trajectory chunks. Exactly once across a crash: a trained chunk is acknowledged
+only after a checkpoint that includes its update (weights, optimizer, trained chunk ids, stream position, policy
+spec; written atomically, restored at start), and weights are published only once checkpointed. A crash before
+the checkpoint leaves its chunks unacknowledged: they come back and the restored learner trains them; a crash
+between the checkpoint and the acknowledgement brings back chunks the checkpoint lists as trained: skipped. Bad
+chunks are terminated (never redelivered) and counted; chunks older than `max_policy_lag` are dropped and counted.
+Weights go to the JetStream Object Store, then an announcement to the weights stream.
 
 The network's shape comes from the wire: a fresh learner waits for the first actor heartbeat that carries a
 `PolicySpec` (a restored one takes the spec from its checkpoint) and repeats it in every weights announcement.
@@ -56,6 +58,9 @@ from services.learner.settings import LearnerSettings
 log = logging.getLogger(__name__)
 KEEP_WEIGHT_VERSIONS = 5
 REMEMBERED_CHUNKS = 100_000
+PERSISTED_CHUNK_IDS = 8192
+"""Trained chunk ids a checkpoint keeps: more than can be redelivered (unacknowledged, or acknowledged and lost
+within `ack_wait_s`) at once, few enough to write a checkpoint every update."""
 FETCH_RETRY_S = 0.5
 STOP_GRACE_S = 30.0
 """How long a stopping learner waits for the update in progress."""
@@ -73,6 +78,8 @@ class LearnerWorker:
         self.implicit = ImplicitRewards(settings.max_implicit_reward)
         self.pending_ids: set[str] = set()
         """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
+        self.unsettled: list[Msg] = []
+        """Chunks trained on but not yet acknowledged: they wait for the checkpoint that includes their update."""
         self.last_stats: dict[str, float] = {}
         self.announced: WeightsAnnouncement | None = None
         self.sample_rate = Rate()
@@ -166,22 +173,30 @@ class LearnerWorker:
             # Off the event loop, so heartbeats and acks keep flowing during a long update.
             stats = await asyncio.to_thread(self.learner.train, [trajectory for _, _, trajectory in batch])
         for msg, chunk_id, _ in batch:
-            await self._settle(msg)
+            self.unsettled.append(msg)
             self._remember(chunk_id)
         metrics.CHUNKS_TRAINED.inc(len(batch))
         metrics.SAMPLES.inc(stats["samples"])
         for name, value in stats.items():
             metrics.TRAINING.labels(name).set(value)
         self.last_stats = stats
-        if self.learner.version % self.settings.publish_every == 0:
+        if self.learner.version % self.settings.checkpoint_every == 0:
+            await self.checkpoint_and_settle()
+        # Only checkpointed weights go out: an actor must never hold a version a restarted learner has lost.
+        if not self.unsettled and self.learner.version % self.settings.publish_every == 0:
             try:
                 await self.publish_weights()
             except (PublishError, NatsError, TimeoutError) as exc:
                 # The broker is away: training goes on and the next update publishes newer weights.
                 metrics.WEIGHTS_PUBLISH_FAILURES.inc()
                 log.warning("weights v%d not published: %s", self.learner.version, exc)
-        if self.learner.version % self.settings.checkpoint_every == 0:
-            await asyncio.to_thread(self.save_checkpoint)
+
+    async def checkpoint_and_settle(self) -> None:
+        """Write the checkpoint, then acknowledge every chunk it covers (the order that makes it exactly once)."""
+        await asyncio.to_thread(self.save_checkpoint)
+        unsettled, self.unsettled = self.unsettled, []
+        for msg in unsettled:
+            await self._settle(msg)
 
     async def publish_weights(self) -> None:
         version = self.learner.version
@@ -236,7 +251,7 @@ class LearnerWorker:
         torch.save(
             {
                 "learner": self.learner.checkpoint(),
-                "trained_ids": list(self.trained_ids),
+                "trained_ids": list(self.trained_ids)[-PERSISTED_CHUNK_IDS:],
                 "last_stream_seq": self.last_stream_seq,
                 "policy": msgspec.to_builtins(self.spec),
             },
@@ -263,11 +278,14 @@ class LearnerWorker:
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.settings.ack_wait_s,
                 deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=max(1024, 4 * self.settings.chunks_per_batch),
+                # Trained chunks wait for their checkpoint unacknowledged: room for them, and for a batch more.
+                max_ack_pending=max(1024, (self.settings.checkpoint_every + 4) * self.settings.chunks_per_batch),
             ),
         )
         try:
             await self._consume(consumer, stop)
+            if self.unsettled:  # a clean stop: checkpoint what was trained, so nothing comes back to train again
+                await self.checkpoint_and_settle()
         finally:
             await consumer.unsubscribe()  # a pending fetch would otherwise hold up the connection's drain
         # Unacknowledged chunks are redelivered to the next learner after ack_wait: nothing is lost.

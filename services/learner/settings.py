@@ -21,8 +21,15 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     chunks_per_batch: int = Field(1, ge=1, description="Trajectory chunks per PPO update.")
     fetch_timeout_s: float = Field(0.5, gt=0, description="Longest wait for chunks in one fetch.")
     ack_wait_s: float = Field(60.0, gt=0, description="Redelivery of a chunk not acknowledged within this time.")
-    publish_every: int = Field(1, ge=1, description="Publish weights every this many updates.")
+    publish_every: int = Field(
+        1, ge=1, description="Publish weights every this many updates (only checkpointed ones: see checkpoint_every)."
+    )
     checkpoint_dir: Path = Field(Path(".ala/checkpoints"), description="Where checkpoints are written.")
-    checkpoint_every: int = Field(20, ge=1, description="Checkpoint every this many updates.")
+    checkpoint_every: int = Field(
+        1,
+        ge=1,
+        description="Checkpoint every this many updates; trained chunks are acknowledged and weights published only"
+        " after the checkpoint that covers them (exactly once across a crash).",
+    )
     implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")

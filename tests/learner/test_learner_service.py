@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
+import urllib.request
 from pathlib import Path
 
 import msgspec
 import numpy as np
 import torch
 from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
+from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
+from ala.metrics import bus_metrics
 from ala.rl.learner import Learner
 from ala.rl.policy import Agent, load_weights
 from ala.rl.trajectory import Trajectory, to_chunk
-from ala.testing import actor_heartbeat, rollout, running, spec
+from ala.testing import actor_heartbeat, free_port, rollout, running, spec, wait_until
 from protos import Array, WeightsAnnouncement, decode, encode, subjects
 from protos.messages import TrajectoryChunk
 from services.learner import metrics
@@ -169,3 +176,89 @@ async def test_restart_resumes_from_checkpoint_and_remembers_trained_chunks(
         await _publish(bus, _chunk(second, 2), "test.a1.2")
         assert (await _next_version(announcements)).version == 2
     assert metrics.CHUNKS_DUPLICATE._value.get() - duplicates == 1
+
+
+async def test_a_trained_chunk_is_acknowledged_and_its_weights_published_only_after_its_checkpoint(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    settings = _settings(nats_settings, tmp_path, checkpoint_every=2)
+    first, second = _zero_lag_trajectory(settings, 0), _zero_lag_trajectory(settings, 1)
+    trained = metrics.CHUNKS_TRAINED._value.get()
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        await _start_training(bus, announcements)
+        await _publish(bus, _chunk(first, 1), "test.a1.1")
+        await wait_until(lambda: metrics.CHUNKS_TRAINED._value.get() == trained + 1)
+        consumer = await bus.js.consumer_info(subjects.TRAJECTORIES.name, "learner-test")
+        assert consumer.num_ack_pending == 1  # trained, not yet checkpointed: not acknowledged
+        assert announcements.empty() and not (settings.checkpoint_dir / "test" / "latest.pt").exists()
+        await _publish(bus, _chunk(second, 2), "test.a1.2")
+        assert (await _next_version(announcements)).version == 2  # v1 was never published
+        consumer = await bus.js.consumer_info(subjects.TRAJECTORIES.name, "learner-test")
+        assert consumer.num_ack_pending == 0 and (settings.checkpoint_dir / "test" / "latest.pt").exists()
+
+
+async def _learner_process(env: dict[str, str], port: int, log: Path) -> asyncio.subprocess.Process:
+    with log.open("w") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ala", "learner", env=env | {"ALA_LEARNER_METRICS_PORT": str(port)}, stderr=out
+        )
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The process's own counters, read from its /metrics as Prometheus would (0 while it is not answering)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_a_learner_killed_before_its_checkpoint_loses_no_chunk_and_trains_none_twice(
+    nats_server: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """kill -9 after an update and before the checkpoint that would acknowledge it: the chunk comes back to the
+    restarted learner, which trains it, and the next one, once each."""
+    env = dict(
+        os.environ,
+        ALA_RUN="test",
+        ALA_NATS_URL=nats_server.url,
+        ALA_LEARNER_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+        ALA_LEARNER_CHECKPOINT_EVERY="2",
+        ALA_LEARNER_ACK_WAIT_S="2",
+        ALA_LEARNER_SEED="3",
+        ALA_LEARNER_FETCH_TIMEOUT_S="0.1",
+    )
+    settings = _settings(NatsSettings(url=nats_server.url), tmp_path)
+    chunks = [_chunk(_zero_lag_trajectory(settings, seed), seq) for seq, seed in ((1, 0), (2, 1))]
+    samples_per_chunk = int(np.prod(chunks[0].actions.shape))
+    ports = free_port(), free_port()
+
+    async def scenario() -> None:
+        bus = await Bus.connect(NatsSettings(url=nats_server.url), "test", bus_metrics("t", CollectorRegistry()))
+        await bus.provision()
+        announcements = await _announcements(bus)
+        first = await _learner_process(env, ports[0], tmp_path / "first.log")
+        await _start_training(bus, announcements)
+        await _publish(bus, chunks[0], "test.a1.1")
+        await wait_until(lambda: _scrape(ports[0]).get("ala_learner_chunks_trained_total") == 1)
+        first.kill()  # SIGKILL: between the update and the checkpoint that would acknowledge it
+        await first.wait()
+        second = await _learner_process(env, ports[1], tmp_path / "second.log")
+        try:
+            await _start_training(bus, announcements)
+            await _publish(bus, chunks[1], "test.a1.2")
+            version = await _next_version(announcements)
+            while version.version < 2:
+                version = await _next_version(announcements)
+            assert version.env_steps == 2 * samples_per_chunk  # both chunks, once each
+            counters = _scrape(ports[1])
+            assert counters["ala_learner_chunks_trained_total"] == 2
+            assert counters["ala_learner_chunks_duplicate_total"] == 0
+        finally:
+            second.terminate()
+            await second.wait()
+            await bus.drain()
+
+    asyncio.run(scenario())
