@@ -14,6 +14,7 @@ start; an authenticated service could therefore manage streams. Only subjects th
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -94,6 +95,23 @@ class Credentials:
         return {"ALA_NATS_USER": user, "ALA_NATS_PASSWORD_FILE": str(self.password_file(user))}
 
 
+def allowed(user: str) -> Permissions:
+    """Everything `user` may publish and subscribe: what every service needs, and its own subjects."""
+    own = PERMISSIONS[user]
+    return Permissions(
+        publish=(*_COMMON.publish, f"{ANY_RUN}.heartbeat.{user}.*", *own.publish),
+        subscribe=(*_COMMON.subscribe, *own.subscribe),
+    )
+
+
+def permissions_document() -> dict[str, dict[str, list[str]]]:
+    """The same rules as data, for brokers this module does not configure (the Helm chart's
+    `files/nats-permissions.json`: `python -m ala.security > deploy/helm/ala/files/nats-permissions.json`)."""
+    return {
+        user: {"publish": list(allowed(user).publish), "subscribe": list(allowed(user).subscribe)} for user in USERS
+    }
+
+
 def _quoted(subjects: tuple[str, ...]) -> str:
     return "[" + ", ".join(f'"{subject}"' for subject in subjects) + "]"
 
@@ -102,10 +120,12 @@ def render_authorization(credentials: Credentials) -> str:
     """The nats-server `authorization` block: one user per service, allowed exactly its subjects."""
     lines = ["authorization {", "  users = ["]
     for user in USERS:
-        own = PERMISSIONS[user]
-        publish = (*_COMMON.publish, f"{ANY_RUN}.heartbeat.{user}.*", *own.publish)
-        subscribe = (*_COMMON.subscribe, *own.subscribe)
-        allow = f"publish: {{allow: {_quoted(publish)}}}, subscribe: {{allow: {_quoted(subscribe)}}}"
+        rules = allowed(user)
+        allow = f"publish: {{allow: {_quoted(rules.publish)}}}, subscribe: {{allow: {_quoted(rules.subscribe)}}}"
         lines.append(f'    {{user: "{user}", password: "{credentials.passwords[user]}", permissions: {{{allow}}}}}')
     lines += ["  ]", "}"]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(permissions_document(), indent=2))

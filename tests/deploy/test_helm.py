@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 import pytest
 import yaml
 
@@ -88,3 +91,72 @@ def test_nats_comes_from_the_official_chart_with_jetstream_and_the_monitoring_ob
     dashboards = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-dashboards")
     assert set(dashboards["data"]) == {"ala-budgets.json", "ala-training.json", "ala-advice.json"}
     assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
+    """The Secret's auth.conf, included as the NATS chart includes it, runs on nats-server: each service logs in
+    with its password from the Secret and gets exactly the permissions of ala/security.py."""
+    import asyncio
+
+    from ala.broker import find_nats_server
+    from ala.security import permissions_document
+    from ala.testing import free_port
+
+    docs = render([])
+    secret = next(doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == "ala-nats-auth")
+    assert json.loads((CHART / "files" / "nats-permissions.json").read_text()) == permissions_document()
+    (tmp_path / "nats-auth").mkdir()
+    (tmp_path / "nats-auth" / "auth.conf").write_text(secret["stringData"]["auth.conf"])
+    (tmp_path / "nats-config").mkdir()
+    port = free_port()
+    config = tmp_path / "nats-config" / "nats.conf"
+    config.write_text(f"port: {port}\ninclude ../nats-auth/auth.conf\n")
+    run(str(find_nats_server()), "-t", "-c", str(config))
+    server = subprocess.Popen([str(find_nats_server()), "-c", str(config)], stderr=subprocess.DEVNULL)
+
+    async def check() -> None:
+        import nats
+
+        async def connect(user: str):
+            for _ in range(100):
+                try:
+                    return await nats.connect(
+                        f"nats://127.0.0.1:{port}", user=user, password=secret["stringData"][user]
+                    )
+                except Exception:
+                    await asyncio.sleep(0.05)
+            raise AssertionError(f"{user} cannot log in")
+
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        router, actor = await connect("router"), await connect("actor")
+        actor_errors = await nats.connect(
+            f"nats://127.0.0.1:{port}", user="actor", password=secret["stringData"]["actor"], error_cb=on_error
+        )
+        received = []
+
+        async def on_bias(msg) -> None:
+            received.append(msg.data)
+
+        await actor.subscribe("ala.lab.bias.a1", cb=on_bias)
+        await actor.flush()
+        await actor_errors.publish("ala.lab.bias.a1", b"forged")
+        await router.publish("ala.lab.bias.a1", b"routed")
+        await router.flush()
+        await actor_errors.flush()
+        for _ in range(100):
+            if received and errors:
+                break
+            await asyncio.sleep(0.05)
+        assert received == [b"routed"] and any("permissions violation" in e.lower() for e in errors)
+        for client in (router, actor, actor_errors):
+            await client.close()
+
+    try:
+        asyncio.run(check())
+    finally:
+        server.terminate()
+        server.wait()

@@ -30,3 +30,8 @@ app.kubernetes.io/component: {{ .service }}
 {{- $image := merge (dict) .spec.image .root.Values.image -}}
 {{- printf "%s:%s" $image.repository $image.tag -}}
 {{- end -}}
+
+{{/* "a", "b", ...: subjects for a NATS config (toJson would escape ">" as \u003e). */}}
+{{- define "ala.quotedList" -}}
+{{- range $i, $item := . }}{{ if $i }}, {{ end }}"{{ $item }}"{{ end -}}
+{{- end -}}
