@@ -210,8 +210,13 @@ def main(
             loads = []
             for rate in rates:
                 start = metrics_text(metrics_port)
-                loads.append(asyncio.run(sustained(broker.url, rate, seconds)))
-                own.append(own_work(start, metrics_text(metrics_port)))
+                load = asyncio.run(sustained(broker.url, rate, seconds))
+                end = metrics_text(metrics_port)
+                # Memory under load: the router's resident set before and after (flat = nothing unbounded).
+                load["rss_before_mb"] = sample(start, "process_resident_memory_bytes") / 2**20
+                load["rss_after_mb"] = sample(end, "process_resident_memory_bytes") / 2**20
+                loads.append(load)
+                own.append(own_work(start, end))
             rejected = sample(metrics_text(metrics_port), "ala_router_rejected_total")
         finally:
             for process in (router, relay_process):
@@ -221,7 +226,7 @@ def main(
     lines = [
         "# Router latency and capacity (loopback)",
         "",
-        f"`python -m benchmarks.router --messages {messages}` on {os.cpu_count()} cores ({platform.machine()}), "
+        f"`python -m benchmarks.router {' '.join(sys.argv[1:])}` on {os.cpu_count()} cores ({platform.machine()}), "
         f"{time.strftime('%Y-%m-%d')}. The router and the bare relay each run as their own process.",
         "",
         "| path, one message in flight | p50 (µs) | p99 (µs) |",
@@ -241,11 +246,14 @@ def main(
             for rate, (mean, p99) in zip(rates, own[1:], strict=True)
         ),
         "",
-        "| sustained advice rate asked | sent/s | bias updates received | end-to-end p50 (ms) | p99 (ms) |",
-        "|---:|---:|---:|---:|---:|",
+        f"Sustained runs of {seconds:.0f} s each; router RSS from its own `process_resident_memory_bytes`.",
+        "",
+        "| sustained advice rate asked | sent/s | bias updates received | end-to-end p50 (ms) | p99 (ms) |"
+        " router RSS before → after (MB) |",
+        "|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {rate:,.0f} | {load['sent_per_s']:,.0f} | {load['received']:,.0f} of {load['sent']:,.0f} | "
-            f"{load['p50_ms']:.2f} | {load['p99_ms']:.2f} |"
+            f"{load['p50_ms']:.2f} | {load['p99_ms']:.2f} | {load['rss_before_mb']:.0f} → {load['rss_after_mb']:.0f} |"
             for rate, load in zip(rates, loads, strict=True)
         ),
         "",
