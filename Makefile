@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format images e2e-compose bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
+.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,12 @@ e2e-compose: setup  ## build the images, `docker compose up --wait` the CPU stac
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+faults: setup  ## kill -9 each part of a running stack: nothing lost or trained twice, training resumes (CI, short)
+	$(BIN)/python -m benchmarks.faults --quick --out .ala/faults-quick.md
+
+bench-faults: setup  ## the same, with longer windows, into benchmarks/results/faults.md
+	$(BIN)/python -m benchmarks.faults
 
 bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
 	$(BIN)/python -m benchmarks.wire

@@ -202,6 +202,7 @@ async def run_fault(stack: Stack, observer: Observer, fault: str, window_s: floa
     resumed = await until(lambda: observer.newest > newest_at_restart, 60)
     current = await until(lambda: observer.actor_version() >= max(observer.newest, 0) > newest_at_restart, 60)
     elapsed = time.monotonic() - restarted_at
+    current = None if current is None else elapsed  # both measured from the restart
     await asyncio.sleep(max(0.0, window_s - elapsed))
     after = buckets(scrape(stack.ports["actor"]))
     if fault == "actor":  # a new process: its histogram starts at zero, and "during" has no steps of the old one

@@ -102,6 +102,13 @@ async def one_in_flight(url: str, count: int, ala: bool) -> list[float]:
 
     await nc.subscribe(subjects.bias_subject(RUN, "a1") if ala else "bench.hop2", cb=on_message)
     await nc.flush()
+    if not ala:  # the relay process may still be starting: wait until a message makes the round trip
+        deadline = time.monotonic() + 60
+        while not arrived.is_set():
+            assert time.monotonic() < deadline, "the relay did not come up"
+            await nc.publish("bench.hop1", b"ping")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 0.2)
     latencies = []
     for i in range(count + 100):
         arrived.clear()
@@ -197,6 +204,7 @@ def main(
             ALA_RUN=RUN,
             ALA_ROUTER_METRICS_PORT=str(metrics_port),
             ALA_ROUTER_API_PORT="0",
+            ALA_ROUTER_ACTOR_TIMEOUT_S="3600",  # the benchmark's actor heartbeats once, at the start
             ALA_LOG_LEVEL="WARNING",
         )
         router = subprocess.Popen([sys.executable, "-m", "ala", "router"], env=env)
