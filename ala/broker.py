@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ala.config import BrokerSettings
 from ala.security import Credentials, render_authorization
+from ala.tls import TlsFiles, render_tls
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def render_config(
     """nats-server configuration: JetStream on file storage, max payload for trajectory chunks, monitoring, and
     with `credentials` one user per service, allowed only its subjects (`ala/security.py`)."""
     authorization = [render_authorization(credentials)] if credentials is not None else []
+    tls = [render_tls(TlsFiles(settings.tls_dir.resolve()))] if settings.tls_dir is not None else []
     return "\n".join(
         [
             f'listen: "{settings.host}:{port}"',
@@ -61,6 +63,7 @@ def render_config(
             f"  max_memory_store: {settings.max_memory_store_bytes}",
             "}",
             *authorization,
+            *tls,
             "",
         ]
     )

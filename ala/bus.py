@@ -25,6 +25,7 @@ from nats.js.api import DiscardPolicy, ObjectStoreConfig, PubAck, StorageType, S
 from ala.config import NatsSettings
 from ala.metrics import BusMetrics, child
 from ala.ratelimit import RateLimitedLog
+from ala.tls import client_context
 from protos import MessageBase, encode
 from protos.subjects import OBJECT_BUCKETS, STREAMS, StreamSpec
 
@@ -80,6 +81,8 @@ class Bus:
             options |= {"user": settings.user, "password": settings.login_password()}
         if settings.creds_file:
             options["user_credentials"] = settings.creds_file
+        if settings.tls_ca_file:
+            options["tls"] = client_context(settings.tls_ca_file)
         await nc.connect(
             servers=settings.servers,
             name=name,

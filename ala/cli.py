@@ -20,6 +20,7 @@ from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings, NatsSettings
 from ala.service import configure_logging
 from ala.supervisor import RestartPolicy, Supervisor
+from ala.tls import generate
 from services import SERVICE_NAMES
 
 app = typer.Typer(help="ALA, the Asynchronous LLM Advisor.", no_args_is_help=True, add_completion=False)
@@ -27,6 +28,8 @@ config_app = typer.Typer(help="Inspect settings.", no_args_is_help=True)
 protos_app = typer.Typer(help="The wire contract.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(protos_app, name="protos")
+tls_app = typer.Typer(help="TLS between services and broker, for a lab.", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
 console = Console()
 
 
@@ -66,6 +69,21 @@ def nats() -> None:
             )
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+
+
+@tls_app.command("generate")
+def tls_generate(
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write ca.pem, server.pem, server-key.pem.")] = Path(
+        ".ala/tls"
+    ),
+    hosts: Annotated[
+        list[str] | None, typer.Option("--host", help="Another name or address of the broker (repeat).")
+    ] = None,
+) -> None:
+    """A self-signed CA and a broker certificate for the lab: serve with ALA_BROKER_TLS_DIR=<dir>, connect with
+    ALA_NATS_TLS_CA_FILE=<dir>/ca.pem (`ala up` sets it)."""
+    files = generate(directory, tuple(hosts or ()))
+    console.print(f"CA {files.ca}; broker certificate {files.cert} (key {files.key}, mode 0600)")
 
 
 @app.command()

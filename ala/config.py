@@ -29,6 +29,9 @@ class NatsSettings(BaseSettings):
         "", description="A file holding the password for `user` (as `ala up`, compose and Helm hand them out)."
     )
     creds_file: str = Field("", description="NATS credentials file (JWT + nkey), instead of user/password.")
+    tls_ca_file: str = Field(
+        "", description="Connect with TLS, trusting this CA (`ala tls generate` writes one as ca.pem); empty: no TLS."
+    )
     connect_timeout_s: float = Field(2.0, gt=0, description="Timeout of one connection attempt.")
     reconnect_time_wait_s: float = Field(0.25, gt=0, description="Pause between reconnect attempts (never gives up).")
     publish_timeout_s: float = Field(2.0, gt=0, description="Bound on every publish; JetStream waits this for its ack.")
@@ -67,6 +70,10 @@ class BrokerSettings(BaseSettings):
         True,
         description="One user per service with subject permissions (ala/security.py); false: anyone may connect and"
         " publish anything.",
+    )
+    tls_dir: Path | None = Field(
+        None,
+        description="Serve TLS with the certificate in this directory (`ala tls generate --dir ...`); none: plain.",
     )
     secrets_dir: Path | None = Field(
         None, description="The services' password files (created once, mode 0600); default: <store_dir>/secrets."

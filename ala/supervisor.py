@@ -32,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from ala.broker import BrokerError, EmbeddedBroker
 from ala.config import BrokerSettings
 from ala.security import Credentials
+from ala.tls import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Supervisor:
             broker = self._broker = EmbeddedBroker(self.broker_settings).start()
             self._env["ALA_NATS_URL"] = broker.url
             self._credentials = broker.credentials
+            if self.broker_settings.tls_dir is not None:  # the services trust the lab CA the broker serves with
+                self._env["ALA_NATS_TLS_CA_FILE"] = str(TlsFiles(self.broker_settings.tls_dir.resolve()).ca)
             log.info("broker at %s, monitoring %s", broker.url, broker.monitor_url)
         try:
             for name in self.services:

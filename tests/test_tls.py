@@ -1,0 +1,44 @@
+"""TLS between services and broker: the lab's own CA, a real nats-server serving with it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+
+from ala.broker import EmbeddedBroker
+from ala.bus import Bus
+from ala.config import NatsSettings
+from ala.metrics import bus_metrics
+from ala.testing import broker_settings
+from ala.tls import generate
+
+
+async def test_services_that_trust_the_lab_ca_talk_over_tls_and_others_cannot(tmp_path: Path) -> None:
+    files = generate(tmp_path / "tls")
+    stranger = generate(tmp_path / "other-ca")
+    assert oct(files.key.stat().st_mode & 0o777) == "0o600"
+    settings = broker_settings(tmp_path / "nats").model_copy(update={"tls_dir": files.directory})
+    with EmbeddedBroker(settings) as broker:
+
+        async def connect(**tls: str) -> Bus:
+            nats = NatsSettings(url=broker.url, reconnect_time_wait_s=0.05, connect_timeout_s=1.0, **tls)
+            return await asyncio.wait_for(Bus.connect(nats, "t", bus_metrics("t", CollectorRegistry())), 5)
+
+        bus = await connect(tls_ca_file=str(files.ca))
+        received: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_message(msg: Msg) -> None:
+            await received.put(msg.data)
+
+        await bus.subscribe("ala.test.eval", on_message)
+        await bus.nc.flush()
+        assert await bus.publish_bytes("ala.test.eval", b"over tls", kind="evaluation")
+        assert await asyncio.wait_for(received.get(), 5) == b"over tls"
+        await bus.drain()
+        for wrong in ({}, {"tls_ca_file": str(stranger.ca)}):  # plain, and a CA the broker's cert is not from
+            with pytest.raises(TimeoutError):
+                await connect(**wrong)
