@@ -30,8 +30,9 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
-from ala.testing import sample_messages
-from protos import MessageBase, decode, encode, subjects
+from ala.rl.trajectory import to_chunk
+from ala.testing import fresh_agent, rollout, sample_messages
+from protos import Array, MessageBase, decode, encode, subjects
 
 
 def per_call_us(function, number: int) -> float:  # type: ignore[no-untyped-def]
@@ -101,6 +102,15 @@ async def jetstream_latencies(url: str, payload: bytes, count: int) -> list[floa
     return latencies
 
 
+def chunk_payloads() -> tuple[bytes, bytes, int]:
+    """One chunk at the actor's defaults (32 steps x 16 bots, DoorKey-5x5) encoded with float32 observations and
+    with the lossless uint8 the actor ships; and its env steps."""
+    trajectory = rollout(fresh_agent(), bots=16, steps=32).collect()
+    narrow = to_chunk(trajectory, "bench", "a1", 1)
+    wide = msgspec.structs.replace(narrow, observations=Array.from_numpy(trajectory.observations))
+    return encode(wide), encode(narrow), trajectory.num_steps
+
+
 def main(
     hops: Annotated[int, typer.Option(help="Messages per loopback hop measurement.")] = 5000,
     out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("benchmarks/results/wire.md"),
@@ -108,6 +118,7 @@ def main(
     messages = sample_messages(steps=64, bots=8)
     bias = encode(next(m for m in messages if type(m).__name__ == "BiasUpdate"))
     chunk = encode(next(m for m in messages if type(m).__name__ == "TrajectoryChunk"))
+    wide, narrow, steps = chunk_payloads()
     lines = [
         "# Wire baseline",
         "",
@@ -119,6 +130,14 @@ def main(
         "| message | bytes | msgspec typed (µs) | msgpack dicts (µs) | msgpack / msgspec |",
         "|---|---:|---:|---:|---:|",
         *codec_rows(messages),
+        "",
+        f"## Bytes on the wire per env step (a TrajectoryChunk of {steps} env steps, DoorKey-5x5)",
+        "",
+        "| observations as | chunk bytes | bytes per env step |",
+        "|---|---:|---:|",
+        f"| float32 (as the policy sees them) | {len(wide):,} | {len(wide) / steps:,.0f} |",
+        f"| uint8 (lossless codes, what the actor ships) | {len(narrow):,} | {len(narrow) / steps:,.0f} |",
+        f"| ratio | {len(narrow) / len(wide):.2f} | |",
         "",
         "## NATS loopback, one message in flight, real nats-server",
         "",
@@ -133,6 +152,8 @@ def main(
             ("core publish → subscriber callback", bias, hop_latencies, hops),
             ("core publish → subscriber callback", chunk, hop_latencies, max(hops // 10, 100)),
             ("JetStream publish → ack (file storage)", chunk, jetstream_latencies, max(hops // 10, 100)),
+            ("JetStream publish → ack, actor chunk, float32 observations", wide, jetstream_latencies, hops // 10),
+            ("JetStream publish → ack, actor chunk, uint8 observations", narrow, jetstream_latencies, hops // 10),
         ):
             p50, p99, mean = percentiles(asyncio.run(measure(broker.url, payload, count)))
             lines.append(f"| {name} | {len(payload):,} | {p50:.0f} | {p99:.0f} | {mean:.0f} |")

@@ -213,7 +213,8 @@ class TrajectoryChunk(MessageBase):
     bot_ids: Array
     """int32 `(N,)`."""
     observations: Array
-    """float32 `(T, N, *obs_shape)`, exactly as the policy saw them."""
+    """`(T, N, *obs_shape)`, exactly as the policy saw them: float32, or uint8 when every value is an integer in
+    [0, 255] (lossless; MiniGrid's codes), which receivers decode to float32."""
     actions: Array
     """int64 `(T, N)`."""
     rewards: Array

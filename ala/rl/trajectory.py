@@ -86,8 +86,20 @@ def observation_key(observation: np.ndarray) -> str:
 _ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name not in ("policy_version", "advice")]
 
 
+def wire_observations(observations: np.ndarray) -> np.ndarray:
+    """The narrowest lossless form for the wire: uint8 when every value is an integer in [0, 255] (MiniGrid's
+    object, colour and state codes: a quarter of the bytes), else the float32 the policy saw. The learner decodes to
+    float32, so it trains on exactly what the policy read."""
+    if observations.size and observations.min() >= 0 and observations.max() <= 255:
+        narrow = observations.astype(np.uint8)
+        if np.array_equal(narrow, observations):
+            return narrow
+    return observations
+
+
 def to_chunk(trajectory: Trajectory, run: str, actor: str, chunk_seq: int) -> TrajectoryChunk:
     arrays = {name: Array.from_numpy(getattr(trajectory, name)) for name in _ARRAY_FIELDS}
+    arrays["observations"] = Array.from_numpy(wire_observations(trajectory.observations))
     return TrajectoryChunk(
         run=run,
         actor=actor,
@@ -102,6 +114,8 @@ def to_chunk(trajectory: Trajectory, run: str, actor: str, chunk_seq: int) -> Tr
 def from_chunk(chunk: TrajectoryChunk, spec: PolicySpec) -> Trajectory:
     """The chunk's arrays, checked against the policy; raises `BadChunk` with a metric-ready reason."""
     arrays = {name: getattr(chunk, name).to_numpy() for name in _ARRAY_FIELDS}
+    if arrays["observations"].dtype == np.uint8:  # the lossless wire form of small integer codes
+        arrays["observations"] = arrays["observations"].astype(np.float32)
     steps, bots = arrays["actions"].shape if arrays["actions"].ndim == 2 else (0, 0)
     if steps == 0 or bots == 0:
         raise BadChunk("shape", f"actions must be [T>0, N>0], got {arrays['actions'].shape}")

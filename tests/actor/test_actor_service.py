@@ -174,7 +174,7 @@ async def test_announced_weights_are_verified_and_swapped(bus: Bus, nats_setting
         chunk = await chunks.next()
         while chunk.policy_version != 7:
             chunk = await chunks.next()
-        obs = torch.from_numpy(chunk.observations.to_numpy().reshape(16, -1).copy())
+        obs = torch.from_numpy(chunk.observations.to_numpy().reshape(16, -1).astype(np.float32))
         actions = torch.from_numpy(chunk.actions.to_numpy().reshape(16).copy())
         with torch.no_grad():
             expected = new_policy.get_action_and_value(obs, action=actions).policy_logprob
@@ -266,7 +266,8 @@ async def test_state_scoped_bias_reaches_exactly_the_steps_in_that_state(bus: Bu
         while biased_rows < 10:
             chunk = await chunks.next()
             rows = chunk.bias.to_numpy().reshape(-1, N_ACTIONS)
-            keys = [observation_key(o) for o in chunk.observations.to_numpy().reshape(len(rows), -1)]
+            seen = chunk.observations.to_numpy().reshape(len(rows), -1).astype(np.float32)  # uint8 on the wire
+            keys = [observation_key(o) for o in seen]
             in_state = np.array([key == digest.state_key for key in keys])
             biased = rows.any(axis=1)
             assert not (biased & ~in_state).any()  # never on another state

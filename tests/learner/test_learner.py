@@ -25,6 +25,31 @@ def test_chunk_round_trip_keeps_every_array() -> None:
     assert restored.policy_version == trajectory.policy_version
 
 
+def test_minigrid_codes_travel_as_uint8_and_come_back_as_the_float32_the_policy_saw() -> None:
+    trajectory = biased_trajectory(fresh_agent())
+    wide = len(
+        encode(
+            msgspec.structs.replace(
+                to_chunk(trajectory, "test", "a1", 7), observations=Array.from_numpy(trajectory.observations)
+            )
+        )
+    )
+    chunk = to_chunk(trajectory, "test", "a1", 7)
+    assert chunk.observations.dtype == "|u1" and len(encode(chunk)) < 0.5 * wide
+    restored = from_chunk(decode(encode(chunk), TrajectoryChunk), spec())
+    assert restored.observations.dtype == np.float32
+    np.testing.assert_array_equal(restored.observations, trajectory.observations)
+
+
+@pytest.mark.parametrize("value", [0.5, 256.0, -1.0])
+def test_observations_that_are_not_small_integer_codes_stay_float32(value: float) -> None:
+    trajectory = biased_trajectory(fresh_agent())
+    trajectory.observations[3, 1, 0] = value
+    chunk = to_chunk(trajectory, "test", "a1", 7)
+    assert chunk.observations.dtype == "<f4"
+    np.testing.assert_array_equal(from_chunk(chunk, spec()).observations, trajectory.observations)
+
+
 def _chunk_with(field: str, array: np.ndarray) -> TrajectoryChunk:
     chunk = to_chunk(biased_trajectory(fresh_agent()), "test", "a1", 1)
     return msgspec.structs.replace(decode(encode(chunk), TrajectoryChunk), **{field: Array.from_numpy(array)})
