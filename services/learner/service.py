@@ -2,11 +2,13 @@
 
 One durable pull consumer reads trajectory chunks. Exactly once across a crash: a trained chunk is acknowledged
 only after a checkpoint that includes its update (weights, optimizer, trained chunk ids, stream position, policy
-spec; written atomically, restored at start), and weights are published only once checkpointed. A crash before
-the checkpoint leaves its chunks unacknowledged: they come back and the restored learner trains them; a crash
-between the checkpoint and the acknowledgement brings back chunks the checkpoint lists as trained: skipped. Bad
-chunks are terminated (never redelivered) and counted; chunks older than `max_policy_lag` are dropped and counted.
-Weights go to the JetStream Object Store, then an announcement to the weights stream.
+spec; written atomically every `checkpoint_every` updates, restored at start). A crash before the checkpoint
+leaves its chunks unacknowledged: they come back and the restored learner trains them; a crash between the
+checkpoint and the acknowledgement brings back chunks the checkpoint lists as trained: skipped. Weights are
+published every update; after a crash, actors may hold versions the restored learner never reached: their chunks
+are trained like any other (their behaviour log-probabilities are recorded), up to `max_policy_lag` versions
+ahead. Bad chunks are terminated (never redelivered) and counted; chunks older than `max_policy_lag` are dropped
+and counted. Weights go to the JetStream Object Store, then an announcement to the weights stream.
 
 The network's shape comes from the wire: a fresh learner waits for the first actor heartbeat that carries a
 `PolicySpec` (a restored one takes the spec from its checkpoint) and repeats it in every weights announcement.
@@ -149,11 +151,12 @@ class LearnerWorker:
             metrics.CHUNKS_DUPLICATE.inc()
             await self._settle(msg)
             return None
-        if chunk.run != self.settings.run or chunk.policy_version > self.learner.version:
+        ahead = chunk.policy_version - self.learner.version  # > 0 only after a restart lost the newest versions
+        if chunk.run != self.settings.run or ahead > self.settings.max_policy_lag:
             metrics.CHUNKS_REJECTED.labels("unknown_version" if chunk.run == self.settings.run else "run").inc()
             await self._settle(msg, terminate=True)
             return None
-        metrics.POLICY_LAG.observe(self.learner.version - chunk.policy_version)
+        metrics.POLICY_LAG.observe(max(0, -ahead))
         if self.learner.is_stale(trajectory):
             metrics.CHUNKS_STALE.inc()
             await self._settle(msg)
@@ -175,6 +178,8 @@ class LearnerWorker:
         for msg, chunk_id, _ in batch:
             self.unsettled.append(msg)
             self._remember(chunk_id)
+            # Training has come this far (actors' flow control reads it); the acknowledgement waits for the checkpoint.
+            self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
         metrics.CHUNKS_TRAINED.inc(len(batch))
         metrics.SAMPLES.inc(stats["samples"])
         for name, value in stats.items():
@@ -182,8 +187,7 @@ class LearnerWorker:
         self.last_stats = stats
         if self.learner.version % self.settings.checkpoint_every == 0:
             await self.checkpoint_and_settle()
-        # Only checkpointed weights go out: an actor must never hold a version a restarted learner has lost.
-        if not self.unsettled and self.learner.version % self.settings.publish_every == 0:
+        if self.learner.version % self.settings.publish_every == 0:
             try:
                 await self.publish_weights()
             except (PublishError, NatsError, TimeoutError) as exc:

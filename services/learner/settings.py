@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -21,15 +21,23 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     chunks_per_batch: int = Field(1, ge=1, description="Trajectory chunks per PPO update.")
     fetch_timeout_s: float = Field(0.5, gt=0, description="Longest wait for chunks in one fetch.")
     ack_wait_s: float = Field(60.0, gt=0, description="Redelivery of a chunk not acknowledged within this time.")
-    publish_every: int = Field(
-        1, ge=1, description="Publish weights every this many updates (only checkpointed ones: see checkpoint_every)."
-    )
+    publish_every: int = Field(1, ge=1, description="Publish weights every this many updates.")
     checkpoint_dir: Path = Field(Path(".ala/checkpoints"), description="Where checkpoints are written.")
     checkpoint_every: int = Field(
-        1,
+        5,
         ge=1,
-        description="Checkpoint every this many updates; trained chunks are acknowledged and weights published only"
-        " after the checkpoint that covers them (exactly once across a crash).",
+        description="Checkpoint every this many updates; trained chunks are acknowledged only after the checkpoint"
+        " that covers them (exactly once across a crash). Keep it <= max_policy_lag: after a crash, actors' chunks"
+        " from up to this many lost versions are still trained.",
     )
     implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")
+
+    @model_validator(mode="after")
+    def _checkpoint_within_policy_lag(self) -> "LearnerSettings":
+        if self.checkpoint_every > max(1, self.max_policy_lag):
+            raise ValueError(
+                f"checkpoint_every ({self.checkpoint_every}) must be <= max_policy_lag ({self.max_policy_lag}): after"
+                " a crash, actors' chunks from the versions lost since the checkpoint must still be trainable"
+            )
+        return self
