@@ -15,6 +15,7 @@ import hashlib
 import os
 import socket
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ import nats.errors
 import numpy as np
 import torch
 from nats.js import JetStreamContext
+from prometheus_client.parser import text_string_to_metric_families
 
 from ala.bus import Bus
 from ala.config import BrokerSettings
@@ -385,3 +387,18 @@ class CrashingCartPole(gym.Wrapper):  # type: ignore[type-arg]
 
 if "Crashing-v0" not in gym.registry:
     gym.register("Crashing-v0", entry_point=CrashingCartPole, max_episode_steps=500, reward_threshold=475.0)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A service's /metrics on this host as `{name + str(sorted(labels)): value}` (an unlabelled sample is
+    `name[]`); {} while nothing answers. For tests and benchmarks that watch separate processes."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {
+        sample.name + str(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

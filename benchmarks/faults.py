@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +35,12 @@ import torch
 import typer
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.metrics import bus_metrics
-from ala.testing import broker_settings, free_port
+from ala.testing import broker_settings, free_port, scrape
 from protos import WeightsAnnouncement, decode, subjects
 
 SERVICES = ("advisor", "router", "actor", "learner")
@@ -102,20 +100,6 @@ class Stack:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def scrape(port: int) -> dict[str, float]:
-    """A service's samples by name and labels, as Prometheus reads them ({} while it does not answer)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    return {
-        sample.name + str(sorted(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def buckets(samples: dict[str, float]) -> dict[float, float]:

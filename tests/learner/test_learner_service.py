@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -15,7 +14,6 @@ import numpy as np
 import torch
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from ala.broker import EmbeddedBroker
 from ala.bus import Bus
@@ -24,7 +22,7 @@ from ala.metrics import bus_metrics
 from ala.rl.learner import Learner
 from ala.rl.policy import Agent, load_weights
 from ala.rl.trajectory import Trajectory, to_chunk
-from ala.testing import actor_heartbeat, free_port, rollout, running, spec, wait_until
+from ala.testing import actor_heartbeat, free_port, rollout, running, scrape, spec, wait_until
 from protos import Array, WeightsAnnouncement, decode, encode, subjects
 from protos.messages import TrajectoryChunk
 from services.learner import metrics
@@ -207,16 +205,6 @@ async def _learner_process(env: dict[str, str], port: int, log: Path) -> asyncio
         )
 
 
-def _scrape(port: int) -> dict[str, float]:
-    """The process's own counters, read from its /metrics as Prometheus would (0 while it is not answering)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    return {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
-
-
 def test_a_learner_killed_before_its_checkpoint_loses_no_chunk_and_trains_none_twice(
     nats_server: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -244,7 +232,7 @@ def test_a_learner_killed_before_its_checkpoint_loses_no_chunk_and_trains_none_t
         first = await _learner_process(env, ports[0], tmp_path / "first.log")
         await _start_training(bus, announcements)
         await _publish(bus, chunks[0], "test.a1.1")
-        await wait_until(lambda: _scrape(ports[0]).get("ala_learner_chunks_trained_total") == 1)
+        await wait_until(lambda: scrape(ports[0]).get("ala_learner_chunks_trained_total[]") == 1)
         first.kill()  # SIGKILL: between the update and the checkpoint that would acknowledge it
         await first.wait()
         second = await _learner_process(env, ports[1], tmp_path / "second.log")
@@ -256,9 +244,9 @@ def test_a_learner_killed_before_its_checkpoint_loses_no_chunk_and_trains_none_t
             while version.version < 2:
                 version = await _next_version(announcements)
             assert version.env_steps == 2 * samples_per_chunk  # both chunks, once each
-            counters = _scrape(ports[1])
-            assert counters["ala_learner_chunks_trained_total"] == 2
-            assert counters["ala_learner_chunks_duplicate_total"] == 0
+            counters = scrape(ports[1])
+            assert counters["ala_learner_chunks_trained_total[]"] == 2
+            assert counters["ala_learner_chunks_duplicate_total[]"] == 0
         finally:
             second.terminate()
             await second.wait()
