@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
+.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,9 @@ faults: setup  ## kill -9 each part of a running stack: nothing lost or trained 
 
 bench-faults: setup  ## the same, with longer windows, into benchmarks/results/faults.md
 	$(BIN)/python -m benchmarks.faults
+
+bench-scale: setup  ## env steps/s and trained/s with 1, 2, 4 and 8 actor processes against one learner
+	$(BIN)/python -m benchmarks.scale
 
 bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
 	$(BIN)/python -m benchmarks.wire
