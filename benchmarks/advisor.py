@@ -25,6 +25,7 @@ import typer
 from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
 from ala.testing import digest_of
+from benchmarks.report import write_report
 from protos import StateDigest
 from services.advisor.backends import AdversarialBackend, Backend, EmbeddedBackend, ExpertBackend, OpenAIBackend
 from services.advisor.cache import AdviceCache
@@ -158,9 +159,7 @@ def main(
             "",
         ]
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
+    write_report(report, out)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.metrics import bus_metrics
 from ala.testing import broker_settings, free_port, scrape
+from benchmarks.report import write_report
 from protos import WeightsAnnouncement, decode, subjects
 
 SERVICES = ("advisor", "router", "actor", "learner")
@@ -273,9 +274,7 @@ def main(
     window_s, down_s = (8.0, 2.0) if quick else (15.0, 5.0)
     results, totals = asyncio.run(run_matrix(chosen, window_s, down_s))
     text = report(results, totals, "python -m benchmarks.faults " + " ".join(sys.argv[1:]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_report(text, out)
     failed = totals[1] != 0 or totals[3] != 0
     raise typer.Exit(1 if failed else 0)
 

@@ -31,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
 from ala.testing import actor_heartbeat, free_port
+from benchmarks.report import write_report
 from benchmarks.scrape import metrics_text, sample
 from protos import Advice, AdviceTarget, BiasUpdate, decode, encode, subjects
 
@@ -269,9 +270,7 @@ def main(
         "",
     ]
     report = "\n".join(lines)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
+    write_report(report, out)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from benchmarks.report import write_report
 from benchmarks.throughput import distributed_steps_per_s
 
 
@@ -56,9 +57,7 @@ def main(
         "",
     ]
     text = "\n".join(lines)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_report(text, out)
 
 
 if __name__ == "__main__":

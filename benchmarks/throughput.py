@@ -29,6 +29,7 @@ import typer
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
 from ala.testing import free_port
+from benchmarks.report import write_report
 from benchmarks.scrape import scrape
 
 
@@ -158,9 +159,7 @@ def main(
             "",
         ]
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
+    write_report(report, out)
 
 
 if __name__ == "__main__":

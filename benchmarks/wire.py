@@ -32,6 +32,7 @@ from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
 from ala.rl.trajectory import to_chunk
 from ala.testing import fresh_agent, rollout, sample_messages
+from benchmarks.report import write_report
 from protos import Array, MessageBase, decode, encode, subjects
 
 
@@ -158,9 +159,7 @@ def main(
             p50, p99, mean = percentiles(asyncio.run(measure(broker.url, payload, count)))
             lines.append(f"| {name} | {len(payload):,} | {p50:.0f} | {p99:.0f} | {mean:.0f} |")
     report = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
+    write_report(report, out)
 
 
 if __name__ == "__main__":
