@@ -20,11 +20,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,6 @@ def health_app(health: Health, registry: CollectorRegistry) -> Callable[..., Ite
     return app
 
 
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds would flood the log."""
@@ -105,7 +101,7 @@ def serve_health_and_metrics(
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve `/metrics`, `/healthz` and `/readyz` on http://host:port in a daemon thread; port 0 picks a free one."""
     server = make_server(
-        host, port, health_app(health, registry), server_class=_ThreadingServer, handler_class=_QuietHandler
+        host, port, health_app(health, registry), server_class=ThreadingWSGIServer, handler_class=_QuietHandler
     )
     thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
     thread.start()

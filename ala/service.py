@@ -116,6 +116,7 @@ class ServiceRuntime:
 
     def heartbeat(self) -> Heartbeat:
         now = time.time()
+        b_max, max_ttl_s = self.bias_bounds() if self.bias_bounds else (0.0, 0.0)
         self._heartbeat_seq += 1
         return Heartbeat(
             run=self.settings.run,
@@ -130,7 +131,8 @@ class ServiceRuntime:
             num_bots=self.num_bots,
             policy=self.policy,
             env_steps=self.env_steps() if self.env_steps else 0,
-            **(dict(zip(("b_max", "max_ttl_s"), self.bias_bounds(), strict=True)) if self.bias_bounds else {}),
+            b_max=b_max,
+            max_ttl_s=max_ttl_s,
         )
 
     async def _heartbeat_loop(self) -> None:

@@ -50,6 +50,12 @@ class RestartPolicy(BaseSettings):
     restart_window_s: float = Field(300.0, gt=0, description="Restarts older than this no longer count.")
     first_backoff_s: float = Field(1.0, ge=0, description="Wait before the first restart; doubles each time.")
 
+    def allows_another(self, restarts: deque[float], now: float) -> bool:
+        """Forget `restarts` (monotonic times) older than the window; True while fewer than `max_restarts` remain."""
+        while restarts and now - restarts[0] > self.restart_window_s:
+            restarts.popleft()
+        return len(restarts) < self.max_restarts
+
 
 @dataclass
 class Child:
@@ -131,11 +137,9 @@ class Supervisor:
         if broker is None or broker.process is None or broker.process.poll() is None:
             return True
         status = broker.process.returncode
-        while self._broker_restarts and now - self._broker_restarts[0] > self.policy.restart_window_s:
-            self._broker_restarts.popleft()
-        if len(self._broker_restarts) >= self.policy.max_restarts:
+        if not self.policy.allows_another(self._broker_restarts, now):
             log.error(
-                "the broker exited with status %s after %d restart(s); stopping", status, self.policy.max_restarts
+                "the broker exited with status %s after %d restart(s); stopping", status, len(self._broker_restarts)
             )
             return False
         self._broker_restarts.append(now)
@@ -154,10 +158,8 @@ class Supervisor:
 
     def _schedule_restart(self, child: Child, now: float) -> bool:
         """Plan a restart of a child that died; False when it has used up its restarts."""
-        while child.restarts and now - child.restarts[0] > self.policy.restart_window_s:
-            child.restarts.popleft()
         status = child.process.returncode
-        if len(child.restarts) >= self.policy.max_restarts:
+        if not self.policy.allows_another(child.restarts, now):
             log.error(
                 "%s exited with status %s after %d restart(s) in %.0fs; stopping the stack",
                 child.name,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nats
 import nats.errors
-import numpy as np
 import pytest
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -104,4 +103,4 @@ async def test_a_service_cannot_listen_to_what_is_not_its_own(login: dict[str, B
 
     await login["evaluator"].subscribe(subjects.digest_wildcard("test"), ignore)
     await wait_until(lambda: login["evaluator"].metrics.permission_denied._value.get() >= 1, 5)
-    assert np.isfinite(login["evaluator"].metrics.errors._value.get())
+    assert login["evaluator"].metrics.errors._value.get() >= 1  # reported through the client's error callback too

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 
 import pytest
 import yaml
@@ -100,7 +101,7 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
 
     from ala.broker import find_nats_server
     from ala.security import permissions_document
-    from ala.testing import free_port
+    from ala.testing import free_port, wait_until
 
     docs = render([])
     secret = next(doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == "ala-nats-auth")
@@ -112,20 +113,20 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
     config = tmp_path / "nats-config" / "nats.conf"
     config.write_text(f"port: {port}\ninclude ../nats-auth/auth.conf\n")
     run(str(find_nats_server()), "-t", "-c", str(config))
-    server = subprocess.Popen([str(find_nats_server()), "-c", str(config)], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen([str(find_nats_server()), "-c", str(config)], stderr=subprocess.PIPE)
+    assert server.stderr is not None
+    for line in server.stderr:  # the server says when it listens; it exits (ending this) if it cannot
+        if b"Server is ready" in line:
+            break
+    else:
+        raise AssertionError("nats-server did not start on the chart's auth.conf")
+    threading.Thread(target=server.stderr.read, daemon=True).start()  # keep draining its log
 
     async def check() -> None:
         import nats
 
         async def connect(user: str):
-            for _ in range(100):
-                try:
-                    return await nats.connect(
-                        f"nats://127.0.0.1:{port}", user=user, password=secret["stringData"][user]
-                    )
-                except Exception:
-                    await asyncio.sleep(0.05)
-            raise AssertionError(f"{user} cannot log in")
+            return await nats.connect(f"nats://127.0.0.1:{port}", user=user, password=secret["stringData"][user])
 
         errors: list[str] = []
 
@@ -147,10 +148,7 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
         await router.publish("ala.lab.bias.a1", b"routed")
         await router.flush()
         await actor_errors.flush()
-        for _ in range(100):
-            if received and errors:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: bool(received) and bool(errors), 5)
         assert received == [b"routed"] and any("permissions violation" in e.lower() for e in errors)
         for client in (router, actor, actor_errors):
             await client.close()
