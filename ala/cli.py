@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ala import __version__
-from ala.broker import EmbeddedBroker
+from ala.broker import BrokerCluster
 from ala.config import BrokerSettings, NatsSettings
 from ala.service import configure_logging
 from ala.supervisor import RestartPolicy, Supervisor
@@ -54,14 +54,27 @@ for _name in SERVICE_NAMES:
     _add_service_command(_name)
 
 
+ClusterOption = Annotated[
+    int | None,
+    typer.Option("--cluster", help="Run this many nodes as one NATS cluster (ALA_BROKER_CLUSTER_SIZE; 3 for R3)."),
+]
+
+
+def _broker_settings(cluster: int | None) -> BrokerSettings:
+    return BrokerSettings() if cluster is None else BrokerSettings(cluster_size=cluster)
+
+
 @app.command()
-def nats() -> None:
+def nats(cluster: ClusterOption = None) -> None:
     """Run the embedded nats-server (JetStream on disk) until Ctrl-C. Settings: ALA_BROKER_*."""
     configure_logging("INFO")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with EmbeddedBroker(BrokerSettings()) as broker:
-        console.print(f"nats-server at [bold]{broker.url}[/], monitoring {broker.monitor_url}, log {broker.log_path}")
+    with BrokerCluster(_broker_settings(cluster)) as broker:
+        for node in broker.nodes:
+            console.print(f"nats-server at [bold]{node.url}[/], monitoring {node.monitor_url}, log {node.log_path}")
+        if len(broker.nodes) > 1:
+            console.print(f"services: ALA_NATS_URL={broker.url} ALA_NATS_REPLICAS={min(3, len(broker.nodes))}")
         if broker.credentials is not None:
             console.print(
                 f"one user per service; passwords in {broker.credentials.directory}/<service>.password: run each"
@@ -97,6 +110,7 @@ def up(
         int | None,
         typer.Option(help="Restarts of a service that dies, within ALA_UP_RESTART_WINDOW_S, before all stop."),
     ] = None,
+    cluster: ClusterOption = None,
 ) -> None:
     """Start the broker and every service as separate processes; one Ctrl-C stops them all. A service that dies
     is restarted with backoff, up to --max-restarts times (ALA_UP_MAX_RESTARTS, default 3), then all stop."""
@@ -106,7 +120,7 @@ def up(
     if unknown:
         raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(SERVICE_NAMES)}")
     policy = RestartPolicy() if max_restarts is None else RestartPolicy(max_restarts=max_restarts)
-    supervisor = Supervisor(chosen, BrokerSettings() if broker else None, duration, policy)
+    supervisor = Supervisor(chosen, _broker_settings(cluster) if broker else None, duration, policy)
     raise typer.Exit(supervisor.run())
 
 

@@ -36,6 +36,13 @@ class NatsSettings(BaseSettings):
     reconnect_time_wait_s: float = Field(0.25, gt=0, description="Pause between reconnect attempts (never gives up).")
     publish_timeout_s: float = Field(2.0, gt=0, description="Bound on every publish; JetStream waits this for its ack.")
     drain_timeout_s: float = Field(5.0, gt=0, description="Longest wait for in-flight messages when stopping.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="JetStream replicas of ALA's streams and weights bucket (3 on a 3-node cluster: any one node may"
+        " die without losing an acknowledged message). At most the cluster's size.",
+    )
     pending_size_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Client buffer for core publishes while disconnected."
     )
@@ -78,6 +85,15 @@ class BrokerSettings(BaseSettings):
     secrets_dir: Path | None = Field(
         None, description="The services' password files (created once, mode 0600); default: <store_dir>/secrets."
     )
+    cluster_size: int = Field(
+        1,
+        ge=1,
+        le=7,
+        description="Nodes of a NATS cluster with clustered JetStream (3 for replicated streams: ALA_NATS_REPLICAS=3);"
+        " node i uses port+i, monitor_port+i, cluster_port+i and <store_dir>/node-i.",
+    )
+    cluster_port: int = Field(6222, ge=-1, le=65535, description="Route port of the first cluster node (-1: free).")
+    cluster_name: str = Field("ala", description="The cluster's name (nats-server `cluster.name`).")
 
     @property
     def secrets_path(self) -> Path:

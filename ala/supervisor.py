@@ -10,8 +10,9 @@ weights). One restart too many stops the whole stack with exit status 1: a servi
 person, and a half-running stack is worse than a stopped one. `max_restarts = 0` stops everything at the first
 death. Container restart policies (`on-failure`) act on the same exit status in Compose and Kubernetes.
 
-The embedded broker is watched the same way: if it dies it is restarted at once on the same ports, store and
-passwords (the services reconnect by themselves), at most `max_restarts` times within the window.
+The embedded broker (every node of it, with `ALA_BROKER_CLUSTER_SIZE` > 1) is watched the same way: a node that
+dies is restarted at once on the same ports, store and passwords (the services reconnect by themselves; a cluster
+node catches up from its peers), at most `max_restarts` times within the window.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ala.broker import BrokerError, EmbeddedBroker
+from ala.broker import BrokerCluster, BrokerError
 from ala.config import BrokerSettings
 from ala.security import Credentials
 from ala.tls import TlsFiles
@@ -77,7 +78,7 @@ class Supervisor:
     children: dict[str, Child] = field(default_factory=dict)
     _env: dict[str, str] = field(default_factory=dict)
     _credentials: Credentials | None = None
-    _broker: EmbeddedBroker | None = None
+    _broker: BrokerCluster | None = None
     _broker_restarts: deque[float] = field(default_factory=deque)
     _stopping: bool = False
 
@@ -87,12 +88,16 @@ class Supervisor:
         self._env = dict(os.environ)
         broker = None
         if self.broker_settings is not None:
-            broker = self._broker = EmbeddedBroker(self.broker_settings).start()
+            broker = self._broker = BrokerCluster(self.broker_settings).start()
             self._env["ALA_NATS_URL"] = broker.url
             self._credentials = broker.credentials
+            if self.broker_settings.cluster_size > 1 and "ALA_NATS_REPLICAS" not in self._env:
+                # Replicated streams, so that losing any one node loses no acknowledged chunk.
+                self._env["ALA_NATS_REPLICAS"] = str(min(3, self.broker_settings.cluster_size))
             if self.broker_settings.tls_dir is not None:  # the services trust the lab CA the broker serves with
                 self._env["ALA_NATS_TLS_CA_FILE"] = str(TlsFiles(self.broker_settings.tls_dir.resolve()).ca)
-            log.info("broker at %s, monitoring %s", broker.url, broker.monitor_url)
+            for node in broker.nodes:
+                log.info("broker at %s, monitoring %s", node.url, node.monitor_url)
         try:
             for name in self.services:
                 self.children[name] = Child(name, self._start(name))
@@ -131,29 +136,31 @@ class Supervisor:
         return 0
 
     def _keep_broker_up(self, now: float) -> bool:
-        """Restart the embedded broker if it died (same ports, store and passwords: the services reconnect on
+        """Restart an embedded broker node that died (same ports, store and passwords: the services reconnect on
         their own, JetStream keeps what it acknowledged), at most `max_restarts` times within the window."""
-        broker = self._broker
-        if broker is None or broker.process is None or broker.process.poll() is None:
+        if self._broker is None:
             return True
-        status = broker.process.returncode
-        if not self.policy.allows_another(self._broker_restarts, now):
-            log.error(
-                "the broker exited with status %s after %d restart(s); stopping", status, len(self._broker_restarts)
+        for node in self._broker.nodes:
+            if node.process is None or node.process.poll() is None:
+                continue
+            status = node.process.returncode
+            if not self.policy.allows_another(self._broker_restarts, now):
+                log.error(
+                    "the broker exited with status %s after %d restart(s); stopping", status, len(self._broker_restarts)
+                )
+                return False
+            self._broker_restarts.append(now)
+            log.warning(
+                "the broker exited with status %s; restarting it (restart %d of %d)",
+                status,
+                len(self._broker_restarts),
+                self.policy.max_restarts,
             )
-            return False
-        self._broker_restarts.append(now)
-        log.warning(
-            "the broker exited with status %s; restarting it (restart %d of %d)",
-            status,
-            len(self._broker_restarts),
-            self.policy.max_restarts,
-        )
-        try:
-            broker.start()
-        except BrokerError as exc:
-            log.error("the broker did not come back: %s", exc)
-            return len(self._broker_restarts) < self.policy.max_restarts  # the next poll tries again
+            try:
+                node.start()
+            except BrokerError as exc:
+                log.error("the broker did not come back: %s", exc)
+                return len(self._broker_restarts) < self.policy.max_restarts  # the next poll tries again
         return True
 
     def _schedule_restart(self, child: Child, now: float) -> bool:

@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ala.config import NatsSettings
+from protos import subjects
 
 CRASHING_ENV = "ala.testing:Crashing-v0"
 
@@ -65,8 +68,10 @@ def test_up_restarts_a_dead_service_then_stops_the_stack_past_its_limit(
     assert result.stderr.count("started actor") == 2 and "all stopped" in result.stderr
 
 
-def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path) -> None:
-    """kill -9 of the broker `ala up` started: it comes back on the same port, and the router is served again."""
+@pytest.mark.parametrize("cluster_size", [1, 3])
+def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path, cluster_size: int) -> None:
+    """kill -9 of the broker `ala up` started (of its first node, in a cluster): it comes back on the same port, and
+    the router is served again. In a 3-node cluster, the router's streams have 3 replicas."""
     import asyncio
     import signal
 
@@ -83,6 +88,8 @@ def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path) ->
         ALA_BROKER_PORT=str(port),
         ALA_BROKER_MONITOR_PORT="-1",
         ALA_BROKER_STORE_DIR=str(tmp_path / "nats"),
+        ALA_BROKER_CLUSTER_SIZE=str(cluster_size),
+        ALA_BROKER_CLUSTER_PORT="-1",
         ALA_ROUTER_METRICS_PORT="0",
         ALA_ROUTER_API_PORT="0",
     )
@@ -104,7 +111,10 @@ def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path) ->
 
         await bus.subscribe("ala.brokerdeath.heartbeat.router.*", on_heartbeat)
         await asyncio.wait_for(beats.get(), 30)
-        (ports_file,) = (tmp_path / "nats").glob("*.ports")  # nats-server_<pid>.ports
+        info = await bus.js.stream_info(subjects.TRAJECTORIES.name)
+        assert info.config.num_replicas == min(3, cluster_size)
+        node_dir = tmp_path / "nats" / ("node-0" if cluster_size > 1 else "")
+        (ports_file,) = node_dir.glob("*.ports")  # nats-server_<pid>.ports
         pid = int(ports_file.stem.rsplit("_", 1)[1])
         os.kill(pid, signal.SIGKILL)
         await wait_until(lambda: bus.metrics.reconnects._value.get() >= 1, 30)
