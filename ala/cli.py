@@ -111,6 +111,14 @@ def up(
         typer.Option(help="Restarts of a service that dies, within ALA_UP_RESTART_WINDOW_S, before all stop."),
     ] = None,
     cluster: ClusterOption = None,
+    learner_ranks: Annotated[
+        int,
+        typer.Option(
+            envvar="ALA_UP_LEARNER_RANKS",
+            min=1,
+            help="Learner processes on torch.distributed (ALA_LEARNER_DISTRIBUTED: sync or merge); rank 0 publishes.",
+        ),
+    ] = 1,
 ) -> None:
     """Start the broker and every service as separate processes; one Ctrl-C stops them all. A service that dies
     is restarted with backoff, up to --max-restarts times (ALA_UP_MAX_RESTARTS, default 3), then all stop."""
@@ -120,7 +128,7 @@ def up(
     if unknown:
         raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(SERVICE_NAMES)}")
     policy = RestartPolicy() if max_restarts is None else RestartPolicy(max_restarts=max_restarts)
-    supervisor = Supervisor(chosen, _broker_settings(cluster) if broker else None, duration, policy)
+    supervisor = Supervisor(chosen, _broker_settings(cluster) if broker else None, duration, policy, learner_ranks)
     raise typer.Exit(supervisor.run())
 
 

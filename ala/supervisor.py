@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,7 @@ class RestartPolicy(BaseSettings):
 @dataclass
 class Child:
     name: str
+    """The service, or `learner-<rank>` for one of several learner ranks."""
     process: subprocess.Popen[bytes]
     restarts: deque[float] = field(default_factory=deque)
     """Monotonic times of recent restarts."""
@@ -75,6 +77,8 @@ class Supervisor:
     """None: use the broker at ALA_NATS_URL instead of starting one."""
     duration_s: float | None = None
     policy: RestartPolicy = field(default_factory=RestartPolicy)
+    learner_ranks: int = 1
+    """Learner processes training together on torch.distributed; when one dies, all are restarted (as torchrun)."""
     children: dict[str, Child] = field(default_factory=dict)
     _env: dict[str, str] = field(default_factory=dict)
     _credentials: Credentials | None = None
@@ -98,8 +102,9 @@ class Supervisor:
                 self._env["ALA_NATS_TLS_CA_FILE"] = str(TlsFiles(self.broker_settings.tls_dir.resolve()).ca)
             for node in broker.nodes:
                 log.info("broker at %s, monitoring %s", node.url, node.monitor_url)
+        self._env |= self._rank_env()
         try:
-            for name in self.services:
+            for name in self._child_names():
                 self.children[name] = Child(name, self._start(name))
             return self._watch()
         finally:
@@ -108,10 +113,29 @@ class Supervisor:
                 broker.stop()
             log.info("all stopped")
 
+    def _child_names(self) -> list[str]:
+        names = []
+        for service in self.services:
+            ranked = service == "learner" and self.learner_ranks > 1
+            names += [f"learner-{rank}" for rank in range(self.learner_ranks)] if ranked else [service]
+        return names
+
+    def _rank_env(self) -> dict[str, str]:
+        """Where the learner ranks meet: torchrun's variables, rank 0 hosting the rendezvous on a free port."""
+        if self.learner_ranks == 1:
+            return {}
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return {"WORLD_SIZE": str(self.learner_ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
     def _start(self, name: str) -> subprocess.Popen[bytes]:
+        service, _, rank = name.partition("-")
         # Each service connects as its own user when the broker enforces permissions (ala/security.py).
-        env = self._env | (self._credentials.env(name) if self._credentials is not None else {})
-        process = subprocess.Popen([sys.executable, "-m", "ala", name], env=env, start_new_session=True)
+        env = self._env | (self._credentials.env(service) if self._credentials is not None else {})
+        if rank:
+            env |= {"RANK": rank, "LOCAL_RANK": rank}
+        process = subprocess.Popen([sys.executable, "-m", "ala", service], env=env, start_new_session=True)
         log.info("started %s (pid %d)", name, process.pid)
         return process
 
@@ -128,8 +152,10 @@ class Supervisor:
                 if child.restart_at is not None:
                     if now >= child.restart_at:
                         child.process, child.restart_at = self._start(child.name), None
-                elif child.process.poll() is not None and not self._schedule_restart(child, now):
-                    return 1
+                elif child.process.poll() is not None:
+                    if not self._schedule_restart(child, now):
+                        return 1
+                    self._kill_other_ranks(child)
             if deadline is not None and now >= deadline:
                 break
             time.sleep(POLL_INTERVAL_S)
@@ -187,6 +213,16 @@ class Supervisor:
             self.policy.max_restarts,
         )
         return True
+
+    def _kill_other_ranks(self, dead: Child) -> None:
+        """The other learner ranks would block in their next collective until it times out: kill them now, so the
+        whole group restarts from its checkpoints together (their unacknowledged chunks are redelivered)."""
+        if not dead.name.startswith("learner-"):
+            return
+        for child in self.children.values():
+            if child.name.startswith("learner-") and child is not dead and child.process.poll() is None:
+                log.warning("%s died: stopping %s too, to restart the learner ranks together", dead.name, child.name)
+                child.process.kill()
 
     def _stop_children(self) -> None:
         running = [c.process for c in self.children.values() if c.restart_at is None]

@@ -15,6 +15,7 @@ over `distill_horizon` versions (LLM4Teach, arXiv 2311.13373). The data is then 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +51,17 @@ class Batch:
 
 
 class Learner:
-    def __init__(self, spec: PolicySpec, settings: PPOSettings, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        spec: PolicySpec,
+        settings: PPOSettings,
+        device: str = "cpu",
+        sync_gradients: Callable[[nn.Module], None] | None = None,
+    ) -> None:
+        """`sync_gradients(agent)` runs between each backward pass and its optimizer step: learner ranks average
+        their gradients there (`ala.rl.distributed`)."""
         self.settings = settings
+        self.sync_gradients = sync_gradients
         self.device = resolve_device(device)
         torch.manual_seed(settings.seed)
         self.agent = Agent(spec).to(self.device)
@@ -68,12 +78,13 @@ class Learner:
         assert trajectories, "nothing to train on"
         batch = self._prepare(trajectories)
         s = self.settings
-        minibatch_size = max(1, len(batch) // s.num_minibatches)
         stats: dict[str, list[float]] = {}
         for _ in range(s.num_epochs):
             order = torch.randperm(len(batch), generator=self.generator).to(self.device)
-            for start in range(0, len(batch), minibatch_size):
-                step_stats = self._minibatch_step(batch, order[start : start + minibatch_size])
+            # Exactly num_minibatches steps, whatever the batch size: learner ranks averaging gradients must step
+            # together.
+            for idx in torch.tensor_split(order, min(s.num_minibatches, len(batch))):
+                step_stats = self._minibatch_step(batch, idx)
                 for key, value in step_stats.items():
                     stats.setdefault(key, []).append(value)
         self.version += 1
@@ -198,6 +209,8 @@ class Learner:
 
         self.optimizer.zero_grad()
         loss.backward()
+        if self.sync_gradients is not None:
+            self.sync_gradients(self.agent)
         nn.utils.clip_grad_norm_(self.agent.parameters(), s.max_grad_norm)
         self.optimizer.step()
         with torch.no_grad():

@@ -49,3 +49,12 @@ FETCH_FAILURES = Counter(
     "Chunk fetches that failed (JetStream unavailable) and were retried.",
     registry=REGISTRY,
 )
+MERGES = Counter(
+    "ala_learner_merges", "Parameter merges with the other learner ranks (distributed=merge).", registry=REGISTRY
+)
+RANK_WAIT_SECONDS = Histogram(
+    "ala_learner_rank_wait_seconds",
+    "Time a learner rank waited for the others before an update (their batches, or a stop).",
+    buckets=SECOND_BUCKETS,
+    registry=REGISTRY,
+)

@@ -10,6 +10,11 @@ are trained like any other (their behaviour log-probabilities are recorded), up 
 ahead. Bad chunks are terminated (never redelivered) and counted; chunks older than `max_policy_lag` are dropped
 and counted. Weights go to the JetStream Object Store, then an announcement to the weights stream.
 
+With `world_size` > 1 this process is one of several learner ranks on `torch.distributed` (`ala.rl.distributed`):
+all share the one durable consumer (JetStream hands each chunk to one rank), agree once per update to go on, average
+gradients (`sync`) or parameters (`merge`), and checkpoint together, each checkpoint listing every rank's trained
+chunks. Rank 0 is the parameter service: it alone publishes weights and announcements.
+
 The network's shape comes from the wire: a fresh learner waits for the first actor heartbeat that carries a
 `PolicySpec` (a restored one takes the spec from its checkpoint) and repeats it in every weights announcement.
 """
@@ -38,8 +43,9 @@ from ala.bus import Bus, PublishError
 from ala.metrics import timed
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
+from ala.rl.distributed import Ranks, join, leave
 from ala.rl.learner import Learner
-from ala.rl.policy import sha256, weights_to_bytes
+from ala.rl.policy import resolve_device, sha256, weights_to_bytes
 from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled, unless_stopped
 from protos import (
@@ -63,16 +69,20 @@ REMEMBERED_CHUNKS = 100_000
 PERSISTED_CHUNK_IDS = 8192
 """Trained chunk ids a checkpoint keeps: more than can be redelivered (unacknowledged, or acknowledged and lost
 within `ack_wait_s`) at once, few enough to write a checkpoint every update."""
+Admitted = tuple[Msg, str, Trajectory]
+"""A fetched chunk that will be trained: its message (to acknowledge), its id, its data."""
 FETCH_RETRY_S = 0.5
 STOP_GRACE_S = 30.0
 """How long a stopping learner waits for the update in progress."""
 
 
 class LearnerWorker:
-    def __init__(self, settings: LearnerSettings, bus: Bus, learner: Learner) -> None:
+    def __init__(self, settings: LearnerSettings, bus: Bus, learner: Learner, ranks: Ranks | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.learner = learner
+        self.ranks = ranks
+        """None: the only learner."""
         self.trained_ids: deque[str] = deque(maxlen=REMEMBERED_CHUNKS)
         self._trained_set: set[str] = set()
         self.last_stream_seq = 0
@@ -82,6 +92,7 @@ class LearnerWorker:
         """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
         self.unsettled: list[Msg] = []
         """Chunks trained on but not yet acknowledged: they wait for the checkpoint that includes their update."""
+        self.unsettled_ids: list[str] = []
         self.last_stats: dict[str, float] = {}
         self.announced: WeightsAnnouncement | None = None
         self.sample_rate = Rate()
@@ -171,12 +182,13 @@ class LearnerWorker:
         await (msg.term() if terminate else msg.ack())
         self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
 
-    async def train(self, batch: list[tuple[Msg, str, Trajectory]]) -> None:
+    async def train(self, batch: list[Admitted]) -> None:
         with timed(metrics.UPDATE_SECONDS):
             # Off the event loop, so heartbeats and acks keep flowing during a long update.
-            stats = await asyncio.to_thread(self.learner.train, [trajectory for _, _, trajectory in batch])
+            stats = await asyncio.to_thread(self._update, [trajectory for _, _, trajectory in batch])
         for msg, chunk_id, _ in batch:
             self.unsettled.append(msg)
+            self.unsettled_ids.append(chunk_id)
             self._remember(chunk_id)
             # Training has come this far (actors' flow control reads it); the acknowledgement waits for the checkpoint.
             self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
@@ -187,7 +199,7 @@ class LearnerWorker:
         self.last_stats = stats
         if self.learner.version % self.settings.checkpoint_every == 0:
             await self.checkpoint_and_settle()
-        if self.learner.version % self.settings.publish_every == 0:
+        if self.learner.version % self.settings.publish_every == 0 and self.publishes:
             try:
                 await self.publish_weights()
             except (PublishError, NatsError, TimeoutError) as exc:
@@ -195,8 +207,23 @@ class LearnerWorker:
                 metrics.WEIGHTS_PUBLISH_FAILURES.inc()
                 log.warning("weights v%d not published: %s", self.learner.version, exc)
 
+    @property
+    def publishes(self) -> bool:
+        return self.ranks is None or self.ranks.is_parameter_service
+
+    def _update(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        stats = self.learner.train(trajectories)
+        if self.ranks is not None and self.ranks.merge_parameters(self.learner.agent, self.learner.version):
+            metrics.MERGES.inc()
+        return stats
+
     async def checkpoint_and_settle(self) -> None:
         """Write the checkpoint, then acknowledge every chunk it covers (the order that makes it exactly once)."""
+        if self.ranks is not None:  # every rank's checkpoint lists the chunks every rank trained
+            for chunk_id in await asyncio.to_thread(self.ranks.gather_ids, self.unsettled_ids):
+                if chunk_id not in self._trained_set:
+                    self._remember(chunk_id)
+        self.unsettled_ids = []
         await asyncio.to_thread(self.save_checkpoint)
         unsettled, self.unsettled = self.unsettled, []
         for msg in unsettled:
@@ -288,39 +315,62 @@ class LearnerWorker:
         )
         try:
             await self._consume(consumer, stop)
-            if self.unsettled:  # a clean stop: checkpoint what was trained, so nothing comes back to train again
+            # A clean stop: checkpoint what was trained, so nothing comes back to train again (ranks all do: it is a
+            # collective).
+            if self.unsettled or self.ranks is not None:
                 await self.checkpoint_and_settle()
         finally:
             await consumer.unsubscribe()  # a pending fetch would otherwise hold up the connection's drain
         # Unacknowledged chunks are redelivered to the next learner after ack_wait: nothing is lost.
 
     async def _consume(self, consumer: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
-        pending: list[tuple[Msg, str, Trajectory]] = []
-        while not stop.is_set():
-            wanted = self.settings.chunks_per_batch - len(pending)
-            try:
-                msgs = await consumer.fetch(wanted, timeout=self.settings.fetch_timeout_s)
-            except (TimeoutError, NatsTimeoutError):
-                continue
-            except NatsError as exc:  # JetStream unavailable for a moment (503, broker restart): try again
-                metrics.FETCH_FAILURES.inc()
-                self._fetch_log.warning("chunk fetch failed, retrying: %s", exc)
-                await asyncio.sleep(FETCH_RETRY_S)
-                continue
-            for msg in msgs:
-                admitted = await self.admit(msg)
-                if admitted is not None:
-                    pending.append((msg, *admitted))
-                    self.pending_ids.add(admitted[0])
-            if len(pending) >= self.settings.chunks_per_batch:
+        pending: list[Admitted] = []
+        while not stop.is_set() or self.ranks is not None:
+            if not stop.is_set():
+                pending += await self._fetch(consumer, self.settings.chunks_per_batch - len(pending))
+            ready = len(pending) >= self.settings.chunks_per_batch
+            if self.ranks is not None and (ready or stop.is_set()) and not await self._all_go_on(stop.is_set()):
+                for msg, _, _ in pending:  # back to the stream at once, for whichever learner comes next
+                    await msg.nak()
+                return
+            if ready:
                 await self.train(pending)
                 pending = []
                 self.pending_ids.clear()
             await self.announce_progress()
 
+    async def _fetch(self, consumer: JetStreamContext.PullSubscription, wanted: int) -> list[Admitted]:
+        """Up to `wanted` admitted chunks; none when the broker has none in time or is away for a moment."""
+        try:
+            msgs = await consumer.fetch(wanted, timeout=self.settings.fetch_timeout_s)
+        except (TimeoutError, NatsTimeoutError):
+            return []
+        except NatsError as exc:  # JetStream unavailable for a moment (503, broker restart): try again
+            metrics.FETCH_FAILURES.inc()
+            self._fetch_log.warning("chunk fetch failed, retrying: %s", exc)
+            await asyncio.sleep(FETCH_RETRY_S)
+            return []
+        admitted = []
+        for msg in msgs:
+            checked = await self.admit(msg)
+            if checked is not None:
+                admitted.append((msg, *checked))
+                self.pending_ids.add(checked[0])
+        return admitted
+
+    async def _all_go_on(self, stopping: bool) -> bool:
+        """Learner ranks, once per update: every rank has its batch and none is stopping. Blocks (off the event loop)
+        until every rank asks; it also shares how far the group has settled the stream, for rank 0's announcements."""
+        assert self.ranks is not None
+        with timed(metrics.RANK_WAIT_SECONDS):
+            any_stopping, settled = await asyncio.to_thread(self.ranks.agree, stopping, self.last_stream_seq)
+        self.last_stream_seq = max(self.last_stream_seq, settled)
+        return not any_stopping
+
 
 def checkpoint_path(settings: LearnerSettings) -> Path:
-    return settings.checkpoint_dir / settings.run / "latest.pt"
+    name = "latest.pt" if settings.rank == 0 else f"latest-rank{settings.rank}.pt"
+    return settings.checkpoint_dir / settings.run / name
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], PolicySpec] | None:
@@ -359,21 +409,62 @@ async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:
         if spec is None:
             return
         log.info("training %s", spec)
-        worker = LearnerWorker(settings, runtime.bus, Learner(spec, settings, device=settings.device))
-        if saved is not None:
-            worker.restore_checkpoint(saved[0])
-        await runtime.bus.subscribe(subjects.heartbeat_wildcard(settings.run), worker.on_heartbeat)
-        if settings.implicit_rewards:
-            await runtime.bus.subscribe(subjects.implicit_reward_subject(settings.run), worker.on_implicit_reward)
+        ranks = await join_ranks(settings, stop)
+        if settings.world_size > 1 and ranks is None:
+            return
+        try:
+            await train_until_stopped(settings, runtime.bus, spec, saved, ranks, stop)
+        finally:
+            leave()
+
+
+async def join_ranks(settings: LearnerSettings, stop: asyncio.Event) -> Ranks | None:
+    """With several ranks: this rank in its group, once all have joined (None if stopped first, or alone)."""
+    if settings.world_size == 1:
+        return None
+    joining = asyncio.to_thread(
+        join,
+        settings.rank,
+        settings.world_size,
+        settings.master_addr,
+        settings.master_port,
+        settings.distributed,
+        settings.merge_every,
+        settings.distributed_timeout_s,
+        resolve_device(settings.device),
+    )
+    return await unless_stopped(joining, stop)
+
+
+async def train_until_stopped(
+    settings: LearnerSettings,
+    bus: Bus,
+    spec: PolicySpec,
+    saved: tuple[dict[str, Any], PolicySpec] | None,
+    ranks: Ranks | None,
+    stop: asyncio.Event,
+) -> None:
+    sync_gradients = ranks.average_gradients if ranks is not None else None
+    worker = LearnerWorker(
+        settings, bus, Learner(spec, settings, device=settings.device, sync_gradients=sync_gradients), ranks
+    )
+    if saved is not None:
+        worker.restore_checkpoint(saved[0])
+    if ranks is not None:
+        await asyncio.to_thread(ranks.broadcast_parameters, worker.learner.agent)
+    await bus.subscribe(subjects.heartbeat_wildcard(settings.run), worker.on_heartbeat)
+    if settings.implicit_rewards:
+        await bus.subscribe(subjects.implicit_reward_subject(settings.run), worker.on_implicit_reward)
+    if worker.publishes:
         await worker.publish_weights()  # actors start from the learner's weights, not their own initialisation
-        async with ServiceTasks() as tasks:
-            training = tasks.start(worker.run(stop), name="train-loop")
-            tasks.start(report_progress("learner", worker.progress, settings.progress_interval_s), name="progress")
-            await stop.wait()
-            # The loop sees `stop` after its fetch or update: let it finish, so no update runs on while checkpointing.
-            await asyncio.wait([training], timeout=settings.fetch_timeout_s + STOP_GRACE_S)
-            await tasks.stop_all()
-        await asyncio.to_thread(worker.save_checkpoint)
+    async with ServiceTasks() as tasks:
+        training = tasks.start(worker.run(stop), name="train-loop")
+        tasks.start(report_progress("learner", worker.progress, settings.progress_interval_s), name="progress")
+        await stop.wait()
+        # The loop sees `stop` after its fetch or update: let it finish, so no update runs on while checkpointing.
+        await asyncio.wait([training], timeout=settings.fetch_timeout_s + STOP_GRACE_S)
+        await tasks.stop_all()
+    await asyncio.to_thread(worker.save_checkpoint)
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Settings of the learner; every field is also an environment variable `ALA_LEARNER_<FIELD>`."""
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -30,6 +30,40 @@ class LearnerSettings(ServiceSettings, PPOSettings):
         " that covers them (exactly once across a crash). Keep it <= max_policy_lag: after a crash, actors' chunks"
         " from up to this many lost versions are still trained.",
     )
+    world_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        validation_alias=AliasChoices("ALA_LEARNER_WORLD_SIZE", "WORLD_SIZE", "world_size"),
+        description="Learner ranks training together on torch.distributed (torchrun's WORLD_SIZE works too).",
+    )
+    rank: int = Field(
+        0,
+        ge=0,
+        validation_alias=AliasChoices("ALA_LEARNER_RANK", "RANK", "rank"),
+        description="This learner's rank; rank 0 publishes the weights and is the group's rendezvous (or RANK).",
+    )
+    master_addr: str = Field(
+        "127.0.0.1",
+        validation_alias=AliasChoices("ALA_LEARNER_MASTER_ADDR", "MASTER_ADDR", "master_addr"),
+        description="Rank 0's address, where the ranks meet (or MASTER_ADDR).",
+    )
+    master_port: int = Field(
+        29500,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("ALA_LEARNER_MASTER_PORT", "MASTER_PORT", "master_port"),
+        description="Rank 0's rendezvous port (or MASTER_PORT).",
+    )
+    distributed: Literal["sync", "merge"] = Field(
+        "sync",
+        description="With several ranks: `sync` averages gradients every minibatch (data parallel); `merge` averages"
+        " parameters every `merge_every` updates (ala/rl/distributed.py).",
+    )
+    merge_every: int = Field(4, ge=1, description="With `distributed=merge`: updates between parameter merges.")
+    distributed_timeout_s: float = Field(
+        120.0, gt=0, description="A rank blocked this long in a collective (another rank died) fails, and restarts."
+    )
     implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")
 
@@ -40,4 +74,14 @@ class LearnerSettings(ServiceSettings, PPOSettings):
                 f"checkpoint_every ({self.checkpoint_every}) must be <= max_policy_lag ({self.max_policy_lag}): after"
                 " a crash, actors' chunks from the versions lost since the checkpoint must still be trainable"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_place_per_rank(self) -> "LearnerSettings":
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}")
+        if self.world_size > 1:
+            # Ranks on one host must not share a metrics port or a heartbeat subject.
+            self.metrics_port = self.metrics_port + self.rank if self.metrics_port else 0
+            self.instance = f"{self.instance}-r{self.rank}"
         return self
