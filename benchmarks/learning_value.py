@@ -112,6 +112,17 @@ ARMS = {
     "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
+    # Scale-out (benchmarks/scale.py): two learner ranks, no advice, against `plain`'s one learner.
+    "ranks2-sync": StackArm(
+        env={"ALA_UP_LEARNER_RANKS": "2", "ALA_LEARNER_DISTRIBUTED": "sync"},
+        scrape={"env_steps": SCRAPE["env_steps"]},
+        follow={"entropy": FOLLOW["entropy"]},
+    ),
+    "ranks2-merge": StackArm(
+        env={"ALA_UP_LEARNER_RANKS": "2", "ALA_LEARNER_DISTRIBUTED": "merge"},
+        scrape={"env_steps": SCRAPE["env_steps"]},
+        follow={"entropy": FOLLOW["entropy"]},
+    ),
 }
 DEFAULT_ARMS = (
     "plain",

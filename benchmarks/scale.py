@@ -1,9 +1,11 @@
 """Scale-out on this machine: env steps/s and trained samples/s of `ala up` with 1, 2, 4 and 8 actor processes
-and one learner, each actor its own process with its own name (the throughput benchmark's stack, advice off).
+and one learner, each actor its own process with its own name (the throughput benchmark's stack, advice off); then
+2 actor processes with 2 learner ranks on torch.distributed, synchronous (`sync`) and periodic merge (`merge`).
 
     python -m benchmarks.scale [--actors 1 --actors 2 ...] [--window 15]
 
-Where it saturates, and why, is in the report.
+Where it saturates, and why, is in the report. Learning with 2 ranks against 1 learner, to the same samples and
+scored by the evaluator, is `python -m benchmarks.learning_value --arms plain --arms ranks2-sync --arms ranks2-merge`.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ def main(
     actors: Annotated[list[int] | None, typer.Option(help="Actor process counts (repeat).")] = None,
     warmup: Annotated[float, typer.Option(help="Seconds before measuring.")] = 8.0,
     window: Annotated[float, typer.Option(help="Seconds measured per configuration.")] = 15.0,
+    ranks_actors: Annotated[int, typer.Option(help="Actor processes in the 2-learner-rank runs.")] = 2,
     out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("benchmarks/results/scale.md"),
 ) -> None:
     counts = actors or [1, 2, 4, 8]
     rows = [(n, distributed_steps_per_s(env_id, n, warmup, window)) for n in counts]
+    ranked = [
+        (scheme, distributed_steps_per_s(env_id, ranks_actors, warmup, window, learner_ranks=2, scheme=scheme))
+        for scheme in ("sync", "merge")
+    ]
+    one_learner = dict(rows).get(ranks_actors)
     base = rows[0][1]["env_steps_per_s"]
     low = min(r["env_steps_per_s"] for _, r in rows) / base
     high = max(r["env_steps_per_s"] for _, r in rows) / base
@@ -54,6 +62,18 @@ def main(
         "`max_policy_lag` versions behind (counted above). Expected on a 16-core box with the learner on a GPU "
         "(not measured): each actor process gets its own core, so steps/s grow with actors until the learner's "
         "samples/s or the broker's bytes/s (206 bytes per env step) saturate.",
+        "",
+        f"## Learner ranks: {ranks_actors} actor processes, 2 learner ranks on torch.distributed (gloo, CPU)",
+        "",
+        "| learners | env steps/s | trained/s | trained/s vs 1 learner | stale chunks dropped | actors waiting |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {label} | {r['env_steps_per_s']:,.0f} | {r['trained_per_s']:,.0f} | "
+            f"{r['trained_per_s'] / one_learner['trained_per_s']:.2f} | {r['stale_chunks']:.0f} | "
+            f"{r['flow_wait_share']:.0%} |"
+            for label, r in [("1 learner", one_learner), *((f"2 ranks, {k}", r) for k, r in ranked)]
+            if one_learner is not None
+        ),
         "",
     ]
     text = "\n".join(lines)

@@ -46,7 +46,10 @@ def local_steps_per_s(env_id: str, total_steps: int) -> float:
     return float(match.group(1))
 
 
-def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s: float) -> dict[str, float]:
+def distributed_steps_per_s(
+    env_id: str, actors: int, warmup_s: float, window_s: float, learner_ranks: int = 1, scheme: str = "sync"
+) -> dict[str, float]:
+    """Env steps/s and trained samples/s of `actors` actor processes and `learner_ranks` learner ranks."""
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
         broker = stack.enter_context(
             EmbeddedBroker(BrokerSettings(port=-1, monitor_port=-1, auth=False, store_dir=Path(scratch) / "nats"))
@@ -65,7 +68,10 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             ALA_ACTOR_INSTANCE="actor-1",
             ALA_LEARNER_METRICS_PORT=str(learner_port),
             ALA_LEARNER_CHECKPOINT_DIR=str(Path(scratch) / "checkpoints"),
+            ALA_UP_LEARNER_RANKS=str(learner_ranks),
+            ALA_LEARNER_DISTRIBUTED=scheme,
         )
+        learner_ports = [learner_port + rank for rank in range(learner_ranks)]  # each rank adds its rank
         services = ["--service", "actor", "--service", "learner", "--service", "router", "--service", "evaluator"]
         commands = [([sys.executable, "-m", "ala", "up", "--no-broker", *services], env)]
         for i, port in enumerate(actor_ports[1:], start=2):
@@ -84,12 +90,16 @@ def distributed_steps_per_s(env_id: str, actors: int, warmup_s: float, window_s:
             while steps() == 0 and time.monotonic() < deadline:
                 time.sleep(0.5)
             time.sleep(warmup_s)
-            steps_0, trained_0, t_0 = steps(), scrape(learner_port, "ala_learner_samples_total"), time.monotonic()
+
+            def trained() -> float:
+                return sum(scrape(port, "ala_learner_samples_total") for port in learner_ports)
+
+            steps_0, trained_0, t_0 = steps(), trained(), time.monotonic()
             waited_0 = waited()
             time.sleep(window_s)
-            steps_1, trained_1, t_1 = steps(), scrape(learner_port, "ala_learner_samples_total"), time.monotonic()
+            steps_1, trained_1, t_1 = steps(), trained(), time.monotonic()
             waited_1 = waited()
-            stale = scrape(learner_port, "ala_learner_chunks_stale_total")
+            stale = sum(scrape(port, "ala_learner_chunks_stale_total") for port in learner_ports)
             step_seconds = sum(scrape(port, "ala_actor_step_seconds_sum") for port in actor_ports)
             step_count = sum(scrape(port, "ala_actor_step_seconds_count") for port in actor_ports)
         finally:
