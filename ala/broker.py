@@ -242,7 +242,7 @@ class BrokerCluster:
         try:
             for node in self.nodes:
                 node.start()
-            if len(self.nodes) > 1:
+            if len(self.nodes) > 1:  # a node of a cluster over hosts cannot wait for peers that start after it
                 self.wait_current(self.nodes)
         except BrokerError:
             self.stop()
@@ -268,6 +268,9 @@ class BrokerCluster:
 
 
 def _node_settings(settings: BrokerSettings) -> list[tuple[BrokerSettings, ClusterNode | None]]:
+    if settings.routes:  # this host's one node of a cluster over several hosts (compose, bare metal)
+        name = settings.server_name or socket.gethostname()
+        return [(settings, ClusterNode(name, settings.cluster_name, settings.cluster_port, settings.routes))]
     if settings.cluster_size == 1:
         return [(settings, None)]
 

@@ -94,6 +94,17 @@ class BrokerSettings(BaseSettings):
     )
     cluster_port: int = Field(6222, ge=-1, le=65535, description="Route port of the first cluster node (-1: free).")
     cluster_name: str = Field("ala", description="The cluster's name (nats-server `cluster.name`).")
+    cluster_routes: str = Field(
+        "",
+        description="One node of a cluster spread over hosts: every node's route URL, comma-separated (e.g."
+        " nats-route://nats-0:6222,nats-route://nats-1:6222,...); this node listens on cluster_port. Empty: the"
+        " `cluster_size` nodes on this host.",
+    )
+    server_name: str = Field("", description="This node's unique name in a cluster spread over hosts.")
+
+    @property
+    def routes(self) -> tuple[str, ...]:
+        return tuple(route.strip() for route in self.cluster_routes.split(",") if route.strip())
 
     @property
     def secrets_path(self) -> Path:

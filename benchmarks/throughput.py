@@ -71,7 +71,7 @@ def distributed_steps_per_s(
             ALA_UP_LEARNER_RANKS=str(learner_ranks),
             ALA_LEARNER_DISTRIBUTED=scheme,
         )
-        learner_ports = [learner_port + rank for rank in range(learner_ranks)]  # each rank adds its rank
+        learner_ports = [learner_port + rank for rank in range(learner_ranks)]  # `ala up` gives rank r port + r
         services = ["--service", "actor", "--service", "learner", "--service", "router", "--service", "evaluator"]
         commands = [([sys.executable, "-m", "ala", "up", "--no-broker", *services], env)]
         for i, port in enumerate(actor_ports[1:], start=2):

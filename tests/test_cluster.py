@@ -16,7 +16,7 @@ from ala.broker import BrokerCluster, ClusterNode, EmbeddedBroker, render_config
 from ala.bus import MSG_ID_HEADER, Bus
 from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
-from ala.testing import ENV_ID, running, wait_until
+from ala.testing import ENV_ID, free_port, running, wait_until
 from protos import subjects
 from services.actor import metrics as actor_metrics
 from services.actor.service import serve as serve_actor
@@ -78,6 +78,43 @@ def test_every_node_gets_its_name_and_a_route_to_every_node(tmp_path: Path) -> N
     assert 'server_name: "ala-1"' in config
     assert 'listen: "127.0.0.1:6223"' in config
     assert 'routes: ["nats-route://127.0.0.1:6222", "nats-route://127.0.0.1:6223"]' in config
+
+
+async def test_nodes_started_one_by_one_from_a_route_list_form_one_cluster(tmp_path: Path) -> None:
+    """How compose and a lab's three machines run it: each host's `ala nats` is one node given every route."""
+    route_ports = [free_port() for _ in range(3)]
+    routes = ",".join(f"nats-route://127.0.0.1:{port}" for port in route_ports)
+    nodes = [
+        BrokerCluster(
+            BrokerSettings(
+                port=-1,
+                monitor_port=-1,
+                cluster_port=route_port,
+                cluster_routes=routes,
+                server_name=f"host-{i}",
+                store_dir=tmp_path / f"host-{i}",
+                auth=False,
+                ready_timeout_s=30,
+            )
+        )
+        for i, route_port in enumerate(route_ports)
+    ]
+    try:
+        for node in nodes:
+            node.start()  # each alone: it does not wait for peers that start after it
+        members = [broker for node in nodes for broker in node.nodes]
+        nodes[0].wait_current(members)
+        bus = await _connect(members[2].url)
+        try:
+            await bus.provision()
+            info = await bus.js.stream_info(subjects.TRAJECTORIES.name)
+            peers = {info.cluster.leader, *(replica.name for replica in info.cluster.replicas or [])}  # type: ignore[union-attr]
+            assert peers == {"host-0", "host-1", "host-2"}
+        finally:
+            await bus.drain()
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 async def test_streams_and_the_weights_bucket_are_replicated_on_three_nodes(cluster: BrokerCluster) -> None:

@@ -80,8 +80,6 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     def _one_place_per_rank(self) -> "LearnerSettings":
         if self.rank >= self.world_size:
             raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}")
-        if self.world_size > 1:
-            # Ranks on one host must not share a metrics port or a heartbeat subject.
-            self.metrics_port = self.metrics_port + self.rank if self.metrics_port else 0
+        if self.world_size > 1:  # ranks on one host must not share a heartbeat subject (`ala up` gives each its port)
             self.instance = f"{self.instance}-r{self.rank}"
         return self

@@ -15,6 +15,7 @@ COMBINATIONS = [
     ["docker-compose.yml", "deploy/compose/lab-dgx.yml"],
     ["docker-compose.yml", "deploy/compose/lab-rtx.yml"],
     ["docker-compose.yml", "deploy/compose/lab-jetson.yml"],
+    ["docker-compose.yml", "compose.cpu.yml", "compose.scale.yml"],
 ]
 
 
@@ -82,3 +83,23 @@ def test_every_service_connects_as_its_own_user_with_the_password_the_broker_wro
         assert env["ALA_NATS_PASSWORD_FILE"] == f"/secrets/{name}.password"
         mounts = {(v["source"], v["target"], v.get("read_only", False)) for v in services[name]["volumes"]}
         assert ("secrets", "/secrets", True) in mounts, name
+
+
+def test_the_scale_override_runs_three_routed_nats_nodes_r3_clients_and_two_learner_ranks() -> None:
+    services = config(["docker-compose.yml", "compose.cpu.yml", "compose.scale.yml"])["services"]
+    nodes = ("nats", "nats-1", "nats-2")
+    routes = {services[node]["environment"]["ALA_BROKER_CLUSTER_ROUTES"] for node in nodes}
+    assert routes == {",".join(f"nats-route://{node}:6222" for node in nodes)}
+    assert len({services[node]["environment"]["ALA_BROKER_SERVER_NAME"] for node in nodes}) == 3
+    assert len({json.dumps(services[node]["volumes"][0]) for node in nodes}) == 3  # a JetStream store each
+    for name in ("advisor", "router", "actor", "learner", "learner-1", "evaluator"):
+        env = services[name]["environment"]
+        assert env["ALA_NATS_URL"] == ",".join(f"nats://{node}:4222" for node in nodes), name
+        assert env["ALA_NATS_REPLICAS"] == "3", name
+        assert {services[name]["depends_on"][node]["condition"] for node in nodes} == {"service_healthy"}, name
+    ranks = [services[name]["environment"] for name in ("learner", "learner-1")]
+    assert [(r["RANK"], r["WORLD_SIZE"], r["MASTER_ADDR"]) for r in ranks] == [
+        ("0", "2", "learner"),
+        ("1", "2", "learner"),
+    ]
+    assert "ports" not in services["actor"]  # `--scale actor=N` needs no host port per actor

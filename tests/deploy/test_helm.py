@@ -18,6 +18,7 @@ HARDWARE = {
     "rtx": ["values-rtx.yaml"],
     "jetson": ["values-jetson.yaml"],
     "lab": ["values-rtx.yaml", "values-dgx.yaml", "values-jetson.yaml"],
+    "scale": ["values-scale.yaml"],
 }
 
 
@@ -158,3 +159,24 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
     finally:
         server.terminate()
         server.wait()
+
+
+def test_the_scale_values_run_a_3_node_nats_cluster_r3_and_learner_ranks_that_find_rank_0() -> None:
+    docs = render(HARDWARE["scale"])
+    nats = next(doc for doc in docs if doc["kind"] == "StatefulSet" and doc["metadata"]["name"] == "ala-nats")
+    assert nats["spec"]["replicas"] == 3
+    config = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-nats-config")
+    assert '"cluster"' in config["data"]["nats.conf"] and "routes" in config["data"]["nats.conf"]
+    found = workloads(docs)
+    for name, workload in found.items():
+        env = {e["name"]: e for e in workload["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["ALA_NATS_REPLICAS"]["value"] == "3", name
+    assert found["ala-actor"]["spec"]["replicas"] == 4
+    learner = found["ala-learner"]
+    assert learner["spec"]["replicas"] == 2
+    env = {e["name"]: e for e in learner["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WORLD_SIZE"]["value"] == "2"
+    assert env["RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert env["MASTER_ADDR"]["value"] == "ala-learner-0.ala-learner"
+    service = next(doc for doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "ala-learner")
+    assert service["spec"]["clusterIP"] == "None" and learner["spec"]["serviceName"] == "ala-learner"

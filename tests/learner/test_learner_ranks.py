@@ -109,8 +109,7 @@ def test_two_ranks_share_the_chunks_train_each_once_and_end_equal(
         ranks = []
         for rank in (0, 1):
             log = (tmp_path / f"rank{rank}.log").open("w")
-            # One ALA_LEARNER_METRICS_PORT serves every rank on a host: each adds its rank to it.
-            rank_env = env | {"RANK": str(rank), "ALA_LEARNER_METRICS_PORT": str(ports[rank] - rank)}
+            rank_env = env | {"RANK": str(rank), "ALA_LEARNER_METRICS_PORT": str(ports[rank])}
             ranks.append(
                 await asyncio.create_subprocess_exec(sys.executable, "-m", "ala", "learner", env=rank_env, stderr=log)
             )
