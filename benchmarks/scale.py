@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,25 @@ import typer
 from benchmarks.report import write_report
 from benchmarks.throughput import distributed_steps_per_s
 
+Config = tuple[int, int, str]
+"""(actor processes, learner ranks, scheme)."""
+
+
+def measure(env_id: str, configs: list[Config], repeats: int, warmup: float, window: float) -> dict[Config, dict]:
+    """Every configuration `repeats` times, interleaved so that machine noise spreads over all alike; the median of
+    each figure."""
+    runs: dict[Config, list[dict[str, float]]] = {config: [] for config in configs}
+    for _ in range(repeats):
+        for actors, ranks, scheme in configs:
+            result = distributed_steps_per_s(env_id, actors, warmup, window, learner_ranks=ranks, scheme=scheme)
+            runs[(actors, ranks, scheme)].append(result)
+            print(f"{actors} actors, {ranks} learner ranks ({scheme}): {result}", flush=True)
+    return {
+        config: {key: statistics.median(run[key] for run in results) for key in results[0]}
+        | {"spread": max(r["trained_per_s"] for r in results) / min(r["trained_per_s"] for r in results)}
+        for config, results in runs.items()
+    }
+
 
 def main(
     env_id: Annotated[str, typer.Option(help="Environment.")] = "MiniGrid-DoorKey-8x8-v0",
@@ -28,14 +48,14 @@ def main(
     warmup: Annotated[float, typer.Option(help="Seconds before measuring.")] = 8.0,
     window: Annotated[float, typer.Option(help="Seconds measured per configuration.")] = 15.0,
     ranks_actors: Annotated[int, typer.Option(help="Actor processes in the 2-learner-rank runs.")] = 2,
+    repeats: Annotated[int, typer.Option(help="Interleaved repetitions of every configuration.")] = 2,
     out: Annotated[Path, typer.Option(help="Markdown report.")] = Path("benchmarks/results/scale.md"),
 ) -> None:
     counts = actors or [1, 2, 4, 8]
-    rows = [(n, distributed_steps_per_s(env_id, n, warmup, window)) for n in counts]
-    ranked = [
-        (scheme, distributed_steps_per_s(env_id, ranks_actors, warmup, window, learner_ranks=2, scheme=scheme))
-        for scheme in ("sync", "merge")
-    ]
+    configs = [(n, 1, "sync") for n in counts] + [(ranks_actors, 2, scheme) for scheme in ("sync", "merge")]
+    medians = measure(env_id, configs, repeats, warmup, window)
+    rows = [(n, medians[(n, 1, "sync")]) for n in counts]
+    ranked = [(scheme, medians[(ranks_actors, 2, scheme)]) for scheme in ("sync", "merge")]
     one_learner = dict(rows).get(ranks_actors)
     base = rows[0][1]["env_steps_per_s"]
     low = min(r["env_steps_per_s"] for _, r in rows) / base
@@ -43,14 +63,15 @@ def main(
     lines = [
         "# Scale-out: actor processes against one learner",
         "",
-        f"`python -m benchmarks.scale --env-id {env_id} --window {window:g}` on {os.cpu_count()} cores "
-        f"({platform.machine()}), {time.strftime('%Y-%m-%d')}. One learner; each actor 16 bots in its own process.",
+        f"`python -m benchmarks.scale --env-id {env_id} --window {window:g} --repeats {repeats}` on "
+        f"{os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}. Each actor 16 bots in its own "
+        f"process; medians of {repeats} interleaved runs per row (max/min of trained/s in the last column).",
         "",
-        "| actor processes | env steps/s | trained/s | vs 1 actor | stale chunks dropped | actors waiting |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| actor processes | env steps/s | trained/s | vs 1 actor | stale chunks dropped | actors waiting | spread |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {n} | {r['env_steps_per_s']:,.0f} | {r['trained_per_s']:,.0f} | {r['env_steps_per_s'] / base:.2f} | "
-            f"{r['stale_chunks']:.0f} | {r['flow_wait_share']:.0%} |"
+            f"{r['stale_chunks']:.0f} | {r['flow_wait_share']:.0%} | {r['spread']:.2f} |"
             for n, r in rows
         ),
         "",
@@ -65,12 +86,13 @@ def main(
         "",
         f"## Learner ranks: {ranks_actors} actor processes, 2 learner ranks on torch.distributed (gloo, CPU)",
         "",
-        "| learners | env steps/s | trained/s | trained/s vs 1 learner | stale chunks dropped | actors waiting |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| learners | env steps/s | trained/s | trained/s vs 1 learner | stale chunks dropped | actors waiting "
+        "| spread |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {label} | {r['env_steps_per_s']:,.0f} | {r['trained_per_s']:,.0f} | "
             f"{r['trained_per_s'] / one_learner['trained_per_s']:.2f} | {r['stale_chunks']:.0f} | "
-            f"{r['flow_wait_share']:.0%} |"
+            f"{r['flow_wait_share']:.0%} | {r['spread']:.2f} |"
             for label, r in [("1 learner", one_learner), *((f"2 ranks, {k}", r) for k, r in ranked)]
             if one_learner is not None
         ),
