@@ -251,3 +251,9 @@ def load_verified(data: bytes, spec: PolicySpec, expected: ProbeOutput, options:
     policy = OnnxPolicy.load(data, spec, options)
     policy.verify(expected, options.atol)
     return policy
+
+
+def export_verified(agent: Agent, options: OnnxOptions) -> OnnxPolicy:
+    """`agent` exported here and checked against its own torch output: an actor's policy before the learner's
+    first version, or for a version announced without a model."""
+    return load_verified(export(agent), agent.spec, probe_output(agent), options)
