@@ -89,8 +89,8 @@ def export(agent: Agent) -> bytes:
     batch = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript-based exporter (dynamo=False): deprecated since torch 2.9 but in the pinned 2.13, and it
-        # takes ~6 ms per version on a laptop core against ~0.7 s for the torch.export-based one (which also needs
-        # onnxscript). The learner exports every version it publishes.
+        # takes ~20 ms per version on one core here against 0.7-2 s for the torch.export-based one (which also
+        # needs onnxscript). The learner exports every version it publishes.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             graph,

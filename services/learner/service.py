@@ -238,7 +238,7 @@ class LearnerWorker:
     async def publish_weights(self) -> None:
         version = self.learner.version
         data = weights_to_bytes(self.learner.agent)
-        # Off the event loop (~10 ms), as the update is; nothing trains the agent until this returns.
+        # Off the event loop (~20 ms), as the update is; nothing trains the agent until this returns.
         exported = await asyncio.to_thread(self.export_onnx) if self.settings.onnx_export else None
         store = await self.bus.js.object_store(subjects.WEIGHTS_BUCKET)
         name = subjects.weights_object_name(self.settings.run, version)
