@@ -505,18 +505,16 @@ async def start_onnx(settings: ActorSettings, rollout: Rollout) -> OnnxOptions:
     """Backend onnx: this actor's own initial policy, exported and checked here on the providers configured, runs
     until the learner's first version; a provider that cannot reproduce the torch output stops the actor at start
     rather than at its first swap."""
-    options = OnnxOptions(
-        providers=select_providers(settings.onnx_providers),
-        threads=settings.onnx_threads,
-        max_batch=settings.num_bots,
-        atol=settings.onnx_atol,
-    )
     try:
+        options = OnnxOptions(
+            providers=select_providers(settings.onnx_providers),
+            threads=settings.onnx_threads,
+            max_batch=settings.num_bots,
+            atol=settings.onnx_atol,
+        )
         onnx = await asyncio.to_thread(export_verified, rollout.agent, options)
-    except Rejected as exc:
-        raise ValueError(
-            f"ALA_ACTOR_BACKEND=onnx, but {exc}: see ALA_ACTOR_ONNX_PROVIDERS, ALA_ACTOR_ONNX_ATOL"
-        ) from exc
+    except ValueError as exc:  # no provider asked for is here; or the model is refused (Rejected is a ValueError)
+        raise ValueError(f"ALA_ACTOR_BACKEND=onnx: {exc} (see ALA_ACTOR_ONNX_PROVIDERS, ALA_ACTOR_ONNX_ATOL)") from exc
     rollout.set_policy(rollout.agent, rollout.policy_version, onnx)
     log.info(
         "policy forward: ONNX Runtime on %s (asked for %s, this build has %s of them)",

@@ -295,6 +295,12 @@ async def test_the_actor_keeps_stepping_while_a_new_model_loads(
         _assert_sampled_by(await _chunk_of_version(chunks, 7), new_policy)
 
 
+async def test_an_onnx_actor_stops_at_start_when_no_provider_it_asks_for_is_here(nats_settings: NatsSettings) -> None:
+    settings = _settings(nats_settings, backend="onnx", onnx_providers=["TensorrtExecutionProvider"])
+    with pytest.raises(ValueError, match=r"ALA_ACTOR_BACKEND=onnx: none of .*TensorrtExecutionProvider.*PROVIDERS"):
+        await serve(settings, asyncio.Event())
+
+
 async def test_a_failed_weights_fetch_is_retried_until_the_weights_can_be_read(
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
