@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor clean
+.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,9 @@ bench-router: setup  ## router latency against the bare two-hop, and sustained a
 
 bench-advisor: setup  ## backend latency and tokens/s, and LLM calls saved by the cache
 	$(BIN)/python -m benchmarks.advisor
+
+bench-actor-inference: setup  ## the actor's policy forward for 1-64 bots: torch against ONNX Runtime (CPU; CUDA, TensorRT where present)
+	$(BIN)/python -m benchmarks.actor_inference
 
 bench-learning: setup  ## learning through the stack vs the local trainer, DoorKey 5x5 and 8x8, 5 seeds
 	$(BIN)/python -m benchmarks.learning

@@ -49,6 +49,7 @@ from protos import (
     Heartbeat,
     ImplicitReward,
     MessageBase,
+    OnnxExport,
     PolicySpec,
     StateDigest,
     TrajectoryChunk,
@@ -237,6 +238,14 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
             size=123_456,
             created_at=1.7e9,
             policy=SAMPLE_POLICY,
+            onnx=OnnxExport(
+                name="test/8.onnx",
+                sha256="cd" * 32,
+                size=234_567,
+                opset=17,
+                probe_logits=floats(16, N_ACTIONS),
+                probe_values=floats(16),
+            ),
         ),
         ImplicitReward(
             run="test",

@@ -1,5 +1,6 @@
 """Fetching announced policy weights from the JetStream Object Store, verified, into a fresh network: what actors
-and the evaluator both do with a `WeightsAnnouncement`."""
+and the evaluator both do with a `WeightsAnnouncement`; and, for actors that run ONNX, the version's ONNX model,
+verified against the torch output the learner announced with it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from nats.js.errors import NotFoundError
 
 from ala.bus import Bus
 from ala.rejection import Rejected
+from ala.rl.onnx_policy import OnnxOptions, OnnxPolicy, ProbeOutput, export_verified, load_verified
 from ala.rl.policy import Agent, load_weights
 from protos import PolicySpec, WeightsAnnouncement
 
@@ -20,25 +22,50 @@ async def fetch_policy(
     bus: Bus, announcement: WeightsAnnouncement, spec: PolicySpec, device: torch.device, timeout_s: float = 10.0
 ) -> Agent:
     """The announced weights in a new `Agent`; raises `Rejected` with reason missing, timeout, spec, sha256 or
-    shape. Bounded by `timeout_s`: an Object Store read cut by a broker restart can otherwise never return."""
+    shape."""
     if announcement.policy is not None and announcement.policy != spec:
         raise Rejected("spec", f"weights {announcement.name} are for {announcement.policy}, not {spec}")
-
-    async def read() -> bytes:
-        store = await bus.js.object_store(announcement.bucket)
-        return (await store.get(announcement.name)).data or b""
-
-    try:
-        data = await asyncio.wait_for(read(), timeout_s)
-    except TimeoutError as exc:
-        raise Rejected("timeout", f"weights {announcement.name} not fetched within {timeout_s} s") from exc
-    except (NotFoundError, NatsError) as exc:  # a connection that is closing ends here too
-        raise Rejected("missing", f"weights {announcement.name} not fetched: {exc}") from exc
-    if len(data) != announcement.size or hashlib.sha256(data).hexdigest() != announcement.sha256:
-        raise Rejected("sha256", f"weights {announcement.name} fail their size/sha256 check")
+    data = await fetch_object(
+        bus, announcement.bucket, announcement.name, announcement.size, announcement.sha256, timeout_s
+    )
     agent = Agent(spec).to(device)
     try:
         load_weights(agent, data)
     except ValueError as exc:
         raise Rejected("shape", f"weights {announcement.name}: {exc}") from exc
     return agent
+
+
+async def fetch_onnx_policy(
+    bus: Bus, announcement: WeightsAnnouncement, agent: Agent, options: OnnxOptions, timeout_s: float = 10.0
+) -> OnnxPolicy:
+    """The announced ONNX model of `agent`'s version, loaded and verified against the probe output announced with
+    it; raises `Rejected` with reason missing, timeout, sha256, onnx_invalid or onnx_mismatch. An announcement
+    without a model (a learner that does not export): `agent` exported here, verified against its own output.
+    Loading and verifying run off the event loop: a TensorRT engine build takes seconds."""
+    announced = announcement.onnx
+    if announced is None:
+        return await asyncio.to_thread(export_verified, agent, options)
+    expected = ProbeOutput.from_wire(announced, agent.spec)
+    data = await fetch_object(bus, announcement.bucket, announced.name, announced.size, announced.sha256, timeout_s)
+    return await asyncio.to_thread(load_verified, data, agent.spec, expected, options)
+
+
+async def fetch_object(bus: Bus, bucket: str, name: str, size: int, sha256: str, timeout_s: float) -> bytes:
+    """One object's bytes, checked against the size and sha256 announced for it; raises `Rejected` with reason
+    missing, timeout or sha256. Bounded by `timeout_s`: an Object Store read cut by a broker restart can otherwise
+    never return."""
+
+    async def read() -> bytes:
+        store = await bus.js.object_store(bucket)
+        return (await store.get(name)).data or b""
+
+    try:
+        data = await asyncio.wait_for(read(), timeout_s)
+    except TimeoutError as exc:
+        raise Rejected("timeout", f"{name} not fetched within {timeout_s} s") from exc
+    except (NotFoundError, NatsError) as exc:  # a connection that is closing ends here too
+        raise Rejected("missing", f"{name} not fetched: {exc}") from exc
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+        raise Rejected("sha256", f"{name} fails its size/sha256 check")
+    return data

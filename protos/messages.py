@@ -242,6 +242,25 @@ class TrajectoryChunk(MessageBase):
     logits (the learner distils it into the policy); None when advice was applied as `bias`."""
 
 
+class OnnxExport(msgspec.Struct, kw_only=True, frozen=True):
+    """The announced policy version exported to ONNX (`ala.rl.onnx_policy`), beside the torch weights in the same
+    bucket: what actors run with `ALA_ACTOR_BACKEND=onnx`. Input `obs` float32 `(B, obs_dim)`; outputs `logits`
+    float32 `(B, n_actions)` and `value` float32 `(B,)`; the batch dimension is dynamic."""
+
+    name: Name
+    """Object name in the announcement's bucket."""
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+    size: NonNegInt
+    opset: Annotated[int, msgspec.Meta(ge=1)]
+    """The ONNX opset the graph was exported with."""
+    probe_logits: Array
+    """The torch policy's logits, float32 `(16, n_actions)`, on the probe batch every side derives from the
+    `PolicySpec` alone (`ala.rl.onnx_policy.probe_batch`): an actor installs the model only if its own logits on
+    that batch are within its tolerance of these. At most 256 KiB (4096 actions)."""
+    probe_values: Array
+    """The torch policy's values on the probe batch, float32 `(16,)`, checked the same way."""
+
+
 class WeightsAnnouncement(MessageBase):
     """learner → actors: a new policy version is ready at `bucket`/`name` in the JetStream Object Store."""
 
@@ -259,6 +278,9 @@ class WeightsAnnouncement(MessageBase):
     compare it with their own chunks' sequences to know how far ahead of training they are (flow control)."""
     env_steps: NonNegInt = 0
     """Env steps in the chunks the learner has trained on, up to these weights."""
+    onnx: OnnxExport | None = None
+    """The same weights as an ONNX model, with the probe output it must reproduce; None from a learner that does not
+    export (actors running ONNX then export the verified torch weights themselves)."""
 
 
 class ImplicitReward(MessageBase):

@@ -121,9 +121,15 @@ WEIGHTS_ANNOUNCEMENTS = StreamSpec(name="ALA_WEIGHTS", subjects=("ala.*.weights"
 STREAMS: tuple[StreamSpec, ...] = (TRAJECTORIES, WEIGHTS_ANNOUNCEMENTS)
 
 WEIGHTS_BUCKET = "ala_weights"
-"""JetStream Object Store bucket holding policy weights, one object per `<run>/<version>`."""
+"""JetStream Object Store bucket holding policy weights, one object per `<run>/<version>` (torch) and its ONNX export
+`<run>/<version>.onnx`."""
 OBJECT_BUCKETS: tuple[str, ...] = (WEIGHTS_BUCKET,)
 
 
 def weights_object_name(run: str, version: int) -> str:
     return f"{check_token(run, 'run')}/{version}"
+
+
+def onnx_object_name(run: str, version: int) -> str:
+    """The same version exported to ONNX, beside the torch weights."""
+    return f"{weights_object_name(run, version)}.onnx"

@@ -41,3 +41,16 @@ def test_invalid_values_are_refused_with_the_field_named(monkeypatch: pytest.Mon
     monkeypatch.setenv("ALA_BROKER_MAX_PAYLOAD_BYTES", str(128 * 1024 * 1024))
     with pytest.raises(ValidationError, match="max_payload_bytes"):
         BrokerSettings()
+
+
+def test_the_actors_onnx_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ActorSettings().backend == "torch"
+    monkeypatch.setenv("ALA_ACTOR_BACKEND", "onnx")
+    monkeypatch.setenv("ALA_ACTOR_ONNX_PROVIDERS", '["CUDAExecutionProvider", "CPUExecutionProvider"]')
+    monkeypatch.setenv("ALA_ACTOR_ONNX_THREADS", "2")
+    actor = ActorSettings()
+    assert actor.backend == "onnx" and actor.onnx_threads == 2 and actor.onnx_atol == 1e-5
+    assert actor.onnx_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setenv("ALA_ACTOR_BACKEND", "tensorrt")
+    with pytest.raises(ValidationError, match="backend"):
+        ActorSettings()

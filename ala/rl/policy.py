@@ -3,6 +3,7 @@
 
 `get_action_and_value(obs, bias)` samples from `softmax(logits + bias)` and returns both log-probabilities of the
 sampled action: `behaviour_logprob` (with the bias: what was really sampled from) and `policy_logprob` (without).
+`sample_action(logits, value, bias)` is that maths alone, for logits computed elsewhere (`ala.rl.onnx_policy`).
 """
 
 from __future__ import annotations
@@ -80,22 +81,34 @@ class Agent(nn.Module):
         action: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> ActionSample:
-        """Sample from softmax(logits + bias) (or score `action`); log-softmax by hand, as Categorical's argument
-        checks cost more than the network on the actor's small batches."""
+        """Sample from softmax(logits + bias) (or score `action`): `sample_action` on this network's output."""
         logits, value = self.logits_and_value(obs)
-        policy_logprobs = torch.log_softmax(logits, -1)
-        behaviour_logprobs = policy_logprobs if bias is None else torch.log_softmax(logits + bias, -1)
-        if action is None:
-            action = torch.multinomial(behaviour_logprobs.exp(), 1, generator=generator).squeeze(-1)
-        taken = action.unsqueeze(-1)
-        return ActionSample(
-            action=action,
-            behaviour_logprob=behaviour_logprobs.gather(-1, taken).squeeze(-1),
-            policy_logprob=policy_logprobs.gather(-1, taken).squeeze(-1),
-            entropy=-(policy_logprobs.exp() * policy_logprobs).sum(-1),
-            value=value,
-            logprobs=policy_logprobs,
-        )
+        return sample_action(logits, value, bias, action, generator)
+
+
+def sample_action(
+    logits: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    action: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> ActionSample:
+    """Sample from softmax(logits + bias) (or score `action`), with the log-probabilities of exactly these logits:
+    whoever computed them (torch, or ONNX Runtime in the actor). Log-softmax by hand, as Categorical's argument
+    checks cost more than the network on the actor's small batches."""
+    policy_logprobs = torch.log_softmax(logits, -1)
+    behaviour_logprobs = policy_logprobs if bias is None else torch.log_softmax(logits + bias, -1)
+    if action is None:
+        action = torch.multinomial(behaviour_logprobs.exp(), 1, generator=generator).squeeze(-1)
+    taken = action.unsqueeze(-1)
+    return ActionSample(
+        action=action,
+        behaviour_logprob=behaviour_logprobs.gather(-1, taken).squeeze(-1),
+        policy_logprob=policy_logprobs.gather(-1, taken).squeeze(-1),
+        entropy=-(policy_logprobs.exp() * policy_logprobs).sum(-1),
+        value=value,
+        logprobs=policy_logprobs,
+    )
 
 
 def resolve_device(name: str) -> torch.device:

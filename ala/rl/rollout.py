@@ -1,20 +1,26 @@
 """The rollout: N bots, one batched policy forward per step, `logits += bias`, exact log-probabilities.
 
 CleanRL's rollout with ALA's additions; no NATS here. The caller supplies the bias in force before each step
-(the actor service reads its bias table; `ala train --local` passes none).
+(the actor service reads its bias table; `ala train --local` passes none). The forward is the torch `Agent`'s, or
+an ONNX Runtime session's when one is installed with the policy (`set_policy(agent, version, onnx)`): sampling,
+log-probabilities and values then all come from the session's output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from ala.rl.policy import Agent, resolve_device
+from ala.rl.policy import Agent, resolve_device, sample_action
 from ala.rl.trajectory import Trajectory
+
+if TYPE_CHECKING:  # the learner and the evaluator roll out with torch alone: no onnxruntime to import for them
+    from ala.rl.onnx_policy import OnnxPolicy
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class Rollout:
         self.num_bots = envs.num_envs
         self.device = resolve_device(device)
         self.agent = agent.to(self.device)
+        self.onnx: OnnxPolicy | None = None
         self.policy_version = 0
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         obs, _ = envs.reset(seed=seed)
@@ -44,9 +51,10 @@ class Rollout:
         self.finished: list[Episode] = []
         """Episodes completed since the caller last cleared this list."""
 
-    def set_policy(self, agent: Agent, version: int) -> None:
-        """Swap weights between steps."""
+    def set_policy(self, agent: Agent, version: int, onnx: OnnxPolicy | None = None) -> None:
+        """Swap weights between steps; with `onnx` (the same version as a verified ONNX model), it runs the forward."""
         self.agent = agent
+        self.onnx = onnx
         self.policy_version = version
 
     def collect(self, bias_now: Callable[[], np.ndarray | None] | None = None) -> Trajectory:
@@ -63,16 +71,24 @@ class Rollout:
         return trajectory
 
     def finish(self, trajectory: Trajectory) -> Trajectory:
-        with torch.inference_mode():
-            trajectory.bootstrap_value[:] = self.agent.get_value(self._tensor(self.obs)).cpu().numpy()
+        trajectory.bootstrap_value[:] = self.forward(self.obs)[1].cpu().numpy()
         return trajectory
+
+    def forward(self, obs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values of the policy in use, on this rollout's device."""
+        if self.onnx is not None:
+            logits, values = self.onnx.run(obs)
+            return self._tensor(logits), self._tensor(values)
+        with torch.inference_mode():
+            return self.agent.logits_and_value(self._tensor(obs))
 
     def step(self, trajectory: Trajectory, t: int, bias: np.ndarray | None, advice: np.ndarray | None = None) -> None:
         """One step of all bots, recorded at row `t` of `trajectory`. `bias` is added to the logits; `advice` (the
         distillation mode) is only recorded, for the learner to distil."""
         bias_tensor = self._tensor(bias) if bias is not None and bias.any() else None
+        logits, values = self.forward(self.obs)
         with torch.inference_mode():
-            sample = self.agent.get_action_and_value(self._tensor(self.obs), bias_tensor, generator=self.generator)
+            sample = sample_action(logits, values, bias_tensor, generator=self.generator)
         actions = sample.action.cpu().numpy()
         next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
 
@@ -93,8 +109,7 @@ class Rollout:
         cut = truncated & ~terminated
         if cut.any():  # a time limit is not a terminal state: bootstrap from the final observation
             final_obs = np.stack(info["final_obs"][cut]).astype(np.float32)
-            with torch.inference_mode():
-                trajectory.final_values[t, cut] = self.agent.get_value(self._tensor(final_obs)).cpu().numpy()
+            trajectory.final_values[t, cut] = self.forward(final_obs)[1].cpu().numpy()
 
         self.obs = np.asarray(next_obs, dtype=np.float32)
         self.env_steps += self.num_bots

@@ -42,7 +42,18 @@ POLICY_VERSION = Gauge("ala_actor_policy_version", "Version of the policy sampli
 POLICY_LAG = Gauge("ala_actor_policy_lag", "Newest announced version minus the one in use.", registry=REGISTRY)
 WEIGHTS_LOADED = Counter("ala_actor_weights_loaded", "Policy versions installed.", registry=REGISTRY)
 WEIGHTS_REJECTED = Counter(
-    "ala_actor_weights_rejected", "Announced weights refused, by reason.", ["reason"], registry=REGISTRY
+    "ala_actor_weights_rejected",
+    "Announced weights refused, by reason; onnx_invalid and onnx_mismatch: the version's ONNX model (backend onnx),"
+    " which cannot be loaded and run, or computes other logits than the torch policy's.",
+    ["reason"],
+    registry=REGISTRY,
+)
+POLICY_FORWARD = Gauge(
+    "ala_actor_policy_forward",
+    "1 for what runs the policy forward now: backend (torch, onnx) and provider (a torch device, or ONNX Runtime's"
+    " execution provider).",
+    ["backend", "provider"],
+    registry=REGISTRY,
 )
 MEAN_RETURN = Gauge(
     "ala_actor_mean_return", "Mean return of the last 100 finished episodes (training, with advice).", registry=REGISTRY

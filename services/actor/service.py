@@ -11,6 +11,11 @@
   (a wait longer than `flow_timeout_s` is counted and logged, and sampling goes on).
 - New weights are fetched and verified (size, sha256, policy spec, shapes) off the step loop and installed
   between chunks, so every chunk is sampled by exactly one policy version.
+- With `backend=onnx`, ONNX Runtime runs the forward (`ala.rl.onnx_policy`, on the first available of the
+  configured execution providers): each version's ONNX model is fetched with its weights, loaded and checked on the
+  probe batch against the torch output the learner announced, in a worker thread; a model that fails is refused
+  (counted by reason) and the old version stays in use. Sampling, log-probabilities and values come from the
+  model's output.
 - The step loop, the chunk shipper and weight fetches run in one task group: if any of them fails, the process
   logs the traceback and exits non-zero instead of heartbeating on with a dead loop.
 """
@@ -34,11 +39,12 @@ from ala.envs import EnvAdapter, adapter_for
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.rejection import Rejected
+from ala.rl.onnx_policy import OnnxOptions, OnnxPolicy, export_verified, select_providers
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
 from ala.rl.trajectory import observation_key, to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
-from ala.weights import fetch_policy
+from ala.weights import fetch_onnx_policy, fetch_policy
 from protos import (
     ActionSpace,
     Array,
@@ -75,8 +81,11 @@ class Actor:
         bias: BiasTable,
         adapter: EnvAdapter,
         tasks: ServiceTasks,
+        onnx_options: OnnxOptions | None = None,
     ) -> None:
         self.settings = settings
+        self.onnx_options = onnx_options
+        """With backend onnx: how each version's ONNX model is loaded and checked."""
         self.bus = bus
         self.rollout = rollout
         self.bias = bias
@@ -89,7 +98,7 @@ class Actor:
         self.latest_announced = 0
         self.has_learner_weights = False
         """Until the first weights arrive, the actor samples with its own random initialisation (as version 0)."""
-        self._pending_policy: tuple[Agent, int] | None = None
+        self._pending_policy: tuple[Agent, OnnxPolicy | None, int] | None = None
         self._fetch: asyncio.Task[None] | None = None
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
@@ -202,10 +211,12 @@ class Actor:
         retry_s = WEIGHTS_RETRY_S
         while self._wanted is not None:
             announcement, self._wanted = self._wanted, None
+            timeout_s = self.settings.weights_fetch_timeout_s
             try:
-                agent = await fetch_policy(
-                    self.bus, announcement, self.spec, self.rollout.device, self.settings.weights_fetch_timeout_s
-                )
+                agent = await fetch_policy(self.bus, announcement, self.spec, self.rollout.device, timeout_s)
+                onnx = None
+                if self.onnx_options is not None:
+                    onnx = await fetch_onnx_policy(self.bus, announcement, agent, self.onnx_options, timeout_s)
             except Rejected as exc:
                 metrics.WEIGHTS_REJECTED.labels(exc.reason).inc()
                 log.warning("weights rejected (%s): %s", exc.reason, exc)
@@ -215,13 +226,14 @@ class Actor:
                     self._wanted = self._wanted or announcement
                 continue
             retry_s = WEIGHTS_RETRY_S
-            self._pending_policy = (agent, announcement.version)
+            self._pending_policy = (agent, onnx, announcement.version)
             self.progressed.set()
 
     def _install_pending_policy(self) -> None:
         if self._pending_policy is not None:
-            agent, version = self._pending_policy
-            self.rollout.set_policy(agent, version)
+            agent, onnx, version = self._pending_policy
+            self.rollout.set_policy(agent, version, onnx)
+            report_forward(self.rollout)
             self.has_learner_weights = True
             metrics.WEIGHTS_LOADED.inc()
             log.debug("policy version %d installed", version)
@@ -441,6 +453,8 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
     spec = adapter.policy_spec(envs.envs[0], settings.hidden)
     metrics.EPISODES.rebucket(adapter.return_buckets(), adapter.length_buckets())
     rollout = Rollout(envs, Agent(spec), settings.num_steps, settings.seed, settings.device)
+    onnx_options = await start_onnx(settings, rollout) if settings.backend == "onnx" else None
+    report_forward(rollout)
     bias = BiasTable(
         settings.num_bots, spec.n_actions, settings.max_abs_bias, settings.state_table_size, settings.max_ttl_s
     )
@@ -456,7 +470,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         ) as runtime,
         ServiceTasks() as tasks,
     ):
-        actor = Actor(settings, runtime.bus, rollout, bias, adapter, tasks)
+        actor = Actor(settings, runtime.bus, rollout, bias, adapter, tasks, onnx_options)
         runtime.env_steps = lambda: rollout.env_steps
         chunk_bytes = len(encode(to_chunk(rollout.new_trajectory(), settings.run, settings.instance, 0)))
         if chunk_bytes > runtime.bus.nc.max_payload:
@@ -485,6 +499,38 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
             log.error("%d chunks not acknowledged at shutdown", actor.outbox.qsize())
         await tasks.stop_all()
     rollout.envs.close()
+
+
+async def start_onnx(settings: ActorSettings, rollout: Rollout) -> OnnxOptions:
+    """Backend onnx: this actor's own initial policy, exported and checked here on the providers configured, runs
+    until the learner's first version; a provider that cannot reproduce the torch output stops the actor at start
+    rather than at its first swap."""
+    try:
+        options = OnnxOptions(
+            providers=select_providers(settings.onnx_providers),
+            threads=settings.onnx_threads,
+            max_batch=settings.num_bots,
+            atol=settings.onnx_atol,
+        )
+        onnx = await asyncio.to_thread(export_verified, rollout.agent, options)
+    except ValueError as exc:  # no provider asked for is here; or the model is refused (Rejected is a ValueError)
+        raise ValueError(f"ALA_ACTOR_BACKEND=onnx: {exc} (see ALA_ACTOR_ONNX_PROVIDERS, ALA_ACTOR_ONNX_ATOL)") from exc
+    rollout.set_policy(rollout.agent, rollout.policy_version, onnx)
+    log.info(
+        "policy forward: ONNX Runtime on %s (asked for %s, this build has %s of them)",
+        onnx.provider,
+        settings.onnx_providers,
+        list(options.providers),
+    )
+    return options
+
+
+def report_forward(rollout: Rollout) -> None:
+    metrics.POLICY_FORWARD.clear()
+    if rollout.onnx is not None:
+        metrics.POLICY_FORWARD.labels("onnx", rollout.onnx.provider).set(1)
+    else:
+        metrics.POLICY_FORWARD.labels("torch", str(rollout.device)).set(1)
 
 
 def main() -> None:

@@ -39,6 +39,27 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     max_ttl_s: float = Field(
         60.0, gt=0, description="Cap on every received bias's TTL: the router's (lowered to what its heartbeats say)."
     )
+    backend: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="What runs the policy forward at each step: torch, or onnx (ONNX Runtime on the learner's ONNX"
+        " export of each version, checked on a probe batch before it is swapped in; sampling, log-probabilities and"
+        " values then come from its output).",
+    )
+    onnx_providers: list[str] = Field(
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+        min_length=1,
+        description="With backend onnx: ONNX Runtime execution providers in order of preference (a JSON list); those"
+        " this onnxruntime build lacks are skipped, the one that runs is logged at start. The same setting serves a"
+        " Jetson (TensorRT), a GPU box (CUDA) and a laptop (CPU).",
+    )
+    onnx_threads: int = Field(1, ge=1, description="With backend onnx: ONNX Runtime's intra-op threads on the CPU.")
+    onnx_atol: float = Field(
+        1e-5,
+        gt=0,
+        description="With backend onnx: a model is swapped in only if its logits and values on the probe batch are"
+        " within this of the torch policy's (else the old version stays, counted in"
+        ' ala_actor_weights_rejected_total{reason="onnx_mismatch"}).',
+    )
     weights_fetch_timeout_s: float = Field(
         10.0, gt=0, description="Bound on one weights fetch from the Object Store; a failed fetch is retried."
     )

@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from ala.metrics import SECOND_BUCKETS, new_registry, service_metrics
+from ala.metrics import MILLISECOND_BUCKETS, SECOND_BUCKETS, new_registry, service_metrics
 
 REGISTRY = new_registry()
 SERVICE = service_metrics("learner", REGISTRY)
@@ -56,5 +56,17 @@ RANK_WAIT_SECONDS = Histogram(
     "ala_learner_rank_wait_seconds",
     "Time a learner rank waited for the others before an update (their batches, or a stop).",
     buckets=SECOND_BUCKETS,
+    registry=REGISTRY,
+)
+ONNX_EXPORT_SECONDS = Histogram(
+    "ala_learner_onnx_export_seconds",
+    "Exporting one version to ONNX and checking it with ONNX Runtime against the torch output.",
+    buckets=MILLISECOND_BUCKETS,
+    registry=REGISTRY,
+)
+ONNX_EXPORT_FAILURES = Counter(
+    "ala_learner_onnx_export_failures",
+    "Versions published without an ONNX model: its export failed or did not reproduce the torch output (actors"
+    " running ONNX then export the torch weights themselves).",
     registry=REGISTRY,
 )

@@ -8,7 +8,9 @@ checkpoint and the acknowledgement brings back chunks the checkpoint lists as tr
 published every update; after a crash, actors may hold versions the restored learner never reached: their chunks
 are trained like any other (their behaviour log-probabilities are recorded), up to `max_policy_lag` versions
 ahead. Bad chunks are terminated (never redelivered) and counted; chunks older than `max_policy_lag` are dropped
-and counted. Weights go to the JetStream Object Store, then an announcement to the weights stream.
+and counted. Weights go to the JetStream Object Store, then an announcement to the weights stream; each version
+also goes there as an ONNX model (`ala.rl.onnx_policy`), checked with ONNX Runtime against the torch output it
+announces, for actors that run ONNX.
 
 With `world_size` > 1 this process is one of several learner ranks on `torch.distributed` (`ala.rl.distributed`):
 all share the one durable consumer (JetStream hands each chunk to one rank), agree once per update to go on, average
@@ -43,14 +45,18 @@ from ala.bus import Bus, PublishError
 from ala.metrics import timed
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
+from ala.rejection import Rejected
 from ala.rl.distributed import Ranks, join, leave
 from ala.rl.learner import Learner
+from ala.rl.onnx_policy import OPSET, OnnxPolicy, ProbeOutput, export, probe_output
 from ala.rl.policy import resolve_device, sha256, weights_to_bytes
 from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled, unless_stopped
 from protos import (
+    Array,
     Heartbeat,
     ImplicitReward,
+    OnnxExport,
     PolicySpec,
     TrajectoryChunk,
     WeightsAnnouncement,
@@ -232,9 +238,23 @@ class LearnerWorker:
     async def publish_weights(self) -> None:
         version = self.learner.version
         data = weights_to_bytes(self.learner.agent)
+        # Off the event loop (~20 ms), as the update is; nothing trains the agent until this returns.
+        exported = await asyncio.to_thread(self.export_onnx) if self.settings.onnx_export else None
         store = await self.bus.js.object_store(subjects.WEIGHTS_BUCKET)
         name = subjects.weights_object_name(self.settings.run, version)
         await store.put(name, data)
+        onnx = None
+        if exported is not None:
+            model, expected = exported
+            onnx = OnnxExport(
+                name=subjects.onnx_object_name(self.settings.run, version),
+                sha256=sha256(model),
+                size=len(model),
+                opset=OPSET,
+                probe_logits=Array.from_numpy(expected.logits),
+                probe_values=Array.from_numpy(expected.values),
+            )
+            await store.put(onnx.name, model)
         self.announced = WeightsAnnouncement(
             run=self.settings.run,
             version=version,
@@ -246,15 +266,36 @@ class LearnerWorker:
             policy=self.spec,
             settled_stream_seq=self.last_stream_seq,
             env_steps=self.learner.samples_trained,
+            onnx=onnx,
         )
         await self._announce(self.announced)
         metrics.WEIGHTS_PUBLISHED.inc()
         metrics.POLICY_VERSION.set(version)
         if version > KEEP_WEIGHT_VERSIONS:
+            old = version - KEEP_WEIGHT_VERSIONS
+            for old_name in (
+                subjects.weights_object_name(self.settings.run, old),
+                subjects.onnx_object_name(self.settings.run, old),
+            ):
+                try:
+                    await store.delete(old_name)
+                except Exception as exc:
+                    log.debug("old weights %s not deleted: %s", old_name, exc)
+
+    def export_onnx(self) -> tuple[bytes, ProbeOutput] | None:
+        """This version as an ONNX model and the torch output on the probe batch that it reproduces (checked here
+        with ONNX Runtime on the CPU); None, counted and logged, when it does not: the version goes out without it."""
+        agent = self.learner.agent
+        with timed(metrics.ONNX_EXPORT_SECONDS):
             try:
-                await store.delete(subjects.weights_object_name(self.settings.run, version - KEEP_WEIGHT_VERSIONS))
-            except Exception as exc:
-                log.debug("old weights not deleted: %s", exc)
+                model = export(agent)
+                expected = probe_output(agent)
+                OnnxPolicy.load(model, self.spec).verify(expected)
+            except (Rejected, torch.onnx.OnnxExporterError, RuntimeError) as exc:
+                metrics.ONNX_EXPORT_FAILURES.inc()
+                log.error("policy v%d published without its ONNX model: %s", self.learner.version, exc)
+                return None
+        return model, expected
 
     async def _announce(self, announcement: WeightsAnnouncement) -> None:
         # One id per announcement (a retry of the same one is stored once); a resumed learner's re-announcement of

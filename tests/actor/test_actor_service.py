@@ -4,8 +4,11 @@ verified and swapped, digests flow, and a broker restart loses no chunk."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import threading
 import time
 from contextlib import AsyncExitStack
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -17,7 +20,8 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.envs.minigrid_expert import plan
-from ala.rl.policy import weights_to_bytes
+from ala.rl.onnx_policy import OPSET, OnnxPolicy, ProbeOutput, export, probe_output
+from ala.rl.policy import Agent, weights_to_bytes
 from ala.rl.trajectory import observation_key
 from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, spec, store_weights, wait_until
 from protos import (
@@ -25,7 +29,9 @@ from protos import (
     Array,
     BiasUpdate,
     DigestRequest,
+    OnnxExport,
     StateDigest,
+    TrajectoryChunk,
     WeightsAnnouncement,
     decode,
     encode,
@@ -37,6 +43,7 @@ from services.actor.settings import ActorSettings
 
 N_ACTIONS = 7
 DELIVERY_MARGIN_S = 0.25
+ONNX_REASONS = ("onnx_invalid", "onnx_mismatch")
 """Generous bound on publish-to-receipt time on loopback, so expiry is judged by the actor's receipt time."""
 
 
@@ -183,6 +190,115 @@ async def test_announced_weights_are_verified_and_swapped(bus: Bus, nats_setting
         await _announce(bus, 8, weights_to_bytes(fresh_agent(seed=12)), sha256="0" * 64)
         await wait_until(lambda: metrics.WEIGHTS_REJECTED.labels("sha256")._value.get() > rejected)
         assert (await chunks.next()).policy_version == 7
+
+
+async def _announce_onnx(
+    bus: Bus, version: int, agent: Agent, model: bytes | None = None, expected: ProbeOutput | None = None
+) -> None:
+    """Weights and their ONNX model, as a learner publishes them; `model` and `expected` stand in for the export and
+    the torch output on the probe batch."""
+    model = export(agent) if model is None else model
+    expected = probe_output(agent) if expected is None else expected
+    store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
+    name = subjects.onnx_object_name("test", version)
+    await store.put(name, model)
+    announced = OnnxExport(
+        name=name,
+        sha256=hashlib.sha256(model).hexdigest(),
+        size=len(model),
+        opset=OPSET,
+        probe_logits=Array.from_numpy(expected.logits),
+        probe_values=Array.from_numpy(expected.values),
+    )
+    await _announce(bus, version, weights_to_bytes(agent), onnx=announced)
+
+
+async def _chunk_of_version(chunks: ChunkReader, version: int) -> TrajectoryChunk:
+    chunk = await chunks.next()
+    while chunk.policy_version != version:
+        chunk = await chunks.next()
+    return chunk
+
+
+def _assert_sampled_by(chunk: TrajectoryChunk, agent: Agent, bots: int = 2, steps: int = 8) -> None:
+    """The chunk's log-probabilities and values are `agent`'s (to 1e-5, whichever runtime computed them)."""
+    rows = bots * steps
+    obs = torch.from_numpy(chunk.observations.to_numpy().reshape(rows, -1).astype(np.float32))
+    actions = torch.from_numpy(chunk.actions.to_numpy().reshape(rows).copy())
+    with torch.no_grad():
+        expected = agent.get_action_and_value(obs, action=actions)
+    np.testing.assert_allclose(chunk.policy_logprob.to_numpy().reshape(rows), expected.policy_logprob, atol=1e-5)
+    np.testing.assert_allclose(chunk.values.to_numpy().reshape(rows), expected.value, atol=1e-5)
+
+
+async def test_with_onnx_each_model_is_verified_before_it_is_swapped_in(bus: Bus, nats_settings: NatsSettings) -> None:
+    """ALA_ACTOR_BACKEND=onnx: a version announced with its model runs on it; one without (a learner that does not
+    export) is exported by the actor; a corrupted model or another policy's is refused and counted, and the actor
+    keeps sampling with the version it has."""
+    rejected = {reason: metrics.WEIGHTS_REJECTED.labels(reason)._value.get() for reason in ONNX_REASONS}
+    settings = _settings(nats_settings, backend="onnx")
+    assert settings.onnx_providers[0] == "TensorrtExecutionProvider"  # the default list, filtered to what is here
+    async with running(serve, settings), ChunkReader(bus) as chunks:
+        assert (await chunks.next()).policy_version == 0
+        assert metrics.POLICY_FORWARD.labels("onnx", "CPUExecutionProvider")._value.get() == 1
+
+        unexported = fresh_agent(seed=21)
+        await _announce(bus, 6, weights_to_bytes(unexported))
+        _assert_sampled_by(await _chunk_of_version(chunks, 6), unexported)
+
+        exported = fresh_agent(seed=22)
+        await _announce_onnx(bus, 7, exported)
+        _assert_sampled_by(await _chunk_of_version(chunks, 7), exported)
+
+        corrupted = bytearray(export(fresh_agent(seed=23)))
+        corrupted[len(corrupted) // 2 :] = bytes(len(corrupted) - len(corrupted) // 2)  # its second half zeroed
+        await _announce_onnx(bus, 8, fresh_agent(seed=23), model=bytes(corrupted))
+        await wait_until(
+            lambda: metrics.WEIGHTS_REJECTED.labels("onnx_invalid")._value.get() > rejected["onnx_invalid"]
+        )
+
+        honest = fresh_agent(seed=24)  # the torch weights and the probe output are its; the model is another's
+        await _announce_onnx(bus, 9, honest, model=export(fresh_agent(seed=25)))
+        await wait_until(
+            lambda: metrics.WEIGHTS_REJECTED.labels("onnx_mismatch")._value.get() > rejected["onnx_mismatch"]
+        )
+        _assert_sampled_by(await chunks.next(), exported)  # still version 7, on its verified model
+    assert all(metrics.WEIGHTS_REJECTED.labels(r)._value.get() == rejected[r] + 1 for r in ONNX_REASONS)
+
+
+async def test_the_actor_keeps_stepping_while_a_new_model_loads(
+    bus: Bus, nats_settings: NatsSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading (a TensorRT engine build takes seconds) and verifying run in a worker thread: here the load is held
+    until the actor has stepped through two more chunks' worth of steps, then released, and the new version is
+    swapped in. A load on the event loop would hold up the steps (and this test) instead."""
+    loading, release = threading.Event(), threading.Event()
+    real_load = OnnxPolicy.load
+
+    def held_load(cls: type[OnnxPolicy], *args: Any, **kwargs: Any) -> OnnxPolicy:
+        loading.set()
+        assert release.wait(30), "never released"
+        return real_load(*args, **kwargs)
+
+    new_policy = fresh_agent(seed=26)
+    settings = _settings(nats_settings, backend="onnx")
+    steps_per_chunk = settings.num_bots * settings.num_steps
+    async with running(serve, settings), ChunkReader(bus) as chunks:
+        await chunks.next()
+        monkeypatch.setattr(OnnxPolicy, "load", classmethod(held_load))
+        await _announce_onnx(bus, 7, new_policy)
+        assert await asyncio.to_thread(loading.wait, 20)
+        held_at = metrics.ENV_STEPS._value.get()
+        await wait_until(lambda: metrics.ENV_STEPS._value.get() >= held_at + 2 * steps_per_chunk)
+        assert not release.is_set() and loading.is_set()
+        release.set()
+        _assert_sampled_by(await _chunk_of_version(chunks, 7), new_policy)
+
+
+async def test_an_onnx_actor_stops_at_start_when_no_provider_it_asks_for_is_here(nats_settings: NatsSettings) -> None:
+    settings = _settings(nats_settings, backend="onnx", onnx_providers=["TensorrtExecutionProvider"])
+    with pytest.raises(ValueError, match=r"ALA_ACTOR_BACKEND=onnx: none of .*TensorrtExecutionProvider.*PROVIDERS"):
+        await serve(settings, asyncio.Event())
 
 
 async def test_a_failed_weights_fetch_is_retried_until_the_weights_can_be_read(

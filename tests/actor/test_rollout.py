@@ -47,3 +47,31 @@ def test_same_seed_same_rollout() -> None:
     second = rollout(fresh_agent(), seed=5).collect()
     np.testing.assert_array_equal(first.actions, second.actions)
     np.testing.assert_array_equal(first.observations, second.observations)
+
+
+def test_with_an_onnx_model_installed_the_rollout_samples_from_its_logits() -> None:
+    """The torch agent and the ONNX model are different policies here, so the recorded log-probabilities and values
+    show whose output the rollout sampled from: the model's, and exactly its logits (+ bias)."""
+    from ala.rl.onnx_policy import OnnxPolicy, export
+
+    torch_agent, onnx_agent = fresh_agent(seed=3), fresh_agent(seed=4)
+    with torch.no_grad():
+        onnx_agent.actor[-1].weight.mul_(100.0)  # logits far from torch_agent's
+    model = OnnxPolicy.load(export(onnx_agent), onnx_agent.spec)
+    source = rollout(torch_agent, bots=4, steps=16)
+    source.set_policy(torch_agent, 1, model)
+    rng = np.random.default_rng(0)
+    trajectory = source.collect(lambda: rng.uniform(-2, 2, (4, 7)).astype(np.float32))
+    obs = trajectory.observations.reshape(64, -1)
+    logits, values = (torch.from_numpy(array) for array in model.run(obs))
+    bias = torch.from_numpy(trajectory.bias.reshape(64, -1))
+    actions = torch.from_numpy(trajectory.actions.reshape(64))[:, None]
+    mu = torch.log_softmax(logits + bias, -1).gather(1, actions).squeeze(1)
+    pi = torch.log_softmax(logits, -1).gather(1, actions).squeeze(1)
+    np.testing.assert_allclose(trajectory.behaviour_logprob.reshape(64), mu.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(trajectory.policy_logprob.reshape(64), pi.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(trajectory.values.reshape(64), values.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(trajectory.bootstrap_value, model.run(source.obs)[1], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch_pi = torch_agent.get_action_and_value(torch.from_numpy(obs), action=actions[:, 0]).policy_logprob
+    assert np.abs(torch_pi.numpy() - pi.numpy()).max() > 0.1  # the torch agent would have recorded other numbers

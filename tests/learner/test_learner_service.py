@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import sys
 from pathlib import Path
 
 import msgspec
 import numpy as np
+import onnxruntime
 import torch
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -20,6 +22,7 @@ from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.metrics import bus_metrics
 from ala.rl.learner import Learner
+from ala.rl.onnx_policy import OPSET, ProbeOutput, probe_output
 from ala.rl.policy import Agent, load_weights
 from ala.rl.trajectory import Trajectory, to_chunk
 from ala.testing import actor_heartbeat, free_port, rollout, running, scrape, spec, wait_until
@@ -111,6 +114,40 @@ async def test_distributed_update_equals_local_update(bus: Bus, nats_settings: N
         after = await _next_version(announcements)
     assert after.version == 1
     torch.testing.assert_close(await _weights(bus, after), expected, atol=1e-6, rtol=0)
+
+
+async def test_every_published_version_comes_with_its_onnx_model(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    """Exported, loadable by onnxruntime, and computing what the announced torch weights compute (to 1e-5) on random
+    observations; the announced probe output is the torch policy's."""
+    settings = _settings(nats_settings, tmp_path)
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        versions = [await _start_training(bus, announcements)]
+        await _publish(bus, _chunk(_zero_lag_trajectory(settings), 1), "test.a1.1")
+        versions.append(await _next_version(announcements))
+    obs = np.random.default_rng(0).integers(0, 11, (20, 147)).astype(np.float32)
+    store = await bus.js.object_store(subjects.WEIGHTS_BUCKET)
+    for announcement in versions:
+        exported = announcement.onnx
+        assert exported is not None and exported.name == f"test/{announcement.version}.onnx"
+        assert exported.opset == OPSET
+        model = (await store.get(exported.name)).data or b""
+        assert len(model) == exported.size and hashlib.sha256(model).hexdigest() == exported.sha256
+        agent = Agent(spec())
+        load_weights(agent, (await store.get(announcement.name)).data or b"")
+        session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+        logits, values = session.run(["logits", "value"], {"obs": obs})
+        with torch.inference_mode():
+            torch_logits, torch_values = agent.logits_and_value(torch.from_numpy(obs))
+        np.testing.assert_allclose(logits, torch_logits.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(values, torch_values.numpy(), rtol=0, atol=1e-5)
+        announced, expected = ProbeOutput.from_wire(exported, spec()), probe_output(agent)
+        np.testing.assert_allclose(announced.logits, expected.logits, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(announced.values, expected.values, rtol=0, atol=1e-6)
+    assert versions[0].onnx is not None and versions[1].onnx is not None
+    assert versions[0].onnx.sha256 != versions[1].onnx.sha256
 
 
 async def test_a_chunk_delivered_twice_is_trained_once(bus: Bus, nats_settings: NatsSettings, tmp_path: Path) -> None:

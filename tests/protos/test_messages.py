@@ -22,6 +22,7 @@ from protos import (
     Heartbeat,
     MessageBase,
     StateDigest,
+    WeightsAnnouncement,
     WireError,
     decode,
     decode_any,
@@ -120,6 +121,18 @@ def test_old_decoder_reads_newer_message_with_extra_fields() -> None:
     old = decode(msgspec.msgpack.encode(newer), Heartbeat)
     assert old.schema_version == 2
     assert (old.instance, old.seq, old.action_space) == ("i", 1, None)
+
+
+def test_an_announcement_from_a_learner_without_onnx_still_decodes() -> None:
+    """`WeightsAnnouncement.onnx` is new: an older learner's announcement (no such key) decodes with None, and the
+    fields it did send are all there."""
+    announcement = next(m for m in MESSAGES if isinstance(m, WeightsAnnouncement))
+    assert announcement.onnx is not None
+    older = msgpack.unpackb(encode(announcement), raw=False)
+    del older["onnx"]
+    decoded = decode(msgpack.packb(older), WeightsAnnouncement)
+    assert decoded.onnx is None
+    assert decoded == msgspec.structs.replace(announcement, onnx=None)
 
 
 def test_wrong_type_is_a_wire_error() -> None:
