@@ -281,6 +281,9 @@ class WeightsAnnouncement(MessageBase):
     onnx: OnnxExport | None = None
     """The same weights as an ONNX model, with the probe output it must reproduce; None from a learner that does not
     export (actors running ONNX then export the verified torch weights themselves)."""
+    learner_ranks: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """Learner ranks training together, each update taking a chunk per rank: an actor lets that many times more
+    chunks wait for training (flow control), or lockstep ranks would wait for each other's chunks."""
 
 
 class ImplicitReward(MessageBase):

@@ -104,6 +104,8 @@ class Actor:
         self._reject_log = RateLimitedLog(log)
         self._flow_log = RateLimitedLog(log)
         self.flow_active = False
+        self.learner_ranks = 1
+        """From the announcements: several learner ranks take a chunk each per update (see `_wait_for_training`)."""
         """Flow control starts with the first announcement: without a learner there is nothing to wait for."""
         self.settled_stream_seq = 0
         self.unacked_chunks = 0
@@ -193,6 +195,7 @@ class Actor:
         if announcement.run != self.settings.run:
             return
         self.flow_active = True
+        self.learner_ranks = announcement.learner_ranks
         self.settled_stream_seq = max(self.settled_stream_seq, announcement.settled_stream_seq)
         while self.shipped_seqs and self.shipped_seqs[0] <= self.settled_stream_seq:
             self.shipped_seqs.popleft()
@@ -294,7 +297,7 @@ class Actor:
 
     async def _wait_for_training(self) -> None:
         """Flow control (see the module docstring)."""
-        limit = self.settings.max_chunks_ahead
+        limit = self.settings.max_chunks_ahead * self.learner_ranks
         if not self.flow_active or limit == 0:
             return
         start = time.perf_counter()

@@ -26,7 +26,7 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         ge=0,
         description="Flow control: start a new chunk only while at most this many of this actor's chunks wait to be"
         " trained, and with the newest announced weights installed (1: sample chunk k+1 while k trains, policy lag"
-        " ~1; 0: off). Active once a learner has announced weights.",
+        " ~1; 0: off). Active once a learner has announced weights; multiplied by the learner ranks it announces.",
     )
     flow_timeout_s: float = Field(
         10.0, gt=0, description="Longest wait for the learner before sampling anyway (counted, logged)."

@@ -199,6 +199,7 @@ class LearnerWorker:
             # Training has come this far (actors' flow control reads it); the acknowledgement waits for the checkpoint.
             self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
         metrics.CHUNKS_TRAINED.inc(len(batch))
+        metrics.POLICY_VERSION.set(self.learner.version)  # every rank's, published or not
         metrics.SAMPLES.inc(stats["samples"])
         for name, value in stats.items():
             metrics.TRAINING.labels(name).set(value)
@@ -267,6 +268,7 @@ class LearnerWorker:
             settled_stream_seq=self.last_stream_seq,
             env_steps=self.learner.samples_trained,
             onnx=onnx,
+            learner_ranks=1 if self.ranks is None else self.ranks.world_size,
         )
         await self._announce(self.announced)
         metrics.WEIGHTS_PUBLISHED.inc()

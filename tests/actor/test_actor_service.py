@@ -415,24 +415,30 @@ async def test_broker_restart_loses_no_chunk(
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
 
-async def test_flow_control_keeps_the_actor_one_chunk_ahead_of_training(bus: Bus, nats_settings: NatsSettings) -> None:
-    """The test plays the learner: it announces weights, and later that it has trained the first chunk."""
+@pytest.mark.parametrize("learner_ranks", [1, 2])
+async def test_flow_control_keeps_the_actor_one_chunk_ahead_of_each_learner_rank(
+    bus: Bus, nats_settings: NatsSettings, learner_ranks: int
+) -> None:
+    """The test plays the learner: it announces weights (and how many ranks train them), and later that it has
+    trained the first chunk. Each rank needs a chunk of its own per update: one ahead per rank."""
     weights = weights_to_bytes(fresh_agent(seed=5))
     settings = _settings(nats_settings, max_chunks_ahead=1, flow_timeout_s=60)
     steps_per_chunk = settings.num_bots * settings.num_steps
     async with ChunkReader(bus) as chunks:
-        await _announce(bus, 1, weights)  # a learner exists: flow control is on from the actor's start
+        await _announce(bus, 1, weights, learner_ranks=learner_ranks)  # flow control is on from the actor's start
         async with running(serve, settings):
-            first, second = await chunks.next(), await chunks.next()
-            assert first.policy_version == second.policy_version == 1
-            with pytest.raises(TimeoutError):  # a third chunk would be two ahead of training
+            ahead = [await chunks.next() for _ in range(learner_ranks + 1)]
+            assert {chunk.policy_version for chunk in ahead} == {1}
+            with pytest.raises(TimeoutError):  # one more would be two ahead of training per rank
                 await chunks.next(timeout_s=1.0)
             assert metrics.FLOW_TIMEOUTS._value.get() == 0
             stream_seq = (await bus.js.get_msg(subjects.TRAJECTORIES.name, seq=1)).seq
-            await _announce(bus, 2, weights, settled_stream_seq=stream_seq)  # the first chunk is trained: version 2
-            third = await chunks.next()
-    assert third.policy_version == 2  # sampled with the weights trained on the first chunk
-    assert first.chunk_seq < second.chunk_seq < third.chunk_seq and steps_per_chunk == 16
+            # The first chunk is trained: version 2
+            await _announce(bus, 2, weights, settled_stream_seq=stream_seq, learner_ranks=learner_ranks)
+            last = await chunks.next()
+    assert last.policy_version == 2  # sampled with the weights trained on the first chunk
+    seqs = [chunk.chunk_seq for chunk in [*ahead, last]]
+    assert seqs == sorted(seqs) and steps_per_chunk == 16
 
 
 async def test_the_judge_scores_advice_against_the_planner_for_the_state_each_bot_is_in(
