@@ -133,10 +133,8 @@ class Supervisor:
         service, _, rank = name.partition("-")
         # Each service connects as its own user when the broker enforces permissions (ala/security.py).
         env = self._env | (self._credentials.env(service) if self._credentials is not None else {})
-        if rank:
+        if rank:  # a learner rank; LOCAL_RANK gives it its own metrics port (ALA_LEARNER_METRICS_PORT + rank)
             env |= {"RANK": rank, "LOCAL_RANK": rank}
-            if int(env.get("ALA_LEARNER_METRICS_PORT", "9104")):  # ranks on one host: one metrics port each
-                env["ALA_LEARNER_METRICS_PORT"] = str(int(env.get("ALA_LEARNER_METRICS_PORT", "9104")) + int(rank))
         process = subprocess.Popen([sys.executable, "-m", "ala", service], env=env, start_new_session=True)
         log.info("started %s (pid %d)", name, process.pid)
         return process

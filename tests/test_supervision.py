@@ -130,3 +130,55 @@ def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path, cl
         _, stderr = up.communicate(timeout=60)
     assert "the broker exited with status -9; restarting it (restart 1 of 3)" in stderr
     assert up.returncode == 0, stderr
+
+
+def test_up_runs_learner_ranks_and_restarts_them_together_when_one_dies(
+    tmp_path: Path, nats_settings: NatsSettings
+) -> None:
+    """`ala up --learner-ranks 2`: two learner processes (RANK 0 and 1); kill -9 of rank 1 takes rank 0 down too (it
+    would block in its next collective), and both start again."""
+    import re
+    import signal
+    import threading
+
+    env = _environment(
+        tmp_path,
+        nats_settings.url,
+        ALA_UP_FIRST_BACKOFF_S="0.2",
+        ALA_LEARNER_METRICS_PORT="0",
+        ALA_LEARNER_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "ala", "up", "--no-broker", "--service", "learner", "--learner-ranks", "2"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    assert up.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(up.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+
+    def started() -> dict[str, list[int]]:
+        pids: dict[str, list[int]] = {}
+        for name, pid in re.findall(r"started (learner-\d) \(pid (\d+)\)", "".join(lines)):
+            pids.setdefault(name, []).append(int(pid))
+        return pids
+
+    def until(condition: object, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():  # type: ignore[operator]
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)  # polling another process's log, with a deadline
+
+    try:
+        until(lambda: len(started()) == 2)
+        os.kill(started()["learner-1"][0], signal.SIGKILL)
+        until(lambda: all(len(pids) == 2 for pids in started().values()))
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(60)
+        reader.join(10)
+    log = "".join(lines)
+    assert "learner-1 died: stopping learner-0 too" in log
+    assert up.returncode == 0, log

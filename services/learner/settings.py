@@ -43,6 +43,13 @@ class LearnerSettings(ServiceSettings, PPOSettings):
         validation_alias=AliasChoices("ALA_LEARNER_RANK", "RANK", "rank"),
         description="This learner's rank; rank 0 publishes the weights and is the group's rendezvous (or RANK).",
     )
+    local_rank: int = Field(
+        0,
+        ge=0,
+        validation_alias=AliasChoices("ALA_LEARNER_LOCAL_RANK", "LOCAL_RANK", "local_rank"),
+        description="This rank's index on its host (or LOCAL_RANK, as torchrun and `ala up` set it): added to the"
+        " metrics port, so ranks on one host each serve their own.",
+    )
     master_addr: str = Field(
         "127.0.0.1",
         validation_alias=AliasChoices("ALA_LEARNER_MASTER_ADDR", "MASTER_ADDR", "master_addr"),
@@ -85,6 +92,8 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     def _one_place_per_rank(self) -> "LearnerSettings":
         if self.rank >= self.world_size:
             raise ValueError(f"rank {self.rank} is outside a world of {self.world_size}")
-        if self.world_size > 1:  # ranks on one host must not share a heartbeat subject (`ala up` gives each its port)
+        if self.world_size > 1:  # ranks on one host must not share a heartbeat subject or a metrics port
             self.instance = f"{self.instance}-r{self.rank}"
+            if self.metrics_port:
+                self.metrics_port += self.local_rank
         return self
