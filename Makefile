@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference clean
+.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference clean
 
 setup: $(STAMP)
 
@@ -54,8 +54,15 @@ faults: setup  ## kill -9 each part of a running stack: nothing lost or trained 
 bench-faults: setup  ## the same, with longer windows, into benchmarks/results/faults.md
 	$(BIN)/python -m benchmarks.faults
 
-bench-scale: setup  ## env steps/s and trained/s with 1, 2, 4 and 8 actor processes against one learner
+bench-scale: setup  ## env steps/s and trained/s with 1, 2, 4 and 8 actor processes, and 1 vs 2 learner ranks
 	$(BIN)/python -m benchmarks.scale
+
+bench-broker-capacity: setup  ## JetStream chunks/s and MB/s on one node (R1) and a 3-node cluster (R3); core msgs/s
+	$(BIN)/python -m benchmarks.broker_capacity
+
+bench-ranks: setup  ## learning with 2 learner ranks (sync, merge) against 1 learner, 3 seeds, scored with advice off
+	$(BIN)/python -m benchmarks.learning_value --arms plain --arms ranks2-sync --arms ranks2-merge --seeds 3 \
+		--stop-at-threshold --out benchmarks/results/ranks-5x5.md
 
 bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
 	$(BIN)/python -m benchmarks.wire

@@ -57,6 +57,7 @@ class ServiceRuntime:
         action_space: ActionSpace | None = None,
         num_bots: int = 0,
         policy: PolicySpec | None = None,
+        policy_backend: str = "",
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -64,6 +65,7 @@ class ServiceRuntime:
         self.action_space = action_space
         self.num_bots = num_bots
         self.policy = policy
+        self.policy_backend = policy_backend
         self.env_steps: Callable[[], int] | None = None
         """Actors: reports the env steps taken, for heartbeats."""
         self.bias_bounds: Callable[[], tuple[float, float]] | None = None
@@ -131,6 +133,7 @@ class ServiceRuntime:
             num_bots=self.num_bots,
             policy=self.policy,
             env_steps=self.env_steps() if self.env_steps else 0,
+            policy_backend=self.policy_backend,
             b_max=b_max,
             max_ttl_s=max_ttl_s,
         )

@@ -362,6 +362,9 @@ class Heartbeat(MessageBase):
     """Actors only: the policy their bots sample from; the learner builds its network from the first it hears."""
     env_steps: NonNegInt = 0
     """Actors only: env steps taken so far, summed over bots."""
+    policy_backend: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    """Actors only: what runs their policy forward (`torch` or `onnx`); the learner exports ONNX models while any
+    actor it hears runs `onnx`."""
     b_max: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     """Routers only: the bound every bias element is clipped to; actors clip to it too (0: not announced)."""
     max_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0

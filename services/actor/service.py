@@ -470,6 +470,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
             action_space=action_space,
             num_bots=settings.num_bots,
             policy=spec,
+            policy_backend=settings.backend,
         ) as runtime,
         ServiceTasks() as tasks,
     ):

@@ -78,6 +78,8 @@ within `ack_wait_s`) at once, few enough to write a checkpoint every update."""
 Admitted = tuple[Msg, str, Trajectory]
 """A fetched chunk that will be trained: its message (to acknowledge), its id, its data."""
 FETCH_RETRY_S = 0.5
+ONNX_INTEREST_S = 30.0
+"""With `onnx_export=auto`: how long after the last heartbeat of an actor running ONNX the learner keeps exporting."""
 STOP_GRACE_S = 30.0
 """How long a stopping learner waits for the update in progress."""
 
@@ -103,6 +105,7 @@ class LearnerWorker:
         self.announced: WeightsAnnouncement | None = None
         self.sample_rate = Rate()
         self._spec_log = RateLimitedLog(log)
+        self._onnx_heard_at = -float("inf")
         self._fetch_log = RateLimitedLog(log)
 
     @property
@@ -110,11 +113,14 @@ class LearnerWorker:
         return self.learner.agent.spec
 
     async def on_heartbeat(self, msg: Msg) -> None:
-        """Actors that run another policy than this learner trains would have every chunk refused: say so."""
-        try:
-            heartbeat = decode(msg.data, Heartbeat)
-        except WireError:
-            return
+        with contextlib.suppress(WireError):
+            self.hear(decode(msg.data, Heartbeat))
+
+    def hear(self, heartbeat: Heartbeat) -> None:
+        """An actor's heartbeat: note whether it runs ONNX (`exports_onnx`); one that runs another policy than this
+        learner trains would have every chunk refused: say so."""
+        if heartbeat.policy_backend == "onnx":
+            self._onnx_heard_at = time.monotonic()
         if heartbeat.policy is not None and heartbeat.policy != self.spec:
             metrics.ACTORS_MISMATCHED.inc()
             self._spec_log.error(
@@ -214,6 +220,12 @@ class LearnerWorker:
                 metrics.WEIGHTS_PUBLISH_FAILURES.inc()
                 log.warning("weights v%d not published: %s", self.learner.version, exc)
 
+    def exports_onnx(self) -> bool:
+        """`onnx_export`: always, never, or (auto) while an actor running ONNX was heard within `ONNX_INTEREST_S`."""
+        if self.settings.onnx_export == "auto":
+            return time.monotonic() - self._onnx_heard_at < ONNX_INTEREST_S
+        return self.settings.onnx_export == "always"
+
     @property
     def publishes(self) -> bool:
         return self.ranks is None or self.ranks.is_parameter_service
@@ -240,7 +252,7 @@ class LearnerWorker:
         version = self.learner.version
         data = weights_to_bytes(self.learner.agent)
         # Off the event loop (~20 ms), as the update is; nothing trains the agent until this returns.
-        exported = await asyncio.to_thread(self.export_onnx) if self.settings.onnx_export else None
+        exported = await asyncio.to_thread(self.export_onnx) if self.exports_onnx() else None
         store = await self.bus.js.object_store(subjects.WEIGHTS_BUCKET)
         name = subjects.weights_object_name(self.settings.run, version)
         await store.put(name, data)
@@ -424,15 +436,15 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], PolicySpec] | None:
     return state, msgspec.convert(state["policy"], PolicySpec)
 
 
-async def first_actor_spec(bus: Bus, run: str) -> PolicySpec:
+async def first_actor_heartbeat(bus: Bus, run: str) -> Heartbeat:
     """Wait for an actor's heartbeat that carries its policy spec."""
-    found: asyncio.Future[PolicySpec] = asyncio.get_running_loop().create_future()
+    found: asyncio.Future[Heartbeat] = asyncio.get_running_loop().create_future()
 
     async def on_heartbeat(msg: Msg) -> None:
         with contextlib.suppress(WireError):
             heartbeat = decode(msg.data, Heartbeat)
             if heartbeat.policy is not None and not found.done():
-                found.set_result(heartbeat.policy)
+                found.set_result(heartbeat)
 
     subscription = await bus.subscribe(subjects.heartbeat_wildcard(run), on_heartbeat)
     log.info("waiting for an actor to announce its policy spec (run %s)", run)
@@ -446,9 +458,10 @@ async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:
     torch.set_num_threads(settings.torch_threads)
     async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime:
         saved = read_checkpoint(checkpoint_path(settings))
-        spec = (
-            saved[1] if saved is not None else await unless_stopped(first_actor_spec(runtime.bus, settings.run), stop)
-        )
+        first: Heartbeat | None = None
+        if saved is None:  # a fresh learner trains the network the first actor announces
+            first = await unless_stopped(first_actor_heartbeat(runtime.bus, settings.run), stop)
+        spec = saved[1] if saved is not None else first.policy if first is not None else None
         if spec is None:
             return
         log.info("training %s", spec)
@@ -456,7 +469,7 @@ async def serve(settings: LearnerSettings, stop: asyncio.Event) -> None:
         if settings.world_size > 1 and ranks is None:
             return
         try:
-            await train_until_stopped(settings, runtime.bus, spec, saved, ranks, stop)
+            await train_until_stopped(settings, runtime.bus, spec, saved, first, ranks, stop)
         finally:
             leave()
 
@@ -484,6 +497,7 @@ async def train_until_stopped(
     bus: Bus,
     spec: PolicySpec,
     saved: tuple[dict[str, Any], PolicySpec] | None,
+    first: Heartbeat | None,
     ranks: Ranks | None,
     stop: asyncio.Event,
 ) -> None:
@@ -493,6 +507,8 @@ async def train_until_stopped(
     )
     if saved is not None:
         worker.restore_checkpoint(saved[0])
+    if first is not None:
+        worker.hear(first)
     if ranks is not None:
         await asyncio.to_thread(ranks.broadcast_parameters, worker.learner.agent)
     await bus.subscribe(subjects.heartbeat_wildcard(settings.run), worker.on_heartbeat)

@@ -71,10 +71,11 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     distributed_timeout_s: float = Field(
         120.0, gt=0, description="A rank blocked this long in a collective (another rank died) fails, and restarts."
     )
-    onnx_export: bool = Field(
-        True,
-        description="Export every published version to ONNX beside the torch weights, checked with ONNX Runtime, with"
-        " its output on the probe batch (for actors with ALA_ACTOR_BACKEND=onnx; ~20 ms per version on one core).",
+    onnx_export: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Export published versions to ONNX beside the torch weights, checked with ONNX Runtime, with its"
+        " output on the probe batch (~20 ms per version on one core, serial with training): auto, while an actor with"
+        " ALA_ACTOR_BACKEND=onnx is heard; always; or never (ONNX actors then export for themselves).",
     )
     implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")

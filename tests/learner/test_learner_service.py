@@ -116,12 +116,30 @@ async def test_distributed_update_equals_local_update(bus: Bus, nats_settings: N
     torch.testing.assert_close(await _weights(bus, after), expected, atol=1e-6, rtol=0)
 
 
+async def test_onnx_models_are_exported_only_while_an_actor_runs_onnx(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    """`onnx_export=auto`: no export (and its ~20 ms per version) for actors running torch; once an actor says it
+    runs ONNX, the next version comes with its model."""
+    settings = _settings(nats_settings, tmp_path)
+    assert settings.onnx_export == "auto"
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        first = await _start_training(bus, announcements)  # the test's heartbeats say nothing of ONNX
+        onnx_actor = msgspec.structs.replace(actor_heartbeat(policy=spec(), instance="jetson"), policy_backend="onnx")
+        await bus.publish(subjects.heartbeat_subject("test", "actor", "jetson"), onnx_actor, kind="heartbeat")
+        await bus.nc.flush()
+        await _publish(bus, _chunk(_zero_lag_trajectory(settings), 1), "test.a1.1")
+        second = await _next_version(announcements)
+    assert first.onnx is None and second.onnx is not None
+
+
 async def test_every_published_version_comes_with_its_onnx_model(
     bus: Bus, nats_settings: NatsSettings, tmp_path: Path
 ) -> None:
     """Exported, loadable by onnxruntime, and computing what the announced torch weights compute (to 1e-5) on random
     observations; the announced probe output is the torch policy's."""
-    settings = _settings(nats_settings, tmp_path)
+    settings = _settings(nats_settings, tmp_path, onnx_export="always")
     announcements = await _announcements(bus)
     async with running(serve, settings):
         versions = [await _start_training(bus, announcements)]
