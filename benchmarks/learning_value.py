@@ -112,6 +112,10 @@ ARMS = {
     "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
+    # Bias and distillation together: advice tilts sampling and is distilled where trust lets it reach.
+    "expert-both": advised({"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="both"),
+    "wrong-both": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_ACTOR_ADVICE_MODE="both"),
+    "random-both": advised({"backend": "random"}, ALA_ACTOR_ADVICE_MODE="both"),
     # Scale-out (benchmarks/scale.py): two learner ranks, no advice, against `plain`'s one learner.
     "ranks2-sync": StackArm(
         env={"ALA_UP_LEARNER_RANKS": "2", "ALA_LEARNER_DISTRIBUTED": "sync"},

@@ -44,8 +44,8 @@ class PPOSettings(BaseModel):
     distill_coef: float = Field(
         1.0,
         ge=0,
-        description="Weight of the distillation term (chunks sampled in the actors' distill mode only): cross-entropy"
-        " from softmax(advice) to the policy on advised steps, LLM4Teach-style.",
+        description="Weight of the distillation term (chunks from actors in the distill or both advice modes):"
+        " cross-entropy from softmax(advice) to the policy on advised steps, LLM4Teach-style.",
     )
     distill_horizon: int = Field(
         500, ge=1, description="The distillation weight falls linearly to 0 over this many learner versions."

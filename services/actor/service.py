@@ -259,10 +259,9 @@ class Actor:
                 self.outcomes.record_step(lookup.advisors)
                 if self.settings.judge_rate:
                     self._judge(lookup)
-                if self.settings.advice_mode == "distill":
-                    self.rollout.step(trajectory, t, None, advice=lookup.bias)
-                else:
-                    self.rollout.step(trajectory, t, lookup.bias)
+                applied = None if self.settings.advice_mode == "distill" else lookup.bias
+                recorded = None if self.settings.advice_mode == "bias" else lookup.bias
+                self.rollout.step(trajectory, t, applied, advice=recorded)
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
                 metrics.ENV_STEPS.inc(self.rollout.num_bots)
                 metrics.ACTIVE_BIASES.set(int(lookup.bias.any(axis=1).sum()))

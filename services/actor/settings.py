@@ -79,10 +79,11 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     ask_again_s: float = Field(
         5.0, gt=0, description="A state asked about and still without advice is asked about again after this."
     )
-    advice_mode: Literal["bias", "distill"] = Field(
+    advice_mode: Literal["bias", "distill", "both"] = Field(
         "bias",
         description="bias: advice tilts sampling (logits += bias; the learner corrects with importance weights);"
-        " distill: sample from the policy alone and record the advice for the learner to distil (LLM4Teach-style).",
+        " distill: sample from the policy alone and record the advice for the learner to distil (LLM4Teach-style);"
+        " both: tilt sampling and record the advice, so the learner distils what trust lets through.",
     )
     control_share: float = Field(
         0.2,

@@ -124,6 +124,31 @@ async def test_bias_reaches_sampling_then_expires_at_the_actor(bus: Bus, nats_se
     assert metrics.ADVICE_TO_BIAS_SECONDS._sum.get() > 0
 
 
+@pytest.mark.parametrize("mode", ["bias", "distill", "both"])
+async def test_the_advice_mode_decides_whether_advice_tilts_sampling_is_recorded_for_distillation_or_both(
+    bus: Bus, nats_settings: NatsSettings, mode: str
+) -> None:
+    bias = np.zeros(N_ACTIONS)
+    bias[2] = 2.0
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(running(serve, _settings(nats_settings, advice_mode=mode, control_share=0.0)))
+        chunks = await stack.enter_async_context(ChunkReader(bus))
+        await chunks.next()  # the actor is stepping
+        await bus.publish(subjects.bias_subject("test", "a1"), _bias_update(bias, ttl_s=60.0), kind="bias")
+        chunk = await chunks.next()
+        while not (chunk.bias.to_numpy().any() or (chunk.advice is not None and chunk.advice.to_numpy().any())):
+            chunk = await chunks.next()
+    tilted = chunk.bias.to_numpy().reshape(-1, N_ACTIONS)
+    sampled_differently = chunk.behaviour_logprob.to_numpy() != chunk.policy_logprob.to_numpy()
+    assert tilted.any() == sampled_differently.any() == (mode != "distill")
+    assert (chunk.advice is not None) == (mode != "bias")
+    if chunk.advice is not None:
+        recorded = chunk.advice.to_numpy().reshape(-1, N_ACTIONS)
+        np.testing.assert_array_equal(recorded[recorded.any(axis=1)][0], bias)
+        if mode == "both":
+            np.testing.assert_array_equal(recorded, tilted)  # distilled exactly where it tilted sampling
+
+
 async def test_the_actor_holds_any_bias_to_the_routers_announced_bounds(bus: Bus, nats_settings: NatsSettings) -> None:
     """Whoever publishes on the bias subject: elements beyond the router's b_max are clipped and a TTL beyond its
     max_ttl_s is capped, both counted."""
