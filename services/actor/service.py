@@ -260,8 +260,7 @@ class Actor:
                 if self.settings.judge_rate:
                     self._judge(lookup)
                 applied = None if self.settings.advice_mode == "distill" else lookup.bias
-                recorded = None if self.settings.advice_mode == "bias" else lookup.bias
-                self.rollout.step(trajectory, t, applied, advice=recorded)
+                self.rollout.step(trajectory, t, applied, advice=self._to_distil(lookup))
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
                 metrics.ENV_STEPS.inc(self.rollout.num_bots)
                 metrics.ACTIVE_BIASES.set(int(lookup.bias.any(axis=1).sum()))
@@ -274,6 +273,14 @@ class Actor:
             chunk = to_chunk(trajectory, self.settings.run, self.settings.instance, chunk_seq)
             msg_id = subjects.trajectory_msg_id(self.settings.run, self.settings.instance, chunk_seq)
             await self._enqueue((subject, encode(chunk), msg_id))
+
+    def _to_distil(self, lookup: BiasLookup) -> np.ndarray | None:
+        """The advice recorded for the learner to distil (advice modes distill and both): only where its reach, the
+        router's trust in its advisor, is at least `distill_min_reach`. Distilling advice still on probation at the
+        initial trust taught always-wrong advice as readily as the expert's."""
+        if self.settings.advice_mode == "bias":
+            return None
+        return lookup.bias * (lookup.reach >= self.settings.distill_min_reach)[:, None]
 
     def chunks_ahead(self) -> int:
         """This actor's chunks not yet trained on: waiting to be stored, or stored and not settled."""

@@ -85,6 +85,14 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         " distill: sample from the policy alone and record the advice for the learner to distil (LLM4Teach-style);"
         " both: tilt sampling and record the advice, so the learner distils what trust lets through.",
     )
+    distill_min_reach: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Advice is recorded for distillation only where its reach (its advisor's trust, from the router)"
+        " is at least this: 0.5 is above the router's initial trust (0.25), so only advice that has beaten the"
+        " control group is distilled; with the router's trust off, reach is 1 and all advice is.",
+    )
     control_share: float = Field(
         0.2,
         ge=0,

@@ -149,6 +149,29 @@ async def test_the_advice_mode_decides_whether_advice_tilts_sampling_is_recorded
             np.testing.assert_array_equal(recorded, tilted)  # distilled exactly where it tilted sampling
 
 
+@pytest.mark.parametrize("reach", [0.3, 0.6])
+async def test_advice_on_probation_tilts_sampling_but_is_not_distilled(
+    bus: Bus, nats_settings: NatsSettings, reach: float
+) -> None:
+    """Mode both: a bias whose reach (its advisor's trust) is under distill_min_reach (0.5) applies, but is recorded
+    for distillation only once its reach is at least that."""
+    bias = np.zeros(N_ACTIONS)
+    bias[2] = 2.0
+    update = msgspec.structs.replace(_bias_update(bias, ttl_s=60.0), reach=reach)
+    async with AsyncExitStack() as stack:
+        settings = _settings(nats_settings, advice_mode="both", control_share=0.0, num_bots=8)
+        await stack.enter_async_context(running(serve, settings))
+        chunks = await stack.enter_async_context(ChunkReader(bus))
+        await chunks.next()  # the actor is stepping
+        await bus.publish(subjects.bias_subject("test", "a1"), update, kind="bias")
+        chunk = await chunks.next()
+        while not chunk.bias.to_numpy().any():
+            chunk = await chunks.next()
+    assert chunk.advice is not None
+    tilted, recorded = chunk.bias.to_numpy(), chunk.advice.to_numpy()
+    np.testing.assert_array_equal(recorded, tilted if reach >= 0.5 else np.zeros_like(tilted))
+
+
 async def test_the_actor_holds_any_bias_to_the_routers_announced_bounds(bus: Bus, nats_settings: NatsSettings) -> None:
     """Whoever publishes on the bias subject: elements beyond the router's b_max are clipped and a TTL beyond its
     max_ttl_s is capped, both counted."""
