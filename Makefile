@@ -60,9 +60,9 @@ bench-scale: setup  ## env steps/s and trained/s with 1, 2, 4 and 8 actor proces
 bench-broker-capacity: setup  ## JetStream chunks/s and MB/s on one node (R1) and a 3-node cluster (R3); core msgs/s
 	$(BIN)/python -m benchmarks.broker_capacity
 
-bench-ranks: setup  ## learning with 2 learner ranks (sync, merge) against 1 learner, 3 seeds, scored with advice off
+bench-ranks: setup  ## learning with 2 learner ranks (sync, merge) vs 1 learner to the same 60k steps, 3 seeds
 	$(BIN)/python -m benchmarks.learning_value --arms plain --arms ranks2-sync --arms ranks2-merge --seeds 3 \
-		--stop-at-threshold --out benchmarks/results/ranks-5x5.md
+		--out benchmarks/results/ranks-5x5.md
 
 bench-wire: setup  ## encode/decode cost per message and the NATS loopback hop
 	$(BIN)/python -m benchmarks.wire
