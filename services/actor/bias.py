@@ -164,6 +164,10 @@ class BiasTable:
         """Bots with live per-bot advice."""
         return int(self._bots_live(now, tick).sum())
 
+    def live_states(self, now: float, tick: int = 0) -> int:
+        """States with live advice (expired entries stay in the table until a lookup or the LRU drops them)."""
+        return sum(entry.live(now, tick) for entry in self.states.values())
+
     def _bots_live(self, now: float, tick: int) -> np.ndarray:
         return (self.expires_at > now) & (self.expires_tick > tick)
 

@@ -379,7 +379,8 @@ class Actor:
         return (
             f"steps {self.rollout.env_steps:,}  {self.step_rate.per_second(self.rollout.env_steps):,.0f}/s  "
             f"policy v{self.rollout.policy_version}  return {self.mean_return():.3f} (last 100)  "
-            f"advised states {len(self.bias.states)}, bots {self.bias.active(time.monotonic(), self.tick)}"
+            f"advised states {self.bias.live_states(time.monotonic(), self.tick)}, "
+            f"bots {self.bias.active(time.monotonic(), self.tick)}"
         )
 
     async def _publish_digest(self, bot: int, reason: Reason) -> None:

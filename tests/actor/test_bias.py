@@ -97,6 +97,15 @@ def test_advice_expires_by_steps_as_well_as_time_and_bot_advice_ends_with_the_ep
     assert not table.current(1.0, tick=15, keys=["s", "t"]).any()  # 5 steps on: the state's advice is gone
 
 
+def test_only_live_state_advice_is_counted_as_advised_states() -> None:
+    table = BiasTable(num_bots=1, n_actions=2, max_abs_bias=5.0)
+    table.apply(_state_update([1.0, 0.0], "s", ttl_s=100.0, ttl_steps=5), now=0.0, tick=0)
+    table.apply(_state_update([0.0, 1.0], "t", ttl_s=1.0), now=0.0, tick=0)
+    assert table.live_states(0.5, tick=1) == 2
+    assert table.live_states(2.0, tick=1) == 1  # "t" outlived its seconds: still in the table, not advised
+    assert table.live_states(2.0, tick=5) == 0 and len(table.states) == 2
+
+
 def test_the_state_table_is_bounded_and_forgets_the_least_recently_met() -> None:
     table = BiasTable(num_bots=1, n_actions=2, max_abs_bias=5.0, max_states=2)
     table.apply(_state_update([1.0, 0.0], "a"), now=0.0)
