@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference clean
+.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,9 @@ bench-faults: setup  ## the same, with longer windows, into benchmarks/results/f
 
 bench-scale: setup  ## env steps/s and trained/s with 1, 2, 4 and 8 actor processes, and 1 vs 2 learner ranks
 	$(BIN)/python -m benchmarks.scale
+
+bench-stability: setup  ## does the evaluation stay up once DoorKey-5x5 is learned? the stack, exact vs no correction
+	$(BIN)/python -m benchmarks.stability
 
 bench-broker-capacity: setup  ## JetStream chunks/s and MB/s on one node (R1) and a 3-node cluster (R3); core msgs/s
 	$(BIN)/python -m benchmarks.broker_capacity
