@@ -112,6 +112,13 @@ ARMS = {
     "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
+    # Advantage normalisation with a floor (an experiment against wrong advice's lasting harm)
+    "plain-floor": StackArm(
+        env={"ALA_LEARNER_ADV_NORM_FLOOR": "0.1"},
+        scrape={"env_steps": SCRAPE["env_steps"]},
+        follow={"entropy": FOLLOW["entropy"]},
+    ),
+    "wrong-floor": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
     # Bias and distillation together: advice tilts sampling and is distilled where trust lets it reach.
     "expert-both": advised({"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="both"),
     "wrong-both": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_ACTOR_ADVICE_MODE="both"),

@@ -33,6 +33,13 @@ class PPOSettings(BaseModel):
     ent_coef: float = Field(0.01, ge=0, description="Entropy bonus.")
     vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
     max_grad_norm: float = Field(0.5, gt=0, description="Gradient clipping.")
+    adv_norm_floor: float = Field(
+        0.0,
+        ge=0,
+        description="Advantages are normalised per minibatch by max(std, this): a floor keeps pure critic noise"
+        " (all returns equal, e.g. before any success or after convergence) from being scaled up to unit size. 0:"
+        " plain normalisation (an experiment, see benchmarks/learning_value.py's *-floor arms).",
+    )
     correction: Literal["exact", "shortcut", "none"] = Field(
         "exact",
         description="exact: decoupled PPO with the recorded mu; shortcut: ALA's exp(logp - logp_old - beta*bias[a]);"

@@ -186,7 +186,9 @@ class Learner:
         s = self.settings
         sample = self.agent.get_action_and_value(batch.obs[idx], action=batch.actions[idx])
         advantages = batch.advantages[idx]
-        advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
+        advantages = (advantages - advantages.mean()) / (
+            advantages.std(unbiased=False).clamp(min=s.adv_norm_floor) + 1e-8
+        )
 
         if s.correction == "exact":
             log_ratio = sample.policy_logprob - batch.prox_logprob[idx]
