@@ -161,3 +161,20 @@ def test_implicit_rewards_are_added_to_matching_steps_and_bounded() -> None:
     for t, b in same:
         assert trajectory.rewards[t, b] == pytest.approx(before[t, b] + 0.05)
     assert np.count_nonzero(trajectory.rewards != before) == matched
+
+
+def test_a_floor_on_the_advantage_normaliser_lets_the_entropy_bonus_outweigh_critic_noise() -> None:
+    """No reward anywhere: advantages are only the critic's noise. Normalised to unit size, the noise outweighs the
+    entropy bonus (and Adam makes steps of the same size whatever the scale); under a floor above its spread the
+    bonus leads, so the policy's entropy is higher after the same updates."""
+    trajectory = rollout(fresh_agent(), bots=4, steps=16).collect()
+    trajectory.rewards[:] = 0
+    obs = torch.as_tensor(np.array(trajectory.observations).reshape(-1, trajectory.observations.shape[-1]))
+    entropy = {}
+    for floor in (0.0, 10.0):
+        learner = Learner(spec(), ppo_settings(adv_norm_floor=floor))
+        for _ in range(5):
+            learner.train([trajectory])
+        with torch.no_grad():
+            entropy[floor] = float(learner.agent.get_action_and_value(obs).entropy.mean())
+    assert entropy[10.0] > entropy[0.0]
