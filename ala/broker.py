@@ -279,7 +279,7 @@ def _node_settings(settings: BrokerSettings) -> list[tuple[BrokerSettings, Clust
 
     # Routes must be known before any node starts: free route ports are picked here, not by the servers.
     size = settings.cluster_size
-    route_ports = [_free_port() if settings.cluster_port == -1 else settings.cluster_port + i for i in range(size)]
+    route_ports = [free_port() if settings.cluster_port == -1 else settings.cluster_port + i for i in range(size)]
     routes = tuple(f"nats-route://{settings.host}:{port}" for port in route_ports)
     nodes = []
     for i, route_port in enumerate(route_ports):
@@ -295,7 +295,9 @@ def _node_settings(settings: BrokerSettings) -> list[tuple[BrokerSettings, Clust
     return nodes
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free now on loopback, for servers that cannot report the one they picked: route ports, which every
+    node must know before any starts, and the learner ranks' rendezvous (a small race accepted)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ala.broker import BrokerCluster, BrokerError
+from ala.broker import BrokerCluster, BrokerError, free_port
 from ala.config import BrokerSettings
 from ala.security import Credentials
 from ala.tls import TlsFiles
@@ -97,7 +96,7 @@ class Supervisor:
             self._credentials = broker.credentials
             if self.broker_settings.cluster_size > 1 and "ALA_NATS_REPLICAS" not in self._env:
                 # Replicated streams, so that losing any one node loses no acknowledged chunk.
-                self._env["ALA_NATS_REPLICAS"] = str(min(3, self.broker_settings.cluster_size))
+                self._env["ALA_NATS_REPLICAS"] = str(self.broker_settings.replicas)
             if self.broker_settings.tls_dir is not None:  # the services trust the lab CA the broker serves with
                 self._env["ALA_NATS_TLS_CA_FILE"] = str(TlsFiles(self.broker_settings.tls_dir.resolve()).ca)
             for node in broker.nodes:
@@ -124,10 +123,7 @@ class Supervisor:
         """Where the learner ranks meet: torchrun's variables, rank 0 hosting the rendezvous on a free port."""
         if self.learner_ranks == 1:
             return {}
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        return {"WORLD_SIZE": str(self.learner_ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        return {"WORLD_SIZE": str(self.learner_ranks), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
 
     def _start(self, name: str) -> subprocess.Popen[bytes]:
         service, _, rank = name.partition("-")

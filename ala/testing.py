@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +28,7 @@ import torch
 from nats.js import JetStreamContext
 from prometheus_client.parser import text_string_to_metric_families
 
+from ala.broker import free_port as free_port  # re-exported: tests and benchmarks take it from here
 from ala.bus import Bus
 from ala.config import BrokerSettings
 from ala.envs import adapter_for
@@ -80,13 +80,6 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> 
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    """A port free now on loopback, for servers that cannot report the one they picked (small race accepted)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def broker_settings(store_dir: Path, auth: bool = False) -> BrokerSettings:
