@@ -74,7 +74,7 @@ def nats(cluster: ClusterOption = None) -> None:
         for node in broker.nodes:
             console.print(f"nats-server at [bold]{node.url}[/], monitoring {node.monitor_url}, log {node.log_path}")
         if len(broker.nodes) > 1:
-            console.print(f"services: ALA_NATS_URL={broker.url} ALA_NATS_REPLICAS={min(3, len(broker.nodes))}")
+            console.print(f"services: ALA_NATS_URL={broker.url} ALA_NATS_REPLICAS={broker.settings.replicas}")
         if broker.credentials is not None:
             console.print(
                 f"one user per service; passwords in {broker.credentials.directory}/<service>.password: run each"

@@ -103,6 +103,12 @@ class BrokerSettings(BaseSettings):
     server_name: str = Field("", description="This node's unique name in a cluster spread over hosts.")
 
     @property
+    def replicas(self) -> int:
+        """The JetStream replicas services should ask for on this cluster (ALA_NATS_REPLICAS): 3 where there are 3
+        nodes or more, so any one node may die; fewer on a smaller one."""
+        return min(3, self.cluster_size)
+
+    @property
     def routes(self) -> tuple[str, ...]:
         return tuple(route.strip() for route in self.cluster_routes.split(",") if route.strip())
 
