@@ -48,7 +48,7 @@ from ala.ratelimit import RateLimitedLog
 from ala.rejection import Rejected
 from ala.rl.distributed import Ranks, join, leave
 from ala.rl.learner import Learner
-from ala.rl.onnx_policy import OPSET, OnnxPolicy, ProbeOutput, export, probe_output
+from ala.rl.onnx_policy import OPSET, OnnxOptions, ProbeOutput, export, load_verified, probe_output
 from ala.rl.policy import resolve_device, sha256, weights_to_bytes
 from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled, unless_stopped
@@ -98,9 +98,9 @@ class LearnerWorker:
         self.implicit = ImplicitRewards(settings.max_implicit_reward)
         self.pending_ids: set[str] = set()
         """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
-        self.unsettled: list[Msg] = []
-        """Chunks trained on but not yet acknowledged: they wait for the checkpoint that includes their update."""
-        self.unsettled_ids: list[str] = []
+        self.unsettled: list[tuple[Msg, str]] = []
+        """Chunks trained on but not yet acknowledged, with their ids: they wait for the checkpoint that includes their
+        update."""
         self.last_stats: dict[str, float] = {}
         self.announced: WeightsAnnouncement | None = None
         self.sample_rate = Rate()
@@ -199,8 +199,7 @@ class LearnerWorker:
             # Off the event loop, so heartbeats and acks keep flowing during a long update.
             stats = await asyncio.to_thread(self._update, [trajectory for _, _, trajectory in batch])
         for msg, chunk_id, _ in batch:
-            self.unsettled.append(msg)
-            self.unsettled_ids.append(chunk_id)
+            self.unsettled.append((msg, chunk_id))
             self._remember(chunk_id)
             # Training has come this far (actors' flow control reads it); the acknowledgement waits for the checkpoint.
             self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
@@ -239,13 +238,13 @@ class LearnerWorker:
     async def checkpoint_and_settle(self) -> None:
         """Write the checkpoint, then acknowledge every chunk it covers (the order that makes it exactly once)."""
         if self.ranks is not None:  # every rank's checkpoint lists the chunks every rank trained
-            for chunk_id in await asyncio.to_thread(self.ranks.gather_ids, self.unsettled_ids):
+            ids = [chunk_id for _, chunk_id in self.unsettled]
+            for chunk_id in await asyncio.to_thread(self.ranks.gather_ids, ids):
                 if chunk_id not in self._trained_set:
                     self._remember(chunk_id)
-        self.unsettled_ids = []
         await asyncio.to_thread(self.save_checkpoint)
         unsettled, self.unsettled = self.unsettled, []
-        for msg in unsettled:
+        for msg, _ in unsettled:
             await self._settle(msg)
 
     async def publish_weights(self) -> None:
@@ -304,7 +303,7 @@ class LearnerWorker:
             try:
                 model = export(agent)
                 expected = probe_output(agent)
-                OnnxPolicy.load(model, self.spec).verify(expected)
+                load_verified(model, self.spec, expected, OnnxOptions())
             except (Rejected, torch.onnx.OnnxExporterError, RuntimeError) as exc:
                 metrics.ONNX_EXPORT_FAILURES.inc()
                 log.error("policy v%d published without its ONNX model: %s", self.learner.version, exc)
