@@ -137,9 +137,13 @@ def test_up_runs_learner_ranks_and_restarts_them_together_when_one_dies(
 ) -> None:
     """`ala up --learner-ranks 2`: two learner processes (RANK 0 and 1); kill -9 of rank 1 takes rank 0 down too (it
     would block in its next collective), and both start again."""
+    import asyncio
     import re
     import signal
     import threading
+    from collections.abc import Callable
+
+    from ala.testing import wait_until
 
     env = _environment(
         tmp_path,
@@ -165,11 +169,11 @@ def test_up_runs_learner_ranks_and_restarts_them_together_when_one_dies(
             pids.setdefault(name, []).append(int(pid))
         return pids
 
-    def until(condition: object, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():  # type: ignore[operator]
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)  # polling another process's log, with a deadline
+    def until(condition: Callable[[], bool]) -> None:
+        try:
+            asyncio.run(wait_until(condition, 60))
+        except TimeoutError as exc:
+            raise AssertionError("".join(lines)) from exc
 
     try:
         until(lambda: len(started()) == 2)
