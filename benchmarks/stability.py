@@ -35,11 +35,16 @@ ARMS = {
 LEARNED, DROPPED = 0.8, 0.5
 
 
-def drops(run: Run) -> int:
-    """Evaluations under `DROPPED` after the first at or above `LEARNED`."""
+def after_learning(run: Run) -> list[float] | None:
+    """The evaluation returns from the first at or above `LEARNED` on; None if none got there."""
     returns = [ret for _, _, ret in run.curve]
     first = next((i for i, ret in enumerate(returns) if ret >= LEARNED), None)
-    return 0 if first is None else sum(ret < DROPPED for ret in returns[first:])
+    return None if first is None else returns[first:]
+
+
+def drops(run: Run) -> int:
+    """Evaluations under `DROPPED` after the first at or above `LEARNED`."""
+    return sum(ret < DROPPED for ret in after_learning(run) or [])
 
 
 def report(runs: list[Run], seeds: int, steps: int, seconds: float, command: str) -> str:
@@ -55,11 +60,7 @@ def report(runs: list[Run], seeds: int, steps: int, seconds: float, command: str
     ]
     for arm in ARMS:
         mine = [r for r in runs if r.arm == arm]
-        after = [
-            [ret for _, _, ret in r.curve][next(i for i, (_, _, ret) in enumerate(r.curve) if ret >= LEARNED) :]
-            for r in mine
-            if any(ret >= LEARNED for _, _, ret in r.curve)
-        ]
+        after = [returns for returns in map(after_learning, mine) if returns is not None]
         lowest = min((min(a) for a in after), default=float("nan"))
         finals = [r.curve[-1][2] for r in mine if r.curve]
         lines.append(
