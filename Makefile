@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference clean
+.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ run: setup  ## the whole stack on embedded defaults: nats-server, advisors, rout
 
 test: setup lint  ## lint, then every test against real nats-servers
 	$(BIN)/python -m pytest
+
+test-cuda: setup  ## the CUDA paths (tests/gpu), on a machine with a GPU: deselected from `make test`
+	$(BIN)/python -m pytest -m cuda tests/gpu
 
 lint: setup  ## ruff, and the layering contracts in pyproject.toml (import-linter)
 	$(BIN)/ruff check .
@@ -81,6 +84,9 @@ bench-advisor: setup  ## backend latency and tokens/s, and LLM calls saved by th
 
 bench-actor-inference: setup  ## the actor's policy forward for 1-64 bots: torch against ONNX Runtime (CPU; CUDA, TensorRT where present)
 	$(BIN)/python -m benchmarks.actor_inference
+
+bench-learner-device: setup  ## one PPO update on the CPU against CUDA, default batch and larger ones
+	$(BIN)/python -m benchmarks.learner_device
 
 bench-learning: setup  ## learning through the stack vs the local trainer, DoorKey 5x5 and 8x8, 5 seeds
 	$(BIN)/python -m benchmarks.learning

@@ -37,6 +37,8 @@ import platform
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +53,7 @@ BUDGET = {  # env steps, seconds: every arm runs to the same budget, so final re
     "MiniGrid-DoorKey-8x8-v0": (400_000, 300.0),
     "MiniGrid-LavaGapS5-v0": (150_000, 120.0),  # untuned: chosen after every default was set
 }
+DEFAULT_BUDGET = (1_000_000, 600.0)
 SCRAPE = {
     "judged_right": ("actor", "ala_actor_advice_judged_total", {"verdict": "right"}),
     "judged_wrong": ("actor", "ala_actor_advice_judged_total", {"verdict": "wrong"}),
@@ -174,20 +177,21 @@ def precision(runs: list[Run]) -> str:
     return f"{right / (right + wrong):.2f} ({int(right + wrong):,})" if right + wrong else "-"
 
 
-def report(runs: list[Run], seeds: int, command: str) -> str:
+def report(runs: list[Run], seeds: int, command: str, budgets: dict[str, int], parallel: int = 1) -> str:
     rng = np.random.default_rng(0)
+    at_a_time = "one run at a time" if parallel == 1 else f"up to {parallel} runs at a time"
     lines = [
         "# What advice is worth, through the stack (scored with advice off)",
         "",
         f"`{command}` on {os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}, {seeds} seeds "
-        "per arm, one run at a time, arms interleaved per seed. Evaluation: the policy alone, no bias, sampled "
+        f"per arm, {at_a_time}, arms interleaved per seed. Evaluation: the policy alone, no bias, sampled "
         "actions, 32 held-out seeds. Ratio: median env steps to 0.8 against `plain`, with a bootstrap 90% interval "
         "(runs that never got there count at the budget). Precision: advised steps whose favourite action is the "
         "planner's for the state the bot was in (judged steps in brackets). Calls: backend calls per run (median).",
         "",
     ]
     for env_id in sorted({r.env_id for r in runs}):
-        budget = BUDGET.get(env_id, (1_000_000, 600.0))[0]
+        budget = budgets[env_id]
         plain = [r for r in runs if r.env_id == env_id and r.arm == "plain"]
         plain_median = statistics.median([steps_or_budget(r, budget) for r in plain]) if plain else float("nan")
         lines += [
@@ -254,22 +258,41 @@ def main(
     out: Annotated[Path, typer.Option(help="Markdown report; PNG and JSON beside it.")] = Path(
         "benchmarks/results/learning-value.md"
     ),
+    max_steps: Annotated[int | None, typer.Option(help="Env-step budget per run (default: BUDGET's).")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Seconds per run (default: BUDGET's).")] = None,
+    parallel: Annotated[
+        int, typer.Option(help="Runs at a time: 1 on a laptop; on a many-core machine each stack needs ~2 cores.")
+    ] = 1,
 ) -> None:
     env_ids = envs or ["MiniGrid-DoorKey-5x5-v0"]
     chosen = arms or list(DEFAULT_ARMS)
     unknown = set(chosen) - set(ARMS)
     if unknown:
         raise typer.BadParameter(f"unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
-    runs = []
+    budgets = {}
     for env_id in env_ids:
-        max_steps, max_seconds = BUDGET.get(env_id, (1_000_000, 600.0))
-        for seed in range(first_seed, first_seed + seeds):
-            for arm in chosen:  # interleaved, so machine noise spreads over every arm alike
-                run = run_stack(env_id, arm, seed, max_steps, max_seconds, ARMS[arm], stop_at_threshold)
-                runs.append(run)
-                print(f"{env_id} {arm} seed {seed}: {run.steps_to_threshold} steps, {run.scraped}", flush=True)
+        steps, seconds = BUDGET.get(env_id, DEFAULT_BUDGET)
+        budgets[env_id] = (max_steps or steps, max_seconds or seconds)
+    jobs = [  # arms interleaved per seed, so that machine noise spreads over every arm alike
+        (env_id, arm, seed) for env_id in env_ids for seed in range(first_seed, first_seed + seeds) for arm in chosen
+    ]
     command = "python -m benchmarks.learning_value " + " ".join(sys.argv[1:])
-    save(runs, report(runs, seeds, command.strip()), out, plot)
+    runs: list[Run] = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def run_one(job: tuple[str, str, int]) -> Run:
+        env_id, arm, seed = job
+        run = run_stack(env_id, arm, seed, *budgets[env_id], ARMS[arm], stop_at_threshold)
+        print(f"{env_id} {arm} seed {seed}: {run.steps_to_threshold} steps, {run.scraped}", flush=True)
+        return run
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:  # each run is its own processes: threads only wait
+        for run in pool.map(run_one, jobs):
+            runs.append(run)
+            if parallel > 1:  # a run cut short (a device's time limit) keeps what finished
+                out.with_suffix(".partial.json").write_text(json.dumps([asdict(r) for r in runs]))
+    save(runs, report(runs, seeds, command.strip(), {e: b[0] for e, b in budgets.items()}, parallel), out, plot)
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
