@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -295,9 +296,20 @@ def _node_settings(settings: BrokerSettings) -> list[tuple[BrokerSettings, Clust
     return nodes
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
     """A port free now on loopback, for servers that cannot report the one they picked: route ports, which every
-    node must know before any starts, and the learner ranks' rendezvous (a small race accepted)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    node must know before any starts, and the learner ranks' rendezvous (a small race accepted). Never the same port
+    twice in one process: a port handed out but not bound yet is free to the kernel, and stacks started side by side
+    (`benchmarks.learning_value --parallel`) once got one stack's metrics port as another's broker port."""
+    with _handed_out_lock:
+        while True:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from ala.broker import BrokerError, EmbeddedBroker, find_nats_server, render_config
+from ala.broker import BrokerError, EmbeddedBroker, find_nats_server, free_port, render_config
 from ala.config import BrokerSettings
 from ala.testing import broker_settings
 
@@ -54,3 +55,9 @@ def test_config_has_jetstream_on_disk_and_monitoring(tmp_path: Path) -> None:
     assert 'listen: "127.0.0.1:4222"' in config
     assert 'http: "127.0.0.1:8222"' in config
     assert f'store_dir: "{tmp_path / "jetstream"}"' in config
+
+
+def test_free_port_never_hands_out_the_same_port_twice_across_threads() -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ports = list(pool.map(lambda _: free_port(), range(400)))
+    assert len(set(ports)) == len(ports)
