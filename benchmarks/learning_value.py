@@ -101,6 +101,7 @@ ARMS = {
     "distill": advised(
         {"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="distill", ALA_ROUTER_TRUST="false", ALA_ACTOR_CONTROL_SHARE="0"
     ),
+    "expert-fullkey": advised({"backend": "expert"}, ALA_ACTOR_STATE_KEY="full_state"),
     "expert-s1": advised({"backend": "expert"}, ALA_ROUTER_STRENGTH="1"),
     "expert-strength": advised({"backend": "expert"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
     "wrong-strength": advised(

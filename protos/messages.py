@@ -123,6 +123,10 @@ class StateDigest(MessageBase):
     full_state: Array | None = None
     """Privileged full state for expert advisors (MiniGrid: the whole grid as uint8 codes, W x H x 3, the agent's
     cell holding (agent, 0, direction)); None when the actor does not share it."""
+    full_state_key: StateKey = ""
+    """Key of `full_state` ("full:" + 16 hex digits), set with it. An advisor that reads the full state names this
+    key: its advice is about the exact state, and observations that alias it (different states that look alike to
+    the policy) do not get it."""
 
 
 class AdviceTarget(msgspec.Struct, kw_only=True, frozen=True):

@@ -83,6 +83,14 @@ def observation_key(observation: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(observation, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 
+FULL_STATE_KEY_PREFIX = "full:"
+
+
+def full_state_key(full_state: np.ndarray) -> str:
+    """The key of an exact (privileged) state: never equal to an observation's key, whatever the arrays."""
+    return FULL_STATE_KEY_PREFIX + observation_key(full_state)
+
+
 _ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name not in ("policy_version", "advice")]
 
 

@@ -42,7 +42,7 @@ from ala.rejection import Rejected
 from ala.rl.onnx_policy import OnnxOptions, OnnxPolicy, export_verified, select_providers
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
-from ala.rl.trajectory import observation_key, to_chunk
+from ala.rl.trajectory import full_state_key, observation_key, to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from ala.weights import fetch_onnx_policy, fetch_policy
 from protos import (
@@ -129,6 +129,8 @@ class Actor:
         self.outcomes = OutcomeLedger(rollout.num_bots, settings.control_share, settings.seed + 1)
         self.keys = self.state_keys()
         """The key of each bot's current observation: what state-scoped advice is looked up by."""
+        self.exact_keys = self.exact_state_keys()
+        """The key of each bot's exact state, looked up first; empty while no exact-state advice is about."""
         self.step_rate = Rate()
         self.report_bounds()
 
@@ -254,7 +256,7 @@ class Actor:
             trajectory = self.rollout.new_trajectory()
             for t in range(self.rollout.num_steps):
                 start = time.perf_counter()
-                lookup = self.bias.lookup(time.monotonic(), self.tick, self.keys)
+                lookup = self.bias.lookup(time.monotonic(), self.tick, self.keys, self.exact_keys)
                 lookup.mute(self.outcomes.unreached(lookup.reach))
                 self.outcomes.record_step(lookup.advisors)
                 if self.settings.judge_rate:
@@ -344,6 +346,13 @@ class Actor:
                 return [observation_key(state) for state in states]  # type: ignore[arg-type]
         return [observation_key(observation) for observation in self.rollout.obs]
 
+    def exact_state_keys(self) -> list[str]:
+        """Every bot's exact-state key while advice about exact states may be live (else none, at no cost)."""
+        if not self.bias.may_have_exact_advice(time.monotonic()):
+            return []
+        states = [self.adapter.full_state(env) for env in self.rollout.envs.envs]  # type: ignore[attr-defined]
+        return [full_state_key(state) if state is not None else "" for state in states]
+
     async def _after_step(self) -> None:
         for episode in self.rollout.finished:
             self.outcomes.end_episode(episode.bot, episode.episode_return)
@@ -355,15 +364,24 @@ class Actor:
             self.bias.end_episodes([episode.bot for episode in self.rollout.finished])
         self.rollout.finished.clear()
         self.keys = self.state_keys()
+        self.exact_keys = self.exact_state_keys()
         if not self.settings.digests_enabled:
             return
         requested, self.requested_digests = self.requested_digests, set()
         every = self.settings.digest_every_steps
         now, tick = time.monotonic(), self.tick
         limited_before = self.asker.limited
+        # While exact-state advice is about, a state is asked about by its exact key: the bots that alias one
+        # observation are in different states to such an advisor. Advice about either key means "advised".
+        ask_keys = self.keys
+        if self.exact_keys:
+            ask_keys = [exact or key for exact, key in zip(self.exact_keys, self.keys, strict=True)]
+        observation_of = dict(zip(ask_keys, self.keys, strict=True))
         chosen = self.asker.choose(
-            self.keys,
-            lambda key: self.bias.has_state_advice(key, now, tick),
+            ask_keys,
+            lambda key: (
+                self.bias.has_state_advice(key, now, tick) or self.bias.has_state_advice(observation_of[key], now, tick)
+            ),
             requested,
             periodic=bool(every) and tick % every == 0,
         )
@@ -394,6 +412,7 @@ class Actor:
             episode=int(self.rollout.episodes_started[bot]),
             text=self.adapter.describe(env, self.rollout.obs[bot]) or "",
             full_state=Array.from_numpy(full_state) if full_state is not None else None,
+            full_state_key=full_state_key(full_state) if full_state is not None else "",
             observation=Array.from_numpy(self.rollout.obs[bot]),
             action_names=self.spec.action_names,
             created_at=time.time(),

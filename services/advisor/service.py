@@ -7,8 +7,12 @@ slow, hung or failing advisor only means its own advice is missing; the others k
 what a backend reads (no text for an LLM, from environments the adapter cannot put into words; no full state for
 the expert) is skipped and counted by reason, never queued.
 
-Advice names the digest's `state_key` (scope `state`, the default): the actors then apply it to every bot that
-meets that state. Scope `bot` keeps it for the bot that asked, until its episode ends.
+Advice names the key of what its backend read (scope `state`, the default): the digest's `full_state_key` for a
+backend that reads the full state (the expert), its `state_key` (the observation's) for every other. The actors
+then apply it to every bot that meets that state: an LLM's advice, a function of what the policy sees, reaches every
+bot that sees the same; the expert's reaches only the exact state it planned for, not the states that look alike
+to the policy (on DoorKey-8x8, 11-13% of its observation-keyed advice landed on such a state). Scope `bot` keeps
+advice for the bot that asked, until its episode ends.
 
 Workers and the review run in one task group: an unexpected error stops the process with a traceback and a
 non-zero exit rather than leaving it heartbeating with no worker.
@@ -143,8 +147,16 @@ class Advisor:
         return suggestion
 
 
-def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion) -> Advice:
-    state_key = digest.state_key if spec.scope == "state" else ""
+def advice_key(spec: AdvisorSpec, backend: Backend, digest: StateDigest) -> str:
+    """The state the advice is about: the exact state for a backend that read it, else the observation."""
+    if spec.scope != "state":
+        return ""
+    if getattr(backend, "reads", "observation") == "full_state" and digest.full_state_key:
+        return digest.full_state_key
+    return digest.state_key
+
+
+def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion, state_key: str) -> Advice:
     return Advice(
         advice_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
         advisor=spec.name,
@@ -237,7 +249,7 @@ class AdvisorService:
             self.counts["error"] += 1
             self._log.warning("advisor %s raised %s: %s", name, type(exc).__name__, exc)
             return
-        advice = to_advice(advisor.spec, digest, suggestion)
+        advice = to_advice(advisor.spec, digest, suggestion, advice_key(advisor.spec, advisor.backend, digest))
         if await self.bus.publish(subjects.advice_subject(self.settings.run, name), advice, kind="advice"):
             child(metrics.ADVICE_PUBLISHED, name).inc()
             self.counts["advice"] += 1

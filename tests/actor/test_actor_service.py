@@ -22,7 +22,7 @@ from ala.config import NatsSettings
 from ala.envs.minigrid_expert import plan
 from ala.rl.onnx_policy import OPSET, OnnxPolicy, ProbeOutput, export, probe_output
 from ala.rl.policy import Agent, weights_to_bytes
-from ala.rl.trajectory import observation_key
+from ala.rl.trajectory import full_state_key, observation_key
 from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, spec, store_weights, wait_until
 from protos import (
     AdviceOutcome,
@@ -410,6 +410,8 @@ async def test_digests_describe_the_bots_state(bus: Bus, nats_settings: NatsSett
     assert digest.observation.shape == (147,) and digest.action_names[2] == "forward"
     assert on_demand.env_step > 3
     assert all(d.state_key == observation_key(d.observation.to_numpy()) for d in [*first, on_demand])
+    assert all(d.full_state is not None for d in [*first, on_demand])
+    assert all(d.full_state_key == full_state_key(d.full_state.to_numpy()) for d in [*first, on_demand])
     assert metrics.DIGESTS.labels("new_state")._value.get() >= 3
     assert metrics.DIGESTS.labels("requested")._value.get() >= 1
 
@@ -509,6 +511,29 @@ async def test_the_judge_scores_advice_against_the_planner_for_the_state_each_bo
             await bus.publish(subjects.bias_subject("test", "a1"), update, kind="bias")
             counter = right if favourite == "expert" else wrong
             await wait_until(lambda c=counter, i=int(favourite != "expert"): c._value.get() > before[i])
+
+
+async def test_expert_advice_about_an_exact_state_is_never_judged_wrong(bus: Bus, nats_settings: NatsSettings) -> None:
+    """Advice keyed by an observation also lands on states that look alike (on DoorKey, some need another action);
+    keyed by the exact state, the planner's advice is right wherever it lands."""
+    digests = await _digests(bus)
+    right = metrics.ADVICE_JUDGED.labels("state", "right")
+    wrong = metrics.ADVICE_JUDGED.labels("state", "wrong")
+    before = right._value.get(), wrong._value.get()
+    settings = _settings(nats_settings, num_bots=4, judge_rate=1.0, control_share=0.0)
+    async with running(serve, settings):
+        for _ in range(20):
+            digest = await asyncio.wait_for(digests.get(), 20)
+            assert digest.full_state is not None
+            expert = plan(digest.full_state.to_numpy())
+            if expert is None:
+                continue
+            bias = np.zeros(N_ACTIONS)
+            bias[expert] = 2.0
+            update = _bias_update(bias, ttl_s=60.0, state_key=digest.full_state_key)
+            await bus.publish(subjects.bias_subject("test", "a1"), update, kind="bias")
+        await wait_until(lambda: right._value.get() >= before[0] + 20)
+    assert wrong._value.get() == before[1]
 
 
 async def test_episode_outcomes_reach_the_router_with_a_control_group(bus: Bus, nats_settings: NatsSettings) -> None:

@@ -87,6 +87,20 @@ def test_state_advice_reaches_whichever_bot_is_in_that_state_and_wins_over_bot_a
     assert table.has_state_advice("s1", 0.5, 0) and not table.has_state_advice("s0", 0.5, 0)
 
 
+def test_advice_about_an_exact_state_reaches_only_that_state_and_wins_over_advice_about_its_observation() -> None:
+    table = BiasTable(num_bots=3, n_actions=2, max_abs_bias=5.0)
+    table.apply(_state_update([1.0, 0.0], "o1"), now=0.0)  # an LLM's: about what the policy sees
+    assert not table.may_have_exact_advice(0.0)  # the actor need not compute exact keys yet
+    table.apply(_state_update([0.0, 2.0], "full:x1", ttl_s=2.0), now=0.0)  # the expert's: about one exact state
+    assert table.may_have_exact_advice(1.9) and not table.may_have_exact_advice(2.0)
+    # Bots 0 and 1 look alike (observation o1) but are in different states; bot 2 sees something else.
+    lookup = table.lookup(0.5, tick=0, keys=["o1", "o1", "o2"], exact_keys=["full:x1", "full:x2", "full:x1"])
+    np.testing.assert_array_equal(lookup.bias, [[0.0, 2.0], [1.0, 0.0], [0.0, 2.0]])
+    assert lookup.from_state.tolist() == [True, True, True]
+    lookup = table.lookup(2.5, tick=0, keys=["o1", "o1", "o2"], exact_keys=["full:x1", "full:x2", "full:x1"])
+    np.testing.assert_array_equal(lookup.bias, [[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # the exact advice expired
+
+
 def test_advice_expires_by_steps_as_well_as_time_and_bot_advice_ends_with_the_episode() -> None:
     table = BiasTable(num_bots=2, n_actions=2, max_abs_bias=5.0)
     table.apply(_state_update([1.0, 0.0], "s", ttl_s=100.0, ttl_steps=5), now=0.0, tick=10)

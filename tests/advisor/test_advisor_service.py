@@ -156,13 +156,33 @@ async def _publish_until_answered(bus: Bus, digest: StateDigest, answered: async
     raise AssertionError("the advisor never answered")
 
 
-def test_advice_names_the_digests_state_unless_the_advisor_speaks_per_bot() -> None:
-    from services.advisor.backends import Suggestion
-    from services.advisor.service import to_advice
+def test_advice_names_the_state_its_advisor_read_unless_the_advisor_speaks_per_bot() -> None:
+    from services.advisor.backends import ExpertBackend, RandomBackend, Suggestion
+    from services.advisor.service import advice_key, to_advice
 
-    digest = msgspec.structs.replace(digests(1)[0], bot=3, state_key="0123456789abcdef")
+    digest = msgspec.structs.replace(
+        digests(1)[0], bot=3, state_key="0123456789abcdef", full_state_key="full:fedcba9876543210"
+    )
+    expert, coach, noise = (
+        AdvisorSpec(name="expert", backend="expert"),
+        AdvisorSpec(name="coach", backend="expert", scope="bot", ttl_s=4.0),
+        AdvisorSpec(name="noise", backend="random"),
+    )
+    # The expert plans on the full state: its advice is about that exact state, not every state that looks alike.
+    assert advice_key(expert, ExpertBackend(expert), digest) == "full:fedcba9876543210"
+    # A backend that reads the observation (or the text made from it) advises on what the policy sees.
+    assert advice_key(noise, RandomBackend(noise), digest) == "0123456789abcdef"
+    # Without a full state in the digest, even the expert's advice can only name the observation.
+    no_full = msgspec.structs.replace(digest, full_state_key="")
+    assert advice_key(expert, ExpertBackend(expert), no_full) == "0123456789abcdef"
+    assert advice_key(coach, ExpertBackend(coach), digest) == ""
+
     suggestion = Suggestion(2, 1.0, 30.0)
-    about_state = to_advice(AdvisorSpec(name="expert", backend="expert"), digest, suggestion)
-    assert (about_state.target.bot, about_state.target.state_key, about_state.ttl_s) == (3, "0123456789abcdef", 30.0)
-    per_bot = to_advice(AdvisorSpec(name="coach", backend="expert", scope="bot", ttl_s=4.0), digest, suggestion)
+    about_state = to_advice(expert, digest, suggestion, "full:fedcba9876543210")
+    assert (about_state.target.bot, about_state.target.state_key, about_state.ttl_s) == (
+        3,
+        "full:fedcba9876543210",
+        30.0,
+    )
+    per_bot = to_advice(coach, digest, suggestion, "")
     assert (per_bot.target.bot, per_bot.target.state_key, per_bot.ttl_s) == (3, "", 4.0)
