@@ -35,7 +35,7 @@ from ala.envs import adapter_for
 from ala.rl.config import PPOSettings
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
-from ala.rl.trajectory import Trajectory
+from ala.rl.trajectory import Trajectory, full_state_key, observation_key
 from protos import (
     ActionSpace,
     Advice,
@@ -356,6 +356,8 @@ def digest_of(env: gym.Env, obs: np.ndarray, bot: int = 0, env_id: str = ENV_ID)
         action_names=adapter.action_names(int(env.action_space.n)),  # type: ignore[attr-defined]
         created_at=time.time(),
         full_state=Array.from_numpy(full_state) if full_state is not None else None,
+        state_key=observation_key(obs),
+        full_state_key=full_state_key(full_state) if full_state is not None else "",
     )
 
 

@@ -23,21 +23,58 @@ State = tuple[int, int, int, bool, bool]
 
 def plan(full_state: np.ndarray) -> int | None:
     """First action of a shortest plan to the goal, or None if the goal cannot be reached."""
+    path = _shortest_path(full_state.astype(int))
+    return path[0][1] if path else None
+
+
+def plan_ahead(full_state: np.ndarray, horizon: int) -> list[tuple[np.ndarray, int]]:
+    """The first `horizon` steps of a shortest plan: (full state, action) for the state given and the states the
+    plan passes through next, each rendered as `MiniGridAdapter.full_state` would encode it when the agent gets
+    there. Empty if the goal cannot be reached or the agent stands in the doorway (the door's cell is then hidden
+    under the agent, so states beyond it cannot be rendered)."""
     grid = full_state.astype(int)
+    if not (grid[:, :, 0] == DOOR).any():
+        path = _shortest_path(grid)
+        return [(full_state, path[0][1])] if path else []
+    path = _shortest_path(grid)
+    if path is None:
+        return []
+    base = grid.copy()
+    ((x, y),) = np.argwhere(grid[:, :, 0] == AGENT)
+    base[x, y] = (OBJECT_TO_IDX["empty"], 0, 0)  # what lies under the agent off the doorway: floor
+    return [(_render(base, state, full_state.dtype), action) for state, action in path[:horizon]]
+
+
+def _render(base: np.ndarray, state: State, dtype: np.dtype) -> np.ndarray:
+    x, y, direction, has_key, door_open = state
+    grid = base.copy()
+    if has_key:
+        grid[grid[:, :, 0] == KEY] = (OBJECT_TO_IDX["empty"], 0, 0)
+    if door_open:
+        grid[grid[:, :, 0] == DOOR, 2] = STATE_TO_IDX["open"]
+    grid[x, y] = (AGENT, 0, direction)
+    return grid.astype(dtype)
+
+
+def _shortest_path(grid: np.ndarray) -> list[tuple[State, int]] | None:
+    """(state, action) along a shortest plan to the goal, breadth-first over (position, direction, key, door)."""
     ((x, y),) = np.argwhere(grid[:, :, 0] == AGENT)
     keys = np.argwhere(grid[:, :, 0] == KEY)
     doors = np.argwhere(grid[:, :, 0] == DOOR)
     door_open = bool(len(doors)) and grid[doors[0][0], doors[0][1], 2] == STATE_TO_IDX["open"]
     start: State = (int(x), int(y), int(grid[x, y, 2]), len(keys) == 0, door_open)
-    first_action: dict[State, int | None] = {start: None}
+    came_from: dict[State, tuple[State, int] | None] = {start: None}
     frontier = deque([start])
     while frontier:
         state = frontier.popleft()
         for action, following, reached_goal in _moves(grid, state):
             if reached_goal:
-                return first_action[state] if first_action[state] is not None else action
-            if following not in first_action:
-                first_action[following] = first_action[state] if first_action[state] is not None else action
+                path = [(state, action)]
+                while (step := came_from[path[-1][0]]) is not None:
+                    path.append(step)
+                return path[::-1]
+            if following not in came_from:
+                came_from[following] = (state, action)
                 frontier.append(following)
     return None
 

@@ -27,7 +27,8 @@ from typing import Any, ClassVar, Literal, Protocol
 import httpx
 import msgspec
 
-from ala.envs.minigrid_expert import plan
+from ala.envs.minigrid_expert import plan, plan_ahead
+from ala.rl.trajectory import full_state_key
 from protos import StateDigest
 from services.advisor.settings import AdvisorSpec
 
@@ -50,6 +51,9 @@ class Suggestion:
     ttl_s: float
     rationale: str = ""
     completion_tokens: int = 0
+    ahead: tuple[tuple[str, int], ...] = ()
+    """(state key, action) for the states a planner expects the bot to meet next, in order: advised too, so that
+    advice waits for the bot in states it has not reached yet instead of arriving after it has left."""
 
 
 Reads = Literal["text", "full_state", "observation"]
@@ -121,15 +125,22 @@ class ExpertBackend:
     reads: ClassVar[Reads] = "full_state"
 
     def __init__(self, spec: AdvisorSpec | None = None) -> None:
-        del spec  # the expert needs no settings; plug-in factories receive their AdvisorSpec
+        self.lookahead = spec.lookahead if spec is not None else 0  # plug-in factories receive their AdvisorSpec
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         if digest.full_state is None:
             raise BackendError("unavailable", "the expert needs the digest's full_state (ALA_ACTOR_DIGEST_FULL_STATE)")
-        action = plan(digest.full_state.to_numpy())
-        if action is None:
+        full_state = digest.full_state.to_numpy()
+        if not self.lookahead:
+            action = plan(full_state)
+            if action is None:
+                raise BackendError("unavailable", "no path to the goal from this state")
+            return Suggestion(action, 1.0, EXPERT_TTL_S, "shortest path")
+        path = plan_ahead(full_state, 1 + self.lookahead)
+        if not path:
             raise BackendError("unavailable", "no path to the goal from this state")
-        return Suggestion(action, 1.0, EXPERT_TTL_S, "shortest path")
+        ahead = tuple((full_state_key(state), action) for state, action in path[1:])
+        return Suggestion(path[0][1], 1.0, EXPERT_TTL_S, "shortest path", ahead=ahead)
 
     async def close(self) -> None:
         return None
@@ -140,16 +151,20 @@ class AdversarialBackend:
     reads: ClassVar[Reads] = "full_state"
 
     def __init__(self, spec: AdvisorSpec) -> None:
-        self.expert = ExpertBackend()
+        self.expert = ExpertBackend(spec)  # the same lookahead: wrong advice reaches as far ahead as the expert's
         self.wrong_probability = spec.wrong_probability
         self.rng = random.Random(spec.seed)
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         right = await self.expert.suggest(digest, messages)
+        n_actions = len(digest.action_names)
+        ahead = tuple((key, self._perhaps_wrong(action, n_actions)) for key, action in right.ahead)
+        return Suggestion(self._perhaps_wrong(right.action, n_actions), 1.0, right.ttl_s, "adversarial", ahead=ahead)
+
+    def _perhaps_wrong(self, right: int, n_actions: int) -> int:
         if self.rng.random() >= self.wrong_probability:
             return right
-        wrong = self.rng.choice([a for a in range(len(digest.action_names)) if a != right.action])
-        return Suggestion(wrong, 1.0, right.ttl_s, "adversarial")
+        return self.rng.choice([a for a in range(n_actions) if a != right])
 
     async def close(self) -> None:
         return None
@@ -320,7 +335,7 @@ def create_backend(spec: AdvisorSpec, log_level: str = "WARNING") -> Backend:
     if spec.backend == "embedded":
         return EmbeddedBackend(spec, log_level=log_level)
     if spec.backend == "expert":
-        return ExpertBackend()
+        return ExpertBackend(spec)
     if spec.backend == "random":
         return RandomBackend(spec)
     return AdversarialBackend(spec)

@@ -26,6 +26,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -249,10 +250,17 @@ class AdvisorService:
             self.counts["error"] += 1
             self._log.warning("advisor %s raised %s: %s", name, type(exc).__name__, exc)
             return
-        advice = to_advice(advisor.spec, digest, suggestion, advice_key(advisor.spec, advisor.backend, digest))
-        if await self.bus.publish(subjects.advice_subject(self.settings.run, name), advice, kind="advice"):
-            child(metrics.ADVICE_PUBLISHED, name).inc()
-            self.counts["advice"] += 1
+        key = advice_key(advisor.spec, advisor.backend, digest)
+        pieces = [to_advice(advisor.spec, digest, suggestion, key)]
+        if key and key == digest.full_state_key:  # a plan's states ahead are exact states too
+            pieces += [
+                to_advice(advisor.spec, digest, replace(suggestion, action=action, ahead=()), ahead_key)
+                for ahead_key, action in suggestion.ahead
+            ]
+        for advice in pieces:
+            if await self.bus.publish(subjects.advice_subject(self.settings.run, name), advice, kind="advice"):
+                child(metrics.ADVICE_PUBLISHED, name).inc()
+                self.counts["advice"] += 1
 
 
 async def review_episodes(settings: AdvisorSettings, service: AdvisorService) -> None:

@@ -30,6 +30,13 @@ class AdvisorSpec(BaseModel):
         description="state: advice is about the observation the digest shows and reaches every bot that meets it;"
         " bot: about the bot that asked, until its episode ends (strategic, state-independent advice).",
     )
+    lookahead: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Planning backends (expert, adversarial): also advise the next this-many states along the plan"
+        " (by exact-state key), so that advice waits in states the bot has not reached yet.",
+    )
     # openai: any OpenAI-compatible server (vLLM first).
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL up to /v1.")
     model: str = Field("openai/gpt-oss-20b", description="openai: model name as the server knows it.")

@@ -10,7 +10,8 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
-from ala.envs.minigrid_expert import plan
+from ala.envs.minigrid_expert import plan, plan_ahead
+from ala.rl.trajectory import full_state_key
 from ala.testing import digests, running, wait_until
 from protos import Advice, StateDigest, decode, encode, subjects
 from services.advisor import metrics
@@ -56,6 +57,30 @@ async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, na
     assert expert.recommended_action == plan(digest.full_state.to_numpy())
     assert liar.recommended_action != expert.recommended_action
     assert expert.priority == 2.0 and (expert.target.actor, expert.target.bot) == ("a1", 0)
+
+
+async def test_a_planner_also_advises_the_exact_states_its_plan_meets_next(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    received: asyncio.Queue[Advice] = asyncio.Queue()
+    answered = asyncio.Event()
+
+    async def on_advice(msg: Msg) -> None:
+        await received.put(decode(msg.data, Advice))
+        answered.set()
+
+    await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
+    digest = digests(1, "MiniGrid-DoorKey-8x8-v0")[0]
+    assert digest.full_state is not None
+    settings = _settings(nats_settings, advisors=[AdvisorSpec(name="expert", backend="expert", lookahead=5)])
+    async with running(serve, settings):
+        await _publish_until_answered(bus, digest, answered)
+        pieces = [await asyncio.wait_for(received.get(), 10) for _ in range(6)]
+    path = plan_ahead(digest.full_state.to_numpy(), 6)
+    assert [advice.target.state_key for advice in pieces] == [full_state_key(state) for state, _ in path]
+    assert pieces[0].target.state_key == digest.full_state_key
+    assert [advice.recommended_action for advice in pieces] == [action for _, action in path]
+    assert {(advice.target.actor, advice.target.bot) for advice in pieces} == {("a1", 0)}
 
 
 async def test_only_the_newest_digest_per_bot_waits_in_each_advisors_queue(nats_settings: NatsSettings) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
+from ala.rl.trajectory import full_state_key
 from ala.testing import digest_of, digests
 from services.advisor.backends import (
     AdversarialBackend,
@@ -72,6 +73,37 @@ async def test_expert_advice_followed_greedily_solves_doorkey(env_id: str) -> No
             if terminated or truncated:
                 break
         assert terminated and reward > 0.9, (env_id, seed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_experts_states_ahead_are_the_states_its_plan_meets_in_a_real_room(seed: int) -> None:
+    """Each (key, action) ahead must name the exact state the bot is in once it has followed the plan so far, or
+    advice would wait in states no bot ever meets."""
+    adapter = adapter_for("MiniGrid-DoorKey-8x8-v0")
+    expert = ExpertBackend(AdvisorSpec(name="expert", backend="expert", lookahead=12))
+    env = adapter.make()
+    obs, _ = env.reset(seed=seed)
+    for _ in range(seed * 3):  # start somewhere along the way too
+        obs, *_ = env.step(2)
+    suggestion = await expert.suggest(digest_of(env, obs, env_id="MiniGrid-DoorKey-8x8-v0"), [])
+    assert len(suggestion.ahead) == 12
+    assert suggestion.action == plan(adapter.full_state(env))
+    obs, *_ = env.step(suggestion.action)
+    for key, action in suggestion.ahead:
+        assert key == full_state_key(adapter.full_state(env))
+        assert action == plan(adapter.full_state(env))
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+
+
+async def test_adversarial_advice_ahead_is_wrong_too() -> None:
+    spec = AdvisorSpec(name="bad", backend="adversarial", wrong_probability=1.0, lookahead=6)
+    adversary, expert = AdversarialBackend(spec), ExpertBackend(spec)
+    for digest in digests(10, "MiniGrid-DoorKey-8x8-v0"):
+        wrong, right = await adversary.suggest(digest, []), await expert.suggest(digest, [])
+        assert [key for key, _ in wrong.ahead] == [key for key, _ in right.ahead]
+        assert all(bad != good for (_, bad), (_, good) in zip(wrong.ahead, right.ahead, strict=True))
 
 
 async def test_adversarial_advice_is_never_the_experts_when_always_wrong() -> None:
