@@ -102,7 +102,9 @@ ARMS = {
         {"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="distill", ALA_ROUTER_TRUST="false", ALA_ACTOR_CONTROL_SHARE="0"
     ),
     "expert-fullkey": advised({"backend": "expert"}, ALA_ACTOR_STATE_KEY="full_state"),
-    "expert-ask": advised({"backend": "expert"}, ALA_ACTOR_DIGEST_BOT_INTERVAL_S="0.02", ALA_ACTOR_DIGEST_RATE_PER_S="1000"),
+    "expert-ask": advised(
+        {"backend": "expert"}, ALA_ACTOR_DIGEST_BOT_INTERVAL_S="0.02", ALA_ACTOR_DIGEST_RATE_PER_S="1000"
+    ),
     "expert-b3": advised({"backend": "expert"}, ALA_ROUTER_B_MAX="3", ALA_ACTOR_MAX_ABS_BIAS="3"),
     "expert-ahead": advised({"backend": "expert", "lookahead": 8}),
     "wrong-ahead": advised({"backend": "adversarial", "wrong_probability": 1.0, "lookahead": 8}),
