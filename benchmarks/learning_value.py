@@ -17,6 +17,10 @@ seeds, so an arm only scores what the *policy* learned. Arms:
 - `plain-vtrace`, `expert-vtrace`, `wrong-vtrace`, `random-vtrace`: V-trace advantages and value targets (traces
   cut where the behaviour took an action the policy would not), instead of GAE along the biased behaviour.
 - `expert-anneal`: the expert with strength falling linearly to 0 over 100 learner versions.
+- `expert-fullkey`: every state keyed by the full state at the actor (`ALA_ACTOR_STATE_KEY=full_state`);
+  `expert-ask`: the actor asks 5x as often (a digest per bot every 0.02 s); `expert-b3`: bias bound 3 instead of 2.
+- `expert-ahead`, `wrong-ahead`: the planner also advises the next 8 exact states along its plan (`lookahead`),
+  right or always wrong.
 - `distill`: the expert's advice distilled into the policy by the learner (a cross-entropy term annealed over
   `ALA_LEARNER_DISTILL_HORIZON` versions), the actor sampling from the policy alone (LLM4Teach, arXiv 2311.13373);
   trust off and no control group, since no episode is steered.
@@ -107,6 +111,8 @@ ARMS = {
     ),
     "expert-b3": advised({"backend": "expert"}, ALA_ROUTER_B_MAX="3", ALA_ACTOR_MAX_ABS_BIAS="3"),
     "expert-ahead": advised({"backend": "expert", "lookahead": 8}),
+    "expert-ahead-both": advised({"backend": "expert", "lookahead": 8}, ALA_ACTOR_ADVICE_MODE="both"),
+    "expert-ahead-b3": advised({"backend": "expert", "lookahead": 8}, ALA_ROUTER_B_MAX="3", ALA_ACTOR_MAX_ABS_BIAS="3"),
     "wrong-ahead": advised({"backend": "adversarial", "wrong_probability": 1.0, "lookahead": 8}),
     "expert-s1": advised({"backend": "expert"}, ALA_ROUTER_STRENGTH="1"),
     "expert-strength": advised({"backend": "expert"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
