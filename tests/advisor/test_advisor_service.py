@@ -36,7 +36,8 @@ def _settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:
     return AdvisorSettings(**(values | overrides))
 
 
-async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, nats_settings: NatsSettings) -> None:
+async def _advice_queue(bus: Bus) -> tuple[asyncio.Queue[Advice], asyncio.Event]:
+    """Every advice published in run `test`, in order, and an event set at the first."""
     received: asyncio.Queue[Advice] = asyncio.Queue()
     answered = asyncio.Event()
 
@@ -45,6 +46,11 @@ async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, na
         answered.set()
 
     await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
+    return received, answered
+
+
+async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, nats_settings: NatsSettings) -> None:
+    received, answered = await _advice_queue(bus)
     digest = digests(1, "MiniGrid-DoorKey-8x8-v0")[0]
     assert digest.full_state is not None
     async with running(serve, _settings(nats_settings)):
@@ -62,14 +68,7 @@ async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, na
 async def test_a_planner_also_advises_the_exact_states_its_plan_meets_next(
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
-    received: asyncio.Queue[Advice] = asyncio.Queue()
-    answered = asyncio.Event()
-
-    async def on_advice(msg: Msg) -> None:
-        await received.put(decode(msg.data, Advice))
-        answered.set()
-
-    await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
+    received, answered = await _advice_queue(bus)
     digest = digests(1, "MiniGrid-DoorKey-8x8-v0")[0]
     assert digest.full_state is not None
     settings = _settings(nats_settings, advisors=[AdvisorSpec(name="expert", backend="expert", lookahead=5)])
@@ -129,14 +128,7 @@ def test_near_states_reuse_advice_and_the_threshold_adapts() -> None:
 async def test_a_hung_backend_is_timed_out_and_counted_while_others_answer(
     bus: Bus, nats_settings: NatsSettings, hung_server: str
 ) -> None:
-    received: asyncio.Queue[Advice] = asyncio.Queue()
-    answered = asyncio.Event()
-
-    async def on_advice(msg: Msg) -> None:
-        await received.put(decode(msg.data, Advice))
-        answered.set()
-
-    await bus.subscribe(subjects.advice_wildcard("test"), on_advice)
+    received, answered = await _advice_queue(bus)
     timeouts = metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get()
     hung = AdvisorSpec(name="hung", backend="openai", base_url=hung_server, timeout_s=0.3, retries=0)
     settings = _settings(nats_settings, advisors=[hung, AdvisorSpec(name="expert", backend="expert")])

@@ -19,18 +19,8 @@ from ala.rl import onnx_policy
 from ala.rl.learner import Learner
 from ala.rl.policy import Agent, load_weights, weights_to_bytes
 from ala.rl.rollout import Rollout
-from ala.testing import biased_trajectory, fresh_agent, ppo_settings, running, spec
-from services.learner.service import serve
-from tests.learner.test_learner_service import (
-    _announcements,
-    _chunk,
-    _next_version,
-    _publish,
-    _settings,
-    _start_training,
-    _weights,
-    _zero_lag_trajectory,
-)
+from ala.testing import biased_trajectory, fresh_agent, ppo_settings, spec
+from tests.learner.test_learner_service import _settings, _weights_after_one_update, _zero_lag_trajectory
 
 pytestmark = pytest.mark.cuda
 
@@ -118,10 +108,5 @@ async def test_the_learner_service_on_cuda_publishes_the_cpu_update(
     trajectory = _zero_lag_trajectory(settings)
     local = Learner(spec(), settings, "cpu")
     local.train([trajectory])
-    announcements = await _announcements(bus)
-    async with running(serve, settings):
-        assert (await _start_training(bus, announcements)).version == 0
-        await _publish(bus, _chunk(trajectory, 1), "test.a1.1")
-        after = await _next_version(announcements)
-    assert after.version == 1
-    torch.testing.assert_close(await _weights(bus, after), _flat(local.agent), atol=1e-5, rtol=1e-4)
+    weights = await _weights_after_one_update(bus, settings, trajectory)
+    torch.testing.assert_close(weights, _flat(local.agent), atol=1e-5, rtol=1e-4)

@@ -100,6 +100,17 @@ async def _weights(bus: Bus, announcement: WeightsAnnouncement) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in agent.parameters()])
 
 
+async def _weights_after_one_update(bus: Bus, settings: LearnerSettings, trajectory: Trajectory) -> torch.Tensor:
+    """Start the learner service, hand it `trajectory` as one chunk, and read the weights of version 1."""
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        assert (await _start_training(bus, announcements)).version == 0
+        await _publish(bus, _chunk(trajectory, 1), "test.a1.1")
+        after = await _next_version(announcements)
+    assert after.version == 1
+    return await _weights(bus, after)
+
+
 async def test_distributed_update_equals_local_update(bus: Bus, nats_settings: NatsSettings, tmp_path: Path) -> None:
     settings = _settings(nats_settings, tmp_path)
     trajectory = _zero_lag_trajectory(settings)
@@ -107,13 +118,7 @@ async def test_distributed_update_equals_local_update(bus: Bus, nats_settings: N
     local.train([trajectory])
     expected = torch.cat([p.detach().flatten() for p in local.agent.parameters()])
 
-    announcements = await _announcements(bus)
-    async with running(serve, settings):
-        assert (await _start_training(bus, announcements)).version == 0
-        await _publish(bus, _chunk(trajectory, 1), "test.a1.1")
-        after = await _next_version(announcements)
-    assert after.version == 1
-    torch.testing.assert_close(await _weights(bus, after), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(await _weights_after_one_update(bus, settings, trajectory), expected, atol=1e-6, rtol=0)
 
 
 async def test_onnx_models_are_exported_only_while_an_actor_runs_onnx(
