@@ -135,6 +135,12 @@ ARMS = {
         follow={"entropy": FOLLOW["entropy"]},
     ),
     "wrong-floor": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
+    "random-floor": advised({"backend": "random"}, ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
+    "wrong-both-floor": advised(
+        {"backend": "adversarial", "wrong_probability": 1.0},
+        ALA_ACTOR_ADVICE_MODE="both",
+        ALA_LEARNER_ADV_NORM_FLOOR="0.1",
+    ),
     # Bias and distillation together: advice tilts sampling and is distilled where trust lets it reach.
     "expert-both": advised({"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="both"),
     "wrong-both": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_ACTOR_ADVICE_MODE="both"),
