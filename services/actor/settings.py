@@ -80,10 +80,12 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         5.0, gt=0, description="A state asked about and still without advice is asked about again after this."
     )
     advice_mode: Literal["bias", "distill", "both"] = Field(
-        "bias",
+        "both",
         description="bias: advice tilts sampling (logits += bias; the learner corrects with importance weights);"
         " distill: sample from the policy alone and record the advice for the learner to distil (LLM4Teach-style);"
-        " both: tilt sampling and record the advice, so the learner distils what trust lets through.",
+        " both: tilt sampling and record the advice, so the learner distils what trust lets through (the default:"
+        " the expert on DoorKey-8x8 to 0.8 in 61k env steps against the bias alone's 99k, 5 seeds,"
+        " benchmarks/results/value-8x8.md).",
     )
     distill_min_reach: float = Field(
         0.5,
