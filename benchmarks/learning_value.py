@@ -131,8 +131,7 @@ ARMS = {
     "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
-    # Advantage normalisation without the floor (the default before floor2-5x5.md made it 0.1); the *-floor arms
-    # set 0.1 explicitly, as they did when it was an experiment.
+    # Advantage normalisation without a floor (the default), explicitly; the *-floor arms set 0.1.
     "plain-nofloor": StackArm(
         env={"ALA_LEARNER_ADV_NORM_FLOOR": "0"},
         scrape={"env_steps": SCRAPE["env_steps"]},

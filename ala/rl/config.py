@@ -34,13 +34,15 @@ class PPOSettings(BaseModel):
     vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
     max_grad_norm: float = Field(0.5, gt=0, description="Gradient clipping.")
     adv_norm_floor: float = Field(
-        0.1,
+        0.0,
         ge=0,
         description="Advantages are normalised per minibatch by max(std, this): a floor keeps pure critic noise"
-        " (all returns equal, e.g. before any success or after convergence) from being scaled up to unit size, where"
-        " it walked policies misled by early bad advice to a no-op they never left. 0: plain normalisation. With"
-        " 0.1, DoorKey-5x5 always-wrong, random and always-wrong-with-distillation advice reached 0.8 in 15 of 15"
-        " runs, against 11 of 15 without (benchmarks/results/floor2-5x5.md, value-5x5.md).",
+        " (all returns equal, e.g. before any success) from being scaled up to unit size, where it walked policies"
+        " misled by early bad advice to a no-op they never left. 0: plain normalisation. 0.1 protects against bad"
+        " advice (DoorKey-5x5: always-wrong, random and always-wrong-with-distillation advice reached 0.8 in 15 of 15"
+        " runs, against 11 of 15 without; floor2-5x5.md, value-5x5.md) but slowed plain PPO on DoorKey-8x8 (0 of 5"
+        " to 0.8 within 400k env steps, final return 0.00, against 1 of 5 and 0.33 without; floor-8x8.md,"
+        " value-8x8.md), so it is not the default.",
     )
     correction: Literal["exact", "shortcut", "none"] = Field(
         "exact",
