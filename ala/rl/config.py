@@ -36,13 +36,18 @@ class PPOSettings(BaseModel):
     adv_norm_floor: float = Field(
         0.0,
         ge=0,
-        description="Advantages are normalised per minibatch by max(std, this): a floor keeps pure critic noise"
-        " (all returns equal, e.g. before any success) from being scaled up to unit size, where it walked policies"
-        " misled by early bad advice to a no-op they never left. 0: plain normalisation. 0.1 protects against bad"
-        " advice (DoorKey-5x5: always-wrong, random and always-wrong-with-distillation advice reached 0.8 in 15 of 15"
-        " runs, against 11 of 15 without; floor2-5x5.md, value-5x5.md) but slowed plain PPO on DoorKey-8x8 (0 of 5"
-        " to 0.8 within 400k env steps, final return 0.00, against 1 of 5 and 0.33 without; floor-8x8.md,"
-        " value-8x8.md), so it is not the default.",
+        description="Advantages are normalised per minibatch by max(std, this) on every batch: a floor keeps pure"
+        " critic noise (all returns equal, e.g. before any success) from being scaled up to unit size. 0: plain"
+        " normalisation. 0.1 on every batch slowed plain PPO on DoorKey-8x8 (0 of 5 seeds to 0.8 within 400k env"
+        " steps, final return 0.00, against 1 of 5 and 0.33; floor-8x8.md): see adv_norm_floor_advised.",
+    )
+    adv_norm_floor_advised: float = Field(
+        0.1,
+        ge=0,
+        description="The floor on batches that advice touched (a bias on a taken action, or advice to distil): there"
+        " the scaled-up noise walked policies misled by early bad advice to a no-op they never left (DoorKey-5x5 with"
+        " 0.1 on every batch: bad advice reached 0.8 in 15 of 15 runs, against 11 of 15 without; floor2-5x5.md)."
+        " Batches without advice, all of them without an advisor, are normalised as plain PPO's.",
     )
     correction: Literal["exact", "shortcut", "none"] = Field(
         "exact",

@@ -71,6 +71,8 @@ class Learner:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.version = 0
         self.samples_trained = 0
+        self._floor = settings.adv_norm_floor
+        """The advantage normaliser's floor for the update in progress (`train`)."""
 
     def is_stale(self, trajectory: Trajectory) -> bool:
         return self.version - trajectory.policy_version > self.settings.max_policy_lag
@@ -80,6 +82,10 @@ class Learner:
         assert trajectories, "nothing to train on"
         batch = self._prepare(trajectories)
         s = self.settings
+        # The advised floor applies to batches that advice touched (a bias on a taken action, or advice to distil):
+        # there early bad advice walked policies to a no-op; data without advice is normalised as plain PPO's.
+        advised = bool(batch.bias_taken.any() or batch.advice.any())
+        self._floor = max(s.adv_norm_floor, s.adv_norm_floor_advised if advised else 0.0)
         stats: dict[str, list[float]] = {}
         for _ in range(s.num_epochs):
             order = torch.randperm(len(batch), generator=self.generator).to(self.device)
@@ -186,9 +192,7 @@ class Learner:
         s = self.settings
         sample = self.agent.get_action_and_value(batch.obs[idx], action=batch.actions[idx])
         advantages = batch.advantages[idx]
-        advantages = (advantages - advantages.mean()) / (
-            advantages.std(unbiased=False).clamp(min=s.adv_norm_floor) + 1e-8
-        )
+        advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False).clamp(min=self._floor) + 1e-8)
 
         if s.correction == "exact":
             log_ratio = sample.policy_logprob - batch.prox_logprob[idx]

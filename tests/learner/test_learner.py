@@ -178,3 +178,21 @@ def test_a_floor_on_the_advantage_normaliser_lets_the_entropy_bonus_outweigh_cri
         with torch.no_grad():
             entropy[floor] = float(learner.agent.get_action_and_value(obs).entropy.mean())
     assert entropy[10.0] > entropy[0.0]
+
+
+def test_the_advised_floor_applies_only_to_batches_advice_touched() -> None:
+    """Without advice the update is plain PPO's, floor or no floor; with a bias on the taken actions the advised
+    floor (above the critic noise's spread) changes it."""
+    unadvised = rollout(fresh_agent(), bots=4, steps=16).collect()
+    advised = biased_trajectory(fresh_agent())
+    for trajectory in (unadvised, advised):
+        trajectory.rewards[:] = 0  # only critic noise: its spread is far below the floor
+    assert not unadvised.bias.any() and advised.bias.any()
+    params = {}
+    for name, trajectory in (("unadvised", unadvised), ("advised", advised)):
+        for floor in (0.0, 10.0):
+            learner = Learner(spec(), ppo_settings(adv_norm_floor_advised=floor))
+            learner.train([trajectory])
+            params[name, floor] = _params(learner)
+    torch.testing.assert_close(params["unadvised", 0.0], params["unadvised", 10.0], atol=0, rtol=0)
+    assert not torch.equal(params["advised", 0.0], params["advised", 10.0])
