@@ -131,7 +131,12 @@ ARMS = {
     "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
-    # Advantage normalisation without a floor (the default), explicitly; the *-floor arms set 0.1.
+    # Advantage normalisation: the default floors it at 0.1 on batches advice touched only (ADV_NORM_FLOOR_ADVISED);
+    # *-nofloor arms set no floor at all, *-floor arms 0.1 on every batch.
+    "wrong-nofloor": advised(
+        {"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADV_NORM_FLOOR_ADVISED="0"
+    ),
+    "random-nofloor": advised({"backend": "random"}, ALA_LEARNER_ADV_NORM_FLOOR_ADVISED="0"),
     "plain-nofloor": StackArm(
         env={"ALA_LEARNER_ADV_NORM_FLOOR": "0"},
         scrape={"env_steps": SCRAPE["env_steps"]},
