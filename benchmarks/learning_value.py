@@ -94,8 +94,13 @@ def advised(advisor: dict[str, object], **env: str) -> StackArm:
     )
 
 
+def unadvised(**env: str) -> StackArm:
+    """An arm with no advisor: env steps and the policy's entropy are all there is to read."""
+    return StackArm(env=env, scrape={"env_steps": SCRAPE["env_steps"]}, follow={"entropy": FOLLOW["entropy"]})
+
+
 ARMS = {
-    "plain": StackArm(scrape={"env_steps": SCRAPE["env_steps"]}, follow={"entropy": FOLLOW["entropy"]}),
+    "plain": unadvised(),
     "expert": advised({"backend": "expert"}),
     "wrong": advised({"backend": "adversarial", "wrong_probability": 1.0}),
     "half-wrong": advised({"backend": "adversarial", "wrong_probability": 0.5}),
@@ -123,11 +128,7 @@ ARMS = {
         {"backend": "adversarial", "wrong_probability": 1.0}, ALA_ROUTER_TRUST_ACTS_ON="strength"
     ),
     "random-strength": advised({"backend": "random"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
-    "plain-vtrace": StackArm(
-        env={"ALA_LEARNER_ADVANTAGE": "vtrace"},
-        scrape={"env_steps": SCRAPE["env_steps"]},
-        follow={"entropy": FOLLOW["entropy"]},
-    ),
+    "plain-vtrace": unadvised(ALA_LEARNER_ADVANTAGE="vtrace"),
     "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
     "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
@@ -137,17 +138,9 @@ ARMS = {
         {"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADV_NORM_FLOOR_ADVISED="0"
     ),
     "random-nofloor": advised({"backend": "random"}, ALA_LEARNER_ADV_NORM_FLOOR_ADVISED="0"),
-    "plain-nofloor": StackArm(
-        env={"ALA_LEARNER_ADV_NORM_FLOOR": "0"},
-        scrape={"env_steps": SCRAPE["env_steps"]},
-        follow={"entropy": FOLLOW["entropy"]},
-    ),
+    "plain-nofloor": unadvised(ALA_LEARNER_ADV_NORM_FLOOR="0"),
     # Advantage normalisation with a floor (an experiment against wrong advice's lasting harm)
-    "plain-floor": StackArm(
-        env={"ALA_LEARNER_ADV_NORM_FLOOR": "0.1"},
-        scrape={"env_steps": SCRAPE["env_steps"]},
-        follow={"entropy": FOLLOW["entropy"]},
-    ),
+    "plain-floor": unadvised(ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
     "wrong-floor": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
     "random-floor": advised({"backend": "random"}, ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
     "wrong-both-floor": advised(
@@ -164,16 +157,8 @@ ARMS = {
     "wrong-both": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_ACTOR_ADVICE_MODE="both"),
     "random-both": advised({"backend": "random"}, ALA_ACTOR_ADVICE_MODE="both"),
     # Scale-out (benchmarks/scale.py): two learner ranks, no advice, against `plain`'s one learner.
-    "ranks2-sync": StackArm(
-        env={"ALA_UP_LEARNER_RANKS": "2", "ALA_LEARNER_DISTRIBUTED": "sync"},
-        scrape={"env_steps": SCRAPE["env_steps"]},
-        follow={"entropy": FOLLOW["entropy"]},
-    ),
-    "ranks2-merge": StackArm(
-        env={"ALA_UP_LEARNER_RANKS": "2", "ALA_LEARNER_DISTRIBUTED": "merge"},
-        scrape={"env_steps": SCRAPE["env_steps"]},
-        follow={"entropy": FOLLOW["entropy"]},
-    ),
+    "ranks2-sync": unadvised(ALA_UP_LEARNER_RANKS="2", ALA_LEARNER_DISTRIBUTED="sync"),
+    "ranks2-merge": unadvised(ALA_UP_LEARNER_RANKS="2", ALA_LEARNER_DISTRIBUTED="merge"),
 }
 DEFAULT_ARMS = (
     "plain",
