@@ -33,12 +33,11 @@ def plan_ahead(full_state: np.ndarray, horizon: int) -> list[tuple[np.ndarray, i
     there. Empty if the goal cannot be reached or the agent stands in the doorway (the door's cell is then hidden
     under the agent, so states beyond it cannot be rendered)."""
     grid = full_state.astype(int)
-    if not (grid[:, :, 0] == DOOR).any():
-        path = _shortest_path(grid)
-        return [(full_state, path[0][1])] if path else []
     path = _shortest_path(grid)
     if path is None:
         return []
+    if not (grid[:, :, 0] == DOOR).any():
+        return [(full_state, path[0][1])]
     base = grid.copy()
     ((x, y),) = np.argwhere(grid[:, :, 0] == AGENT)
     base[x, y] = (OBJECT_TO_IDX["empty"], 0, 0)  # what lies under the agent off the doorway: floor

@@ -71,8 +71,6 @@ class Learner:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.version = 0
         self.samples_trained = 0
-        self._floor = settings.adv_norm_floor
-        """The advantage normaliser's floor for the update in progress (`train`)."""
 
     def is_stale(self, trajectory: Trajectory) -> bool:
         return self.version - trajectory.policy_version > self.settings.max_policy_lag
@@ -85,14 +83,14 @@ class Learner:
         # The advised floor applies to batches that advice touched (a bias on a taken action, or advice to distil):
         # there early bad advice walked policies to a no-op; data without advice is normalised as plain PPO's.
         advised = bool(batch.bias_taken.any() or batch.advice.any())
-        self._floor = max(s.adv_norm_floor, s.adv_norm_floor_advised if advised else 0.0)
+        floor = max(s.adv_norm_floor, s.adv_norm_floor_advised if advised else 0.0)
         stats: dict[str, list[float]] = {}
         for _ in range(s.num_epochs):
             order = torch.randperm(len(batch), generator=self.generator).to(self.device)
             # Exactly num_minibatches steps, whatever the batch size: learner ranks averaging gradients must step
             # together.
             for idx in torch.tensor_split(order, min(s.num_minibatches, len(batch))):
-                step_stats = self._minibatch_step(batch, idx)
+                step_stats = self._minibatch_step(batch, idx, floor)
                 for key, value in step_stats.items():
                     stats.setdefault(key, []).append(value)
         self.version += 1
@@ -188,11 +186,12 @@ class Learner:
                 parts[name].append(tensor)
         return Batch(**{name: torch.cat(tensors) for name, tensors in parts.items()})
 
-    def _minibatch_step(self, batch: Batch, idx: torch.Tensor) -> dict[str, float]:
+    def _minibatch_step(self, batch: Batch, idx: torch.Tensor, floor: float) -> dict[str, float]:
+        """One gradient step on rows `idx`; advantages normalised by max(std, `floor`)."""
         s = self.settings
         sample = self.agent.get_action_and_value(batch.obs[idx], action=batch.actions[idx])
         advantages = batch.advantages[idx]
-        advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False).clamp(min=self._floor) + 1e-8)
+        advantages = (advantages - advantages.mean()) / (advantages.std(unbiased=False).clamp(min=floor) + 1e-8)
 
         if s.correction == "exact":
             log_ratio = sample.policy_logprob - batch.prox_logprob[idx]

@@ -373,15 +373,19 @@ class Actor:
         limited_before = self.asker.limited
         # While exact-state advice is about, a state is asked about by its exact key: the bots that alias one
         # observation are in different states to such an advisor. Advice about either key means "advised".
-        ask_keys = self.keys
+        ask_keys, observation_of = self.keys, {}
         if self.exact_keys:
             ask_keys = [exact or key for exact, key in zip(self.exact_keys, self.keys, strict=True)]
-        observation_of = dict(zip(ask_keys, self.keys, strict=True))
+            observation_of = dict(zip(ask_keys, self.keys, strict=True))
+
+        def advised(key: str) -> bool:
+            if self.bias.has_state_advice(key, now, tick):
+                return True
+            return key in observation_of and self.bias.has_state_advice(observation_of[key], now, tick)
+
         chosen = self.asker.choose(
             ask_keys,
-            lambda key: (
-                self.bias.has_state_advice(key, now, tick) or self.bias.has_state_advice(observation_of[key], now, tick)
-            ),
+            advised,
             requested,
             periodic=bool(every) and tick % every == 0,
         )

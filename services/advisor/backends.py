@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol
 import httpx
 import msgspec
 
-from ala.envs.minigrid_expert import plan, plan_ahead
+from ala.envs.minigrid_expert import plan_ahead
 from ala.rl.trajectory import full_state_key
 from protos import StateDigest
 from services.advisor.settings import AdvisorSpec
@@ -130,13 +130,7 @@ class ExpertBackend:
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         if digest.full_state is None:
             raise BackendError("unavailable", "the expert needs the digest's full_state (ALA_ACTOR_DIGEST_FULL_STATE)")
-        full_state = digest.full_state.to_numpy()
-        if not self.lookahead:
-            action = plan(full_state)
-            if action is None:
-                raise BackendError("unavailable", "no path to the goal from this state")
-            return Suggestion(action, 1.0, EXPERT_TTL_S, "shortest path")
-        path = plan_ahead(full_state, 1 + self.lookahead)
+        path = plan_ahead(digest.full_state.to_numpy(), 1 + self.lookahead)
         if not path:
             raise BackendError("unavailable", "no path to the goal from this state")
         ahead = tuple((full_state_key(state), action) for state, action in path[1:])
