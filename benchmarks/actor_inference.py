@@ -37,7 +37,7 @@ from torch import nn
 from ala.rl.onnx_policy import OPSET, InferenceGraph, OnnxOptions, OnnxPolicy, export, probe_output
 from ala.rl.policy import Agent, sample_action
 from ala.testing import fresh_agent, rollout
-from benchmarks.report import write_report
+from benchmarks.report import command_line, provenance, write_report
 
 ENV_ID = "MiniGrid-DoorKey-8x8-v0"
 BOTS = (1, 16, 20, 64)
@@ -167,10 +167,11 @@ def main(
     lines = [
         "# Actor inference: torch against ONNX Runtime",
         "",
-        f"`python -m benchmarks.actor_inference --repeats {repeats} --seconds {seconds}` on {platform.machine()} "
-        f"({platform.processor() or 'cpu'}), Python {platform.python_version()}, torch {torch.__version__}, "
-        f"onnxruntime {ort.__version__} (providers in this build: {', '.join(available)}), one thread each, "
-        f"{os.cpu_count()} cores, load average {load:.1f} at the start, {time.strftime('%Y-%m-%d')}. Policy: "
+        provenance(command_line()),
+        "",
+        f"Processor: {platform.processor() or 'cpu'}; torch {torch.__version__}, onnxruntime {ort.__version__} "
+        f"(providers in this build: {', '.join(available)}), one thread each, load average {load:.1f} at the "
+        "start. Policy: "
         f"{ENV_ID}, {spec.obs_dim} codes one-hot in {spec.onehot_classes} classes, {spec.hidden} hidden units, "
         f"{spec.n_actions} actions; logits and value of every bot.",
         "",

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import platform
 import random
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import typer
 from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
 from ala.testing import digest_of
-from benchmarks.report import write_report
+from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import AdversarialBackend, Backend, EmbeddedBackend, ExpertBackend, OpenAIBackend
 from services.advisor.cache import AdviceCache
@@ -97,12 +96,24 @@ async def cache_study(backend: Backend, digests: list[StateDigest], prompt: Prom
     }
 
 
+TEMPERATURE = 0.0
+"""Greedy decoding: latency and cache agreement then do not depend on sampling."""
+WRONG = 0.5
+SETTINGS = {
+    "embedded LLM": {"AdvisorSpec.temperature": str(TEMPERATURE)},
+    "OpenAI-compatible HTTP": {"AdvisorSpec.temperature": str(TEMPERATURE)},
+    "expert planner": {},
+    "adversarial": {"AdvisorSpec.wrong_probability": str(WRONG)},
+}
+"""Each backend's fields beyond `AdvisorSpec`'s defaults (as in an `ALA_ADVISOR_ADVISORS` entry), for the report."""
+
+
 async def run(llm_calls: int, cache_digests: int, llm_cache_digests: int) -> list[str]:
     prompt = Prompt(AdvisorSettings())
-    embedded = EmbeddedBackend(AdvisorSpec(name="llm", temperature=0.0))
-    http = OpenAIBackend(AdvisorSpec(name="http", backend="openai", base_url=embedded.url, temperature=0.0))
+    embedded = EmbeddedBackend(AdvisorSpec(name="llm", temperature=TEMPERATURE))
+    http = OpenAIBackend(AdvisorSpec(name="http", backend="openai", base_url=embedded.url, temperature=TEMPERATURE))
     expert = ExpertBackend()
-    adversarial = AdversarialBackend(AdvisorSpec(name="adv", backend="adversarial", wrong_probability=0.5))
+    adversarial = AdversarialBackend(AdvisorSpec(name="adv", backend="adversarial", wrong_probability=WRONG))
     small = episode_digests("MiniGrid-DoorKey-5x5-v0", max(llm_calls, 200))
     lines = [
         "| backend | calls | p50 (ms) | p99 (ms) | tokens/s |",
@@ -112,7 +123,7 @@ async def run(llm_calls: int, cache_digests: int, llm_cache_digests: int) -> lis
         ("embedded SmolLM2-135M (in-process, 1 thread, GBNF)", embedded, llm_calls),
         ("OpenAI-compatible HTTP → llama.cpp server (same model)", http, llm_calls),
         ("expert planner", expert, 200),
-        ("adversarial (p = 0.5)", adversarial, 200),
+        (f"adversarial (p = {WRONG})", adversarial, 200),
     ):
         result = await latency(backend, small[:count], prompt)
         tokens = f"{result['tokens_per_s']:.0f}" if result["tokens_per_s"] else "-"
@@ -147,8 +158,8 @@ def main(
         [
             "# Advisor backends and cache",
             "",
-            f"`python -m benchmarks.advisor --llm-calls {llm_calls} --cache-digests {cache_digests} "
-            f"--llm-cache-digests {llm_cache_digests}` ({platform.machine()}, {time.strftime('%Y-%m-%d')}). "
+            provenance(command_line(), SETTINGS),
+            "",
             "vLLM cannot run on this machine: the OpenAI-compatible row is llama.cpp's server.",
             "",
             *lines,

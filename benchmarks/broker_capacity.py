@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from ala.broker import BrokerCluster
 from ala.bus import Bus
 from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
-from benchmarks.report import write_report
+from benchmarks.report import command_line, provenance, write_report
 from protos import subjects
 
 CHUNK_BYTES = (16 * 1024, 105_671, 1024 * 1024)
@@ -114,8 +113,9 @@ def main(
     lines = [
         "# Broker capacity: what one NATS broker and one 3-node cluster carry",
         "",
-        f"`python -m benchmarks.broker_capacity --seconds {seconds:g} --window {window}` on {os.cpu_count()} cores "
-        f"({platform.machine()}), {time.strftime('%Y-%m-%d')}; the nodes and the client share these cores.",
+        provenance(command_line()),
+        "",
+        "The nodes and the client share these cores.",
         "",
         f"## JetStream publish until acknowledged, {window} in flight (file storage)",
         "",

@@ -12,7 +12,6 @@ A CUDA update ends with a synchronisation, since the service reads the losses (`
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from ala.rl.learner import Learner
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
 from ala.rl.trajectory import Trajectory
+from benchmarks.report import command_line, provenance, write_report
 
 ENV_ID = "MiniGrid-DoorKey-8x8-v0"
 SHAPES = ((1, 64), (4, 64), (16, 64), (16, 256), (32, 256))
@@ -91,9 +91,10 @@ def main(
         [
             "# One PPO update: CPU against CUDA",
             "",
-            f"`python -m benchmarks.learner_device --repeats {repeats} --torch-threads {torch_threads}` on "
-            f"{platform.machine()}, torch {torch.__version__}, GPU: {gpu}, {time.strftime('%Y-%m-%d')}. "
-            f"{ENV_ID}, 4 epochs x 4 minibatches, exact correction; median of {repeats} interleaved updates.",
+            provenance(command_line()),
+            "",
+            f"torch {torch.__version__}, GPU: {gpu}. {ENV_ID}, 4 epochs x 4 minibatches, exact correction; median of "
+            f"{repeats} interleaved updates.",
             "",
             f"| batch (chunks x samples) | hidden | samples | {header} | CUDA speed-up |",
             "|---|---:|---:|" + "---:|---:|" * len(devices) + "---:|",
@@ -101,9 +102,7 @@ def main(
             "",
         ]
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_report(text, out)
 
 
 if __name__ == "__main__":

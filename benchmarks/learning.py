@@ -8,9 +8,11 @@ Arms (no advice in any):
 - `up-2actors`: the same and one more `ala actor`.
 - `up-hog`: `up` while another process spins on one core (labs share machines).
 
-A run ends at the first evaluation whose return (sampled actions, 32 held-out seeds) is >= 0.8, or at its step or
-time budget: a run that never gets there counts as a collapse. Stack seconds are from process start (`ala up`). Reports
-markdown (medians, min-max, ratios to `local` on the same seeds) and PNG curves (mean and spread over seeds).
+A run reaches 0.8 at the first of two consecutive evaluations whose return (sampled actions, 32 held-out seeds) is
+>= 0.8, and ends at the second, or at its step or time budget: a run that never gets there is censored at the env
+steps it ran (`benchmarks.stats`). Env steps are exact: the evaluator reports the steps behind the version it scored,
+stamped by the learner. Stack seconds are from process start (`ala up`). Reports markdown (IQM with 95% bootstrap
+intervals, paired per-seed ratios to `local`, provenance) and PNG curves (mean and spread over seeds).
 
     python -m benchmarks.learning [--seeds 5] [--envs MiniGrid-DoorKey-5x5-v0] [--arms local --arms up] [--quick]
 """
@@ -20,10 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,10 +40,19 @@ import typer
 
 from ala.broker import EmbeddedBroker
 from ala.testing import broker_settings, free_port
+from benchmarks.report import provenance
 from benchmarks.scrape import metrics_text, sample
+from benchmarks.stats import (
+    THRESHOLD,
+    Figure,
+    crossing,
+    geometric_mean_ratio,
+    iqm,
+    paired_ratio,
+    probability_fewer_steps,
+)
 from protos import Evaluation, decode, subjects
 
-THRESHOLD = 0.8
 ARMS = ("local", "up", "up-2actors", "up-hog")
 BUDGET = {  # env steps, seconds
     "MiniGrid-DoorKey-5x5-v0": (300_000, 120.0),
@@ -61,6 +70,9 @@ class Run:
     seed: int
     steps_to_threshold: int | None
     seconds_to_threshold: float | None
+    stopped: str = ""
+    """What ended the run: "threshold" (reached, confirmed), "steps" (its env-step budget) or "time" (its time limit:
+    the run counts at the steps it ran, flagged)."""
     curve: list[tuple[int, float, float]] = field(default_factory=list)
     """(env steps, seconds since process start, evaluation return) of every evaluation."""
     scraped: dict[str, float] = field(default_factory=dict)
@@ -84,6 +96,21 @@ class StackArm:
     """The same, read at every evaluation (e.g. the router's trust over time)."""
 
 
+BENCH_ENV = {
+    # Score as often as the evaluator can (sampled play only), so that the stack is measured at a grain close to the
+    # local arm's every 4,096 steps; it stays niced, so training keeps the CPU.
+    "ALA_EVALUATOR_MIN_INTERVAL_S": "0",
+    "ALA_EVALUATOR_GREEDY": "false",
+}
+"""Settings every stack arm runs with (besides plumbing: broker URL, ports, scratch directories, seeds)."""
+
+
+def arm_settings(spec: StackArm) -> dict[str, str]:
+    """The settings of a stack arm that differ from the defaults, for the report's provenance."""
+    shape = {"actor processes": str(spec.actors)} if spec.actors > 1 else {}
+    return BENCH_ENV | spec.env | shape | ({"hog": "one core spinning"} if spec.hog else {})
+
+
 STACK_ARMS = {"up": StackArm(), "up-2actors": StackArm(actors=2), "up-hog": StackArm(hog=True)}
 
 
@@ -101,7 +128,8 @@ def run_local(env_id: str, seed: int, max_steps: int) -> Run:
         (int(steps.replace(",", "")), float(seconds), float(ret))
         for steps, seconds, ret in re.findall(r"at ([\d,]+) env steps after ([\d.]+)s: return ([\d.]+)", result.stdout)
     ]
-    return _result(env_id, "local", seed, curve)
+    reached = crossing(curve) is not None
+    return _result(env_id, "local", seed, curve, stopped="threshold" if reached else "steps")
 
 
 def run_stack(
@@ -125,10 +153,7 @@ def run_stack(
             ALA_LEARNER_SEED=str(seed),
             ALA_LEARNER_CHECKPOINT_DIR=str(Path(scratch) / "checkpoints"),
             ALA_ROUTER_API_PORT="0",
-            # Score as often as the evaluator can (sampled play only), so that the stack is measured at a grain
-            # close to the local arm's every 4,096 steps; it stays niced, so training keeps the CPU.
-            ALA_EVALUATOR_MIN_INTERVAL_S="0",
-            ALA_EVALUATOR_GREEDY="false",
+            **BENCH_ENV,
             **{f"ALA_{service.upper()}_METRICS_PORT": str(port) for service, port in ports.items()},
             **spec.env,
         )
@@ -154,6 +179,7 @@ def run_stack(
                 subprocess.Popen([sys.executable, "-m", "ala", "actor"], env=more, stderr=subprocess.DEVNULL)
             )
         scraped: dict[str, float] = {}
+        stopped = "time"
         series: list[tuple[int, dict[str, float]]] = []
 
         def read(metrics: dict[str, tuple[str, str, dict[str, str]]]) -> dict[str, float]:
@@ -167,7 +193,7 @@ def run_stack(
                 series.append((env_steps, read(spec.follow)))
 
         try:
-            asyncio.run(
+            stopped = asyncio.run(
                 _follow_evaluations(broker.url, curve, started, max_steps, max_seconds, stop_at_threshold, follow)
             )
             scraped = read(spec.scrape)
@@ -179,7 +205,7 @@ def run_stack(
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    run = _result(env_id, arm, seed, curve, scraped)
+    run = _result(env_id, arm, seed, curve, scraped, stopped)
     run.series = series
     return run
 
@@ -192,29 +218,77 @@ async def _follow_evaluations(
     max_seconds: float,
     stop_at_threshold: bool,
     follow: Callable[[int], None],
-) -> None:
+) -> str:
+    """Collect evaluations into `curve` until the threshold is reached (confirmed), the step budget is spent or time
+    runs out; returns which ("threshold", "steps", "time")."""
     client = await nats.connect(url)
     done = asyncio.Event()
+    stopped = ["time"]
 
     async def on_evaluation(msg: nats.aio.msg.Msg) -> None:
         evaluation = decode(msg.data, Evaluation)
         curve.append((evaluation.env_steps, time.monotonic() - started, evaluation.mean_return))
         await asyncio.to_thread(follow, evaluation.env_steps)
-        if (stop_at_threshold and evaluation.mean_return >= THRESHOLD) or evaluation.env_steps >= max_steps:
+        if stop_at_threshold and crossing(curve) is not None:
+            stopped[0] = "threshold"
+            done.set()
+        elif evaluation.env_steps >= max_steps:
+            stopped[0] = "steps"
             done.set()
 
     await client.subscribe(subjects.evaluation_subject("bench"), cb=on_evaluation)
     with suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), max_seconds)
     await client.drain()
+    return stopped[0]
 
 
 def _result(
-    env_id: str, arm: str, seed: int, curve: list[tuple[int, float, float]], scraped: dict[str, float] | None = None
+    env_id: str,
+    arm: str,
+    seed: int,
+    curve: list[tuple[int, float, float]],
+    scraped: dict[str, float] | None = None,
+    stopped: str = "steps",
 ) -> Run:
-    reached = next((point for point in curve if point[2] >= THRESHOLD), None)
+    reached = crossing(curve)
     steps, seconds = (reached[0], reached[1]) if reached else (None, None)
-    return Run(env_id, arm, seed, steps, seconds, curve, scraped or {})
+    return Run(env_id, arm, seed, steps, seconds, stopped, curve, scraped or {})
+
+
+def steps_figure(run: Run) -> Figure:
+    """Env steps to the threshold; a run that never reached it counts at the steps it ran, as a lower bound."""
+    if run.steps_to_threshold is not None:
+        return Figure(run.steps_to_threshold)
+    return Figure(run.curve[-1][0] if run.curve else 0, ">=")
+
+
+def seconds_figure(run: Run) -> Figure:
+    if run.seconds_to_threshold is not None:
+        return Figure(run.seconds_to_threshold)
+    return Figure(run.curve[-1][1] if run.curve else 0.0, ">=")
+
+
+def paired_ratios(arm: list[Run], baseline: list[Run], figure: Callable[[Run], Figure] = steps_figure) -> list[Figure]:
+    """arm / baseline seed by seed (only seeds both ran)."""
+    by_seed = {r.seed: r for r in baseline}
+    return [paired_ratio(figure(r), figure(by_seed[r.seed])) for r in arm if r.seed in by_seed]
+
+
+def comparison_cells(arm: list[Run], baseline: list[Run]) -> list[str]:
+    """The table cells every learning report shows for an arm against its baseline: reached, IQM env steps (95% CI),
+    the geometric mean of paired ratios (95% CI), P(fewer steps than the baseline), IQM seconds."""
+    steps = [steps_figure(r) for r in arm]
+    reached = sum(1 for r in arm if r.steps_to_threshold is not None)
+    by_time = sum(1 for r in arm if r.steps_to_threshold is None and r.stopped == "time")
+    flag = f" ({by_time} by time)" if by_time else ""
+    return [
+        f"{reached}/{len(arm)}{flag}",
+        iqm(steps).show(thousands=True),
+        geometric_mean_ratio(paired_ratios(arm, baseline)).show(),
+        f"{probability_fewer_steps(steps, [steps_figure(r) for r in baseline]):.2f}",
+        iqm([seconds_figure(r) for r in arm]).show(digits=1),
+    ]
 
 
 def plot_curves(axis: Any, runs: list[Run], env_id: str, arms: Iterable[str]) -> None:
@@ -247,47 +321,48 @@ def plot(runs: list[Run], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def steps_per_seed(runs: list[Run]) -> str:
-    """`s1: 24,064, s2: never, ...`: each seed's env steps to the threshold."""
-    return ", ".join(
-        f"s{r.seed}: {r.steps_to_threshold:,}" if r.steps_to_threshold else f"s{r.seed}: never" for r in runs
-    )
+def steps_per_seed(runs: list[Run], baseline: list[Run] | None = None) -> str:
+    """`s1: 24,064 (0.52), s2: >=60,416 (>=1.31), ...`: each seed's env steps to the threshold (censored: at least the
+    steps it ran) and, with a baseline, the paired ratio."""
+    by_seed = {r.seed: r for r in baseline or []}
+    cells = []
+    for run in runs:
+        cell = f"s{run.seed}: {steps_figure(run).show(thousands=True)}"
+        if run.seed in by_seed and baseline is not None:
+            cell += f" ({paired_ratio(steps_figure(run), steps_figure(by_seed[run.seed])).show()})"
+        cells.append(cell)
+    return ", ".join(cells)
 
 
 def report(runs: list[Run], seeds: int, command: str) -> str:
+    settings = {arm: arm_settings(STACK_ARMS[arm]) if arm in STACK_ARMS else {} for arm in ARMS}
     lines = [
         "# Learning through the stack: steps and seconds to evaluation return 0.8",
         "",
-        f"`{command}` on {os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}, {seeds} seeds "
-        "per arm, one run at a time. Evaluation: the policy alone (no bias), sampled actions, 32 held-out seeds. "
-        "Seconds from process start; ratios against `local` on the same seeds (medians).",
+        provenance(command, {arm: values for arm, values in settings.items() if any(r.arm == arm for r in runs)}),
+        "",
+        f"{seeds} seeds per arm, one run at a time, arms interleaved per seed. Evaluation: the policy alone (no "
+        "bias), sampled actions, 32 held-out seeds; reached = two consecutive evaluations >= 0.8, counted at the "
+        "first. Env steps are exact (stamped by the learner on each version). IQM over seeds with a 95% stratified "
+        "bootstrap interval; ratio: geometric mean of per-seed ratios to `local` on the same seed; P(fewer): the "
+        "probability that a run of the arm needs fewer env steps than a `local` run. `>=`: a run that never reached "
+        "0.8 counts at the steps it ran, so its figure is a lower bound; `(n by time)`: runs cut by the time limit.",
         "",
     ]
     for env_id in sorted({r.env_id for r in runs}):
         base = [r for r in runs if r.env_id == env_id and r.arm == "local"]
-        base_steps = statistics.median([r.steps_to_threshold for r in base if r.steps_to_threshold] or [np.nan])
         lines += [
             f"## {env_id}",
             "",
-            "| arm | reached 0.8 | median env steps (min-max) | steps vs local | median seconds (min-max) | per seed |",
-            "|---|---:|---:|---:|---:|---|",
+            "| arm | reached 0.8 | IQM env steps (95% CI) | steps vs local (95% CI) | P(fewer steps than local) | "
+            "IQM seconds (95% CI) | per seed (ratio to local) |",
+            "|---|---:|---:|---:|---:|---:|---|",
         ]
         for arm in ARMS:
             arm_runs = [r for r in runs if r.env_id == env_id and r.arm == arm]
-            if not arm_runs:
-                continue
-            steps = [r.steps_to_threshold for r in arm_runs if r.steps_to_threshold]
-            seconds = [r.seconds_to_threshold for r in arm_runs if r.seconds_to_threshold]
-            per_seed = steps_per_seed(arm_runs)
-            if steps:
-                median_steps = statistics.median(steps)
-                lines.append(
-                    f"| {arm} | {len(steps)}/{len(arm_runs)} | {median_steps:,.0f} ({min(steps):,}-{max(steps):,}) | "
-                    f"{median_steps / base_steps:.2f} | {statistics.median(seconds):.1f} "
-                    f"({min(seconds):.1f}-{max(seconds):.1f}) | {per_seed} |"
-                )
-            else:
-                lines.append(f"| {arm} | 0/{len(arm_runs)} | - | - | - | {per_seed} |")
+            if arm_runs:
+                cells = comparison_cells(arm_runs, base)
+                lines.append(f"| {arm} | {' | '.join(cells)} | {steps_per_seed(arm_runs, base)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -28,10 +28,16 @@ seeds, so an arm only scores what the *policy* learned. Arms:
   `ALA_LEARNER_DISTILL_HORIZON` versions), the actor sampling from the policy alone (LLM4Teach, arXiv 2311.13373);
   trust off and no control group, since no episode is steered.
 
-Reported per arm: runs that reached 0.8, median env steps and its ratio to `plain` with a bootstrap 90% interval
-(seeds resampled; a run that never got there counts at the budget, so its ratio is a lower bound), the final
-evaluation return, median seconds from process start, backend calls, and advice precision: the share of judged
-advised steps whose favourite action is the planner's for the state the bot was actually in (`ALA_ACTOR_JUDGE_RATE`).
+- `null`: an advisor whose advice is a zero bias for every action: its batches count as advised (so the learner
+  applies the advised normaliser floor, `ALA_LEARNER_ADV_NORM_FLOOR_ADVISED`) while nothing changes what the bots do.
+  Advice against `null` is the advice's own effect; `null` against `plain` is the floor's.
+
+Reported per arm (`benchmarks.stats`): runs that reached 0.8 (two consecutive evaluations), the IQM of env steps
+with a 95% stratified bootstrap interval, the geometric mean of per-seed ratios to `plain` and to `null` (a run that
+never got there counts at the steps it ran, and the ratio is then a bound), the probability of needing fewer steps
+than `plain`, the return at the budget, seconds from process start, backend calls, and advice precision: the share
+of judged advised steps whose favourite action is the planner's for the state the bot was actually in
+(`ALA_ACTOR_JUDGE_RATE`).
 
     python -m benchmarks.learning_value [--envs MiniGrid-DoorKey-5x5-v0] [--arms plain --arms expert] [--seeds 5]
 """
@@ -39,11 +45,8 @@ advised steps whose favourite action is the planner's for the state the bot was 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -52,7 +55,19 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from benchmarks.learning import Run, StackArm, plot_curves, run_stack, save, steps_per_seed
+from benchmarks.learning import (
+    Run,
+    StackArm,
+    arm_settings,
+    comparison_cells,
+    paired_ratios,
+    plot_curves,
+    run_stack,
+    save,
+    steps_per_seed,
+)
+from benchmarks.report import provenance
+from benchmarks.stats import Figure, geometric_mean_ratio, iqm
 
 SERVICES = ("actor", "learner", "router", "evaluator", "advisor")
 BUDGET = {  # env steps, seconds: every arm runs to the same budget, so final returns compare
@@ -105,6 +120,7 @@ ARMS = {
     "wrong": advised({"backend": "adversarial", "wrong_probability": 1.0}),
     "half-wrong": advised({"backend": "adversarial", "wrong_probability": 0.5}),
     "random": advised({"backend": "random"}),
+    "null": advised({"backend": "null"}),
     "llm": advised({"backend": "embedded"}),
     "llm-cache": advised({"backend": "embedded"}, ALA_ADVISOR_CACHE="true"),
     "expert-shortcut": advised({"backend": "expert"}, ALA_LEARNER_CORRECTION="shortcut"),
@@ -162,6 +178,7 @@ ARMS = {
 }
 DEFAULT_ARMS = (
     "plain",
+    "null",
     "expert",
     "wrong",
     "half-wrong",
@@ -174,23 +191,20 @@ DEFAULT_ARMS = (
 )
 
 
-def steps_or_budget(run: Run, budget: int) -> int:
-    return run.steps_to_threshold or budget
+def final_return(run: Run) -> float | None:
+    """The evaluation return at the budget: the run's last evaluation. None for a run stopped at the threshold, which
+    never reached the budget."""
+    if run.stopped == "threshold" or not run.curve:
+        return None
+    return run.curve[-1][2]
 
 
-def ratio_interval(arm: list[Run], plain: list[Run], budget: int, rng: np.random.Generator) -> tuple[float, float]:
-    """Bootstrap 90% interval of median(arm) / median(plain), seeds resampled within each arm."""
-    a = np.array([steps_or_budget(r, budget) for r in arm], dtype=float)
-    p = np.array([steps_or_budget(r, budget) for r in plain], dtype=float)
-    ratios = [np.median(rng.choice(a, a.size)) / np.median(rng.choice(p, p.size)) for _ in range(2000)]
-    low, high = np.percentile(ratios, [5, 95])
-    return float(low), float(high)
-
-
-def final_return(run: Run) -> float:
-    """Mean of the last two evaluations (the run's end, at the budget)."""
-    tail = [point[2] for point in run.curve[-2:]]
-    return float(np.mean(tail)) if tail else float("nan")
+def final_return_cell(runs: list[Run]) -> str:
+    finals = [value for value in map(final_return, runs) if value is not None]
+    if not finals:
+        return "-"
+    shown = iqm([Figure(value) for value in finals]).show()
+    return shown if len(finals) == len(runs) else f"{shown} [{len(finals)}/{len(runs)} runs]"
 
 
 def precision(runs: list[Run]) -> str:
@@ -200,46 +214,50 @@ def precision(runs: list[Run]) -> str:
 
 
 def report(runs: list[Run], seeds: int, command: str, budgets: dict[str, int], parallel: int = 1) -> str:
-    rng = np.random.default_rng(0)
     at_a_time = "one run at a time" if parallel == 1 else f"up to {parallel} runs at a time"
+    present = [arm for arm in ARMS if any(r.arm == arm for r in runs)]
     lines = [
         "# What advice is worth, through the stack (scored with advice off)",
         "",
-        f"`{command}` on {os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}, {seeds} seeds "
-        f"per arm, {at_a_time}, arms interleaved per seed. Evaluation: the policy alone, no bias, sampled "
-        "actions, 32 held-out seeds. Ratio: median env steps to 0.8 against `plain`, with a bootstrap 90% interval "
-        "(runs that never got there count at the budget). Precision: advised steps whose favourite action is the "
+        provenance(command, {arm: arm_settings(ARMS[arm]) for arm in present}),
+        "",
+        f"{seeds} seeds per arm, {at_a_time}, arms interleaved per seed. Evaluation: the policy alone, no bias, "
+        "sampled actions, 32 held-out seeds; reached = two consecutive evaluations >= 0.8, counted at the first. Env "
+        "steps are exact (stamped by the learner on each version). IQM over seeds with a 95% stratified bootstrap "
+        "interval. Ratios: the geometric mean of per-seed ratios of env steps to 0.8 against the baseline's run on "
+        "the same seed, 95% interval; against `plain` (no advisor) and against `null` (an advisor whose advice is a "
+        "zero bias, so its batches count as advised and get the advised normaliser floor: the ratio to `null` is "
+        "the advice's own effect). P(fewer): the probability that a run of the arm needs fewer env steps than a "
+        "`plain` run. `>=`: a run that never reached 0.8 counts at the env steps it ran, so the figure is a lower "
+        "bound (`<=` an upper bound; `?` bounds that point both ways). Final return: the last evaluation, at the "
+        "budget; `-` for runs stopped at the threshold. Precision: advised steps whose favourite action is the "
         "planner's for the state the bot was in (judged steps in brackets). Calls: backend calls per run (median).",
         "",
     ]
     for env_id in sorted({r.env_id for r in runs}):
         budget = budgets[env_id]
         plain = [r for r in runs if r.env_id == env_id and r.arm == "plain"]
-        plain_median = statistics.median([steps_or_budget(r, budget) for r in plain]) if plain else float("nan")
+        null = [r for r in runs if r.env_id == env_id and r.arm == "null"]
         lines += [
             f"## {env_id} (budget {budget:,} env steps)",
             "",
-            "| arm | reached 0.8 | median env steps | vs plain (90% CI) | final return | median seconds | precision "
-            "| state-advised steps | calls | per seed |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| arm | reached 0.8 | IQM env steps (95% CI) | vs plain (95% CI) | P(fewer than plain) | IQM seconds | "
+            "vs null (95% CI) | final return | precision | state-advised steps | calls | per seed (ratio to plain) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for arm in ARMS:
             arm_runs = [r for r in runs if r.env_id == env_id and r.arm == arm]
             if not arm_runs:
                 continue
-            reached = [r for r in arm_runs if r.steps_to_threshold]
-            steps = statistics.median([steps_or_budget(r, budget) for r in arm_runs])
-            low, high = ratio_interval(arm_runs, plain, budget, rng) if plain else (np.nan, np.nan)
-            seconds = [r.seconds_to_threshold for r in reached if r.seconds_to_threshold]
+            cells = comparison_cells(arm_runs, plain)
+            versus_null = geometric_mean_ratio(paired_ratios(arm_runs, null)).show() if null else "-"
             share = statistics.median(
                 [r.scraped.get("biased_state_steps", 0.0) / max(1.0, r.scraped.get("env_steps", 0.0)) for r in arm_runs]
             )
+            calls = statistics.median(r.scraped.get("backend_calls", 0.0) for r in arm_runs)
             lines.append(
-                f"| {arm} | {len(reached)}/{len(arm_runs)} | {steps:,.0f} | {steps / plain_median:.2f} "
-                f"({low:.2f}-{high:.2f}) | {statistics.median(final_return(r) for r in arm_runs):.2f} | "
-                f"{statistics.median(seconds) if seconds else float('nan'):.1f} | {precision(arm_runs)} | "
-                f"{share:.1%} | {statistics.median(r.scraped.get('backend_calls', 0.0) for r in arm_runs):,.0f} | "
-                f"{steps_per_seed(arm_runs)} |"
+                f"| {arm} | {' | '.join(cells)} | {versus_null} | {final_return_cell(arm_runs)} | "
+                f"{precision(arm_runs)} | {share:.1%} | {calls:,.0f} | {steps_per_seed(arm_runs, plain)} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -31,12 +30,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
 from ala.testing import actor_heartbeat, free_port
-from benchmarks.report import write_report
+from benchmarks.report import command_line, provenance, write_report
 from benchmarks.scrape import metrics_text, sample
 from protos import Advice, AdviceTarget, BiasUpdate, decode, encode, subjects
 
 RUN = "bench"
 BOTS = 1024
+SETTINGS = {
+    "ALA_ROUTER_ACTOR_TIMEOUT_S": "3600",  # the benchmark's actor heartbeats once, at the start
+    "ALA_LOG_LEVEL": "WARNING",
+}
+"""The router's settings beyond its defaults (plumbing aside: broker URL, ports, run name)."""
 
 
 def histogram(text: str, name: str) -> dict[float, float]:
@@ -205,8 +209,7 @@ def main(
             ALA_RUN=RUN,
             ALA_ROUTER_METRICS_PORT=str(metrics_port),
             ALA_ROUTER_API_PORT="0",
-            ALA_ROUTER_ACTOR_TIMEOUT_S="3600",  # the benchmark's actor heartbeats once, at the start
-            ALA_LOG_LEVEL="WARNING",
+            **SETTINGS,
         )
         router = subprocess.Popen([sys.executable, "-m", "ala", "router"], env=env)
         relay_process = subprocess.Popen([sys.executable, "-m", "benchmarks.router", "--relay-url", broker.url])
@@ -235,8 +238,9 @@ def main(
     lines = [
         "# Router latency and capacity (loopback)",
         "",
-        f"`python -m benchmarks.router {' '.join(sys.argv[1:])}` on {os.cpu_count()} cores ({platform.machine()}), "
-        f"{time.strftime('%Y-%m-%d')}. The router and the bare relay each run as their own process.",
+        provenance(command_line(), {"router": SETTINGS}),
+        "",
+        "The router and the bare relay each run as their own process.",
         "",
         "| path, one message in flight | p50 (µs) | p99 (µs) |",
         "|---|---:|---:|",

@@ -15,16 +15,13 @@ learner's off-policy correction:
 
 from __future__ import annotations
 
-import os
-import platform
-import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from benchmarks.learning import Run, StackArm, plot_curves, run_stack, save
+from benchmarks.learning import Run, StackArm, arm_settings, plot_curves, run_stack, save
+from benchmarks.report import command_line, provenance
 
 ENV_ID = "MiniGrid-DoorKey-5x5-v0"
 SERVICES = ("actor", "learner", "evaluator")
@@ -51,8 +48,9 @@ def report(runs: list[Run], seeds: int, steps: int, seconds: float, command: str
     lines = [
         "# Late stability through the stack (no advice)",
         "",
-        f"`{command}` on {os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}: {ENV_ID}, "
-        f"actor + learner + evaluator, {seeds} seeds per arm, interleaved, each to {steps:,} env steps or "
+        provenance(command, {arm: arm_settings(spec) for arm, spec in ARMS.items()}),
+        "",
+        f"{ENV_ID}, actor + learner + evaluator, {seeds} seeds per arm, interleaved, each to {steps:,} env steps or "
         f"{seconds:g} s. A drop: an evaluation under {DROPPED} after the first at or above {LEARNED}.",
         "",
         "| arm | reached 0.8 | runs with a drop | drops | evaluations after 0.8 | lowest after 0.8 | final return |",
@@ -98,8 +96,7 @@ def main(
             run = run_stack(ENV_ID, arm, seed, steps, seconds, spec, stop_at_threshold=False)
             runs.append(run)
             print(f"{arm} seed {seed}: {drops(run)} drops, {len(run.curve)} evaluations", flush=True)
-    command = "python -m benchmarks.stability " + " ".join(sys.argv[1:])
-    save(runs, report(runs, seeds, steps, seconds, command.strip()), out, plot)
+    save(runs, report(runs, seeds, steps, seconds, command_line()), out, plot)
 
 
 if __name__ == "__main__":

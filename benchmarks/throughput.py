@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import re
 import signal
 import statistics
@@ -29,7 +28,7 @@ import typer
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
 from ala.testing import free_port
-from benchmarks.report import write_report
+from benchmarks.report import command_line, provenance, write_report
 from benchmarks.scrape import scrape
 
 
@@ -119,6 +118,10 @@ def distributed_steps_per_s(
         }
 
 
+def up_label(actors: int) -> str:
+    return f"`ala up`, {actors} actor{'s' if actors > 1 else ''}"
+
+
 def main(
     env_id: Annotated[str, typer.Option(help="Environment.")] = "MiniGrid-DoorKey-8x8-v0",
     window: Annotated[float, typer.Option(help="Seconds measured per distributed run.")] = 20.0,
@@ -141,7 +144,7 @@ def main(
     rows = [
         f"| `ala train --local` | {base:,.0f} | {base:,.0f} | 1.00 | - | - | - |",
         *(
-            f"| `ala up`, {n} actor{'s' if n > 1 else ''} | {median(runs, 'env_steps_per_s'):,.0f} | "
+            f"| {up_label(n)} | {median(runs, 'env_steps_per_s'):,.0f} | "
             f"{median(runs, 'trained_per_s'):,.0f} | {median(runs, 'env_steps_per_s') / base:.2f} | "
             f"{median(runs, 'stale_chunks'):.0f} | {median(runs, 'mean_step_ms'):.1f} | "
             f"{median(runs, 'flow_wait_share'):.0%} |"
@@ -152,9 +155,12 @@ def main(
         [
             "# Throughput: distributed stack vs single process",
             "",
-            f"`python -m benchmarks.throughput --env-id {env_id} --window {window:g} --repeats {repeats}` on "
-            f"{os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}. Medians of {repeats} "
-            "interleaved repeats; the ratio is against the local trainer measured in the same run.",
+            # Every configuration runs the defaults: `distributed_steps_per_s` sets only plumbing (URLs, ports,
+            # directories) and one learner rank, which is the default.
+            provenance(command_line(), {name: {} for name in ("`ala train --local`", *map(up_label, (1, 2)))}),
+            "",
+            f"{env_id}, window {window:g} s after {warmup:g} s of warm-up. Medians of {repeats} interleaved repeats; "
+            "the ratio is against the local trainer measured in the same run.",
             "",
             "| configuration | env steps/s | trained/s | ratio to local | stale chunks dropped | actor step ms | "
             "actor waiting for training |",

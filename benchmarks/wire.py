@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import platform
 import statistics
 import tempfile
 import time
@@ -32,7 +31,7 @@ from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
 from ala.rl.trajectory import to_chunk
 from ala.testing import fresh_agent, rollout, sample_messages
-from benchmarks.report import write_report
+from benchmarks.report import command_line, provenance, write_report
 from protos import Array, MessageBase, decode, encode, subjects
 
 
@@ -123,8 +122,9 @@ def main(
     lines = [
         "# Wire baseline",
         "",
-        f"`python -m benchmarks.wire --hops {hops}` on {platform.machine()}, Python {platform.python_version()}, "
-        f"msgspec {msgspec.__version__}, msgpack {'.'.join(map(str, msgpack.version))}, {time.strftime('%Y-%m-%d')}.",
+        provenance(command_line()),
+        "",
+        f"msgspec {msgspec.__version__}, msgpack {'.'.join(map(str, msgpack.version))}.",
         "",
         "## Encode + decode, per message (TrajectoryChunk: 64 steps x 8 bots of 7x7x3 float32 observations)",
         "",

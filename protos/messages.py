@@ -22,6 +22,8 @@ SCHEMA_VERSION = 1
 # dtypes a non-Python client must support; everything is little-endian on the wire.
 ALLOWED_DTYPES = frozenset({"|b1", "|u1", "|i1", "<i2", "<i4", "<i8", "<u2", "<u4", "<f2", "<f4", "<f8"})
 MAX_DIMS = 8
+MAX_ACTORS = 4096
+"""Actor instances one message may name (a lab runs tens; a size bound on what comes from outside)."""
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -244,6 +246,10 @@ class TrajectoryChunk(MessageBase):
     advice: Array | None = None
     """float32 `(T, N, n_actions)`, distillation mode only: the advice in force at each step, *not* added to the
     logits (the learner distils it into the policy); None when advice was applied as `bias`."""
+    advised: Array | None = None
+    """bool `(T, N)`: advice from some advisor was in force for that bot at that step, whatever its value (a zero
+    bias too: the null advisor's), so `bias` and `advice` alone cannot tell. None from actors that do not record it;
+    the learner then infers advice from a non-zero bias on the taken action or advice to distil."""
 
 
 class OnnxExport(msgspec.Struct, kw_only=True, frozen=True):
@@ -281,7 +287,11 @@ class WeightsAnnouncement(MessageBase):
     """The highest `ALA_TRAJECTORIES` stream sequence the learner has settled (trained on, or dropped): actors
     compare it with their own chunks' sequences to know how far ahead of training they are (flow control)."""
     env_steps: NonNegInt = 0
-    """Env steps in the chunks the learner has trained on, up to these weights."""
+    """Env steps behind these weights: every step of every chunk the learner ranks trained on or dropped as stale,
+    each chunk counted once, up to this version (the sum of `env_steps_by_actor`). The evaluator reports it with the
+    version's score, so a learning curve's x axis is exact."""
+    env_steps_by_actor: Annotated[dict[Name, NonNegInt], msgspec.Meta(max_length=MAX_ACTORS)] = {}
+    """The same steps per actor instance."""
     onnx: OnnxExport | None = None
     """The same weights as an ONNX model, with the probe output it must reproduce; None from a learner that does not
     export (actors running ONNX then export the verified torch weights themselves)."""

@@ -6,6 +6,7 @@ On the wire messages are MessagePack maps; the schemas describe the same maps, e
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -22,7 +23,23 @@ def json_schemas() -> dict[str, dict[str, object]]:
         f"{message_type.__name__}.schema.json": msgspec.json.schema(message_type) for message_type in MESSAGE_TYPES
     }
     schemas["Message.schema.json"] = msgspec.json.schema(Message)
+    for schema in schemas.values():
+        _clean_descriptions(schema)
     return schemas
+
+
+def _clean_descriptions(node: object) -> None:
+    """Dedent and strip every `description` with `inspect.cleandoc`, explicitly: docstrings reach the schema raw or
+    dedented depending on the Python and library versions, and the committed files must not depend on that."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                node[key] = inspect.cleandoc(value)
+            else:
+                _clean_descriptions(value)
+    elif isinstance(node, list):
+        for item in node:
+            _clean_descriptions(item)
 
 
 def render(schema: dict[str, object]) -> str:

@@ -63,7 +63,7 @@ async def test_queue_group_shares_messages(bus: Bus, nats_settings: NatsSettings
     heartbeat = sample_messages()[-1]
     for _ in range(200):
         await bus.publish("ala.test.work", heartbeat, kind="test")
-    await asyncio.wait_for(done.wait(), 5)
+    await asyncio.wait_for(done.wait(), 30)
     assert sum(counts) == 200 and min(counts) > 0
     await other.drain()
 

@@ -43,6 +43,7 @@ async def test_the_evaluator_scores_announced_weights_and_publishes_them(bus: Bu
     )
     async with running(serve, settings):
         announcement = await store_weights(bus, 3, data, policy=agent.spec, env_steps=1234)
+        # Actors' heartbeats say more steps: the evaluation reports the steps behind the version it scored.
         heartbeat = msgspec.structs.replace(actor_heartbeat(policy=agent.spec), env_steps=5000)
         evaluation = None
         async with asyncio.timeout(60):
@@ -53,7 +54,7 @@ async def test_the_evaluator_scores_announced_weights_and_publishes_them(bus: Bu
                     evaluation = await asyncio.wait_for(evaluations.get(), 1.0)
     expected = evaluate(agent, adapter_for(ENV_ID), episodes=4, seed=0)
     assert evaluation.policy_version == 3 and evaluation.episodes == 4
-    assert evaluation.env_steps == 5000  # the actors' steps when the version was announced
+    assert evaluation.env_steps == 1234  # the steps behind version 3, not the actors' latest heartbeat
 
     assert evaluation.mean_return == expected.sampled.mean_return
     assert evaluation.greedy_return == expected.greedy.mean_return

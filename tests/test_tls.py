@@ -26,7 +26,7 @@ async def test_services_that_trust_the_lab_ca_talk_over_tls_and_others_cannot(tm
 
         async def connect(**tls: str) -> Bus:
             nats = NatsSettings(url=broker.url, reconnect_time_wait_s=0.05, connect_timeout_s=1.0, **tls)
-            return await asyncio.wait_for(Bus.connect(nats, "t", bus_metrics("t", CollectorRegistry())), 5)
+            return await asyncio.wait_for(Bus.connect(nats, "t", bus_metrics("t", CollectorRegistry())), 30)
 
         bus = await connect(tls_ca_file=str(files.ca))
         received: asyncio.Queue[bytes] = asyncio.Queue()

@@ -44,7 +44,8 @@ class PPOSettings(BaseModel):
     adv_norm_floor_advised: float = Field(
         0.1,
         ge=0,
-        description="The floor on batches that advice touched (a bias on a taken action, or advice to distil): there"
+        description="The floor on batches that advice touched (a step with advice in force, whatever its value: the"
+        " actor's `advised` mask; from older actors, a bias on a taken action or advice to distil): there"
         " the scaled-up noise walked policies misled by early bad advice to a no-op they never left (DoorKey-5x5 with"
         " 0.1 on every batch: bad advice reached 0.8 in 15 of 15 runs, against 11 of 15 without; floor2-5x5.md)."
         " Batches without advice, all of them without an advisor, are normalised as plain PPO's.",

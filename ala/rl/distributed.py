@@ -78,6 +78,16 @@ class Ranks:
         dist.all_reduce(state, op=dist.ReduceOp.MAX)
         return bool(state[0]), int(state[1])
 
+    def sum_counts(self, counts: dict[str, int]) -> dict[str, int]:
+        """Every rank's counts added up per key, on every rank (the env steps behind the group's weights)."""
+        gathered: list[dict[str, int] | None] = [None] * self.world_size
+        dist.all_gather_object(gathered, counts)
+        total: dict[str, int] = {}
+        for part in gathered:
+            for key, value in (part or {}).items():
+                total[key] = total.get(key, 0) + value
+        return total
+
     def gather_ids(self, ids: list[str]) -> list[str]:
         """Every rank's `ids`, on every rank: each checkpoint then knows every chunk the group trained, so a chunk
         redelivered to another rank after a crash is still recognised."""

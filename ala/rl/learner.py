@@ -47,9 +47,22 @@ class Batch:
     version_lag: torch.Tensor
     advice: torch.Tensor
     """[B, n_actions]: advice to distil (zeros where none)."""
+    advised: torch.Tensor
+    """bool [B]: advice was in force at the step (`advised_steps`)."""
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
+
+
+def advised_steps(trajectory: Trajectory, bias_taken: torch.Tensor, advice: torch.Tensor) -> torch.Tensor:
+    """bool [T, N]: steps with advice in force. The actor's `advised` mask says so whatever the advice's value (the
+    null advisor's zero bias is invisible in `bias`, yet must get the advised floor, so that advice can be compared
+    with it rather than with the floor); chunks without the mask fall back to what shows: a non-zero bias on the
+    taken action or advice to distil. Either evidence counts, so the mask can only add advised steps."""
+    shown = (bias_taken != 0) | advice.any(dim=-1)
+    if trajectory.advised is None:
+        return shown
+    return shown | torch.as_tensor(np.array(trajectory.advised, dtype=np.bool_), device=shown.device)
 
 
 class Learner:
@@ -80,10 +93,7 @@ class Learner:
         assert trajectories, "nothing to train on"
         batch = self._prepare(trajectories)
         s = self.settings
-        # The advised floor applies to batches that advice touched (a bias on a taken action, or advice to distil):
-        # there early bad advice walked policies to a no-op; data without advice is normalised as plain PPO's.
-        advised = bool(batch.bias_taken.any() or batch.advice.any())
-        floor = max(s.adv_norm_floor, s.adv_norm_floor_advised if advised else 0.0)
+        floor = self.advantage_floor(batch)
         stats: dict[str, list[float]] = {}
         for _ in range(s.num_epochs):
             order = torch.randperm(len(batch), generator=self.generator).to(self.device)
@@ -110,6 +120,12 @@ class Learner:
             "samples": float(len(batch)),
         }
         return summary
+
+    def advantage_floor(self, batch: Batch) -> float:
+        """The advised floor applies to batches that advice touched (any step with advice in force): there early bad
+        advice walked policies to a no-op; data without advice is normalised as plain PPO's."""
+        s = self.settings
+        return max(s.adv_norm_floor, s.adv_norm_floor_advised if bool(batch.advised.any()) else 0.0)
 
     def _prepare(self, trajectories: list[Trajectory]) -> Batch:
         s = self.settings
@@ -181,6 +197,7 @@ class Learner:
                     (steps * bots,), self.version - trajectory.policy_version, device=self.device
                 ),
                 "advice": advice.reshape(steps * bots, -1),
+                "advised": advised_steps(trajectory, bias_taken, advice).reshape(-1),
             }
             for name, tensor in flat.items():
                 parts[name].append(tensor)

@@ -82,9 +82,17 @@ class Rollout:
         with torch.inference_mode():
             return self.agent.logits_and_value(self._tensor(obs))
 
-    def step(self, trajectory: Trajectory, t: int, bias: np.ndarray | None, advice: np.ndarray | None = None) -> None:
+    def step(
+        self,
+        trajectory: Trajectory,
+        t: int,
+        bias: np.ndarray | None,
+        advice: np.ndarray | None = None,
+        advised: np.ndarray | None = None,
+    ) -> None:
         """One step of all bots, recorded at row `t` of `trajectory`. `bias` is added to the logits; `advice` (the
-        distillation mode) is only recorded, for the learner to distil."""
+        distillation mode) is only recorded, for the learner to distil; `advised` (bool [N]) records which bots had
+        advice in force, whatever its value (a zero bias is advice too, and `bias` cannot show it)."""
         bias_tensor = self._tensor(bias) if bias is not None and bias.any() else None
         logits, values = self.forward(self.obs)
         with torch.inference_mode():
@@ -106,6 +114,10 @@ class Rollout:
             if trajectory.advice is None:
                 trajectory.advice = np.zeros_like(trajectory.bias)
             trajectory.advice[t] = advice
+        if advised is not None:
+            if trajectory.advised is None:
+                trajectory.advised = np.zeros(trajectory.actions.shape, dtype=np.bool_)
+            trajectory.advised[t] = advised
         cut = truncated & ~terminated
         if cut.any():  # a time limit is not a terminal state: bootstrap from the final observation
             final_obs = np.stack(info["final_obs"][cut]).astype(np.float32)

@@ -51,6 +51,9 @@ class Trajectory:
     policy_version: int
     advice: np.ndarray | None = None
     """float32 [T, N, n_actions], distillation mode: advice in force, not applied (the learner distils it)."""
+    advised: np.ndarray | None = None
+    """bool [T, N]: advice from some advisor was in force, whatever its value (a zero bias counts: `bias` cannot
+    show it). None: not recorded (`ala train --local`, older actors)."""
 
     @property
     def num_steps(self) -> int:
@@ -91,7 +94,8 @@ def full_state_key(full_state: np.ndarray) -> str:
     return FULL_STATE_KEY_PREFIX + observation_key(full_state)
 
 
-_ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name not in ("policy_version", "advice")]
+_OPTIONAL_FIELDS = ("advice", "advised")
+_ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name != "policy_version" and f.name not in _OPTIONAL_FIELDS]
 
 
 def wire_observations(observations: np.ndarray) -> np.ndarray:
@@ -115,6 +119,7 @@ def to_chunk(trajectory: Trajectory, run: str, actor: str, chunk_seq: int) -> Tr
         policy_version=trajectory.policy_version,
         created_at=time.time(),
         advice=None if trajectory.advice is None else Array.from_numpy(trajectory.advice),
+        advised=None if trajectory.advised is None else Array.from_numpy(trajectory.advised),  # |b1: 1 byte a step
         **arrays,
     )
 
@@ -144,6 +149,9 @@ def from_chunk(chunk: TrajectoryChunk, spec: PolicySpec) -> Trajectory:
     if chunk.advice is not None:
         arrays["advice"] = chunk.advice.to_numpy()
         expected["advice"] = ((steps, bots, spec.n_actions), np.float32)
+    if chunk.advised is not None:
+        arrays["advised"] = chunk.advised.to_numpy()
+        expected["advised"] = ((steps, bots), np.bool_)
     for name, (shape, dtype) in expected.items():
         array = arrays[name]
         if array.shape != shape or array.dtype != dtype:

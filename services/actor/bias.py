@@ -60,6 +60,13 @@ class BiasLookup:
     reach: np.ndarray
     """float [num_bots]: the share of episodes the bot's bias applies in (`BiasUpdate.reach`; 1 where none)."""
 
+    @property
+    def in_force(self) -> np.ndarray:
+        """bool [num_bots]: advice is in force, whatever its value: from some advisor (a zero bias too), or any
+        non-zero bias. A zero bias naming no advisor is the router clearing a target, not advice."""
+        named = np.fromiter((bool(names) for names in self.advisors), dtype=np.bool_, count=len(self.advisors))
+        return (self.from_state | self.from_bot) & (named | self.bias.any(axis=1))
+
     def mute(self, bots: np.ndarray) -> None:
         """No advice for these bots (bool mask): the control group."""
         self.bias[bots] = 0
@@ -111,7 +118,10 @@ class BiasTable:
         self.capped_ttls += int(ttl_s < update.ttl_s)
         expires_tick = tick + update.ttl_steps if update.ttl_steps else np.inf
         if update.state_key:
-            if not clipped.any():  # cleared (the router revoked it): the state has no advice, and may be asked again
+            # Cleared (the router revoked it, and names no advisor): the state has no advice, and may be asked again.
+            # A zero bias that names its advisors is advice in force (the null advisor's, the control arm for the
+            # advised normaliser floor): it is kept, so the state is not asked again and its steps count as advised.
+            if not clipped.any() and not update.advisors:
                 self.states.pop(update.state_key, None)
                 return 0
             self.states[update.state_key] = StateBias(

@@ -103,6 +103,7 @@ class Actor:
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
         self._flow_log = RateLimitedLog(log)
+        self._decode_log = RateLimitedLog(log)
         self.flow_active = False
         self.learner_ranks = 1
         """From the announcements: several learner ranks take a chunk each per update (see `_wait_for_training`)."""
@@ -158,7 +159,10 @@ class Actor:
         """The router's bounds, as configured now: the actor holds every bias to the tighter of its own and these."""
         try:
             heartbeat = decode(msg.data, Heartbeat)
-        except WireError:
+        except WireError as exc:
+            # The bounds in force stay (never looser than the actor's own); the next heartbeat will do.
+            metrics.UNDECODABLE.labels("heartbeat").inc()
+            self._decode_log.warning("undecodable router heartbeat on %s dropped: %s", msg.subject, exc)
             return
         if heartbeat.b_max > 0:
             self.bias.max_abs_bias = min(self.settings.max_abs_bias, heartbeat.b_max)
@@ -177,8 +181,9 @@ class Actor:
     async def on_digest_request(self, msg: Msg) -> None:
         try:
             request = decode(msg.data, DigestRequest)
-        except WireError:
+        except WireError as exc:
             metrics.DIGEST_REQUESTS_REJECTED.inc()
+            self._decode_log.warning("undecodable digest request on %s dropped: %s", msg.subject, exc)
             return
         bots = request.bots or range(self.rollout.num_bots)
         self.requested_digests.update(bot for bot in bots if bot < self.rollout.num_bots)
@@ -187,10 +192,14 @@ class Actor:
     async def on_weights(self, msg: Msg) -> None:
         try:
             announcement = decode(msg.data, WeightsAnnouncement)
-        except WireError:
-            metrics.WEIGHTS_REJECTED.labels("decode").inc()
+        except WireError as exc:
+            self._undecodable_weights(msg.subject, exc)
             return
         self.announce(announcement)
+
+    def _undecodable_weights(self, subject: str | None, exc: WireError) -> None:
+        metrics.WEIGHTS_REJECTED.labels("decode").inc()
+        self._decode_log.warning("undecodable weights announcement on %s dropped: %s", subject, exc)
 
     def announce(self, announcement: WeightsAnnouncement) -> None:
         # Any version but the one in use: a learner restarted without its checkpoint starts again from 0.
@@ -262,7 +271,7 @@ class Actor:
                 if self.settings.judge_rate:
                     self._judge(lookup)
                 applied = None if self.settings.advice_mode == "distill" else lookup.bias
-                self.rollout.step(trajectory, t, applied, advice=self._to_distil(lookup))
+                self.rollout.step(trajectory, t, applied, advice=self._to_distil(lookup), advised=self._advised(lookup))
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
                 metrics.ENV_STEPS.inc(self.rollout.num_bots)
                 metrics.ACTIVE_BIASES.set(int(lookup.bias.any(axis=1).sum()))
@@ -283,6 +292,14 @@ class Actor:
         if self.settings.advice_mode == "bias":
             return None
         return lookup.bias * (lookup.reach >= self.settings.distill_min_reach)[:, None]
+
+    def _advised(self, lookup: BiasLookup) -> np.ndarray:
+        """bool [N]: bots whose step advice touched, whatever its value (the learner's advised floor follows it):
+        advice in force after the control group and reach are muted; in mode distill, only where it is recorded
+        to distil, since there it touches nothing else."""
+        if self.settings.advice_mode == "distill":
+            return lookup.in_force & (lookup.reach >= self.settings.distill_min_reach)
+        return lookup.in_force
 
     def chunks_ahead(self) -> int:
         """This actor's chunks not yet trained on: waiting to be stored, or stored and not settled."""
@@ -474,8 +491,12 @@ class Actor:
             )
         except NotFoundError:
             return
-        with contextlib.suppress(WireError):
-            self.announce(decode(msg.data or b"", WeightsAnnouncement))
+        try:
+            announcement = decode(msg.data or b"", WeightsAnnouncement)
+        except WireError as exc:
+            self._undecodable_weights(msg.subject, exc)  # the next announcement will do
+            return
+        self.announce(announcement)
 
 
 async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:

@@ -10,6 +10,9 @@
 - `AdversarialBackend`: the expert's advice, replaced by a wrong action with a set probability.
 - `RandomBackend`: a uniformly random action at full confidence: advice as strong as the expert's and as
   knowledgeable as noise, to tell knowledge from mere perturbation.
+- `NullBackend`: equal scores for every action, which the router turns into an exactly zero bias that the actors
+  still hold as advice in force: the null-advice arm. Its steps count as advised, so they get the learner's advised
+  normaliser floor and nothing else: advice against it measures the advice, not the floor.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Suggestion:
     ahead: tuple[tuple[str, int], ...] = ()
     """(state key, action) for the states a planner expects the bot to meet next, in order: advised too, so that
     advice waits for the bot in states it has not reached yet instead of arriving after it has left."""
+    scores: tuple[float, ...] | None = None
+    """Per-action scores sent instead of `action` (which then means nothing): the null advisor's equal scores."""
 
 
 Reads = Literal["text", "full_state", "observation"]
@@ -173,6 +178,25 @@ class RandomBackend:
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         return Suggestion(self.rng.randrange(len(digest.action_names)), 1.0, EXPERT_TTL_S, "random")
+
+    async def close(self) -> None:
+        return None
+
+
+class NullBackend:
+    """Advice that changes nothing but the label: equal scores, which the router's mean-centring makes a zero bias.
+    Full confidence, so that its weight (priority x confidence x trust) is not zero and the router merges and sends
+    it like any other advisor's."""
+
+    kind = "null"
+    reads: ClassVar[Reads] = "observation"
+
+    def __init__(self, spec: AdvisorSpec) -> None:
+        del spec  # nothing to configure: every answer is the same
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        scores = (0.0,) * len(digest.action_names)
+        return Suggestion(0, 1.0, EXPERT_TTL_S, "null", scores=scores)
 
     async def close(self) -> None:
         return None
@@ -332,4 +356,6 @@ def create_backend(spec: AdvisorSpec, log_level: str = "WARNING") -> Backend:
         return ExpertBackend(spec)
     if spec.backend == "random":
         return RandomBackend(spec)
+    if spec.backend == "null":
+        return NullBackend(spec)
     return AdversarialBackend(spec)

@@ -36,6 +36,13 @@ DIGESTS_DROPPED = Counter(
     registry=REGISTRY,
 )
 DIGESTS_REJECTED = Counter("ala_advisor_digests_rejected", "Digests that could not be decoded.", registry=REGISTRY)
+UNDECODABLE = Counter(
+    "ala_advisor_messages_undecodable",
+    "Heartbeats dropped because they could not be decoded (kind=heartbeat); undecodable digests count in"
+    ' ala_advisor_digests_rejected, chunks for review in ala_advisor_review_skipped{reason="decode"}.',
+    ["kind"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "ala_advisor_queue_depth", "Bots with a digest waiting for one advisor.", ["advisor"], registry=REGISTRY
 )

@@ -28,6 +28,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import replace
 
+import numpy as np
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -44,6 +45,7 @@ from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from protos import (
     Advice,
     AdviceTarget,
+    Array,
     Heartbeat,
     PolicySpec,
     StateDigest,
@@ -165,7 +167,8 @@ def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion, st
         target=AdviceTarget(actor=digest.actor, bot=digest.bot, state_key=state_key),
         ttl_s=spec.ttl_s or suggestion.ttl_s,
         created_at=time.time(),
-        recommended_action=suggestion.action,
+        scores=None if suggestion.scores is None else Array.from_numpy(np.asarray(suggestion.scores, np.float32)),
+        recommended_action=suggestion.action if suggestion.scores is None else None,
         confidence=suggestion.confidence,
         rationale=suggestion.rationale,
     )
@@ -188,8 +191,12 @@ class AdvisorService:
     async def on_heartbeat(self, msg: Msg) -> None:
         try:
             heartbeat = decode(msg.data, Heartbeat)
-        except WireError:
-            return  # heartbeats are advisory; the next one will do
+        except WireError as exc:
+            # Heartbeats are advisory (the next one will do), but one we cannot read means a peer on another wire
+            # version or a stranger on our subjects: counted and said.
+            metrics.UNDECODABLE.labels("heartbeat").inc()
+            self._log.warning("undecodable heartbeat on %s dropped: %s", msg.subject, exc)
+            return
         if heartbeat.service == "actor" and heartbeat.policy is not None:
             self.policies[heartbeat.instance] = heartbeat.policy
 
@@ -304,8 +311,9 @@ async def _review_stream(
         for msg in msgs:
             try:
                 chunk = decode(msg.data, TrajectoryChunk)
-            except WireError:
+            except WireError as exc:
                 metrics.REVIEW_SKIPPED.labels("decode").inc()
+                review_log.warning("undecodable chunk on %s not reviewed: %s", msg.subject, exc)
                 continue
             spec = service.policies.get(chunk.actor)
             if spec is None:

@@ -20,7 +20,7 @@ class AdvisorSpec(BaseModel):
     """One advisor: a backend and how much its word counts."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Its subject token: ala.<run>.advice.<name>.")
-    backend: Literal["embedded", "openai", "expert", "adversarial", "random", "plugin"] = "embedded"
+    backend: Literal["embedded", "openai", "expert", "adversarial", "random", "null", "plugin"] = "embedded"
     plugin: str = Field("", description="plugin: name of an `ala.advisors` entry point (a factory taking this spec).")
     priority: float = Field(1.0, ge=0, description="Sent with every advice; the router weighs by it.")
     timeout_s: float = Field(30.0, gt=0, description="Longest wait for one answer; a slow advisor is skipped.")

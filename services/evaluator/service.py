@@ -1,8 +1,9 @@
 """The evaluator process: every newest policy version, alone (no bias), on held-out env seeds.
 
-It follows weights announcements (which carry the policy spec, so it builds the right environments) and actor
-heartbeats (for the env steps taken when a version was announced), fetches the weights like an actor, scores them
-with sampled and greedy actions in a worker thread, and publishes an `Evaluation` on `ala.<run>.eval` and
+It follows weights announcements, which carry the policy spec (so it builds the right environments) and the exact env
+steps behind the version (counted by the learner from the chunks it trained on, so a curve's x axis is the version's
+own, not a heartbeat's seconds-old reading); it fetches the weights like an actor, scores them with sampled and greedy
+actions in a worker thread, and publishes an `Evaluation` on `ala.<run>.eval` and
 `ala_eval_return{mode}`. When versions come faster than evaluations, it skips to the newest (counted). It runs
 niced (`nice` setting), so on a shared machine it takes only CPU that actors and learner leave.
 """
@@ -25,7 +26,7 @@ from ala.rejection import Rejected
 from ala.rl.evaluate import evaluate
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from ala.weights import fetch_policy
-from protos import Evaluation, Heartbeat, WeightsAnnouncement, WireError, decode, subjects
+from protos import Evaluation, WeightsAnnouncement, WireError, decode, subjects
 from services.evaluator import metrics
 from services.evaluator.settings import EvaluatorSettings
 
@@ -36,20 +37,11 @@ class Evaluator:
     def __init__(self, settings: EvaluatorSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        self.actor_steps: dict[str, int] = {}
-        self.newest: tuple[WeightsAnnouncement, int] | None = None
-        """The newest announcement to evaluate, with the actors' env steps when it arrived."""
+        self.newest: WeightsAnnouncement | None = None
+        """The newest announcement to evaluate."""
         self.ready = asyncio.Event()
         self.last: Evaluation | None = None
         self._log = RateLimitedLog(log)
-
-    async def on_heartbeat(self, msg: Msg) -> None:
-        try:
-            heartbeat = decode(msg.data, Heartbeat)
-        except WireError:
-            return
-        if heartbeat.service == "actor":
-            self.actor_steps[heartbeat.instance] = heartbeat.env_steps
 
     async def on_weights(self, msg: Msg) -> None:
         try:
@@ -57,13 +49,12 @@ class Evaluator:
         except WireError:
             metrics.SKIPPED.labels("decode").inc()
             return
-        newest = self.newest[0].version if self.newest else (self.last.policy_version if self.last else -1)
+        newest = self.newest.version if self.newest else (self.last.policy_version if self.last else -1)
         if announcement.version % self.settings.every_versions or announcement.version <= newest:
             return  # not a version to score, or a progress re-announcement of one already seen
         if self.newest is not None:
             metrics.SKIPPED.labels("behind").inc()
-        steps = sum(self.actor_steps.values()) or announcement.env_steps
-        self.newest = (announcement, steps)
+        self.newest = announcement
         self.ready.set()
 
     async def run(self) -> None:
@@ -72,15 +63,16 @@ class Evaluator:
             self.ready.clear()
             if self.newest is None:
                 continue
-            (announcement, env_steps), self.newest = self.newest, None
+            announcement, self.newest = self.newest, None
             try:
-                await self.score(announcement, env_steps)
+                await self.score(announcement)
             except Rejected as exc:
                 metrics.SKIPPED.labels(exc.reason).inc()
                 self._log.warning("version %d not evaluated (%s): %s", announcement.version, exc.reason, exc)
             await asyncio.sleep(self.settings.min_interval_s)
 
-    async def score(self, announcement: WeightsAnnouncement, env_steps: int) -> None:
+    async def score(self, announcement: WeightsAnnouncement) -> None:
+        env_steps = announcement.env_steps
         spec = announcement.policy
         if spec is None:
             raise Rejected("no_spec", "the announcement names no policy spec")
@@ -133,7 +125,6 @@ async def serve(settings: EvaluatorSettings, stop: asyncio.Event) -> None:
     torch.set_num_threads(settings.torch_threads)
     async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
         evaluator = Evaluator(settings, runtime.bus)
-        await runtime.bus.subscribe(subjects.heartbeat_wildcard(settings.run), evaluator.on_heartbeat)
         await runtime.bus.subscribe(subjects.weights_subject(settings.run), evaluator.on_weights)
         tasks.start(evaluator.run(), name="evaluate")
         tasks.start(report_progress("evaluator", evaluator.progress, settings.progress_interval_s), name="progress")

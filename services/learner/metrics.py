@@ -20,6 +20,13 @@ CHUNKS_REJECTED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+UNDECODABLE = Counter(
+    "ala_learner_messages_undecodable",
+    "Messages dropped because they could not be decoded, by kind (heartbeat, implicit_reward); an undecodable chunk"
+    ' counts in ala_learner_chunks_rejected{reason="decode"}.',
+    ["kind"],
+    registry=REGISTRY,
+)
 CHUNKS_DUPLICATE = Counter("ala_learner_chunks_duplicate", "Redelivered chunks already trained.", registry=REGISTRY)
 CHUNKS_STALE = Counter("ala_learner_chunks_stale", "Chunks dropped for exceeding max_policy_lag.", registry=REGISTRY)
 POLICY_VERSION = Gauge("ala_learner_policy_version", "Version of the newest weights.", registry=REGISTRY)

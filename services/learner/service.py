@@ -24,7 +24,6 @@ The network's shape comes from the wire: a fresh learner waits for the first act
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import os
@@ -68,6 +67,7 @@ from protos import (
 from services.learner import metrics
 from services.learner.implicit import ImplicitRewards
 from services.learner.settings import LearnerSettings
+from services.learner.steps import EnvStepLedger
 
 log = logging.getLogger(__name__)
 KEEP_WEIGHT_VERSIONS = 5
@@ -96,6 +96,7 @@ class LearnerWorker:
         self.last_stream_seq = 0
         self.checkpoint_path = checkpoint_path(settings)
         self.implicit = ImplicitRewards(settings.max_implicit_reward)
+        self.env_steps = EnvStepLedger()
         self.pending_ids: set[str] = set()
         """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
         self.unsettled: list[tuple[Msg, str]] = []
@@ -107,14 +108,19 @@ class LearnerWorker:
         self._spec_log = RateLimitedLog(log)
         self._onnx_heard_at = -float("inf")
         self._fetch_log = RateLimitedLog(log)
+        self._decode_log = RateLimitedLog(log)
 
     @property
     def spec(self) -> PolicySpec:
         return self.learner.agent.spec
 
     async def on_heartbeat(self, msg: Msg) -> None:
-        with contextlib.suppress(WireError):
-            self.hear(decode(msg.data, Heartbeat))
+        try:
+            heartbeat = decode(msg.data, Heartbeat)
+        except WireError as exc:
+            undecodable("heartbeat", msg, exc, self._decode_log)
+            return
+        self.hear(heartbeat)
 
     def hear(self, heartbeat: Heartbeat) -> None:
         """An actor's heartbeat: note whether it runs ONNX (`exports_onnx`); one that runs another policy than this
@@ -146,8 +152,12 @@ class LearnerWorker:
         return line
 
     async def on_implicit_reward(self, msg: Msg) -> None:
-        with contextlib.suppress(WireError):
-            self.implicit.add(decode(msg.data, ImplicitReward))
+        try:
+            reward = decode(msg.data, ImplicitReward)
+        except WireError as exc:
+            undecodable("implicit_reward", msg, exc, self._decode_log)
+            return
+        self.implicit.add(reward)
 
     def chunk_id(self, chunk: TrajectoryChunk) -> str:
         return subjects.trajectory_msg_id(chunk.run, chunk.actor, chunk.chunk_seq)
@@ -175,8 +185,14 @@ class LearnerWorker:
             await self._settle(msg)
             return None
         ahead = chunk.policy_version - self.learner.version  # > 0 only after a restart lost the newest versions
-        if chunk.run != self.settings.run or ahead > self.settings.max_policy_lag:
-            metrics.CHUNKS_REJECTED.labels("unknown_version" if chunk.run == self.settings.run else "run").inc()
+        if chunk.run != self.settings.run:
+            metrics.CHUNKS_REJECTED.labels("run").inc()
+            await self._settle(msg, terminate=True)
+            return None
+        # From here on the chunk is settled or trained before the next weights: its steps are behind them.
+        self.env_steps.count(chunk.actor, trajectory.num_steps)
+        if ahead > self.settings.max_policy_lag:
+            metrics.CHUNKS_REJECTED.labels("unknown_version").inc()
             await self._settle(msg, terminate=True)
             return None
         metrics.POLICY_LAG.observe(max(0, -ahead))
@@ -277,7 +293,8 @@ class LearnerWorker:
             created_at=time.time(),
             policy=self.spec,
             settled_stream_seq=self.last_stream_seq,
-            env_steps=self.learner.samples_trained,
+            env_steps=self.env_steps.total,
+            env_steps_by_actor=self.env_steps.by_actor(),
             onnx=onnx,
             learner_ranks=1 if self.ranks is None else self.ranks.world_size,
         )
@@ -338,6 +355,7 @@ class LearnerWorker:
                 "learner": self.learner.checkpoint(),
                 "trained_ids": list(self.trained_ids)[-PERSISTED_CHUNK_IDS:],
                 "last_stream_seq": self.last_stream_seq,
+                "env_steps_by_actor": self.env_steps.state(),
                 "policy": msgspec.to_builtins(self.spec),
             },
             buffer,
@@ -352,6 +370,7 @@ class LearnerWorker:
         for chunk_id in state["trained_ids"]:
             self._remember(chunk_id)
         self.last_stream_seq = int(state["last_stream_seq"])
+        self.env_steps.restore(state.get("env_steps_by_actor", {}))  # absent from checkpoints before it was kept
         log.info("resumed at version %d from %s", self.learner.version, self.checkpoint_path)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -418,6 +437,7 @@ class LearnerWorker:
         assert self.ranks is not None
         with timed(metrics.RANK_WAIT_SECONDS):
             any_stopping, settled = await asyncio.to_thread(self.ranks.agree, stopping, self.last_stream_seq)
+            self.env_steps.group = await asyncio.to_thread(self.ranks.sum_counts, self.env_steps.state())
         self.last_stream_seq = max(self.last_stream_seq, settled)
         return not any_stopping
 
@@ -425,6 +445,13 @@ class LearnerWorker:
 def checkpoint_path(settings: LearnerSettings) -> Path:
     name = "latest.pt" if settings.rank == 0 else f"latest-rank{settings.rank}.pt"
     return settings.checkpoint_dir / settings.run / name
+
+
+def undecodable(kind: str, msg: Msg, exc: WireError, decode_log: RateLimitedLog) -> None:
+    """A message that is not what its subject carries: dropped (the next heartbeat or reward will do), but counted
+    and logged, since it means a peer speaks another wire version or something else publishes here."""
+    metrics.UNDECODABLE.labels(kind).inc()
+    decode_log.warning("undecodable %s on %s dropped: %s", kind, msg.subject, exc)
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], PolicySpec] | None:
@@ -438,12 +465,16 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], PolicySpec] | None:
 async def first_actor_heartbeat(bus: Bus, run: str) -> Heartbeat:
     """Wait for an actor's heartbeat that carries its policy spec."""
     found: asyncio.Future[Heartbeat] = asyncio.get_running_loop().create_future()
+    decode_log = RateLimitedLog(log)
 
     async def on_heartbeat(msg: Msg) -> None:
-        with contextlib.suppress(WireError):
+        try:
             heartbeat = decode(msg.data, Heartbeat)
-            if heartbeat.policy is not None and not found.done():
-                found.set_result(heartbeat)
+        except WireError as exc:
+            undecodable("heartbeat", msg, exc, decode_log)
+            return
+        if heartbeat.policy is not None and not found.done():
+            found.set_result(heartbeat)
 
     subscription = await bus.subscribe(subjects.heartbeat_wildcard(run), on_heartbeat)
     log.info("waiting for an actor to announce its policy spec (run %s)", run)

@@ -36,6 +36,13 @@ TRUST_ADVANTAGE = Gauge(
 OUTCOMES_REJECTED = Counter(
     "ala_router_outcomes_rejected", "AdviceOutcome messages that could not be decoded.", registry=REGISTRY
 )
+UNDECODABLE = Counter(
+    "ala_router_messages_undecodable",
+    "Heartbeats and weights announcements dropped because they could not be decoded, by kind (heartbeat, weights);"
+    ' undecodable advice counts in ala_router_rejected{reason="decode"}, outcomes in ala_router_outcomes_rejected.',
+    ["kind"],
+    registry=REGISTRY,
+)
 STRENGTH = Gauge("ala_router_strength", "Bias strength now (after annealing).", registry=REGISTRY)
 KILLS = Counter("ala_router_kills", "POST /kill calls.", registry=REGISTRY)
 API_REFUSED = Counter(

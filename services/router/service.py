@@ -47,6 +47,7 @@ class RouterService:
         self.tasks = tasks
         self.router = Router(settings.live_config(), actor_timeout_s=settings.actor_timeout_s)
         self._reject_log = RateLimitedLog(log)
+        self._decode_log = RateLimitedLog(log)
         self._advisor_labels: set[str] = set()
         self._remerges: dict[Target, asyncio.TimerHandle] = {}
         self.closed = False
@@ -118,8 +119,9 @@ class RouterService:
     async def on_heartbeat(self, msg: Msg) -> None:
         try:
             heartbeat = decode(msg.data, Heartbeat)
-        except WireError:
-            return  # heartbeats are advisory; a bad one is ignored, the next will do
+        except WireError as exc:
+            self._undecodable("heartbeat", msg, exc)  # heartbeats are advisory: the next will do
+            return
         self.router.observe_heartbeat(heartbeat, time.time())
         metrics.ACTORS.set(len(self.router.actors))
 
@@ -145,8 +147,15 @@ class RouterService:
                 child(metrics.TRUST_ADVANTAGE, label).set(self.router.trust.advantage.get(advisor, 0.0))
 
     async def on_weights(self, msg: Msg) -> None:
-        with contextlib.suppress(WireError):
+        try:
             self.router.learner_version = decode(msg.data, WeightsAnnouncement).version
+        except WireError as exc:
+            self._undecodable("weights", msg, exc)  # the schedule's clock waits for the next announcement
+
+    def _undecodable(self, kind: str, msg: Msg, exc: WireError) -> None:
+        """Counted and logged: a peer on another wire version, or something else publishing on our subjects."""
+        metrics.UNDECODABLE.labels(kind).inc()
+        self._decode_log.warning("undecodable %s on %s dropped: %s", kind, msg.subject, exc)
 
     def set_config(self, config: LiveConfig) -> None:
         self.router.config = config

@@ -149,6 +149,24 @@ async def test_the_advice_mode_decides_whether_advice_tilts_sampling_is_recorded
             np.testing.assert_array_equal(recorded, tilted)  # distilled exactly where it tilted sampling
 
 
+async def test_a_zero_bias_from_an_advisor_is_recorded_as_advice(bus: Bus, nats_settings: NatsSettings) -> None:
+    """The null advisor's bias: nothing changes in sampling, but its steps are marked advised in the chunk, for the
+    learner's advised floor; steps without it are not."""
+    null = msgspec.structs.replace(_bias_update(np.zeros(N_ACTIONS), ttl_s=60.0), advisors=["null"])
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(running(serve, _settings(nats_settings, control_share=0.0)))
+        chunks = await stack.enter_async_context(ChunkReader(bus))
+        first = await chunks.next()  # the actor is stepping
+        assert first.advised is not None and first.advised.dtype == "|b1"
+        await bus.publish(subjects.bias_subject("test", "a1"), null, kind="bias")
+        chunk = await chunks.next()
+        while chunk.advised is None or not chunk.advised.to_numpy().all():
+            chunk = await chunks.next()
+    assert not first.advised.to_numpy().any()
+    assert not chunk.bias.to_numpy().any()
+    np.testing.assert_array_equal(chunk.behaviour_logprob.to_numpy(), chunk.policy_logprob.to_numpy())
+
+
 @pytest.mark.parametrize("reach", [0.3, 0.6])
 async def test_advice_on_probation_tilts_sampling_but_is_not_distilled(
     bus: Bus, nats_settings: NatsSettings, reach: float
@@ -211,6 +229,32 @@ async def test_malformed_bias_is_rejected_and_counted(bus: Bus, nats_settings: N
         await wait_until(lambda: metrics.BIAS_REJECTED.labels("decode")._value.get() > decode_before)
         await wait_until(lambda: metrics.BIAS_REJECTED.labels("non_finite")._value.get() > before)
         assert not (await chunks.next()).bias.to_numpy().any()
+
+
+async def test_undecodable_router_heartbeats_weights_and_digest_requests_are_counted(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    counters = (
+        metrics.UNDECODABLE.labels("heartbeat"),
+        metrics.WEIGHTS_REJECTED.labels("decode"),
+        metrics.DIGEST_REQUESTS_REJECTED,
+    )
+
+    def counts() -> list[float]:
+        return [counter._value.get() - start for counter, start in zip(counters, before, strict=True)]
+
+    before = [counter._value.get() for counter in counters]
+    # Stored before the actor starts: what it reads at start as the newest announcement.
+    await bus.publish_durable(subjects.weights_subject("test"), b"\xc1 stored", "garbage", kind="weights")
+    async with running(serve, _settings(nats_settings)), ChunkReader(bus) as chunks:
+        await chunks.next()  # subscribed and stepping
+        assert counts() == [0, 1, 0]
+        await bus.publish_bytes(subjects.heartbeat_subject("test", "router", "r1"), b"\xc1", kind="heartbeat")
+        await bus.publish_bytes(subjects.weights_subject("test"), b"\xc1 live", kind="weights")
+        await bus.publish_bytes(subjects.digest_request_subject("test", "a1"), b"\xc1", kind="digest_request")
+        await wait_until(lambda: all(count >= want for count, want in zip(counts(), [1, 2, 1], strict=True)))
+        await chunks.next()  # still stepping
+    assert counts() == [1, 2, 1]
 
 
 async def _announce(bus: Bus, version: int, data: bytes, **fields: object) -> None:

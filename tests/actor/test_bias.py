@@ -152,3 +152,21 @@ def test_each_bias_reports_its_reach_and_the_ledger_withholds_it_from_episodes_d
     with pytest.raises(BiasRejected) as refused:
         table.apply(msgspec.structs.replace(_update([0.0, 1.0]), reach=1.5), now=0.0)
     assert refused.value.reason == "range"
+
+
+def test_a_zero_bias_that_names_its_advisors_is_advice_in_force_and_a_clearing_one_is_not() -> None:
+    """The null advisor's zero bias is advice (its steps count as advised); the router's clearing zero bias, which
+    names no advisor, still removes a state's advice and is no advice for a bot."""
+    table = BiasTable(num_bots=3, n_actions=2, max_abs_bias=5.0)
+    table.apply(msgspec.structs.replace(_state_update([0.0, 0.0], "s"), advisors=["null"]), now=0.0)
+    table.apply(_update([0.0, 0.0], bots=[2]), now=0.0)  # a per-bot clear (kill, or trust down to 0)
+    assert table.has_state_advice("s", 0.5, 0)
+    lookup = table.lookup(0.5, keys=["s", "t", "t"])
+    assert not lookup.bias.any() and lookup.advisors[0] == ("null",)
+    assert lookup.in_force.tolist() == [True, False, False]
+    lookup.mute(np.array([True, False, False]))  # the control group: no advice, zero or not
+    assert not lookup.in_force.any()
+    table.apply(_update([1.0, 0.0], bots=[1]), now=0.0)  # no advisors named (an older router): its value shows it
+    assert table.lookup(0.5, keys=["s", "t", "t"]).in_force.tolist() == [True, True, False]
+    table.apply(_state_update([0.0, 0.0], "s"), now=1.0)
+    assert not table.has_state_advice("s", 1.0, 0)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import msgspec
+import numpy as np
 from nats.aio.msg import Msg
 
 from ala.bus import Bus
@@ -63,6 +64,20 @@ async def test_every_advisor_answers_each_digest_on_its_own_subject(bus: Bus, na
     assert expert.recommended_action == plan(digest.full_state.to_numpy())
     assert liar.recommended_action != expert.recommended_action
     assert expert.priority == 2.0 and (expert.target.actor, expert.target.bot) == ("a1", 0)
+
+
+async def test_the_null_advisor_answers_every_digest_with_equal_scores(bus: Bus, nats_settings: NatsSettings) -> None:
+    """Advice the router turns into an exactly zero bias (mean-centred equal scores), at full confidence so that it
+    is merged and sent; it reads only the observation, so digests without text or full state are answered too."""
+    received, answered = await _advice_queue(bus)
+    digest = msgspec.structs.replace(digests(1)[0], text="", full_state=None, full_state_key="")
+    async with running(serve, _settings(nats_settings, advisors=[AdvisorSpec(name="null", backend="null")])):
+        await _publish_until_answered(bus, digest, answered)
+        advice = await asyncio.wait_for(received.get(), 10)
+    assert advice.advisor == "null" and advice.recommended_action is None and advice.confidence == 1.0
+    assert advice.scores is not None
+    np.testing.assert_array_equal(advice.scores.to_numpy(), np.zeros(len(digest.action_names), np.float32))
+    assert (advice.target.actor, advice.target.state_key) == ("a1", digest.state_key)
 
 
 async def test_a_planner_also_advises_the_exact_states_its_plan_meets_next(
@@ -161,6 +176,19 @@ async def test_each_advisor_keeps_its_own_pace_beside_a_hung_one(
             keyed = msgspec.structs.replace(digest, bot=bot, state_key=f"k{bot}")
             await bus.publish(subjects.digest_subject("test", "a1"), keyed, kind="digest")
         await wait_until(lambda: len(answered_bots) == 10)  # long before the hung one's 60-s timeout
+
+
+async def test_undecodable_heartbeats_are_counted_and_dropped(bus: Bus, nats_settings: NatsSettings) -> None:
+    heartbeats = metrics.UNDECODABLE.labels("heartbeat")
+    before = heartbeats._value.get()
+    _, answered = await _advice_queue(bus)
+    digest = digests(1)[0]
+    async with running(serve, _settings(nats_settings)):
+        # Answered: the heartbeat subscription, made before the digests', is in place.
+        await _publish_until_answered(bus, digest, answered)
+        await bus.publish_bytes(subjects.heartbeat_subject("test", "actor", "a1"), b"\xc1", kind="heartbeat")
+        await wait_until(lambda: heartbeats._value.get() > before)
+    assert heartbeats._value.get() == before + 1
 
 
 async def _publish_until_answered(bus: Bus, digest: StateDigest, answered: asyncio.Event) -> None:

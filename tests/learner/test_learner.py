@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 import numpy as np
 import pytest
@@ -23,6 +25,21 @@ def test_chunk_round_trip_keeps_every_array() -> None:
     for name in ("observations", "actions", "bias", "behaviour_logprob", "final_values", "bootstrap_value"):
         np.testing.assert_array_equal(getattr(restored, name), getattr(trajectory, name))
     assert restored.policy_version == trajectory.policy_version
+
+
+def test_the_advised_mask_travels_as_one_byte_a_step_and_chunks_without_it_still_decode() -> None:
+    trajectory = biased_trajectory(fresh_agent())
+    assert trajectory.advised is None
+    plain = to_chunk(trajectory, "test", "a1", 7)
+    assert plain.advised is None and from_chunk(decode(encode(plain), TrajectoryChunk), spec()).advised is None
+    trajectory.advised = np.zeros(trajectory.actions.shape, dtype=np.bool_)
+    trajectory.advised[2:5, 1] = True
+    chunk = to_chunk(trajectory, "test", "a1", 7)
+    assert chunk.advised is not None and chunk.advised.dtype == "|b1"
+    assert len(encode(chunk)) - len(encode(plain)) < trajectory.advised.size + 32
+    restored = from_chunk(decode(encode(chunk), TrajectoryChunk), spec())
+    assert restored.advised is not None and restored.advised.dtype == np.bool_
+    np.testing.assert_array_equal(restored.advised, trajectory.advised)
 
 
 def test_minigrid_codes_travel_as_uint8_and_come_back_as_the_float32_the_policy_saw() -> None:
@@ -64,6 +81,8 @@ def _chunk_with(field: str, array: np.ndarray) -> TrajectoryChunk:
         ("actions", lambda: np.zeros((16, 4), np.int32), "shape"),
         ("behaviour_logprob", lambda: np.full((16, 4), 0.5, np.float32), "logprob"),
         ("bootstrap_value", lambda: np.zeros(3, np.float32), "shape"),
+        ("advised", lambda: np.zeros((16, 3), np.bool_), "shape"),
+        ("advised", lambda: np.zeros((16, 4), np.uint8), "shape"),
     ],
 )
 def test_bad_chunks_are_refused_with_a_reason(field: str, make, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -196,3 +215,25 @@ def test_the_advised_floor_applies_only_to_batches_advice_touched() -> None:
             params[name, floor] = _params(learner)
     torch.testing.assert_close(params["unadvised", 0.0], params["unadvised", 10.0], atol=0, rtol=0)
     assert not torch.equal(params["advised", 0.0], params["advised", 10.0])
+
+
+def test_a_batch_whose_only_advice_is_a_zero_bias_gets_the_advised_floor() -> None:
+    """The null-advice arm: a zero bias leaves `bias` all zero, and only the actor's `advised` mask shows that
+    advice was in force. With the mask the advised floor applies, exactly as on a batch with a real bias."""
+    trajectory = rollout(fresh_agent(), bots=4, steps=16).collect()
+    trajectory.rewards[:] = 0  # only critic noise: its spread is far below the floor
+    assert not trajectory.bias.any() and trajectory.advised is None
+    null_advised = dataclasses.replace(trajectory, advised=np.zeros(trajectory.actions.shape, dtype=np.bool_))
+    null_advised.advised[3, 2] = True  # one step with advice in force is enough
+    learner = Learner(spec(), ppo_settings(adv_norm_floor=0.0, adv_norm_floor_advised=0.1))
+    assert learner.advantage_floor(learner._prepare([trajectory])) == 0.0
+    assert learner.advantage_floor(learner._prepare([null_advised])) == 0.1
+    unmarked = dataclasses.replace(null_advised, advised=np.zeros_like(null_advised.advised))
+    assert learner.advantage_floor(learner._prepare([trajectory, unmarked])) == 0.0
+    assert learner.advantage_floor(learner._prepare([trajectory, null_advised])) == 0.1
+    params = {}
+    for floor in (0.0, 10.0):
+        learner = Learner(spec(), ppo_settings(adv_norm_floor_advised=floor))
+        learner.train([null_advised])
+        params[floor] = _params(learner)
+    assert not torch.equal(params[0.0], params[10.0])  # the floor reached the update

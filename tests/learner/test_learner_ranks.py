@@ -130,7 +130,7 @@ def test_two_ranks_share_the_chunks_train_each_once_and_end_equal(
 
             await wait_until(lambda: trained(ports[0]) + trained(ports[1]) == CHUNKS, 60)
             assert trained(ports[0]) == trained(ports[1]) == CHUNKS / 2  # lockstep: one chunk per rank per update
-            await wait_until(lambda: CHUNKS // 2 in versions, 10)  # rank 0 announces every version
+            await wait_until(lambda: CHUNKS // 2 in versions, 60)  # rank 0 announces every version
             assert scrape(ports[1])["ala_learner_weights_published_total[]"] == 0  # rank 1 never does
         finally:
             for process in ranks:

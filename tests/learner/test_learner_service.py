@@ -190,6 +190,30 @@ async def test_a_chunk_delivered_twice_is_trained_once(bus: Bus, nats_settings: 
     assert metrics.SAMPLES._value.get() - samples == 2 * first.num_steps
 
 
+async def test_each_version_is_stamped_with_the_env_steps_of_every_chunk_behind_it(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    """The evaluator reports this number as the version's env steps: it must be the trained chunks' steps exactly,
+    per actor, each chunk once however often it is delivered."""
+    settings = _settings(nats_settings, tmp_path, chunks_per_batch=1)
+    trajectories = [_zero_lag_trajectory(settings, seed) for seed in range(3)]
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        assert (await _start_training(bus, announcements)).env_steps == 0
+        await _publish(bus, _chunk(trajectories[0], 1), "test.a1.1")
+        first = await _next_version(announcements)
+        await _publish(bus, _chunk(trajectories[0], 1), "test.a1.1-again")  # a redelivery: not counted twice
+        await _publish(bus, to_chunk(trajectories[1], "test", "a2", 1), "test.a2.1")
+        second = await _next_version(announcements)
+        await _publish(bus, to_chunk(trajectories[2], "test", "a2", 2), "test.a2.2")
+        third = await _next_version(announcements)
+    steps = [t.num_steps for t in trajectories]
+    assert (first.version, first.env_steps, first.env_steps_by_actor) == (1, steps[0], {"a1": steps[0]})
+    assert (second.version, second.env_steps) == (2, steps[0] + steps[1])
+    assert third.env_steps_by_actor == {"a1": steps[0], "a2": steps[1] + steps[2]}
+    assert third.env_steps == sum(steps)
+
+
 async def test_bad_chunks_are_rejected_counted_and_never_trained(
     bus: Bus, nats_settings: NatsSettings, tmp_path: Path
 ) -> None:
@@ -212,6 +236,34 @@ async def test_bad_chunks_are_rejected_counted_and_never_trained(
         assert (await _next_version(announcements)).version == 1
     for reason in bad:
         assert metrics.CHUNKS_REJECTED.labels(reason)._value.get() - before[reason] == 1, reason
+
+
+async def test_undecodable_heartbeats_and_implicit_rewards_are_counted_and_dropped(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    settings = _settings(nats_settings, tmp_path, implicit_rewards=True)
+    heartbeats, rewards = metrics.UNDECODABLE.labels("heartbeat"), metrics.UNDECODABLE.labels("implicit_reward")
+    before = heartbeats._value.get(), rewards._value.get()
+    heartbeat_subject = subjects.heartbeat_subject("test", "actor", "a1")
+    announcements = await _announcements(bus)
+    async with running(serve, settings):
+        # Still waiting for its first actor: repeat until the just-started learner has subscribed and counted one.
+        for _ in range(200):
+            await bus.publish_bytes(heartbeat_subject, b"\x93 no heartbeat", kind="heartbeat")
+            with contextlib.suppress(TimeoutError):
+                await wait_until(lambda: heartbeats._value.get() > before[0], timeout_s=0.1)
+                break
+        assert heartbeats._value.get() > before[0]
+        # Version 0 announced: it subscribed to heartbeats and implicit rewards before publishing it, and it had
+        # handled every garbage heartbeat above before the good one that started it.
+        assert (await _start_training(bus, announcements)).version == 0
+        waiting = heartbeats._value.get()
+        await bus.publish_bytes(heartbeat_subject, b"\x93 no heartbeat", kind="heartbeat")
+        await bus.publish_bytes(subjects.implicit_reward_subject("test"), b"\x93 no reward", kind="implicit_reward")
+        await wait_until(lambda: heartbeats._value.get() > waiting and rewards._value.get() > before[1])
+        await _publish(bus, _chunk(_zero_lag_trajectory(settings), 1), "test.a1.1")
+        assert (await _next_version(announcements)).version == 1  # still training
+    assert heartbeats._value.get() == waiting + 1 and rewards._value.get() == before[1] + 1
 
 
 async def test_restart_resumes_from_checkpoint_and_remembers_trained_chunks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import msgspec
 import numpy as np
@@ -10,8 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ala.testing import actor_heartbeat
-from protos import Advice, AdviceTarget, Array
+from ala.testing import actor_heartbeat, digests
+from protos import Advice, AdviceOutcome, AdviceTarget, Array, BiasUpdate, EpisodeStats, decode, encode
+from services.actor.bias import BiasTable
+from services.advisor.backends import create_backend
+from services.advisor.service import to_advice
+from services.advisor.settings import AdvisorSpec
 from services.router.core import AdviceRejected, LiveConfig, Router
 
 NOW = 1_000.0
@@ -211,3 +216,33 @@ def test_state_scoped_advice_targets_the_state_and_merges_across_the_bots_that_a
     assert merged is not None and len(merged.advice_ids) == 2 and merged.state_key == "k1"
     per_bot = router.accept(_advice("a", action=1, bot=2), "test", NOW)
     assert per_bot is not None and (per_bot.state_key, per_bot.bots, per_bot.ttl_steps) == ("", [2], 16)
+
+
+async def test_null_advice_becomes_a_zero_bias_that_is_sent_and_held_as_advice_until_trust_silences_it() -> None:
+    """The null advisor, advisor to actor's table without NATS: equal scores become an exactly zero bias that the
+    router still merges and sends under trust, naming its advisor, which the actor holds as advice in force. Trust
+    treats it like any advisor: it cannot beat the control group, decays to 0, and the clearing update removes it."""
+    now = time.time()
+    spec = AdvisorSpec(name="null", backend="null")
+    digest = digests(1)[0]
+    suggestion = await create_backend(spec).suggest(digest, [])
+    advice = decode(encode(to_advice(spec, digest, suggestion, digest.state_key)), Advice)
+    assert advice.recommended_action is None and advice.scores is not None
+    router = Router(LiveConfig())  # trust on, as deployed
+    router.observe_heartbeat(actor_heartbeat(n_actions=len(digest.action_names), created_at=now), now)
+    update = router.accept(advice, "test", now)
+    assert update is not None and update.advisors == ["null"] and update.reach == 0.25
+    np.testing.assert_array_equal(update.bias.to_numpy(), np.zeros(len(digest.action_names), np.float32))
+    table = BiasTable(num_bots=2, n_actions=len(digest.action_names), max_abs_bias=2.0)
+    table.apply(decode(encode(update), BiasUpdate), now=0.0)
+    lookup = table.lookup(0.1, keys=[digest.state_key, "elsewhere"])
+    assert lookup.in_force.tolist() == [True, False] and not lookup.bias.any()
+
+    no_better = EpisodeStats(episodes=10, return_sum=0.0, return_sq_sum=0.0)
+    while router.trust_of("null") > 0:
+        router.trust.observe(
+            AdviceOutcome(run="test", actor="a1", control=no_better, advised={"null": no_better}, created_at=now)
+        )
+        for retrusted in router.update_trust("test", now + 1):
+            table.apply(decode(encode(retrusted), BiasUpdate), now=0.2)
+    assert not table.lookup(0.3, keys=[digest.state_key, "elsewhere"]).in_force.any()

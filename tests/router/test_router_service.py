@@ -139,6 +139,27 @@ async def test_bad_advice_is_rejected_and_counted_never_crashing(bus: Bus, nats_
     assert biases.empty()
 
 
+async def test_undecodable_heartbeats_and_weights_are_counted_and_dropped(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    kinds = ("heartbeat", "weights")
+    before = {kind: metrics.UNDECODABLE.labels(kind)._value.get() for kind in kinds}
+    biases = await _biases(bus)
+    async with running(serve, _settings(nats_settings)):
+        await _router_knows_actor(bus)
+        # Advice answered: every subscription (heartbeats, weights, advice: subscribed in that order) is in place.
+        await bus.publish(subjects.advice_subject("test", "planner"), _advice("planner", 2), kind="advice")
+        await asyncio.wait_for(biases.get(), 10)
+        await bus.publish_bytes(
+            subjects.heartbeat_subject("test", "actor", "a1"), b"\xc1 no heartbeat", kind="heartbeat"
+        )
+        await bus.publish_bytes(subjects.weights_subject("test"), b"\xc1 no announcement", kind="weights")
+        await wait_until(lambda: all(metrics.UNDECODABLE.labels(kind)._value.get() > before[kind] for kind in kinds))
+        await bus.publish(subjects.advice_subject("test", "planner"), _advice("planner", 4), kind="advice")
+        await asyncio.wait_for(biases.get(), 10)  # still serving
+    assert all(metrics.UNDECODABLE.labels(kind)._value.get() - before[kind] == 1 for kind in kinds)
+
+
 async def test_control_api_refuses_without_the_token(nats_settings: NatsSettings) -> None:
     settings = _settings(nats_settings)
     async with running(serve, settings), httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}") as api:
