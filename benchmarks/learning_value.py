@@ -28,8 +28,9 @@ seeds, so an arm only scores what the *policy* learned. Arms:
   `ALA_LEARNER_DISTILL_HORIZON` versions), the actor sampling from the policy alone (LLM4Teach, arXiv 2311.13373);
   trust off and no control group, since no episode is steered.
 
-- `null`: an advisor whose advice is a zero bias for every action: its batches count as advised (so the learner
-  applies the advised normaliser floor, `ALA_LEARNER_ADV_NORM_FLOOR_ADVISED`) while nothing changes what the bots do.
+- `null`: an advisor whose advice is a zero bias for every action, with router trust off (trust would silence it):
+  its batches count as advised throughout (so the learner applies the advised normaliser floor,
+  `ALA_LEARNER_ADV_NORM_FLOOR_ADVISED`) while nothing changes what the bots do.
   Advice against `null` is the advice's own effect; `null` against `plain` is the floor's.
 
 Reported per arm (`benchmarks.stats`): runs that reached 0.8 (two consecutive evaluations), the IQM of env steps
@@ -120,7 +121,10 @@ ARMS = {
     "wrong": advised({"backend": "adversarial", "wrong_probability": 1.0}),
     "half-wrong": advised({"backend": "adversarial", "wrong_probability": 0.5}),
     "random": advised({"backend": "random"}),
-    "null": advised({"backend": "null"}),
+    # Trust off: null advice never beats the control group, so trust would silence it (and its floor) within a few
+    # dozen episodes, while the expert's stays on through the whole run that matters; off, its batches are advised
+    # throughout, as the trusted expert's are.
+    "null": advised({"backend": "null"}, ALA_ROUTER_TRUST="false"),
     "llm": advised({"backend": "embedded"}),
     "llm-cache": advised({"backend": "embedded"}, ALA_ADVISOR_CACHE="true"),
     "expert-shortcut": advised({"backend": "expert"}, ALA_LEARNER_CORRECTION="shortcut"),

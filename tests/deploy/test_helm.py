@@ -112,7 +112,7 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
     (tmp_path / "nats-config").mkdir()
     port = free_port()
     config = tmp_path / "nats-config" / "nats.conf"
-    config.write_text(f"port: {port}\ninclude ../nats-auth/auth.conf\n")
+    config.write_text(f"listen: 127.0.0.1:{port}\ninclude ../nats-auth/auth.conf\n")
     run(str(find_nats_server()), "-t", "-c", str(config))
     server = subprocess.Popen([str(find_nats_server()), "-c", str(config)], stderr=subprocess.PIPE)
     assert server.stderr is not None
@@ -121,7 +121,8 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
             break
     else:
         raise AssertionError("nats-server did not start on the chart's auth.conf")
-    threading.Thread(target=server.stderr.read, daemon=True).start()  # keep draining its log
+    server_log: list[bytes] = []
+    threading.Thread(target=lambda: server_log.extend(server.stderr or []), daemon=True).start()  # keep draining
 
     async def check() -> None:
         import nats
@@ -133,7 +134,10 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
         violation: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         routed: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
+        errors: list[str] = []
+
         async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
             if "permissions violation" in str(exc).lower() and not violation.done():
                 violation.set_result(str(exc))
 
@@ -154,7 +158,11 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
         await router.publish("ala.lab.bias.a1", b"routed")
         await router.flush()
         await actor_errors.flush()
-        await asyncio.wait_for(asyncio.gather(routed, violation), 60)
+        try:
+            await asyncio.wait_for(asyncio.gather(routed, violation), 60)
+        except TimeoutError:
+            missing = [name for name, event in (("routed", routed), ("violation", violation)) if not event.done()]
+            raise AssertionError(f"no {missing} in 60 s; errors: {errors}; server log: {server_log[-20:]}") from None
         await router.flush()  # a forged message, had it passed, would have arrived before this round trip ends
         await actor.flush()
         assert received == [b"routed"]
