@@ -5,6 +5,7 @@ real nats-server, as `benchmarks/learning.py` does; the evaluator plays the poli
 seeds, so an arm only scores what the *policy* learned. Arms:
 
 - `plain`: no advisor.
+- `local`: `ala train --local`, the single-process trainer, no advice (the baseline of `benchmarks.learning`).
 - `expert`: the shortest-path planner (privileged full state): the upper bound of good advice. Every arm runs the
   defaults unless it says otherwise: since value-8x8.md, advice both tilts sampling and is distilled where trust lets
   it (`ALA_ACTOR_ADVICE_MODE=both`); reports before it ran the bias alone (now `expert-bias`, `wrong-bias`,
@@ -63,6 +64,7 @@ from benchmarks.learning import (
     comparison_cells,
     paired_ratios,
     plot_curves,
+    run_local,
     run_stack,
     save,
     steps_per_seed,
@@ -180,6 +182,12 @@ ARMS = {
     "ranks2-sync": unadvised(ALA_UP_LEARNER_RANKS="2", ALA_LEARNER_DISTRIBUTED="sync"),
     "ranks2-merge": unadvised(ALA_UP_LEARNER_RANKS="2", ALA_LEARNER_DISTRIBUTED="merge"),
 }
+LOCAL = "local"
+"""`ala train --local`, the single-process trainer (benchmarks.learning's baseline), in the same run as the stack
+arms: no advice, stopped once it reaches the threshold (so it shows no final return)."""
+LOCAL_SETTINGS = {"process": "ala train --local (no broker, no advice)"}
+ALL_ARMS = (LOCAL, *ARMS)
+
 DEFAULT_ARMS = (
     "plain",
     "null",
@@ -219,11 +227,11 @@ def precision(runs: list[Run]) -> str:
 
 def report(runs: list[Run], seeds: int, command: str, budgets: dict[str, int], parallel: int = 1) -> str:
     at_a_time = "one run at a time" if parallel == 1 else f"up to {parallel} runs at a time"
-    present = [arm for arm in ARMS if any(r.arm == arm for r in runs)]
+    present = [arm for arm in ALL_ARMS if any(r.arm == arm for r in runs)]
     lines = [
         "# What advice is worth, through the stack (scored with advice off)",
         "",
-        provenance(command, {arm: arm_settings(ARMS[arm]) for arm in present}),
+        provenance(command, {arm: arm_settings(ARMS[arm]) if arm in ARMS else LOCAL_SETTINGS for arm in present}),
         "",
         f"{seeds} seeds per arm, {at_a_time}, arms interleaved per seed. Evaluation: the policy alone, no bias, "
         "sampled actions, 32 held-out seeds; reached = two consecutive evaluations >= 0.8, counted at the first. Env "
@@ -249,7 +257,7 @@ def report(runs: list[Run], seeds: int, command: str, budgets: dict[str, int], p
             "vs null (95% CI) | final return | precision | state-advised steps | calls | per seed (ratio to plain) |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
-        for arm in ARMS:
+        for arm in ALL_ARMS:
             arm_runs = [r for r in runs if r.env_id == env_id and r.arm == arm]
             if not arm_runs:
                 continue
@@ -276,7 +284,7 @@ def plot(runs: list[Run], path: Path) -> None:
     envs = sorted({r.env_id for r in runs})
     fig, axes = plt.subplots(2, len(envs), figsize=(7 * len(envs), 8.5), squeeze=False)
     for axis, trust_axis, env_id in zip(axes[0], axes[1], envs, strict=True):
-        plot_curves(axis, runs, env_id, ARMS)
+        plot_curves(axis, runs, env_id, ALL_ARMS)
         axis.set(title=f"{env_id}: scored with advice off", xlabel="env steps", ylabel="evaluation return")
         for index, arm in enumerate(ARMS):
             for run in [r for r in runs if r.env_id == env_id and r.arm == arm and r.series]:
@@ -293,7 +301,7 @@ def plot(runs: list[Run], path: Path) -> None:
 
 def main(
     envs: Annotated[list[str] | None, typer.Option(help="Environments (default: DoorKey-5x5).")] = None,
-    arms: Annotated[list[str] | None, typer.Option(help=f"Arms (default: {DEFAULT_ARMS}; all: {tuple(ARMS)}).")] = None,
+    arms: Annotated[list[str] | None, typer.Option(help=f"Arms (default: {DEFAULT_ARMS}; all: {ALL_ARMS}).")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per arm.")] = 5,
     first_seed: Annotated[int, typer.Option(help="The first seed.")] = 1,
     stop_at_threshold: Annotated[
@@ -310,7 +318,7 @@ def main(
 ) -> None:
     env_ids = envs or ["MiniGrid-DoorKey-5x5-v0"]
     chosen = arms or list(DEFAULT_ARMS)
-    unknown = set(chosen) - set(ARMS)
+    unknown = set(chosen) - set(ALL_ARMS)
     if unknown:
         raise typer.BadParameter(f"unknown arms {sorted(unknown)}; choose from {list(ARMS)}")
     budgets = {}
@@ -326,7 +334,10 @@ def main(
 
     def run_one(job: tuple[str, str, int]) -> Run:
         env_id, arm, seed = job
-        run = run_stack(env_id, arm, seed, *budgets[env_id], ARMS[arm], stop_at_threshold)
+        if arm == LOCAL:
+            run = run_local(env_id, seed, budgets[env_id][0])
+        else:
+            run = run_stack(env_id, arm, seed, *budgets[env_id], ARMS[arm], stop_at_threshold)
         print(f"{env_id} {arm} seed {seed}: {run.steps_to_threshold} steps, {run.scraped}", flush=True)
         return run
 

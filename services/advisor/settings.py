@@ -36,7 +36,7 @@ class AdvisorSpec(BaseModel):
         le=64,
         description="Planning backends (expert, adversarial): also advise the next this-many states along the plan"
         " (by exact-state key), so that advice waits in states the bot has not reached yet (8: DoorKey-8x8 to 0.8"
-        " in 0.70x the env steps of 0; benchmarks/results/ahead-8x8.md).",
+        " in 0.70x the env steps of 0; benchmarks/results/archive/ahead-8x8.md).",
     )
     # openai: any OpenAI-compatible server (vLLM first).
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL up to /v1.")
