@@ -373,10 +373,10 @@ def report(results: list[Result], totals: tuple[int, ...], goals: Goals, failed:
         "",
         "DoorKey-5x5, advisor (expert), router, actor, learner, each its own process, the broker with per-service "
         "users. Step p99: the actor's, interpolated within the histogram's 0.5 ms buckets as PromQL's "
-        "histogram_quantile does, over the window before the kill and the window from the kill to the end of the one after the restart "
-        "(during); the goal compares during with the no-fault p99, all no-fault windows of the run pooled. `none` "
-        "kills nothing: a control. Resumed: seconds from the restart to the learner's next new version; current: to "
-        "the actor sampling with it.",
+        "histogram_quantile does, over the window before the kill and the window from the kill to the end of the "
+        "one after the restart (during); the goal compares during with the no-fault p99, all no-fault windows of "
+        "the run pooled. `none` kills nothing: a control. Resumed: seconds from the restart to the learner's next "
+        "new version; current: to the actor sampling with it.",
         "",
         f"| fault | step p99 before (ms) | during (ms) | steps during | during / no-fault (goal <= "
         f"{goals.max_p99_ratio:g}) | learner resumed (s, goal <= {goals.max_resume_s:g}) | actor on newest (s, goal "
