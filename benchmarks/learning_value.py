@@ -52,7 +52,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -282,8 +282,9 @@ def plot(runs: list[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     envs = sorted({r.env_id for r in runs})
-    fig, axes = plt.subplots(2, len(envs), figsize=(7 * len(envs), 8.5), squeeze=False)
-    for axis, trust_axis, env_id in zip(axes[0], axes[1], envs, strict=True):
+    fig, axes = plt.subplots(3, len(envs), figsize=(7 * len(envs), 12.5), squeeze=False)
+    for axis, trust_axis, profile_axis, env_id in zip(axes[0], axes[1], axes[2], envs, strict=True):
+        plot_reached_by(profile_axis, [r for r in runs if r.env_id == env_id])
         plot_curves(axis, runs, env_id, ALL_ARMS)
         axis.set(title=f"{env_id}: scored with advice off", xlabel="env steps", ylabel="evaluation return")
         for index, arm in enumerate(ARMS):
@@ -297,6 +298,22 @@ def plot(runs: list[Run], path: Path) -> None:
         trust_axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_reached_by(axis: Any, runs: list[Run]) -> None:
+    """A performance profile over env steps: the share of each arm's seeds that had reached 0.8 (two consecutive
+    evaluations) by then. Censored runs never count, so a curve that stays under 1 shows them."""
+    for arm in ALL_ARMS:
+        arm_runs = [r for r in runs if r.arm == arm]
+        if not arm_runs:
+            continue
+        reached = sorted(r.steps_to_threshold for r in arm_runs if r.steps_to_threshold is not None)
+        end = max((r.curve[-1][0] for r in arm_runs if r.curve), default=0)
+        xs = [0, *reached, end]
+        ys = [0.0, *[(i + 1) / len(arm_runs) for i in range(len(reached))], len(reached) / len(arm_runs)]
+        axis.step(xs, ys, where="post", label=f"{arm} ({len(reached)}/{len(arm_runs)})")
+    axis.set(title="share of seeds that reached 0.8", xlabel="env steps", ylabel="share of seeds", ylim=(-0.05, 1.05))
+    axis.legend(fontsize=8)
 
 
 def main(
