@@ -61,6 +61,21 @@ RESUME_GOAL_S = 10.0
 NEVER_S = 60.0
 """How long a run waits for training to resume before calling it never."""
 P99_UNJUDGED = (CONTROL, "actor")
+MIN_STEPS_FOR_P99 = 200
+"""Fewer steps than this in a fault's window give no p99 (of 32 steps it is the slowest one): the row says so and is
+not judged. A broker or learner outage holds the actor by flow control to a few dozen steps in 5 s."""
+
+
+HELD_BY_FLOW_CONTROL = ("broker", "learner")
+"""Faults during which training stops, so flow control rightly holds the actor (with a router or an advisor down it
+must step on: few steps there is a stall, and fails)."""
+
+
+def judged(r: Result) -> bool:
+    held = r.fault in HELD_BY_FLOW_CONTROL and r.during.get(math.inf, 0) < MIN_STEPS_FOR_P99
+    return r.fault not in P99_UNJUDGED and not held
+
+
 """Rows whose p99 ratio is no promise: the control has no fault, and a killed actor has no step during its fault
 (its "during" is a fresh process's)."""
 
@@ -344,7 +359,7 @@ def failures(results: list[Result], totals: tuple[int, ...], goals: Goals) -> li
     for r in results:
         if r.fault == CONTROL:
             continue
-        if r.fault not in P99_UNJUDGED:
+        if judged(r):
             failed += p99_failure(r, no_fault, goals)
         for what, value in (("learner's next version", r.version_resumed_s), ("actor on it", r.actor_current_s)):
             if value is None or value > goals.max_resume_s:
@@ -384,8 +399,9 @@ def report(results: list[Result], totals: tuple[int, ...], goals: Goals, failed:
         "compares it with the no-fault p99, all no-fault windows of the run pooled) and from the restart to the end "
         "of the window after it (recovery: shown, not judged, since a restarted process's imports take most of a "
         "core, which on 2 shared cores slows the actor for the machine's reasons, not the fault's). `none` kills "
-        "nothing: a control. Resumed: seconds from the restart to the learner's next new version; current: to the "
-        "actor sampling with it.",
+        f"nothing: a control. A window of fewer than {MIN_STEPS_FOR_P99} steps has no p99 to judge (flow control "
+        "holds the actor while the broker or the learner is down). Resumed: seconds from the restart to the "
+        "learner's next new version; current: to the actor sampling with it.",
         "",
         f"| fault | step p99 before (ms) | during (ms) | steps during | recovery (ms) | during / no-fault (goal <= "
         f"{goals.max_p99_ratio:g}) | learner resumed (s, goal <= {goals.max_resume_s:g}) | actor on newest (s, goal "
@@ -393,10 +409,10 @@ def report(results: list[Result], totals: tuple[int, ...], goals: Goals, failed:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        judged = "" if r.fault not in P99_UNJUDGED else " (not judged)"
+        shown = "" if judged(r) else " (not judged)"
         lines.append(
             f"| {r.fault} | {p99_ms(r.steady):.2f} | {p99_ms(r.during):.2f} | {r.during.get(math.inf, 0):.0f} | "
-            f"{p99_ms(r.recovery):.2f} | {no_fault.ratio(r):.2f}{judged} | {seconds(r.version_resumed_s)} | "
+            f"{p99_ms(r.recovery):.2f} | {no_fault.ratio(r):.2f}{shown} | {seconds(r.version_resumed_s)} | "
             f"{seconds(r.actor_current_s)} |"
         )
     lines += [

@@ -80,3 +80,11 @@ def test_every_broken_promise_fails_the_run_with_its_figure() -> None:
         "learner: training resumed (actor on it) not within 60 s after the restart (goal <= 10 s)",
         f"advisor: actor step p99 not measured (during nan ms, no fault {no_fault.p99_ms:.2f} ms)",
     ]
+
+
+def test_a_flow_controlled_outage_with_too_few_steps_for_a_p99_is_not_judged_but_a_stalled_actor_fails() -> None:
+    goals = Goals(max_p99_ratio=1.5, max_resume_s=10.0)
+    steady, few_slow = _steps(3.0), {0.03: 0.0, 0.0305: 30.0, math.inf: 30.0}
+    results = [Result("broker", steady, few_slow, steady, 0.3, 0.4), Result("router", steady, {}, steady, 0.1, 0.1)]
+    failed = failures(results, CLEAN, goals)
+    assert len(failed) == 1 and failed[0].startswith("router: actor step p99 not measured")
