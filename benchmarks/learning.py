@@ -328,7 +328,7 @@ def steps_per_seed(runs: list[Run], baseline: list[Run] | None = None) -> str:
     cells = []
     for run in runs:
         cell = f"s{run.seed}: {steps_figure(run).show(thousands=True)}"
-        if run.seed in by_seed and baseline is not None:
+        if run.seed in by_seed:
             cell += f" ({paired_ratio(steps_figure(run), steps_figure(by_seed[run.seed])).show()})"
         cells.append(cell)
     return ", ".join(cells)

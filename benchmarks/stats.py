@@ -88,8 +88,8 @@ def _interval(values: Sequence[float], aggregate: str) -> tuple[float, float, fl
         reps=BOOTSTRAP_REPS,
         confidence_interval_size=CONFIDENCE,
     )
-    rng_state = interval["arm"]
-    return float(point["arm"][0]), float(rng_state[0][0]), float(rng_state[1][0])
+    (low,), (high,) = interval["arm"]
+    return float(point["arm"][0]), float(low), float(high)
 
 
 @dataclass(frozen=True)
