@@ -79,6 +79,8 @@ class Run:
     """Counters read from the services' /metrics at the end of a stack run (`StackArm.scrape`)."""
     series: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     """(env steps, `StackArm.follow` values) read at every evaluation of a stack run."""
+    updates: list[dict[str, float]] = field(default_factory=list)
+    """The learner's statistics of every update (`StackArm.learner_stats`), `UPDATE_STATS` only."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,19 @@ class StackArm:
     """name -> (service, metric, labels): summed from that service's /metrics just before the stack stops."""
     follow: dict[str, tuple[str, str, dict[str, str]]] = field(default_factory=dict)
     """The same, read at every evaluation (e.g. the router's trust over time)."""
+    learner_stats: bool = False
+    """Record the learner's statistics of every update (ALA_LEARNER_STATS_PATH) into `Run.updates`."""
+
+
+UPDATE_STATS = (
+    "samples_trained",
+    "losses/entropy",
+    "losses/approx_kl",
+    "losses/approx_kl_max",
+    "losses/minibatch_steps",
+    "adv/raw_std",
+    "returns/mean",
+)
 
 
 BENCH_ENV = {
@@ -144,19 +159,24 @@ def run_stack(
     ports = {service: free_port() for service in spec.services}
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker(broker_settings(Path(scratch) / "nats")))
-        env = dict(
-            os.environ,
-            ALA_NATS_URL=broker.url,
-            ALA_RUN="bench",
-            ALA_ENV_ID=env_id,
-            ALA_ACTOR_SEED=str(seed),
-            ALA_LEARNER_SEED=str(seed),
-            ALA_LEARNER_CHECKPOINT_DIR=str(Path(scratch) / "checkpoints"),
-            ALA_ROUTER_API_PORT="0",
-            **BENCH_ENV,
-            **{f"ALA_{service.upper()}_METRICS_PORT": str(port) for service, port in ports.items()},
-            **spec.env,
-        )
+        env = (
+            os.environ
+            | dict(
+                ALA_NATS_URL=broker.url,
+                ALA_RUN="bench",
+                ALA_ENV_ID=env_id,
+                ALA_ACTOR_SEED=str(seed),
+                ALA_LEARNER_SEED=str(seed),
+                ALA_LEARNER_CHECKPOINT_DIR=str(Path(scratch) / "checkpoints"),
+                ALA_ROUTER_API_PORT="0",
+                **{f"ALA_{service.upper()}_METRICS_PORT": str(port) for service, port in ports.items()},
+            )
+            | BENCH_ENV
+            | spec.env
+        )  # the arm's own settings win
+        stats_path = Path(scratch) / "learner-stats.jsonl"
+        if spec.learner_stats:
+            env["ALA_LEARNER_STATS_PATH"] = str(stats_path)
         processes: list[subprocess.Popen[bytes]] = []
         if spec.hog:
             processes.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
@@ -205,8 +225,12 @@ def run_stack(
                     process.wait(30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+        updates = [
+            {key: record[key] for key in UPDATE_STATS if key in record}
+            for record in map(json.loads, stats_path.read_text().splitlines() if stats_path.exists() else [])
+        ]
     run = _result(env_id, arm, seed, curve, scraped, stopped)
-    run.series = series
+    run.series, run.updates = series, updates
     return run
 
 

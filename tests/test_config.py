@@ -54,3 +54,21 @@ def test_the_actors_onnx_settings_come_from_the_environment(monkeypatch: pytest.
     monkeypatch.setenv("ALA_ACTOR_BACKEND", "tensorrt")
     with pytest.raises(ValidationError, match="backend"):
         ActorSettings()
+
+
+def test_actor_replicas_get_distinct_seeds_that_are_the_same_on_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ALA_ACTOR_REPLICA", raising=False)
+    # A lone actor (any host name without a replica number) runs the seed it was given, as `ala train --local` does.
+    assert ActorSettings(seed=7, instance="laptop").rollout_seed == 7
+    # StatefulSet pods (and named actors) take their number; replica 0 keeps the seed.
+    pods = [ActorSettings(seed=7, instance=f"ala-actor-{i}").rollout_seed for i in range(8)]
+    assert pods[0] == 7 and len(set(pods)) == 8
+    assert pods == [ActorSettings(seed=7, instance=f"ala-actor-{i}").rollout_seed for i in range(8)]
+    assert ActorSettings(seed=8, instance="ala-actor-3").rollout_seed != pods[3]
+    # compose --scale: hosts named by container id are told apart by it.
+    containers = {ActorSettings(seed=7, instance=name).rollout_seed for name in ("3f2a9c0e1b7d", "9e8d7c6b5a41")}
+    assert len(containers) == 2 and 7 not in containers
+    # Helm sets the replica from the pod index, whatever the pod is called.
+    monkeypatch.setenv("ALA_ACTOR_REPLICA", "3")
+    assert ActorSettings(seed=7, instance="anything").rollout_seed == pods[3]
+    assert all(0 <= seed < 2**31 for seed in pods)

@@ -33,6 +33,31 @@ class PPOSettings(BaseModel):
     ent_coef: float = Field(0.01, ge=0, description="Entropy bonus.")
     vf_coef: float = Field(0.5, ge=0, description="Value loss weight.")
     max_grad_norm: float = Field(0.5, gt=0, description="Gradient clipping.")
+    target_kl: float = Field(
+        0.02,
+        ge=0,
+        description="Early stopping (SB3's rule): an update stops taking minibatch steps once a minibatch's approximate"
+        " KL to the policy before the update exceeds 1.5x this. 0: never (SB3's and CleanRL's default). On by"
+        " default here: once a task is learned, per-minibatch normalisation scales advantages of std ~0.005 to unit"
+        " size, and on a near-deterministic policy some updates jumped to a KL of 0.1-0.27 and broke it"
+        " (evaluation 0.96 to 0.00 on DoorKey-5x5; benchmarks/results/stability-5x5.md).",
+    )
+    anneal_lr_samples: int = Field(
+        0,
+        ge=0,
+        description="Anneal the learning rate linearly to 0 over this many samples trained (CleanRL anneals over its"
+        " run's total steps); 0: constant (SB3's default). A stack has no fixed end: set it to your budget.",
+    )
+    normalize_obs: bool = Field(
+        False,
+        description="Normalise observations by running mean and variance (SB3's VecNormalize), kept in the policy's"
+        " weights so actors apply what the learner trained on; clipped to +-10. Ignored for one-hot (MiniGrid) codes.",
+    )
+    normalize_reward: bool = Field(
+        False,
+        description="Scale rewards by the running standard deviation of the discounted return (VecNormalize's"
+        " norm_reward), clipped to +-10, in the learner only: actors and the evaluator report raw returns.",
+    )
     adv_norm_floor: float = Field(
         0.0,
         ge=0,

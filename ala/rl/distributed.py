@@ -57,6 +57,12 @@ class Ranks:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
             offset += grad.numel()
 
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the ranks, on every rank (so that they all decide alike, e.g. to stop an update)."""
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return float(total) / self.world_size
+
     def merge_parameters(self, module: nn.Module, version: int) -> bool:
         """Merge: every `merge_every` versions, every rank takes the ranks' mean parameters. True if it merged."""
         if self.scheme != "merge" or version % self.merge_every != 0:

@@ -72,11 +72,14 @@ class Learner:
         settings: PPOSettings,
         device: str = "cpu",
         sync_gradients: Callable[[nn.Module], None] | None = None,
+        agree_mean: Callable[[float], float] | None = None,
     ) -> None:
         """`sync_gradients(agent)` runs between each backward pass and its optimizer step: learner ranks average
-        their gradients there (`ala.rl.distributed`)."""
+        their gradients there (`ala.rl.distributed`); `agree_mean(x)` is the mean of x over those ranks, so that
+        they stop an update early (`target_kl`) together."""
         self.settings = settings
         self.sync_gradients = sync_gradients
+        self.agree_mean = agree_mean
         self.device = resolve_device(device)
         torch.manual_seed(settings.seed)
         self.agent = Agent(spec).to(self.device)
@@ -84,6 +87,10 @@ class Learner:
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.version = 0
         self.samples_trained = 0
+        self.return_scale = RunningMoments()
+        """Variance of the discounted return (`normalize_reward`)."""
+        self._discounted: dict[int, float] = {}
+        """The running discounted return of each bot id (`normalize_reward`)."""
 
     def is_stale(self, trajectory: Trajectory) -> bool:
         return self.version - trajectory.policy_version > self.settings.max_policy_lag
@@ -91,24 +98,47 @@ class Learner:
     def train(self, trajectories: list[Trajectory]) -> dict[str, float]:
         """One update over `trajectories` (callers drop stale ones first); increments `version`."""
         assert trajectories, "nothing to train on"
-        batch = self._prepare(trajectories)
         s = self.settings
+        if s.normalize_obs:
+            self.agent.observe(
+                np.concatenate([t.observations.reshape(-1, t.observations.shape[-1]) for t in trajectories])
+            )
+        batch = self._prepare(trajectories)
+        learning_rate = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
         floor = self.advantage_floor(batch)
         stats: dict[str, list[float]] = {}
+        steps = 0
         for _ in range(s.num_epochs):
             order = torch.randperm(len(batch), generator=self.generator).to(self.device)
             # Exactly num_minibatches steps, whatever the batch size: learner ranks averaging gradients must step
-            # together.
+            # together (and stop together: `agree_mean`).
             for idx in torch.tensor_split(order, min(s.num_minibatches, len(batch))):
                 step_stats = self._minibatch_step(batch, idx, floor)
                 for key, value in step_stats.items():
                     stats.setdefault(key, []).append(value)
+                if step_stats["losses/stopped"]:
+                    break
+                steps += 1
+            else:
+                continue
+            break
         self.version += 1
         self.samples_trained += len(batch)
         summary = {key: float(np.mean(values)) for key, values in stats.items()}
         weights, truncated = ppo.importance_weights(batch.prox_logprob, batch.behaviour_logprob, s.max_weight)
         variance = torch.var(batch.returns)
         summary |= {
+            # The collapse diagnostic (issue 27): how much signal the advantages carry before normalisation, and the
+            # largest step any minibatch took.
+            "adv/raw_std": float(batch.advantages.std()),
+            "adv/raw_abs_mean": float(batch.advantages.abs().mean()),
+            "losses/approx_kl_max": float(np.max(stats["losses/approx_kl"])),
+            "returns/mean": float(batch.returns.mean()),
+            "policy/learning_rate": learning_rate,
+            "losses/minibatch_steps": float(steps),
+            "losses/stopped": float(steps < s.num_epochs * min(s.num_minibatches, len(batch))),
             "is/weight_mean": float(weights.mean()),
             "is/weight_max": float(torch.exp(batch.prox_logprob - batch.behaviour_logprob).max()),
             "is/fraction_truncated": float(truncated.float().mean()),
@@ -120,6 +150,26 @@ class Learner:
             "samples": float(len(batch)),
         }
         return summary
+
+    def learning_rate(self) -> float:
+        """`learning_rate`, annealed linearly to 0 over `anneal_lr_samples` samples trained when that is set."""
+        s = self.settings
+        if not s.anneal_lr_samples:
+            return s.learning_rate
+        return s.learning_rate * max(0.0, 1.0 - self.samples_trained / s.anneal_lr_samples)
+
+    def scaled_rewards(self, rewards: np.ndarray, episode_ends: np.ndarray, bot_ids: np.ndarray) -> np.ndarray:
+        """`normalize_reward`: rewards [T, N] over the running std of each bot's discounted return (VecNormalize)."""
+        gamma = self.settings.gamma
+        discounted = np.array([self._discounted.get(int(bot), 0.0) for bot in bot_ids])
+        seen = np.empty_like(rewards, dtype=np.float64)
+        for t in range(rewards.shape[0]):
+            discounted = discounted * gamma + rewards[t]
+            seen[t] = discounted
+            discounted = np.where(episode_ends[t], 0.0, discounted)
+        self._discounted.update(zip(map(int, bot_ids), discounted.tolist(), strict=True))
+        self.return_scale.update(seen.reshape(-1))
+        return np.clip(rewards / np.sqrt(self.return_scale.var + 1e-8), -10, 10).astype(np.float32)
 
     def advantage_floor(self, batch: Batch) -> float:
         """The advised floor applies to batches that advice touched (any step with advice in force): there early bad
@@ -147,6 +197,10 @@ class Learner:
                     "bootstrap_value",
                 )
             }
+            if s.normalize_reward:
+                ends = np.asarray(trajectory.terminated) | np.asarray(trajectory.truncated)
+                scaled = self.scaled_rewards(np.asarray(trajectory.rewards), ends, np.asarray(trajectory.bot_ids))
+                tensors["rewards"] = torch.as_tensor(scaled, device=self.device)
             steps, bots = tensors["actions"].shape
             obs = tensors["observations"].reshape(steps * bots, -1)
             actions = tensors["actions"].reshape(-1)
@@ -204,7 +258,8 @@ class Learner:
         return Batch(**{name: torch.cat(tensors) for name, tensors in parts.items()})
 
     def _minibatch_step(self, batch: Batch, idx: torch.Tensor, floor: float) -> dict[str, float]:
-        """One gradient step on rows `idx`; advantages normalised by max(std, `floor`)."""
+        """One gradient step on rows `idx`; advantages normalised by max(std, `floor`). With `target_kl`, no step
+        once this minibatch's KL to the policy before the update exceeds 1.5x it (`losses/stopped` 1)."""
         s = self.settings
         sample = self.agent.get_action_and_value(batch.obs[idx], action=batch.actions[idx])
         advantages = batch.advantages[idx]
@@ -230,24 +285,31 @@ class Learner:
         distill = self._distillation(batch.advice[idx], sample.logprobs)
         if distill is not None:
             loss = loss + self.distill_weight() * distill
+        with torch.no_grad():
+            approx_kl = float(((ratio - 1) - log_ratio).mean())
+            kl_to_behaviour = (batch.behaviour_logprob[idx] - sample.policy_logprob).mean()
+        stats = {
+            "losses/policy_loss": policy.loss.item(),
+            "losses/value_loss": value_loss.item(),
+            "losses/entropy": entropy.item(),
+            "losses/approx_kl": approx_kl,
+            "losses/clipfrac": float(policy.clipped.float().mean()),
+            "losses/kl_to_behaviour": float(kl_to_behaviour),
+            "policy/max_prob": float(sample.logprobs.detach().exp().max(-1).values.mean()),
+            "adv/minibatch_std": float(batch.advantages[idx].std(unbiased=False)),
+        } | ({} if distill is None else {"losses/distill": distill.item()})
+        if s.target_kl:
+            agreed = approx_kl if self.agree_mean is None else self.agree_mean(approx_kl)
+            if agreed > 1.5 * s.target_kl:
+                return stats | {"losses/stopped": 1.0}
 
         self.optimizer.zero_grad()
         loss.backward()
         if self.sync_gradients is not None:
             self.sync_gradients(self.agent)
-        nn.utils.clip_grad_norm_(self.agent.parameters(), s.max_grad_norm)
+        grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), s.max_grad_norm)
         self.optimizer.step()
-        with torch.no_grad():
-            approx_kl = ((ratio - 1) - log_ratio).mean()
-            kl_to_behaviour = (batch.behaviour_logprob[idx] - sample.policy_logprob).mean()
-        return {
-            "losses/policy_loss": policy.loss.item(),
-            "losses/value_loss": value_loss.item(),
-            "losses/entropy": entropy.item(),
-            "losses/approx_kl": float(approx_kl),
-            "losses/clipfrac": float(policy.clipped.float().mean()),
-            "losses/kl_to_behaviour": float(kl_to_behaviour),
-        } | ({} if distill is None else {"losses/distill": distill.item()})
+        return stats | {"losses/grad_norm": float(grad_norm), "losses/stopped": 0.0}
 
     def distill_weight(self) -> float:
         s = self.settings
@@ -270,6 +332,8 @@ class Learner:
                 "version": self.version,
                 "samples_trained": self.samples_trained,
                 "generator": self.generator.get_state(),
+                "return_scale": self.return_scale.state(),
+                "obs_moments": [float(self.agent.obs_moments[0]), *map(torch.as_tensor, self.agent.obs_moments[1:])],
             },
             buffer,
         )
@@ -282,3 +346,33 @@ class Learner:
         self.version = int(state["version"])
         self.samples_trained = int(state["samples_trained"])
         self.generator.set_state(state["generator"].cpu())  # map_location moved it; generators live on the CPU
+        self.return_scale.load(state.get("return_scale", ()))
+        if "obs_moments" in state:
+            count, mean, var = state["obs_moments"]
+            self.agent.obs_moments = (float(count), mean.cpu().numpy(), var.cpu().numpy())
+
+
+class RunningMoments:
+    """Running mean and variance over batches (Chan et al.'s parallel update, as SB3's RunningMeanStd)."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.var = 0.0, 0.0, 1.0
+
+    def update(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        batch_mean, batch_var, batch_count = float(values.mean()), float(values.var()), float(values.size)
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.mean += delta * batch_count / total
+        self.var = (
+            self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        ) / total
+        self.count = total
+
+    def state(self) -> list[float]:
+        return [self.count, self.mean, self.var]
+
+    def load(self, state: list[float] | tuple[float, ...]) -> None:
+        if state:
+            self.count, self.mean, self.var = (float(x) for x in state)

@@ -60,10 +60,36 @@ class Agent(nn.Module):
             nn.Tanh(),
             layer_init(nn.Linear(spec.hidden, spec.n_actions), std=0.01),
         )
+        # Observation normalisation (`normalize_obs`): statistics the learner keeps and the weights carry, so every
+        # actor applies exactly what the policy was trained on. Until the learner observes anything they are the
+        # identity (mean 0, std 1, no clip).
+        self.register_buffer("obs_mean", torch.zeros(spec.obs_dim))
+        self.register_buffer("obs_std", torch.ones(spec.obs_dim))
+        self.register_buffer("obs_clip", torch.tensor(float("inf")))
+        self.obs_moments = (0.0, np.zeros(spec.obs_dim), np.ones(spec.obs_dim))
+        """(count, mean, var) of every observation observed, in float64 (the buffers are their float32 copies)."""
+
+    def observe(self, observations: np.ndarray, clip: float = 10.0) -> None:
+        """Fold a batch of raw observations [B, obs_dim] into the running statistics (ignored for one-hot codes)."""
+        if self.spec.onehot_classes or len(observations) == 0:
+            return
+        count, mean, var = self.obs_moments
+        values = np.asarray(observations, dtype=np.float64)
+        batch_count, batch_mean, batch_var = len(values), values.mean(0), values.var(0)
+        total = count + batch_count
+        delta = batch_mean - mean
+        mean = mean + delta * batch_count / total
+        var = (var * count + batch_var * batch_count + delta**2 * count * batch_count / total) / total
+        self.obs_moments = (total, mean, var)
+        with torch.no_grad():
+            self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.obs_std.copy_(torch.as_tensor(np.sqrt(var + 1e-8), dtype=torch.float32))
+            self.obs_clip.fill_(clip)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         if not self.spec.onehot_classes:
-            return obs
+            normalised = (obs - self.obs_mean) / self.obs_std
+            return torch.minimum(torch.maximum(normalised, -self.obs_clip), self.obs_clip)
         codes = obs.long().clamp(0, self.spec.onehot_classes - 1)
         return nn.functional.one_hot(codes, self.spec.onehot_classes).flatten(1).float()
 

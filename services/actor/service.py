@@ -126,8 +126,8 @@ class Actor:
             settings.ask_again_s,
             max_keys=4 * settings.state_table_size,
         )
-        self.judge_rng = np.random.default_rng(settings.seed)
-        self.outcomes = OutcomeLedger(rollout.num_bots, settings.control_share, settings.seed + 1)
+        self.judge_rng = np.random.default_rng(settings.rollout_seed)
+        self.outcomes = OutcomeLedger(rollout.num_bots, settings.control_share, settings.rollout_seed + 1)
         self.keys = self.state_keys()
         """The key of each bot's current observation: what state-scoped advice is looked up by."""
         self.exact_keys = self.exact_state_keys()
@@ -501,12 +501,13 @@ class Actor:
 
 async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
     torch.set_num_threads(settings.torch_threads)
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(settings.rollout_seed)
+    log.info("actor %s: seed %d", settings.instance, settings.rollout_seed)
     adapter = adapter_for(settings.env_id)
     envs = adapter.make_vector(settings.num_bots)
     spec = adapter.policy_spec(envs.envs[0], settings.hidden)
     metrics.EPISODES.rebucket(adapter.return_buckets(), adapter.length_buckets())
-    rollout = Rollout(envs, Agent(spec), settings.num_steps, settings.seed, settings.device)
+    rollout = Rollout(envs, Agent(spec), settings.num_steps, settings.rollout_seed, settings.device)
     onnx_options = await start_onnx(settings, rollout) if settings.backend == "onnx" else None
     report_forward(rollout)
     bias = BiasTable(

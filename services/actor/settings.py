@@ -1,12 +1,20 @@
 """Settings of the actor; every field is also an environment variable `ALA_ACTOR_<FIELD>`."""
 
+import re
+import zlib
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
 from ala.rl.config import RolloutSettings
+
+ORDINAL = re.compile(r"-(\d{1,6})$")
+"""The replica number at the end of an instance name: a StatefulSet's pod `ala-actor-2`, or `actor-3`."""
+CONTAINER_ID = re.compile(r"^[0-9a-f]{12}$")
+"""Docker names a container's host after its short id: what `compose up --scale actor=4` replicas are called."""
 
 
 class ActorSettings(ServiceSettings, RolloutSettings):
@@ -123,3 +131,35 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     digest_full_state: bool = Field(
         True, description="Attach the full MiniGrid grid to digests, for expert advisors (privileged information)."
     )
+    replica: int | None = Field(
+        None,
+        ge=0,
+        description="This actor's replica number: replica 0 runs `seed` itself, replica k a seed derived from"
+        " (seed, k), so replicas of one deployment sample different episodes, and the same ones on every run (Helm"
+        " sets it from"
+        " the pod index). Unset: the number ending the instance name (`actor-3`), else, for a host named by its"
+        " Docker container id (compose --scale), a hash of that id (distinct, not reproducible: name the actors for"
+        " that), else 0.",
+    )
+
+    @property
+    def rollout_seed(self) -> int:
+        """The seed this actor's environments and sampling use (`replica`)."""
+        return replica_seed(self.seed, self.replica_number)
+
+    @property
+    def replica_number(self) -> int:
+        if self.replica is not None:
+            return self.replica
+        if ordinal := ORDINAL.search(self.instance):
+            return int(ordinal.group(1))
+        if CONTAINER_ID.match(self.instance):
+            return zlib.crc32(self.instance.encode()) + 1
+        return 0
+
+
+def replica_seed(seed: int, replica: int) -> int:
+    """`seed` for replica 0; for others, a draw from numpy's SeedSequence of (seed, replica): independent streams."""
+    if replica == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**32, replica]).generate_state(1)[0] >> 1)

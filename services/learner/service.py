@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import time
@@ -225,6 +226,10 @@ class LearnerWorker:
         for name, value in stats.items():
             metrics.TRAINING.labels(name).set(value)
         self.last_stats = stats
+        if self.settings.stats_path is not None:
+            record = {"version": self.learner.version, "samples_trained": self.learner.samples_trained} | stats
+            with self.settings.stats_path.open("a") as log_file:
+                log_file.write(json.dumps(record) + "\n")
         if self.learner.version % self.settings.checkpoint_every == 0:
             await self.checkpoint_and_settle()
         if self.learner.version % self.settings.publish_every == 0 and self.publishes:
@@ -531,10 +536,16 @@ async def train_until_stopped(
     ranks: Ranks | None,
     stop: asyncio.Event,
 ) -> None:
-    sync_gradients = ranks.average_gradients if ranks is not None else None
-    worker = LearnerWorker(
-        settings, bus, Learner(spec, settings, device=settings.device, sync_gradients=sync_gradients), ranks
+    # Sync ranks step together, so they also agree when an update stops early (target_kl); merge ranks train apart.
+    synced = ranks is not None and ranks.scheme == "sync"
+    learner = Learner(
+        spec,
+        settings,
+        device=settings.device,
+        sync_gradients=ranks.average_gradients if ranks is not None else None,
+        agree_mean=ranks.mean if synced else None,
     )
+    worker = LearnerWorker(settings, bus, learner, ranks)
     if saved is not None:
         worker.restore_checkpoint(saved[0])
     if first is not None:

@@ -77,6 +77,12 @@ class LearnerSettings(ServiceSettings, PPOSettings):
         " output on the probe batch (~20 ms per version on one core, serial with training): auto, while an actor with"
         " ALA_ACTOR_BACKEND=onnx is heard; always; or never (ONNX actors then export for themselves).",
     )
+    stats_path: Path | None = Field(
+        None,
+        description="Append every update's statistics (losses, entropy, KL, advantage scale, IS weights) to this"
+        " file as one JSON line, with the version and the samples trained: the per-update record Prometheus's"
+        " sampled gauge cannot give (unset: none).",
+    )
     implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")
 

@@ -76,6 +76,10 @@ def test_each_hardware_file_places_its_services_and_the_lab_combines_them() -> N
     learner = lab["ala-learner"]
     assert learner["kind"] == "StatefulSet" and learner["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
     assert learner["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    # Each actor replica seeds its environments from its pod index (distinct, reproducible): a StatefulSet's label.
+    assert lab["ala-actor"]["kind"] == "StatefulSet" and lab["ala-actor"]["spec"]["podManagementPolicy"] == "Parallel"
+    (replica,) = [item for item in container["env"] if item["name"] == "ALA_ACTOR_REPLICA"]
+    assert replica["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
     only_actor = workloads(
         render([], *[f"--set=services.{s}.enabled=false" for s in ("advisor", "router", "learner", "evaluator")])
     )
