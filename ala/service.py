@@ -70,6 +70,8 @@ class ServiceRuntime:
         """Actors: reports the env steps taken, for heartbeats."""
         self.bias_bounds: Callable[[], tuple[float, float]] | None = None
         """Routers: (b_max, max_ttl_s) as configured now, for heartbeats: actors hold every bias to them."""
+        self.advisor_reach: Callable[[], dict[str, float]] | None = None
+        """Routers: each advisor's reach now, for heartbeats."""
         self.started_at = time.time()
         self.metrics_port = 0
         self.health = Health(settings.liveness_timeout_s)
@@ -136,6 +138,7 @@ class ServiceRuntime:
             policy_backend=self.policy_backend,
             b_max=b_max,
             max_ttl_s=max_ttl_s,
+            reach=self.advisor_reach() if self.advisor_reach else {},
         )
 
     async def _heartbeat_loop(self) -> None:

@@ -23,6 +23,8 @@ SCHEMA_VERSION = 1
 ALLOWED_DTYPES = frozenset({"|b1", "|u1", "|i1", "<i2", "<i4", "<i8", "<u2", "<u4", "<f2", "<f4", "<f8"})
 MAX_DIMS = 8
 MAX_ACTORS = 4096
+MAX_ADVISORS = 64
+"""Advisors one message may name (merged advice, trust reports, the router's reach)."""
 """Actor instances one message may name (a lab runs tens; a size bound on what comes from outside)."""
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -383,6 +385,10 @@ class Heartbeat(MessageBase):
     """Routers only: the bound every bias element is clipped to; actors clip to it too (0: not announced)."""
     max_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     """Routers only: the longest TTL the router grants; actors cap every bias's TTL at it (0: not announced)."""
+    reach: Annotated[dict[Name, Annotated[float, msgspec.Meta(ge=0, le=1)]], msgspec.Meta(max_length=MAX_ADVISORS)] = {}
+    """Routers only: each advisor's reach now, the share of bot-episodes its advice applies in (its trust). Actors
+    assign each bot-episode to the advisors whose reach includes it when it starts, and ask for advice only as often
+    as the most trusted advisor can use (empty: not announced)."""
 
 
 Message = (

@@ -89,6 +89,14 @@ class PPOSettings(BaseModel):
         description="Weight of the distillation term (chunks from actors in the distill or both advice modes):"
         " cross-entropy from softmax(advice) to the policy on advised steps, LLM4Teach-style.",
     )
+    distill_temperature: float = Field(
+        0.25,
+        gt=0,
+        description="The teacher is softmax(advice / this). The recorded advice is the bias the actor sampled with,"
+        " bounded by the router's b_max (2) for safety; as a teacher at temperature 1 it put 0.55 on one advised action"
+        " of 7 and 0.075 on each other (entropy ~1.5 nats), and distilling it held the policy that soft. 0.25 puts"
+        " 0.99 on the advised action and keeps ties between actions advised alike.",
+    )
     distill_horizon: int = Field(
         500, ge=1, description="The distillation weight falls linearly to 0 over this many learner versions."
     )

@@ -8,7 +8,7 @@ Corrections (`settings.correction`):
 - `none`: PPO ratio against the actor's unbiased `pi_old`, ignoring the bias (a baseline that is wrong by design).
 
 Distillation (chunks from actors in `advice_mode=distill`, which record advice without applying it): the loss also
-pulls the policy towards `softmax(advice)` on advised steps, by cross-entropy weighted `distill_coef`, annealed to 0
+pulls the policy towards `softmax(advice / distill_temperature)` on advised steps, by cross-entropy weighted `distill_coef`, annealed to 0
 over `distill_horizon` versions (LLM4Teach, arXiv 2311.13373). The data is then on-policy: no bias, `mu = pi_old`.
 Actors in `advice_mode=both` apply the bias and record it as advice: the correction above handles the bias, and the
 same term distils the advice that trust let reach each episode.
@@ -316,11 +316,12 @@ class Learner:
         return s.distill_coef * max(0.0, 1.0 - self.version / s.distill_horizon)
 
     def _distillation(self, advice: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor | None:
-        """Cross-entropy from the teacher `softmax(advice)` to the policy, over advised samples; None if none."""
+        """Cross-entropy from the teacher `softmax(advice / distill_temperature)` to the policy, over advised samples;
+        None if none."""
         advised = advice.any(-1)
         if self.distill_weight() == 0 or not advised.any():
             return None
-        teacher = torch.softmax(advice[advised], -1)
+        teacher = torch.softmax(advice[advised] / self.settings.distill_temperature, -1)
         return -(teacher * logprobs[advised]).sum(-1).mean()
 
     def checkpoint(self) -> bytes:

@@ -145,3 +145,9 @@ FLOW_WAIT_SECONDS = Counter(
 FLOW_TIMEOUTS = Counter(
     "ala_actor_flow_timeouts", "Flow-control waits that gave up after flow_timeout_s.", registry=REGISTRY
 )
+DIGEST_RATE = Gauge(
+    "ala_actor_digest_rate_per_s",
+    "The most digests per second this actor sends now: its digest_rate_per_s times the highest reach the router"
+    " announces (the probation trickle while no advisor is trusted more).",
+    registry=REGISTRY,
+)

@@ -1,11 +1,16 @@
 """The evidence for trust: a control group of bot-episodes with no advice, and how every episode ended.
 
 At each episode start a bot joins the control group with probability `control_share`: it gets no advice for the
-whole episode (and so also shows how the policy alone plays). It also draws a number in [0, 1): a bias whose
-`reach` (the router's trust in its advisors) is not above that number does not apply in this episode, so an
-advisor trusted 0.25 shapes about a quarter of the episodes. Other episodes remember which advisors' advice they
-met. Finished episodes add their return to the control group or to each advisor they met; `take` turns what
-accumulated into an `AdviceOutcome` for the router (`services/router/trust.py`) and starts afresh.
+whole episode (and so also shows how the policy alone plays). It also draws a number in [0, 1) and, by intention
+to treat, is assigned there and then to every advisor whose reach (the router's trust in it, announced in the
+router's heartbeats: `set_reach`) is above that number: an advisor trusted 0.25 is assigned about a quarter of the
+episodes. A bias applies only to a bot assigned to one of the advisors in it, and a finished episode counts for
+every advisor it was assigned to, whether or not it met their advice: crediting the episodes that *met* advice
+compares groups selected after treatment (a bot that never reaches the advised states never meets the advice).
+
+Until the router has announced any reach, the fallback is the older rule: a bias applies where its own `reach` is
+above the draw, and the episode counts for the advisors whose advice it met. `take` turns what accumulated into an
+`AdviceOutcome` for the router (`services/router/trust.py`) and starts afresh.
 """
 
 from __future__ import annotations
@@ -16,9 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from protos import AdviceOutcome, EpisodeStats
-
-MAX_ADVISORS = 64
-"""The wire's bound on advisors per report; more are not credited."""
+from protos.messages import MAX_ADVISORS  # the wire's bound on advisors per report; more are not credited
 
 
 class Sums:
@@ -43,12 +46,35 @@ class OutcomeLedger:
         self.draw = self.rng.random(num_bots)
         """[num_bots]: this episode's draw per bot, against each bias's reach."""
         self.met: list[set[str]] = [set() for _ in range(num_bots)]
+        self.reach: dict[str, float] | None = None
+        """The router's announced reach per advisor (None: not heard yet)."""
+        self.assigned: list[frozenset[str] | None] = [None] * num_bots
+        """Per bot: the advisors its episode was assigned to when it started (None: started before any reach)."""
         self._control = Sums()
         self._advised: dict[str, Sums] = {}
 
-    def unreached(self, reach: np.ndarray) -> np.ndarray:
-        """bool [num_bots]: bots whose bias must not apply this step, given each bias's reach (`BiasLookup.reach`)."""
-        return self.control | (self.draw >= reach)
+    def set_reach(self, reach: dict[str, float]) -> None:
+        """The router's reach per advisor: it assigns the episodes that start from now on."""
+        self.reach = dict(reach)
+        for bot, assigned in enumerate(self.assigned):
+            if assigned is None:  # episodes under way join at once (their draw was made at their start)
+                self.assigned[bot] = self._assign(bot)
+
+    def _assign(self, bot: int) -> frozenset[str] | None:
+        if self.reach is None:
+            return None
+        return frozenset(name for name, reach in self.reach.items() if self.draw[bot] < reach)
+
+    def unreached(self, reach: np.ndarray, advisors: Sequence[tuple[str, ...]] = ()) -> np.ndarray:
+        """bool [num_bots]: bots whose bias must not apply this step: control bots, and bots assigned to none of
+        the advisors in their bias (`advisors`, per bot); before any reach is announced, bots whose draw is not
+        below their bias's own reach (`BiasLookup.reach`)."""
+        muted = self.control | (self.draw >= reach)
+        for bot, names in enumerate(advisors):
+            assigned = self.assigned[bot]
+            if names and assigned is not None:
+                muted[bot] = self.control[bot] or assigned.isdisjoint(names)
+        return muted
 
     def record_step(self, advisors: Sequence[tuple[str, ...]]) -> None:
         for bot, names in enumerate(advisors):
@@ -58,12 +84,15 @@ class OutcomeLedger:
     def end_episode(self, bot: int, episode_return: float) -> None:
         if self.control[bot]:
             self._control.add(episode_return)
-        for advisor in self.met[bot]:
+        assigned = self.assigned[bot]
+        credited = self.met[bot] if assigned is None else (set() if self.control[bot] else assigned)
+        for advisor in credited:
             if advisor in self._advised or len(self._advised) < MAX_ADVISORS:
                 self._advised.setdefault(advisor, Sums()).add(episode_return)
         self.met[bot].clear()
         self.control[bot] = self.rng.random() < self.control_share
         self.draw[bot] = self.rng.random()
+        self.assigned[bot] = self._assign(bot)
 
     def take(self, run: str, actor: str) -> AdviceOutcome | None:
         """What accumulated since the last call, or None when no episode ended."""

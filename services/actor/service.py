@@ -168,7 +168,19 @@ class Actor:
             self.bias.max_abs_bias = min(self.settings.max_abs_bias, heartbeat.b_max)
         if heartbeat.max_ttl_s > 0:
             self.bias.max_ttl_s = min(self.settings.max_ttl_s, heartbeat.max_ttl_s)
+        if heartbeat.reach:
+            self.hear_reach(heartbeat.reach)
         self.report_bounds()
+
+    def hear_reach(self, reach: dict[str, float]) -> None:
+        """The router's reach per advisor: new episodes are assigned by it (`outcomes.py`), and digests go out only
+        as often as the most trusted advisor can use them: at the probation trickle (0.05 of the rate) while every
+        advisor is on probation, and not at all while every one is silenced for good."""
+        self.outcomes.set_reach(reach)
+        usable = max(reach.values())
+        self.asker.bucket.rate_per_s = self.settings.digest_rate_per_s * usable
+        self.asker.bucket.burst = max(1.0, self.asker.bucket.rate_per_s / 4)
+        metrics.DIGEST_RATE.set(self.asker.bucket.rate_per_s)
 
     def report_bounds(self) -> None:
         metrics.BIAS_BOUND.labels("b_max").set(self.bias.max_abs_bias)
@@ -266,7 +278,7 @@ class Actor:
             for t in range(self.rollout.num_steps):
                 start = time.perf_counter()
                 lookup = self.bias.lookup(time.monotonic(), self.tick, self.keys, self.exact_keys)
-                lookup.mute(self.outcomes.unreached(lookup.reach))
+                lookup.mute(self.outcomes.unreached(lookup.reach, lookup.advisors))
                 self.outcomes.record_step(lookup.advisors)
                 if self.settings.judge_rate:
                     self._judge(lookup)

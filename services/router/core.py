@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 from ala.rejection import Rejected
 from protos import ActionSpace, Advice, Array, BiasUpdate, Heartbeat
+from protos.messages import MAX_ADVISORS
 from protos.subjects import BROADCAST
 from services.router.trust import TrustEstimator
 
@@ -76,6 +77,14 @@ class LiveConfig(BaseModel):
         0.02, ge=0, description="Advised episodes must beat the control group's mean return by more than this."
     )
     trust_min_episodes: int = Field(10, ge=1, description="Episodes of each group before trust moves.")
+    trust_probation: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="The trust an advisor falls to instead of 0: the share of episodes it keeps reaching, where it can"
+        " earn trust back once its advice helps again (0: silenced for good). Actors ask for advice at this trickle"
+        " while no advisor is trusted more.",
+    )
     schedule: Literal["constant", "linear", "exponential"] = Field("constant", description="Annealing of strength.")
     schedule_clock: Literal["learner_version", "seconds"] = Field(
         "learner_version", description="What the schedule advances with: learner updates or wall time."
@@ -141,10 +150,20 @@ class Router:
         """One step of every advisor's trust (`trust.py`, with the live config's rule); the bias updates that carry
         each change to the advice the actors already hold (none while trust is off)."""
         config = self.config
-        changed = self.trust.update(config.trust_initial, config.trust_margin, config.trust_min_episodes)
+        changed = self.trust.update(
+            config.trust_initial, config.trust_margin, config.trust_min_episodes, config.trust_probation
+        )
         if not config.trust:
             return []
         return [update for advisor, trust in changed.items() for update in self.retrust(advisor, trust, run, now)]
+
+    def advisor_reach(self) -> dict[str, float]:
+        """Each advisor's reach now, the share of bot-episodes its advice applies in (announced in the router's
+        heartbeats): its trust where trust acts on reach, else 1. Advisors heard or judged, at most `MAX_ADVISORS`."""
+        advisors = set(self.trust.trust) | set(self.trust.advised)
+        advisors.update(name for opinions in self.opinions.values() for name in opinions)
+        by_reach = self.config.trust_acts_on == "reach"
+        return {name: self.trust_of(name) if by_reach else 1.0 for name in sorted(advisors)[:MAX_ADVISORS]}
 
     def observe_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
         if heartbeat.service == "actor" and heartbeat.action_space is not None:

@@ -217,6 +217,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
         service = RouterService(settings, runtime.bus, tasks)
         runtime.bias_bounds = lambda: (service.router.config.b_max, service.router.config.max_ttl_s)
+        runtime.advisor_reach = service.router.advisor_reach
         run = settings.run
         await runtime.bus.subscribe(subjects.heartbeat_wildcard(run), service.on_heartbeat)
         await runtime.bus.subscribe(subjects.weights_subject(run), service.on_weights)

@@ -12,9 +12,10 @@ Every `interval_s` (the router's task), for each advisor with at least `min_epis
 `margin` and `min_episodes` are the router's live config, passed in, so `PUT /config` changes them at once):
 - `diff = mean(advised) - mean(control)`, `se` its standard error. `diff - z * se > margin` (beats the control
   by the margin, clearly): trust doubles (`rise`, capped at 1). `diff + z * se < margin` (clearly does not): trust
-  halves (`decay`), and below `floor` it is 0: the advisor is silenced for good, since a silenced advisor reaches
-  no episodes and cannot earn trust back (an operator can only hear it again with trust off: `PUT /config`
-  `{"trust": false}`). In between: trust holds.
+  halves (`decay`), and below `floor` it falls to `probation` (the router's `trust_probation`, 0.05): the advisor
+  still reaches that share of episodes, so when the policy regresses or the task changes, advice that helps again
+  shows it and climbs back (x2 per clear win). With probation 0 it is silenced for good, as before: a silenced
+  advisor reaches no episodes and cannot earn trust back. In between: trust holds.
 
 Measured on DoorKey-5x5 (`benchmarks/learning_value.py`) while choosing these: a gentler decay (x0.8 every 2 s)
 left always-wrong advice at trust 0.26 after 60k steps and the run never reached 0.8; decaying on the point
@@ -86,7 +87,7 @@ class TrustEstimator:
         for advisor, stats in outcome.advised.items():
             self.advised.setdefault(advisor, Group()).add(stats)
 
-    def update(self, initial: float, margin: float, min_episodes: int) -> dict[str, float]:
+    def update(self, initial: float, margin: float, min_episodes: int, probation: float = 0.0) -> dict[str, float]:
         """One step of every advisor's trust from the evidence so far (see the module docstring); returns the
         advisors whose trust changed, with their new trust."""
         control, changed = self.control, {}
@@ -100,7 +101,7 @@ class TrustEstimator:
                     trust = min(1.0, trust * self.rise)
                 elif diff + self.z * se < margin:
                     trust = trust * self.decay
-                    trust = 0.0 if trust < self.floor else trust
+                    trust = probation if trust < max(self.floor, probation) else trust
             self.trust[advisor] = trust
             if trust != before:
                 changed[advisor] = trust

@@ -599,3 +599,29 @@ async def test_episode_outcomes_reach_the_router_with_a_control_group(bus: Bus, 
             outcome = await asyncio.wait_for(outcomes.get(), 20)
             control += outcome.control.episodes
             advised += outcome.advised["expert"].episodes if "expert" in outcome.advised else 0
+
+
+async def test_digests_slow_to_the_probation_trickle_and_stop_when_the_router_trusts_no_advisor(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    """The router's heartbeat names each advisor's reach: the actor asks only as often as the most trusted can use."""
+    from ala.testing import actor_heartbeat
+
+    def router_heartbeat(reach: dict[str, float]) -> Any:
+        beat = actor_heartbeat(created_at=time.time())
+        return msgspec.structs.replace(beat, service="router", instance="r1", reach=reach)
+
+    digests = await _digests(bus)
+    subject = subjects.heartbeat_subject("test", "router", "r1")
+    async with running(serve, _settings(nats_settings, digest_rate_per_s=200.0)), ChunkReader(bus) as chunks:
+        await asyncio.wait_for(digests.get(), 20)  # asking at the full rate
+        await bus.publish(subject, router_heartbeat({"expert": 0.05, "llm": 0.0}), kind="heartbeat")
+        await wait_until(lambda: metrics.DIGEST_RATE._value.get() == 10.0)
+        await bus.publish(subject, router_heartbeat({"expert": 0.0, "llm": 0.0}), kind="heartbeat")
+        await wait_until(lambda: metrics.DIGEST_RATE._value.get() == 0.0)
+        await chunks.next()  # a chunk sampled after the change: digests chosen before it have arrived by its own
+        while not digests.empty():
+            digests.get_nowait()
+        for _ in range(3):
+            await chunks.next()
+        assert digests.qsize() <= 1  # at most the one token left in the bucket

@@ -55,3 +55,17 @@ def test_distillation_pulls_the_policy_towards_the_advice_and_anneals_away() -> 
     annealed = Learner(spec(), ppo_settings(distill_coef=1.0, distill_horizon=10))
     annealed.version = 10
     assert annealed.distill_weight() == 0 and "losses/distill" not in annealed.train([advised])
+
+
+def test_the_teacher_is_the_advised_action_not_the_softness_of_the_bounded_bias() -> None:
+    """Advice recorded as a bias bounded by b_max (1.8 against -0.3: softmax puts ~0.6 on the favourite) teaches the
+    favourite itself at the default temperature; at temperature 1 the policy stalls near that soft teacher."""
+    advised = _distilled_trajectory(advise=True)
+    settings = {"distill_coef": 1.0, "distill_horizon": 10_000, "target_kl": 0, "learning_rate": 3e-3}
+    sharp = Learner(spec(), ppo_settings(**settings))
+    soft = Learner(spec(), ppo_settings(**settings, distill_temperature=1))
+    for _ in range(12):
+        sharp.train([advised])
+        soft.train([advised])
+    assert _favourite_probability(soft, advised) < 0.7
+    assert _favourite_probability(sharp, advised) > 0.9

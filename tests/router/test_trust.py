@@ -107,3 +107,31 @@ def test_the_trust_rule_follows_the_live_config() -> None:
     assert router.trust_of("new") == 0.1
     router.config = router.config.model_copy(update={"trust": False})
     assert router.trust_of("new") == 1.0
+
+
+def test_an_advisor_on_probation_keeps_a_small_reach_and_earns_trust_back_when_its_advice_helps_again() -> None:
+    rng = np.random.default_rng(3)
+    trust = TrustEstimator()
+
+    def steps(n: int, control: float, advised: float, probation: float) -> None:
+        for _ in range(n):
+            trust.observe(_outcome(rng, control, {"expert": advised}))
+            trust.update(initial=0.25, margin=0.02, min_episodes=20, probation=probation)
+
+    steps(40, control=0.9, advised=0.9, probation=0.05)  # the policy has caught up: advice adds nothing
+    assert trust.trust["expert"] == 0.05  # on probation, not silenced
+    steps(40, control=0.1, advised=0.8, probation=0.05)  # the policy regressed; the advice helps again
+    assert trust.trust["expert"] == 1.0
+    trust = TrustEstimator()  # without probation, silenced for good
+    steps(40, control=0.9, advised=0.9, probation=0.0)
+    assert trust.trust["expert"] == 0.0
+    steps(40, control=0.1, advised=0.8, probation=0.0)
+    assert trust.trust["expert"] == 0.0
+
+
+def test_the_router_announces_each_advisors_reach_for_the_actors() -> None:
+    router = Router(LiveConfig())
+    router.trust.trust |= {"expert": 1.0, "llm": 0.05}
+    assert router.advisor_reach() == {"expert": 1.0, "llm": 0.05}
+    router.config = router.config.model_copy(update={"trust_acts_on": "strength"})
+    assert router.advisor_reach() == {"expert": 1.0, "llm": 1.0}
