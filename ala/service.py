@@ -72,6 +72,8 @@ class ServiceRuntime:
         """Routers: (b_max, max_ttl_s) as configured now, for heartbeats: actors hold every bias to them."""
         self.advisor_reach: Callable[[], dict[str, float]] | None = None
         """Routers: each advisor's reach now, for heartbeats."""
+        self.reads: list[str] = []
+        """Advisors: the parts of a digest their backends read, for heartbeats."""
         self.started_at = time.time()
         self.metrics_port = 0
         self.health = Health(settings.liveness_timeout_s)
@@ -139,6 +141,7 @@ class ServiceRuntime:
             b_max=b_max,
             max_ttl_s=max_ttl_s,
             reach=self.advisor_reach() if self.advisor_reach else {},
+            reads=self.reads,
         )
 
     async def _heartbeat_loop(self) -> None:

@@ -385,6 +385,9 @@ class Heartbeat(MessageBase):
     """Routers only: the bound every bias element is clipped to; actors clip to it too (0: not announced)."""
     max_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     """Routers only: the longest TTL the router grants; actors cap every bias's TTL at it (0: not announced)."""
+    reads: Annotated[list[Annotated[str, msgspec.Meta(max_length=32)]], msgspec.Meta(max_length=8)] = []
+    """Advisors only: the parts of a digest their backends reason from (`text`, `full_state`, `observation`): an
+    actor whose digests carry none of them sends none."""
     reach: Annotated[dict[Name, Annotated[float, msgspec.Meta(ge=0, le=1)]], msgspec.Meta(max_length=MAX_ADVISORS)] = {}
     """Routers only: each advisor's reach now, the share of bot-episodes its advice applies in (its trust). Actors
     assign each bot-episode to the advisors whose reach includes it when it starts, and ask for advice only as often

@@ -151,3 +151,9 @@ DIGEST_RATE = Gauge(
     " announces (the probation trickle while no advisor is trusted more).",
     registry=REGISTRY,
 )
+ADVISORS_READING = Gauge(
+    "ala_actor_advisors_reading",
+    "Live advisors that read what this actor's digests carry (their heartbeats' `reads`); at 0 it sends no digests;"
+    " -1: no advisor heard yet (it asks).",
+    registry=REGISTRY,
+)

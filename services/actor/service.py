@@ -65,6 +65,8 @@ from services.actor.outcomes import OutcomeLedger
 from services.actor.settings import ActorSettings
 
 log = logging.getLogger(__name__)
+ADVISOR_SILENT_HEARTBEATS = 3
+"""An advisor not heard for this many heartbeat intervals is gone: its digests would go unread."""
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 MAX_TRACKED_CHUNKS = 1024
 WEIGHTS_RETRY_S = 0.5
@@ -126,6 +128,13 @@ class Actor:
             settings.ask_again_s,
             max_keys=4 * settings.state_table_size,
         )
+        first_env = rollout.envs.envs[0]  # type: ignore[attr-defined]
+        self.offered = {"observation"} | ({"text"} if adapter.has_text else set())
+        if settings.digest_full_state and adapter.full_state(first_env) is not None:
+            self.offered.add("full_state")
+        """What this actor's digests carry, against what each advisor reads (`Heartbeat.reads`)."""
+        self.advisors_heard: dict[str, tuple[frozenset[str], float]] = {}
+        """Advisor instance -> (what it reads, monotonic time of its last heartbeat)."""
         self.judge_rng = np.random.default_rng(settings.rollout_seed)
         self.outcomes = OutcomeLedger(rollout.num_bots, settings.control_share, settings.rollout_seed + 1)
         self.keys = self.state_keys()
@@ -171,6 +180,23 @@ class Actor:
         if heartbeat.reach:
             self.hear_reach(heartbeat.reach)
         self.report_bounds()
+
+    async def on_advisor_heartbeat(self, msg: Msg) -> None:
+        try:
+            heartbeat = decode(msg.data, Heartbeat)
+        except WireError as exc:
+            metrics.UNDECODABLE.labels("heartbeat").inc()
+            self._decode_log.warning("undecodable advisor heartbeat on %s dropped: %s", msg.subject, exc)
+            return
+        self.advisors_heard[heartbeat.instance] = (frozenset(heartbeat.reads), time.monotonic())
+
+    def advisors_reading(self) -> int | None:
+        """Advisors heard within `ADVISOR_SILENT_HEARTBEATS` heartbeats that read what this actor's digests carry;
+        None while no advisor has been heard at all (one may be starting: ask)."""
+        if not self.advisors_heard:
+            return None
+        recent = time.monotonic() - ADVISOR_SILENT_HEARTBEATS * self.settings.heartbeat_interval_s
+        return sum(at > recent and not reads.isdisjoint(self.offered) for reads, at in self.advisors_heard.values())
 
     def hear_reach(self, reach: dict[str, float]) -> None:
         """The router's reach per advisor: new episodes are assigned by it (`outcomes.py`), and digests go out only
@@ -396,6 +422,11 @@ class Actor:
         self.exact_keys = self.exact_state_keys()
         if not self.settings.digests_enabled:
             return
+        reading = self.advisors_reading()
+        metrics.ADVISORS_READING.set(-1 if reading is None else reading)
+        if reading == 0:  # every advisor heard reads what these digests lack (CartPole has no text), or is gone
+            self.requested_digests.clear()
+            return
         requested, self.requested_digests = self.requested_digests, set()
         every = self.settings.digest_every_steps
         now, tick = time.monotonic(), self.tick
@@ -552,6 +583,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.bias_subject(run, subjects.BROADCAST), actor.on_bias)
         await runtime.bus.subscribe(subjects.weights_subject(run), actor.on_weights)
         await runtime.bus.subscribe(subjects.heartbeat_wildcard(run, "router"), actor.on_router_heartbeat)
+        await runtime.bus.subscribe(subjects.heartbeat_wildcard(run, "advisor"), actor.on_advisor_heartbeat)
         await runtime.bus.subscribe(subjects.digest_request_subject(run, settings.instance), actor.on_digest_request)
         await actor.latest_weights()
         tasks.start(actor.ship(), name="ship-chunks")

@@ -372,6 +372,7 @@ async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
     try:
         async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
             service = AdvisorService(settings, runtime.bus, advisors)
+            runtime.reads = sorted({advisor.backend.reads for advisor in advisors})
             await runtime.bus.subscribe(subjects.heartbeat_wildcard(settings.run), service.on_heartbeat)
             await runtime.bus.subscribe(
                 subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group

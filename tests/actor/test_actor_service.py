@@ -625,3 +625,31 @@ async def test_digests_slow_to_the_probation_trickle_and_stop_when_the_router_tr
         for _ in range(3):
             await chunks.next()
         assert digests.qsize() <= 1  # at most the one token left in the bucket
+
+
+async def test_no_digests_go_out_while_no_live_advisor_reads_what_they_carry(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    from ala.testing import actor_heartbeat
+
+    def advisor_heartbeat(instance: str, reads: list[str]) -> Any:
+        beat = actor_heartbeat(created_at=time.time())
+        return msgspec.structs.replace(beat, service="advisor", instance=instance, reads=reads)
+
+    digests = await _digests(bus)
+    settings = _settings(nats_settings, digest_full_state=False, digest_every_steps=1)
+    async with running(serve, settings), ChunkReader(bus) as chunks:
+        await asyncio.wait_for(digests.get(), 20)  # no advisor heard yet: it asks
+        expert = advisor_heartbeat("expert-host", ["full_state"])  # these digests carry no full state
+        await bus.publish(subjects.heartbeat_subject("test", "advisor", "expert-host"), expert, kind="heartbeat")
+        await wait_until(lambda: metrics.ADVISORS_READING._value.get() == 0)
+        await chunks.next()
+        while not digests.empty():
+            digests.get_nowait()
+        for _ in range(2):
+            await chunks.next()
+        assert digests.empty()  # periodic digests every step, yet none sent
+        llm = advisor_heartbeat("llm-host", ["text"])
+        await bus.publish(subjects.heartbeat_subject("test", "advisor", "llm-host"), llm, kind="heartbeat")
+        await asyncio.wait_for(digests.get(), 20)
+        assert metrics.ADVISORS_READING._value.get() == 1
