@@ -9,7 +9,8 @@ Corrections (`settings.correction`):
 
 Distillation (chunks from actors in `advice_mode=distill`, which record advice without applying it): the loss also
 pulls the policy towards `softmax(advice / distill_temperature)` on advised steps, by cross-entropy weighted
-`distill_coef`, annealed to 0 over `distill_horizon` versions (LLM4Teach, arXiv 2311.13373). The data is then on-policy: no bias, `mu = pi_old`.
+`distill_coef`, annealed to 0 over `distill_horizon` versions (LLM4Teach, arXiv 2311.13373). The data is then
+on-policy: no bias, `mu = pi_old`.
 Actors in `advice_mode=both` apply the bias and record it as advice: the correction above handles the bias, and the
 same term distils the advice that trust let reach each episode.
 """
