@@ -77,6 +77,7 @@ BUDGET = {  # env steps, seconds: every arm runs to the same budget, so final re
     "MiniGrid-DoorKey-5x5-v0": (60_000, 120.0),
     "MiniGrid-DoorKey-8x8-v0": (400_000, 300.0),
     "MiniGrid-LavaGapS5-v0": (150_000, 120.0),  # untuned: chosen after every default was set
+    "MiniGrid-SimpleCrossingS9N1-v0": (400_000, 300.0),  # untuned too (issue 27)
 }
 DEFAULT_BUDGET = (1_000_000, 600.0)
 SCRAPE = {

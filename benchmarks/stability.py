@@ -93,12 +93,20 @@ def diagnostic(runs: list[Run]) -> list[str]:
             return np.array([row[key] for row in rows if key in row]) if rows else np.array([np.nan])
 
         stable_kl = column(stable, "losses/approx_kl_max")
+        kl, entropy, scale = (
+            (
+                f"{column(before, 'losses/approx_kl_max').max():.3f}",
+                f"{column(before, 'losses/entropy').min():.3f}",
+                f"{np.median(column(before, 'adv/raw_std')):.4f}",
+            )
+            if before
+            else ("-", "-", "-")
+        )
         lines.append(
-            f"| {run.arm} | {run.seed} | {'-' if drop is None else f'{drop:,}'} | "
-            f"{np.nanmax(column(before, 'losses/approx_kl_max')):.3f} | "
+            f"| {run.arm} | {run.seed} | {'-' if drop is None else f'{drop:,}'} | {kl} | "
             f"{np.median(stable_kl):.4f}, {np.percentile(stable_kl, 99):.3f} | "
-            f"{np.nanmin(column(before, 'losses/entropy')):.3f} ({np.median(column(stable, 'losses/entropy')):.3f}) | "
-            f"{np.nanmedian(column(before, 'adv/raw_std')):.4f} ({np.median(column(stable, 'adv/raw_std')):.4f}) |"
+            f"{entropy} ({np.median(column(stable, 'losses/entropy')):.3f}) | "
+            f"{scale} ({np.median(column(stable, 'adv/raw_std')):.4f}) |"
         )
     return [*lines, ""]
 
