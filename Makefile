@@ -79,7 +79,7 @@ bench-faults: setup  ## the same, with longer windows, into benchmarks/results/f
 bench-scale: setup  ## env steps/s and trained/s with 1, 2, 4 and 8 actor processes, and 1 vs 2 learner ranks
 	$(BIN)/python -m benchmarks.scale
 
-bench-stability: setup  ## does the evaluation stay up once DoorKey-5x5 is learned? the stack, exact vs no correction
+bench-stability: setup  ## does the evaluation stay up once DoorKey-5x5 is learned? the stack with target_kl against without
 	$(BIN)/python -m benchmarks.stability
 
 bench-broker-capacity: setup  ## JetStream chunks/s and MB/s on one node (R1) and a 3-node cluster (R3); core msgs/s
