@@ -237,3 +237,60 @@ def test_a_batch_whose_only_advice_is_a_zero_bias_gets_the_advised_floor() -> No
         learner.train([null_advised])
         params[floor] = _params(learner)
     assert not torch.equal(params[0.0], params[10.0])  # the floor reached the update
+
+
+def test_target_kl_stops_an_update_once_the_policy_has_moved_that_far() -> None:
+    trajectory = rollout(fresh_agent()).collect()
+    eager = Learner(spec(), ppo_settings(learning_rate=0.05, target_kl=0))
+    careful = Learner(spec(), ppo_settings(learning_rate=0.05, target_kl=0.01))
+    eager_stats, careful_stats = eager.train([trajectory]), careful.train([trajectory])
+    assert eager_stats["losses/minibatch_steps"] == 16 and eager_stats["losses/stopped"] == 0
+    assert careful_stats["losses/stopped"] == 1 and 1 <= careful_stats["losses/minibatch_steps"] < 16
+    assert careful_stats["losses/approx_kl_max"] < eager_stats["losses/approx_kl_max"]
+
+
+def test_the_learning_rate_anneals_linearly_to_zero_over_the_samples_trained() -> None:
+    trajectory = rollout(fresh_agent()).collect()  # 64 samples
+    learner = Learner(spec(), ppo_settings(anneal_lr_samples=128, learning_rate=1e-3))
+    rates = [learner.train([trajectory])["policy/learning_rate"] for _ in range(2)]
+    assert rates == pytest.approx([1e-3, 5e-4])
+    before = _params(learner)
+    assert learner.train([trajectory])["policy/learning_rate"] == 0.0
+    torch.testing.assert_close(_params(learner), before, atol=0, rtol=0)  # nothing left to learn with
+
+
+def test_observation_statistics_travel_in_the_weights_so_actors_normalise_as_the_learner_trained() -> None:
+    from ala.rl.policy import Agent, load_weights, weights_to_bytes
+
+    cartpole = spec("CartPole-v1")
+    trajectory = rollout(fresh_agent(env_id="CartPole-v1"), steps=64).collect()
+    learner = Learner(cartpole, ppo_settings(normalize_obs=True))
+    learner.train([trajectory])
+    observations = np.asarray(trajectory.observations).reshape(-1, cartpole.obs_dim)
+    np.testing.assert_allclose(learner.agent.obs_mean.numpy(), observations.mean(0), atol=1e-5)
+    np.testing.assert_allclose(learner.agent.obs_std.numpy(), observations.std(0), rtol=1e-3)
+    actor = Agent(cartpole)
+    load_weights(actor, weights_to_bytes(learner.agent))
+    obs = torch.as_tensor(observations[:8])
+    torch.testing.assert_close(actor.logits_and_value(obs), learner.agent.logits_and_value(obs))
+    resumed = Learner(cartpole, ppo_settings(normalize_obs=True))
+    resumed.restore(learner.checkpoint())
+    assert resumed.agent.obs_moments[0] == len(observations)
+    minigrid = Learner(spec(), ppo_settings(normalize_obs=True))  # one-hot codes: nothing to normalise
+    minigrid.train([rollout(fresh_agent()).collect()])
+    assert not minigrid.agent.obs_mean.any() and torch.isinf(minigrid.agent.obs_clip)
+
+
+def test_rewards_are_scaled_by_the_running_std_of_the_discounted_return() -> None:
+    learner = Learner(spec(), ppo_settings(normalize_reward=True, gamma=0.5))
+    rewards = np.array([[1.0], [1.0], [0.0], [2.0]], dtype=np.float32)
+    ends = np.array([[False], [True], [False], [False]])
+    scaled = learner.scaled_rewards(rewards, ends, np.array([7]))
+    # discounted returns 1, 1.5 (episode ends), then 0, 2: their std scales every reward
+    assert np.allclose(scaled, rewards / np.std([1.0, 1.5, 0.0, 2.0]))
+    assert learner._discounted[7] == 2.0  # carried into the bot's next chunk
+    stats = learner.train([rollout(fresh_agent()).collect()])
+    assert np.isfinite(stats["losses/value_loss"])
+    resumed = Learner(spec(), ppo_settings(normalize_reward=True))
+    resumed.restore(learner.checkpoint())
+    assert resumed.return_scale.state() == learner.return_scale.state()
