@@ -199,12 +199,13 @@ class Actor:
         return sum(at > recent and not reads.isdisjoint(self.offered) for reads, at in self.advisors_heard.values())
 
     def hear_reach(self, reach: dict[str, float]) -> None:
-        """The router's reach per advisor: new episodes are assigned by it (`outcomes.py`), and digests go out only
-        as often as the most trusted advisor can use them: at the probation trickle (0.05 of the rate) while every
-        advisor is on probation, and not at all while every one is silenced for good."""
+        """The router's reach per advisor: new episodes are assigned by it (`outcomes.py`), and while no advisor
+        reaches `ask_full_reach` of the episodes, digests go out at the trickle the most trusted one can use (0.05 of
+        the rate on probation), none while every one is silenced for good."""
         self.outcomes.set_reach(reach)
         usable = max(reach.values())
-        self.asker.bucket.rate_per_s = self.settings.digest_rate_per_s * usable
+        share = 1.0 if usable >= self.settings.ask_full_reach else usable
+        self.asker.bucket.rate_per_s = self.settings.digest_rate_per_s * share
         self.asker.bucket.burst = max(1.0, self.asker.bucket.rate_per_s / 4)
         metrics.DIGEST_RATE.set(self.asker.bucket.rate_per_s)
 

@@ -84,6 +84,15 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         200.0, gt=0, description="Most digests this actor publishes per second, on average (a token bucket)."
     )
     digest_bot_interval_s: float = Field(0.1, ge=0, description="Least time between two digests of one bot.")
+    ask_full_reach: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="While the highest reach the router announces is below this (every advisor on probation, 0.05, or"
+        " silenced), digests go out at digest_rate_per_s times that reach: a trickle that lets probation find advice"
+        " that helps again, and none at all at 0. At or above it (an advisor at its initial 0.25 or trusted), the full"
+        " rate.",
+    )
     ask_again_s: float = Field(
         5.0, gt=0, description="A state asked about and still without advice is asked about again after this."
     )

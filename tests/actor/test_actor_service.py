@@ -615,8 +615,10 @@ async def test_digests_slow_to_the_probation_trickle_and_stop_when_the_router_tr
     subject = subjects.heartbeat_subject("test", "router", "r1")
     async with running(serve, _settings(nats_settings, digest_rate_per_s=200.0)), ChunkReader(bus) as chunks:
         await asyncio.wait_for(digests.get(), 20)  # asking at the full rate
+        await bus.publish(subject, router_heartbeat({"expert": 0.25, "llm": 0.05}), kind="heartbeat")
+        await wait_until(lambda: metrics.DIGEST_RATE._value.get() == 200.0)  # an advisor at its initial trust
         await bus.publish(subject, router_heartbeat({"expert": 0.05, "llm": 0.0}), kind="heartbeat")
-        await wait_until(lambda: metrics.DIGEST_RATE._value.get() == 10.0)
+        await wait_until(lambda: metrics.DIGEST_RATE._value.get() == 10.0)  # all on probation: a trickle
         await bus.publish(subject, router_heartbeat({"expert": 0.0, "llm": 0.0}), kind="heartbeat")
         await wait_until(lambda: metrics.DIGEST_RATE._value.get() == 0.0)
         await chunks.next()  # a chunk sampled after the change: digests chosen before it have arrived by its own
