@@ -1,6 +1,7 @@
 """ALA's wire contract: message types (`messages`) and subject names (`subjects`). Every service imports this."""
 
 from protos.messages import (
+    MAX_ADVISORS,
     MESSAGE_TYPES,
     SCHEMA_VERSION,
     ActionSpace,
@@ -28,6 +29,7 @@ from protos.messages import (
 )
 
 __all__ = [
+    "MAX_ADVISORS",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "ActionSpace",

@@ -110,7 +110,7 @@ class Learner:
             group["lr"] = learning_rate
         floor = self.advantage_floor(batch)
         stats: dict[str, list[float]] = {}
-        steps = 0
+        steps, stopped = 0, False
         for _ in range(s.num_epochs):
             order = torch.randperm(len(batch), generator=self.generator).to(self.device)
             # Exactly num_minibatches steps, whatever the batch size: learner ranks averaging gradients must step
@@ -119,12 +119,12 @@ class Learner:
                 step_stats = self._minibatch_step(batch, idx, floor)
                 for key, value in step_stats.items():
                     stats.setdefault(key, []).append(value)
-                if step_stats["losses/stopped"]:
+                stopped = bool(step_stats["losses/stopped"])
+                if stopped:
                     break
                 steps += 1
-            else:
-                continue
-            break
+            if stopped:
+                break
         self.version += 1
         self.samples_trained += len(batch)
         summary = {key: float(np.mean(values)) for key, values in stats.items()}
@@ -139,7 +139,7 @@ class Learner:
             "returns/mean": float(batch.returns.mean()),
             "policy/learning_rate": learning_rate,
             "losses/minibatch_steps": float(steps),
-            "losses/stopped": float(steps < s.num_epochs * min(s.num_minibatches, len(batch))),
+            "losses/stopped": float(stopped),
             "is/weight_mean": float(weights.mean()),
             "is/weight_max": float(torch.exp(batch.prox_logprob - batch.behaviour_logprob).max()),
             "is/fraction_truncated": float(truncated.float().mean()),

@@ -46,6 +46,7 @@ from ala.rl.trajectory import full_state_key, observation_key, to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from ala.weights import fetch_onnx_policy, fetch_policy
 from protos import (
+    MAX_ADVISORS,
     ActionSpace,
     Array,
     BiasUpdate,
@@ -128,10 +129,7 @@ class Actor:
             settings.ask_again_s,
             max_keys=4 * settings.state_table_size,
         )
-        first_env = rollout.envs.envs[0]  # type: ignore[attr-defined]
-        self.offered = {"observation"} | ({"text"} if adapter.has_text else set())
-        if settings.digest_full_state and adapter.full_state(first_env) is not None:
-            self.offered.add("full_state")
+        self.offered = self.digest_contents()
         """What this actor's digests carry, against what each advisor reads (`Heartbeat.reads`)."""
         self.advisors_heard: dict[str, tuple[frozenset[str], float]] = {}
         """Advisor instance -> (what it reads, monotonic time of its last heartbeat)."""
@@ -188,7 +186,17 @@ class Actor:
             metrics.UNDECODABLE.labels("heartbeat").inc()
             self._decode_log.warning("undecodable advisor heartbeat on %s dropped: %s", msg.subject, exc)
             return
+        if heartbeat.instance not in self.advisors_heard and len(self.advisors_heard) >= MAX_ADVISORS:
+            # A bound on what outside heartbeats can grow: forget the advisor heard longest ago.
+            del self.advisors_heard[min(self.advisors_heard, key=lambda name: self.advisors_heard[name][1])]
         self.advisors_heard[heartbeat.instance] = (frozenset(heartbeat.reads), time.monotonic())
+
+    def digest_contents(self) -> set[str]:
+        """What this actor's digests carry: the observation always, text and the full state where the env has them."""
+        contents = {"observation"} | ({"text"} if self.adapter.has_text else set())
+        if self.settings.digest_full_state and self.adapter.full_state(self.rollout.envs.envs[0]) is not None:  # type: ignore[attr-defined]
+            contents.add("full_state")
+        return contents
 
     def advisors_reading(self) -> int | None:
         """Advisors heard within `ADVISOR_SILENT_HEARTBEATS` heartbeats that read what this actor's digests carry;

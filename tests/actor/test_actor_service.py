@@ -25,6 +25,7 @@ from ala.rl.policy import Agent, weights_to_bytes
 from ala.rl.trajectory import full_state_key, observation_key
 from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, spec, store_weights, wait_until
 from protos import (
+    MAX_ADVISORS,
     AdviceOutcome,
     Array,
     BiasUpdate,
@@ -655,3 +656,10 @@ async def test_no_digests_go_out_while_no_live_advisor_reads_what_they_carry(
         await bus.publish(subjects.heartbeat_subject("test", "advisor", "llm-host"), llm, kind="heartbeat")
         await asyncio.wait_for(digests.get(), 20)
         assert metrics.ADVISORS_READING._value.get() == 1
+        # Heartbeats come from outside: however many advisors announce themselves, the actor remembers a bounded set.
+        for index in range(MAX_ADVISORS + 36):
+            ghost = advisor_heartbeat(f"ghost-{index}", ["observation"])
+            await bus.publish(subjects.heartbeat_subject("test", "advisor", f"ghost-{index}"), ghost, kind="heartbeat")
+        await wait_until(lambda: metrics.ADVISORS_READING._value.get() == MAX_ADVISORS)
+        await chunks.next()
+        assert metrics.ADVISORS_READING._value.get() == MAX_ADVISORS
