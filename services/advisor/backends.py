@@ -23,7 +23,7 @@ import importlib.util
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -54,6 +54,8 @@ class Suggestion:
     ttl_s: float
     rationale: str = ""
     completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    """Of `completion_tokens`, those a reasoning model spent thinking before its final answer."""
     ahead: tuple[tuple[str, int], ...] = ()
     """(state key, action) for the states a planner expects the bot to meet next, in order: advised too, so that
     advice waits for the bot in states it has not reached yet instead of arriving after it has left."""
@@ -108,6 +110,47 @@ def answer_grammar(n_actions: int) -> str:
             f"text ::= [a-zA-Z0-9 ,.'-]{{0,{RATIONALE_CHARS}}}",
         ]
     )
+
+
+class Reply(msgspec.Struct):
+    """What a chat completion said: the final answer, apart from a reasoning model's thinking."""
+
+    content: str
+    reasoning: str = ""
+    finish_reason: str = ""
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def read_reply(payload: Any) -> Reply:
+    """The final answer and token counts of an OpenAI-style chat completion (vLLM, llama.cpp, OpenAI).
+
+    Reasoning models (GPT-OSS behind vLLM's `openai_gptoss` parser, DeepSeek-R1, Qwen3) put their thinking in
+    `message.reasoning` (vLLM >= 0.11; `reasoning_content` before it, and in llama.cpp) and only the final answer in
+    `content`, which is the one structured-output constraints apply to. Reasoning tokens are read from
+    `usage.completion_tokens_details.reasoning_tokens` where the server reports them; where it does not, they are
+    estimated as the reasoning's share of the characters generated."""
+    choice = payload["choices"][0]
+    message = choice["message"]
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning") or message.get("reasoning_content") or ""
+    usage = payload.get("usage") or {}
+    tokens = int(usage.get("completion_tokens") or 0)
+    reasoning_tokens = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    if reasoning and not reasoning_tokens and tokens:
+        reasoning_tokens = round(tokens * len(reasoning) / (len(reasoning) + len(content)))
+    return Reply(str(content), str(reasoning), str(choice.get("finish_reason") or ""), tokens, reasoning_tokens)
+
+
+def answer_of(reply: Reply, n_actions: int) -> Suggestion:
+    """The advice in a reply's final answer; a reply cut off before it is a `length` failure, said as such."""
+    if not reply.content.strip() and reply.finish_reason == "length":
+        thinking = f" after {len(reply.reasoning)} characters of reasoning" if reply.reasoning else ""
+        raise BackendError(
+            "length", f"the token budget ran out{thinking} before the final answer (raise max_reasoning_tokens)"
+        )
+    suggestion = parse_answer(reply.content, n_actions, reply.completion_tokens)
+    return replace(suggestion, reasoning_tokens=reply.reasoning_tokens)
 
 
 def parse_answer(content: str, n_actions: int, completion_tokens: int = 0) -> Suggestion:
@@ -220,12 +263,17 @@ class OpenAIBackend:
         body: dict[str, Any] = {
             "model": self.spec.model,
             "messages": messages,
-            "max_tokens": self.spec.max_tokens,
+            # Servers count a reasoning model's thinking in max_tokens: the answer's budget comes on top of it.
+            "max_tokens": self.spec.max_tokens + self.spec.max_reasoning_tokens,
             "temperature": self.spec.temperature,
             "response_format": {"type": "json_schema", "json_schema": {"name": "advice", "schema": schema}},
         }
         if self.spec.structured_outputs == "vllm":
             body["structured_outputs"] = {"json": schema}  # vLLM's extra-body field for constrained decoding
+        if self.spec.reasoning_effort:
+            body["reasoning_effort"] = self.spec.reasoning_effort
+        if self.spec.stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
         return body
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
@@ -248,12 +296,10 @@ class OpenAIBackend:
         if status != 200:
             raise BackendError("http", f"status {status}: {data[:200]!r}")
         try:
-            payload = json.loads(data)
-            content = payload["choices"][0]["message"]["content"]
-            tokens = int((payload.get("usage") or {}).get("completion_tokens") or 0)
+            reply = read_reply(assemble_stream(data) if self.spec.stream else json.loads(data))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError("parse", f"unexpected response {data[:200]!r}") from exc
-        return parse_answer(content or "", len(digest.action_names), tokens)
+        return answer_of(reply, len(digest.action_names))
 
     async def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
         """POST and read the reply, up to `max_reply_bytes`: a server answering with megabytes is cut off at the
@@ -272,6 +318,30 @@ class OpenAIBackend:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def assemble_stream(data: bytes) -> dict[str, Any]:
+    """A streamed chat completion (server-sent events: `data: {chunk}` lines, then `data: [DONE]`) put back
+    together as the one reply it would have been: content and reasoning deltas joined, the last finish reason and
+    the usage chunk (`stream_options.include_usage`) kept."""
+    content: list[str] = []
+    reasoning: list[str] = []
+    finish_reason, usage = "", None
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("data:"):
+            continue  # blank separators, comments, event names
+        event = line[len("data:") :].strip()
+        if event == "[DONE]":
+            break
+        chunk = json.loads(event)
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            content.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning") or delta.get("reasoning_content") or "")
+            finish_reason = choice.get("finish_reason") or finish_reason
+    message = {"content": "".join(content), "reasoning": "".join(reasoning)}
+    return {"choices": [{"message": message, "finish_reason": finish_reason}], "usage": usage}
 
 
 def smollm2_path() -> Path:
@@ -312,6 +382,7 @@ class EmbeddedBackend:
             "temperature": self.spec.temperature,
             "seed": self.spec.seed,
             "grammar": answer_grammar(len(digest.action_names)),
+            "cache_prompt": True,  # reuse the KV cache of the shared prompt prefix (system prompt, instructions)
         }
         async with self.lock:
             try:
@@ -321,11 +392,10 @@ class EmbeddedBackend:
             except TimeoutError as exc:
                 raise BackendError("timeout", f"no answer within {self.spec.timeout_s}s") from exc
         try:
-            content = reply["choices"][0]["message"]["content"]
-            tokens = int((reply.get("usage") or {}).get("completion_tokens") or 0)
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            answer = read_reply(reply)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise BackendError("parse", f"unexpected reply {str(reply)[:200]}") from exc
-        return parse_answer(content, len(digest.action_names), tokens)
+        return answer_of(answer, len(digest.action_names))
 
     async def close(self) -> None:
         return None

@@ -65,3 +65,18 @@ DIGESTS_SKIPPED = Counter(
     ["advisor", "reason"],
     registry=REGISTRY,
 )
+BREAKER_OPEN = Gauge(
+    "ala_advisor_breaker_open",
+    "1 while an advisor's circuit breaker is open or probing (its backend failed breaker_failures times in a row).",
+    ["advisor"],
+    registry=REGISTRY,
+)
+BREAKER_TRIPS = Counter(
+    "ala_advisor_breaker_trips", "Times an advisor's circuit breaker opened.", ["advisor"], registry=REGISTRY
+)
+REASONING_TOKENS = Counter(
+    "ala_advisor_reasoning_tokens",
+    "Tokens a reasoning model spent thinking, by advisor (also counted in ala_advisor_completion_tokens).",
+    ["advisor"],
+    registry=REGISTRY,
+)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import time
 import uuid
 from collections import OrderedDict
@@ -56,6 +57,7 @@ from protos import (
 )
 from services.advisor import metrics
 from services.advisor.backends import Backend, BackendError, EmbeddedBackend, Suggestion, create_backend
+from services.advisor.breaker import BreakerState, CircuitBreaker
 from services.advisor.cache import AdviceCache
 from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
@@ -102,6 +104,9 @@ class Advisor:
         self.waiting: OrderedDict[tuple[str, int], StateDigest] = OrderedDict()
         """The newest digest per (actor, bot), oldest first."""
         self.ready = asyncio.Event()
+        self.breaker = CircuitBreaker(
+            spec.breaker_failures, spec.breaker_base_s, spec.breaker_max_s, random.Random(spec.seed)
+        )
 
     def enqueue(self, digest: StateDigest) -> None:
         key = (digest.actor, digest.bot)
@@ -140,14 +145,40 @@ class Advisor:
         return fresh
 
     async def _ask(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        if not self.breaker.allow():
+            raise CircuitOpen("circuit_open", f"{self.breaker.consecutive_failures} failures in a row; waiting")
         start = time.perf_counter()
-        suggestion = await asyncio.wait_for(self.backend.suggest(digest, messages), self.spec.timeout_s)
+        try:
+            suggestion = await asyncio.wait_for(self.backend.suggest(digest, messages), self.spec.timeout_s)
+        except Exception:  # every failure counts towards the breaker (and is reported by the caller)
+            self._breaker_failed()
+            raise
+        self.breaker.success()
+        child(metrics.BREAKER_OPEN, self.spec.name).set(0)
         elapsed = time.perf_counter() - start
         child(metrics.LLM_SECONDS, self.spec.name).observe(elapsed)
         self.backend_calls += 1
         self.backend_seconds += elapsed
         child(metrics.COMPLETION_TOKENS, self.spec.name).inc(suggestion.completion_tokens)
+        child(metrics.REASONING_TOKENS, self.spec.name).inc(suggestion.reasoning_tokens)
         return suggestion
+
+    def _breaker_failed(self) -> None:
+        trips = self.breaker.trips_total
+        self.breaker.failure()
+        if self.breaker.trips_total > trips:
+            child(metrics.BREAKER_TRIPS, self.spec.name).inc()
+            child(metrics.BREAKER_OPEN, self.spec.name).set(1)
+            log.warning(
+                "advisor %s: circuit breaker open after %d failures in a row; next probe in %.1fs",
+                self.spec.name,
+                self.breaker.consecutive_failures,
+                self.breaker.retry_at - time.monotonic(),
+            )
+
+
+class CircuitOpen(BackendError):
+    """The advisor's breaker is open: the digest is skipped without asking the backend."""
 
 
 def advice_key(spec: AdvisorSpec, backend: Backend, digest: StateDigest) -> str:
@@ -208,11 +239,13 @@ class AdvisorService:
         self._backend_calls, self._backend_seconds = calls, seconds
         latency = f"{new_seconds / new_calls:.2f}s" if new_calls else "-"
         others = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if k not in ("digests", "advice"))
+        broken = [a.spec.name for a in self.advisors if a.breaker.state is not BreakerState.CLOSED]
         return (
             f"digests {self._digest_rate.per_second(self.counts['digests']):.1f}/s  "
             f"advice {self._advice_rate.per_second(self.counts['advice']):.1f}/s  "
             f"waiting {sum(len(advisor.waiting) for advisor in self.advisors)}  "
             f"backend calls {new_calls} (mean {latency})  skipped/failed: {others or 'none'}"
+            + (f"  breaker open: {', '.join(broken)}" if broken else "")
         )
 
     async def on_digest(self, msg: Msg) -> None:
@@ -242,6 +275,10 @@ class AdvisorService:
         name = advisor.spec.name
         try:
             suggestion = await advisor.answer(digest, messages)
+        except CircuitOpen:
+            child(metrics.DIGESTS_SKIPPED, name, "circuit_open").inc()
+            self.counts["circuit_open"] += 1
+            return
         except TimeoutError:
             child(metrics.BACKEND_FAILURES, name, "timeout").inc()
             self.counts["timeout"] += 1

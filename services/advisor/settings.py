@@ -52,6 +52,24 @@ class AdvisorSpec(BaseModel):
         65_536, ge=1024, description="openai: longest HTTP reply read; a longer one is cut off and counted."
     )
     temperature: float = Field(0.2, ge=0, description="LLM sampling temperature.")
+    reasoning_effort: Literal["", "low", "medium", "high"] = Field(
+        "",
+        description="openai: a reasoning model's effort (GPT-OSS, sent as `reasoning_effort`); empty: not sent.",
+    )
+    max_reasoning_tokens: int = Field(
+        0,
+        ge=0,
+        description="openai: tokens a reasoning model may think, on top of max_tokens for its final answer (the"
+        " request's max_tokens is their sum: servers count reasoning in it).",
+    )
+    stream: bool = Field(
+        False, description="openai: stream the reply (server-sent events), read up to max_reply_bytes like any other."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failures (timeout, HTTP, parse) after which the backend is left alone."
+    )
+    breaker_base_s: float = Field(1.0, gt=0, description="First wait of an open breaker; doubles per trip.")
+    breaker_max_s: float = Field(60.0, gt=0, description="Longest wait of an open breaker before a probe.")
     # adversarial: the expert's advice, made wrong on purpose.
     wrong_probability: float = Field(1.0, ge=0, le=1, description="adversarial: chance of recommending a wrong action.")
     seed: int = Field(0, description="adversarial and embedded sampling seed.")

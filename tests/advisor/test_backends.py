@@ -4,6 +4,7 @@ model's real OpenAI-compatible server, the expert planner on real MiniGrid rooms
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
 from ala.rl.trajectory import full_state_key
 from ala.testing import digest_of, digests
+from services.advisor import metrics
 from services.advisor.backends import (
     AdversarialBackend,
     BackendError,
@@ -22,9 +24,10 @@ from services.advisor.backends import (
     create_backend,
     parse_answer,
 )
-from services.advisor.service import Prompt
+from services.advisor.breaker import BreakerState, CircuitBreaker
+from services.advisor.service import Advisor, Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
-from tests.advisor.conftest import HugeServer
+from tests.advisor.conftest import HugeServer, ReasoningServer
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 
@@ -161,3 +164,80 @@ async def test_a_huge_reply_is_cut_off_at_the_bound(huge_server: HugeServer) -> 
     await backend.close()
     await asyncio.wait_for(huge_server.done.wait(), 10)
     assert huge_server.sent < huge_server.size  # the client hung up: most of the body was never sent
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "reasoning_server", [{"field": "reasoning"}, {"field": "reasoning_content"}], indirect=True, ids=["vllm", "older"]
+)
+async def test_a_reasoning_models_final_answer_is_read_and_its_thinking_counted_apart(
+    reasoning_server: ReasoningServer, stream: bool
+) -> None:
+    spec = AdvisorSpec(
+        name="gpt-oss",
+        backend="openai",
+        base_url=reasoning_server.url,
+        reasoning_effort="low",
+        max_reasoning_tokens=512,
+        stream=stream,
+    )
+    backend = OpenAIBackend(spec)
+    try:
+        suggestion = await backend.suggest(digests(1)[0], [])
+    finally:
+        await backend.close()
+    thinking = len(reasoning_server.reasoning.split())
+    assert (suggestion.action, suggestion.confidence) == (2, 0.9)
+    assert (suggestion.reasoning_tokens, suggestion.completion_tokens) == (thinking, thinking + 8)
+    (request,) = reasoning_server.requests
+    assert request["reasoning_effort"] == "low" and request["max_tokens"] == 160 + 512
+    assert request.get("stream", False) is stream
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reply_cut_off_while_thinking_is_a_length_failure(
+    reasoning_server: ReasoningServer, stream: bool
+) -> None:
+    """No reasoning budget: the thinking uses up max_tokens and no final answer comes; said as such, not 'parse'."""
+    spec = AdvisorSpec(name="gpt-oss", backend="openai", base_url=reasoning_server.url, max_tokens=16, stream=stream)
+    backend = OpenAIBackend(spec)
+    with pytest.raises(BackendError, match=r"length.*raise max_reasoning_tokens"):
+        await backend.suggest(digests(1)[0], [])
+    await backend.close()
+
+
+@pytest.mark.parametrize("reasoning_server", [{"html": True}], indirect=True)
+async def test_a_broken_endpoint_is_left_alone_once_the_breaker_opens(reasoning_server: ReasoningServer) -> None:
+    """An endpoint answering HTML: after breaker_failures parse failures no request reaches it until the wait ends."""
+    spec = AdvisorSpec(name="broken", backend="openai", base_url=reasoning_server.url, retries=0, breaker_failures=3)
+    advisor = Advisor(spec, OpenAIBackend(spec), cache=None)
+    reasons = []
+    for digest in digests(20):
+        with pytest.raises(BackendError) as failure:
+            await advisor.answer(digest, [])
+        reasons.append(failure.value.reason)
+    await advisor.backend.close()
+    assert reasons == ["parse"] * 3 + ["circuit_open"] * 17
+    assert len(reasoning_server.requests) == 3
+    assert metrics.BREAKER_OPEN.labels("broken")._value.get() == 1
+
+
+def test_an_open_breaker_probes_once_after_a_growing_jittered_wait() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(failures=2, base_s=1.0, max_s=4.0, rng=random.Random(0), clock=lambda: now[0])
+    breaker.failure()
+    assert breaker.allow()  # one failure: still closed
+    breaker.failure()
+    assert not breaker.allow() and 0.5 <= breaker.retry_at <= 1.0
+    waits = []
+    for _ in range(4):  # each failed probe doubles the wait, up to max_s
+        now[0] = breaker.retry_at
+        assert breaker.allow() and not breaker.allow()  # exactly one probe
+        started = now[0]
+        breaker.failure()
+        waits.append(breaker.retry_at - started)
+    assert 1.0 <= waits[0] <= 2.0 and 2.0 <= waits[1] <= 4.0 and all(2.0 <= wait <= 4.0 for wait in waits[2:])
+    now[0] = breaker.retry_at
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state is BreakerState.CLOSED and breaker.allow() and breaker.trips == 0
