@@ -102,6 +102,8 @@ class PolicySpec(msgspec.Struct, kw_only=True, frozen=True):
     hidden: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 64
     """Hidden units per layer of actor and critic."""
     action_names: list[str] = []
+    option_names: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=32)] = []
+    """Options the env's adapter declares (`ala.envs.options`): what option advice may choose from, by index."""
 
 
 class StateDigest(MessageBase):
@@ -127,6 +129,11 @@ class StateDigest(MessageBase):
     full_state: Array | None = None
     """Privileged full state for expert advisors (MiniGrid: the whole grid as uint8 codes, W x H x 3, the agent's
     cell holding (agent, 0, direction)); None when the actor does not share it."""
+    situation_key: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    """The bot's abstract situation (`ala.envs.options`), for option advice; empty where the env declares no
+    options."""
+    situation: Annotated[str, msgspec.Meta(max_length=1024)] = ""
+    """The situation in words for an LLM."""
     full_state_key: StateKey = ""
     """Key of `full_state` ("full:" + 16 hex digits), set with it. An advisor that reads the full state names this
     key: its advice is about the exact state, and observations that alias it (different states that look alike to

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from ala.envs.options import Situation
 from protos import PolicySpec
 
 
@@ -46,6 +47,8 @@ class EnvAdapter:
     """Whether `describe` and `summarise` put states into words (LLM advisors and reviews need them)."""
     onehot_classes: ClassVar[int] = 0
     """>0: observations are small integer codes that the policy one-hot encodes into this many classes."""
+    options: ClassVar[tuple[str, ...]] = ()
+    """Named options an advisor may choose per situation (`ala.envs.options`); empty: per-step advice only."""
 
     def __init__(self, env_id: str) -> None:
         self.env_id = env_id
@@ -100,6 +103,7 @@ class EnvAdapter:
             onehot_classes=self.onehot_classes,
             hidden=hidden,
             action_names=self.action_names(n_actions),
+            option_names=list(self.options),
         )
 
     def probe_spec(self, hidden: int = 64) -> PolicySpec:
@@ -129,6 +133,20 @@ class EnvAdapter:
     def expert_action(self, env: gym.Env) -> int | None:
         """The best action in the env's current state by a privileged planner, or None (no planner, no path): the
         judge of advice precision."""
+        return None
+
+    # Options (`ala.envs.options`): strategic advice per situation, executed by skills from the bot's own view.
+    def situation(self, observation: np.ndarray) -> Situation | None:
+        """The abstract situation of an observation, or None where the family declares no options."""
+        return None
+
+    def skill_action(self, option: int, observation: np.ndarray) -> int | None:
+        """The action option `option`'s skill takes from `observation`, or None once it has terminated there."""
+        return None
+
+    def planner_option(self, env: gym.Env) -> int | None:
+        """The right option in the env's current state by a privileged planner, or None: the upper bound of option
+        advice, and the judge of option precision."""
         return None
 
     # Metrics.

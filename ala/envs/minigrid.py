@@ -14,8 +14,10 @@ from minigrid.core.actions import Actions
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from minigrid.wrappers import ImgObsWrapper
 
+from ala.envs import minigrid_options
 from ala.envs.base import EnvAdapter, registered_spec
 from ala.envs.minigrid_expert import plan
+from ala.envs.options import Situation
 
 VIEW = 7
 """MiniGrid's egocentric view is 7x7; the agent stands at column 3 of the last row, facing up the view."""
@@ -31,6 +33,7 @@ class MiniGridAdapter(EnvAdapter):
     has_text: ClassVar[bool] = True
     onehot_classes: ClassVar[int] = 11
     """Object ids 0-10, colours 0-5 and states 0-2: 11 one-hot classes cover all."""
+    options: ClassVar[tuple[str, ...]] = minigrid_options.OPTIONS
 
     @classmethod
     def matches(cls, env_id: str) -> bool:
@@ -92,6 +95,15 @@ class MiniGridAdapter(EnvAdapter):
     def expert_action(self, env: gym.Env) -> int | None:
         """Shortest-path planning over key, door and goal (`minigrid_expert`): exact for DoorKey rooms."""
         return plan(self.full_state(env))
+
+    def situation(self, observation: np.ndarray) -> Situation:
+        return minigrid_options.situation(observation)
+
+    def skill_action(self, option: int, observation: np.ndarray) -> int | None:
+        return minigrid_options.skill_action(option, observation)
+
+    def planner_option(self, env: gym.Env) -> int | None:
+        return minigrid_options.planner_option(self.full_state(env))
 
     def return_buckets(self) -> tuple[float, ...]:
         """MiniGrid rewards success with 1 - 0.9 * steps / max_steps, else 0."""

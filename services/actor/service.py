@@ -48,11 +48,9 @@ from ala.weights import fetch_onnx_policy, fetch_policy
 from protos import (
     MAX_ADVISORS,
     ActionSpace,
-    Array,
     BiasUpdate,
     DigestRequest,
     Heartbeat,
-    StateDigest,
     WeightsAnnouncement,
     WireError,
     decode,
@@ -62,6 +60,7 @@ from protos import (
 from services.actor import metrics
 from services.actor.asking import Asker, Reason
 from services.actor.bias import BiasLookup, BiasRejected, BiasTable
+from services.actor.digests import make_digest
 from services.actor.outcomes import OutcomeLedger
 from services.actor.settings import ActorSettings
 
@@ -475,21 +474,9 @@ class Actor:
         )
 
     async def _publish_digest(self, bot: int, reason: Reason) -> None:
-        env = self.rollout.envs.envs[bot]  # type: ignore[attr-defined]
-        full_state = self.adapter.full_state(env) if self.settings.digest_full_state else None
-        digest = StateDigest(
-            run=self.settings.run,
-            actor=self.settings.instance,
-            bot=bot,
-            env_step=self.rollout.env_steps,
-            episode=int(self.rollout.episodes_started[bot]),
-            text=self.adapter.describe(env, self.rollout.obs[bot]) or "",
-            full_state=Array.from_numpy(full_state) if full_state is not None else None,
-            full_state_key=full_state_key(full_state) if full_state is not None else "",
-            observation=Array.from_numpy(self.rollout.obs[bot]),
-            action_names=self.spec.action_names,
-            created_at=time.time(),
-            state_key=self.keys[bot],
+        s = self.settings
+        digest = make_digest(
+            s.run, s.instance, self.adapter, self.rollout, self.spec, bot, self.keys[bot], s.digest_full_state
         )
         if await self.bus.publish(subjects.digest_subject(self.settings.run, self.settings.instance), digest, "digest"):
             metrics.DIGESTS.labels(reason).inc()

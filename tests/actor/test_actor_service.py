@@ -20,6 +20,7 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.envs.minigrid_expert import plan
+from ala.envs.minigrid_options import situation
 from ala.rl.onnx_policy import OPSET, OnnxPolicy, ProbeOutput, export, probe_output
 from ala.rl.policy import Agent, weights_to_bytes
 from ala.rl.trajectory import full_state_key, observation_key
@@ -457,6 +458,8 @@ async def test_digests_describe_the_bots_state(bus: Bus, nats_settings: NatsSett
     assert all(d.state_key == observation_key(d.observation.to_numpy()) for d in [*first, on_demand])
     assert all(d.full_state is not None for d in [*first, on_demand])
     assert all(d.full_state_key == full_state_key(d.full_state.to_numpy()) for d in [*first, on_demand])
+    assert all(d.situation_key == situation(d.observation.to_numpy()).key for d in [*first, on_demand])
+    assert all(d.situation.startswith("You carry") for d in [*first, on_demand])
     assert metrics.DIGESTS.labels("new_state")._value.get() >= 3
     assert metrics.DIGESTS.labels("requested")._value.get() >= 1
 
