@@ -293,6 +293,7 @@ def actor_heartbeat(
     num_bots: int = 4,
     created_at: float = 0.0,
     policy: PolicySpec | None = None,
+    options: list[str] | None = None,
 ) -> Heartbeat:
     """What an actor announces: the router learns actors and their action spaces from these, the learner and the
     advisor the policy spec."""
@@ -304,7 +305,7 @@ def actor_heartbeat(
         seq=1,
         started_at=created_at,
         created_at=created_at,
-        action_space=ActionSpace(n=n_actions, names=[]),
+        action_space=ActionSpace(n=n_actions, names=[], options=options or []),
         num_bots=num_bots,
         policy=policy,
     )
@@ -345,6 +346,7 @@ def digest_of(env: gym.Env, obs: np.ndarray, bot: int = 0, env_id: str = ENV_ID)
     """The digest an actor publishes for one bot of `env_id` (text and full state from its adapter)."""
     adapter = adapter_for(env_id)
     full_state = adapter.full_state(env)
+    situation = adapter.situation(obs)
     return StateDigest(
         run="test",
         actor="a1",
@@ -358,6 +360,8 @@ def digest_of(env: gym.Env, obs: np.ndarray, bot: int = 0, env_id: str = ENV_ID)
         full_state=Array.from_numpy(full_state) if full_state is not None else None,
         state_key=observation_key(obs),
         full_state_key=full_state_key(full_state) if full_state is not None else "",
+        situation_key=situation.key if situation is not None else "",
+        situation=situation.text if situation is not None else "",
     )
 
 

@@ -29,6 +29,8 @@ MAX_ADVISORS = 64
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+SITUATION_KEY_PREFIX = "sit:"
+"""Keys of abstract situations (`ala.envs.options`), which option advice is about, start with it."""
 StateKey = Annotated[str, msgspec.Meta(max_length=64)]
 Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
 """A canonical key of one observation (`ala.rl.trajectory.observation_key`: 16 hex digits); empty: none."""
@@ -81,6 +83,8 @@ class ActionSpace(msgspec.Struct, kw_only=True, frozen=True):
 
     n: Annotated[int, msgspec.Meta(ge=1, le=4096)]
     names: list[str] = []
+    options: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=32)] = []
+    """The env's options (`PolicySpec.option_names`): what option advice for this actor may choose, by index."""
 
 
 class PolicySpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -178,6 +182,9 @@ class Advice(MessageBase):
     scores: Array | None = None
     """Per-action preference scores (float32, shape `(n_actions,)`), turned into logits by the router."""
     recommended_action: int | None = None
+    recommended_option: int | None = None
+    """An option (index into the actor's `ActionSpace.options`) to follow in the situation `target.state_key` names:
+    strategic advice, executed by the option's skill at the actor. Give one of scores, recommended_action and it."""
     confidence: float = 1.0
     """In [0, 1]: how sure the advisor is."""
     rationale: str = ""
@@ -207,6 +214,9 @@ class BiasUpdate(MessageBase):
     time only."""
     advisors: Annotated[list[Name], msgspec.Meta(max_length=64)] = []
     """The advisors whose advice is merged into this bias: actors credit episode outcomes to them (trust)."""
+    options: bool = False
+    """True: `bias` is over the actor's options (`ActionSpace.options`), scoped to the situation `state_key` names;
+    the actor follows the option with the largest bias through its skill (`services/actor/options.py`)."""
     reach: Share = 1.0
     """The share of bot-episodes this bias applies in (the router's trust, as reach). Each episode an actor draws
     one number per bot, uniform in [0, 1), and applies the bias to that bot only if the draw is below `reach`: an

@@ -15,7 +15,10 @@ Gymnasium envs) keep per-step advice only.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+from protos import SITUATION_KEY_PREFIX
 
 OPTION_STEPS = 16
 """Longest run of one option: an option that has not terminated by then gives way to the next advice."""
@@ -25,8 +28,13 @@ MAX_OPTIONS = 32
 
 @dataclass(frozen=True)
 class Situation:
-    """An abstract state: `key` names it on the wire and in caches (short, stable across runs), `text` says it to an
-    LLM."""
+    """An abstract state: `name` is its readable identity (stable across runs), `text` says it to an LLM, and `key`
+    names it on the wire and in caches."""
 
-    key: str
+    name: str
     text: str
+
+    @property
+    def key(self) -> str:
+        """ "sit:" + 16 hex digits of the name's sha1: as short as an observation's key, whatever the name's length."""
+        return SITUATION_KEY_PREFIX + hashlib.sha1(self.name.encode()).hexdigest()[:16]

@@ -61,6 +61,7 @@ from services.actor import metrics
 from services.actor.asking import Asker, Reason
 from services.actor.bias import BiasLookup, BiasRejected, BiasTable
 from services.actor.digests import make_digest
+from services.actor.options import OptionExecutor
 from services.actor.outcomes import OutcomeLedger
 from services.actor.settings import ActorSettings
 
@@ -139,24 +140,26 @@ class Actor:
         self.exact_keys = self.exact_state_keys()
         """The key of each bot's exact state, looked up first; empty while no exact-state advice is about."""
         self.step_rate = Rate()
+        self.options = OptionExecutor(adapter, bias, settings.state_table_size)
         self.report_bounds()
 
     # Bias updates: a callback writes the table; the step loop reads it.
     async def on_bias(self, msg: Msg) -> None:
         start = time.perf_counter()
-        clipped, capped = self.bias.clipped_elements, self.bias.capped_ttls
         try:
             update = decode(msg.data, BiasUpdate)
-            self.bias.apply(update, time.monotonic(), self.tick)
+            table = self.options.table if update.options else self.bias  # option advice: `options.py`
+            clipped, capped = table.clipped_elements, table.capped_ttls
+            table.apply(update, time.monotonic(), self.tick)
         except WireError as exc:
             self._reject("decode", exc)
             return
         except BiasRejected as exc:
             self._reject(exc.reason, exc)
             return
-        if self.bias.clipped_elements > clipped or self.bias.capped_ttls > capped:
-            metrics.BIAS_BOUNDED.labels("element").inc(self.bias.clipped_elements - clipped)
-            metrics.BIAS_BOUNDED.labels("ttl").inc(self.bias.capped_ttls - capped)
+        if table.clipped_elements > clipped or table.capped_ttls > capped:
+            metrics.BIAS_BOUNDED.labels("element").inc(table.clipped_elements - clipped)
+            metrics.BIAS_BOUNDED.labels("ttl").inc(table.capped_ttls - capped)
         metrics.BIAS_APPLY_SECONDS.observe(time.perf_counter() - start)
         if update.advice_created_at > 0:
             metrics.ADVICE_TO_BIAS_SECONDS.observe(max(0.0, time.time() - update.advice_created_at))
@@ -311,7 +314,9 @@ class Actor:
             trajectory = self.rollout.new_trajectory()
             for t in range(self.rollout.num_steps):
                 start = time.perf_counter()
-                lookup = self.bias.lookup(time.monotonic(), self.tick, self.keys, self.exact_keys)
+                now = time.monotonic()
+                lookup = self.bias.lookup(now, self.tick, self.keys, self.exact_keys)
+                lookup = self.options.compose(lookup, self.rollout.obs, self.keys, now, self.tick)
                 lookup.mute(self.outcomes.unreached(lookup.reach, lookup.advisors))
                 self.outcomes.record_step(lookup.advisors)
                 if self.settings.judge_rate:
@@ -447,7 +452,7 @@ class Actor:
             observation_of = dict(zip(ask_keys, self.keys, strict=True))
 
         def advised(key: str) -> bool:
-            if self.bias.has_state_advice(key, now, tick):
+            if self.bias.has_state_advice(key, now, tick) or self.options.advised(key, now, tick):
                 return True
             return key in observation_of and self.bias.has_state_advice(observation_of[key], now, tick)
 
@@ -552,7 +557,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
     bias = BiasTable(
         settings.num_bots, spec.n_actions, settings.max_abs_bias, settings.state_table_size, settings.max_ttl_s
     )
-    action_space = ActionSpace(n=spec.n_actions, names=spec.action_names)
+    action_space = ActionSpace(n=spec.n_actions, names=spec.action_names, options=spec.option_names)
     async with (
         ServiceRuntime(
             settings,

@@ -31,6 +31,7 @@ import httpx
 import msgspec
 
 from ala.envs.minigrid_expert import plan_ahead
+from ala.envs.minigrid_options import planner_option
 from ala.rl.trajectory import full_state_key
 from protos import StateDigest
 from services.advisor.settings import AdvisorSpec
@@ -61,6 +62,16 @@ class Suggestion:
     advice waits for the bot in states it has not reached yet instead of arriving after it has left."""
     scores: tuple[float, ...] | None = None
     """Per-action scores sent instead of `action` (which then means nothing): the null advisor's equal scores."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Option advice: which of the env's options to follow in the digest's situation (`ala.envs.options`)."""
+
+    option: int
+    confidence: float = 1.0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 Reads = Literal["text", "full_state", "observation"]
@@ -153,6 +164,36 @@ def answer_of(reply: Reply, n_actions: int) -> Suggestion:
     return replace(suggestion, reasoning_tokens=reply.reasoning_tokens)
 
 
+def option_schema(names: list[str]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"option": {"type": "string", "enum": names}},
+        "required": ["option"],
+        "additionalProperties": False,
+    }
+
+
+def option_grammar(names: list[str]) -> str:
+    """GBNF admitting exactly `{"option": "<one of names>"}`: a choice costs a handful of tokens."""
+    choices = " | ".join(json.dumps(name) for name in names)
+    return "\n".join(['root ::= "{\\"option\\": \\"" option "\\"}"', f"option ::= {choices}"])
+
+
+def parse_choice(reply: Reply, names: list[str]) -> Choice:
+    """The option a reply's final answer names (`{"option": name}`, or the bare name a `choice` constraint gives)."""
+    if not reply.content.strip() and reply.finish_reason == "length":
+        raise BackendError("length", "the token budget ran out before the final answer (raise max_reasoning_tokens)")
+    text = reply.content.strip()
+    try:
+        decoded = json.loads(text)
+        name = decoded.get("option") if isinstance(decoded, dict) else decoded
+    except ValueError:
+        name = text
+    if name not in names:
+        raise BackendError("parse", f"not one of the options: {text[:200]!r}")
+    return Choice(names.index(name), 1.0, reply.completion_tokens, reply.reasoning_tokens)
+
+
 def parse_answer(content: str, n_actions: int, completion_tokens: int = 0) -> Suggestion:
     try:
         answer = msgspec.json.decode(content, type=LLMAnswer)
@@ -184,6 +225,15 @@ class ExpertBackend:
         ahead = tuple((full_state_key(state), action) for state, action in path[1:])
         return Suggestion(path[0][1], 1.0, EXPERT_TTL_S, "shortest path", ahead=ahead)
 
+    async def choose(self, digest: StateDigest, messages: list[dict[str, str]], names: list[str]) -> Choice:
+        """The right option for the exact state (privileged): the upper bound of option advice."""
+        if digest.full_state is None:
+            raise BackendError("unavailable", "the expert needs the digest's full_state (ALA_ACTOR_DIGEST_FULL_STATE)")
+        option = planner_option(digest.full_state.to_numpy())
+        if option is None or option >= len(names):
+            raise BackendError("unavailable", "no option plan from this state")
+        return Choice(option)
+
     async def close(self) -> None:
         return None
 
@@ -203,6 +253,10 @@ class AdversarialBackend:
         ahead = tuple((key, self._perhaps_wrong(action, n_actions)) for key, action in right.ahead)
         return Suggestion(self._perhaps_wrong(right.action, n_actions), 1.0, right.ttl_s, "adversarial", ahead=ahead)
 
+    async def choose(self, digest: StateDigest, messages: list[dict[str, str]], names: list[str]) -> Choice:
+        right = await self.expert.choose(digest, messages, names)
+        return Choice(self._perhaps_wrong(right.option, len(names)))
+
     def _perhaps_wrong(self, right: int, n_actions: int) -> int:
         if self.rng.random() >= self.wrong_probability:
             return right
@@ -221,6 +275,11 @@ class RandomBackend:
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         return Suggestion(self.rng.randrange(len(digest.action_names)), 1.0, EXPERT_TTL_S, "random")
+
+    async def choose(self, digest: StateDigest, messages: list[dict[str, str]], names: list[str]) -> Choice:
+        """A uniformly random option (behind the situation cache: one per situation, as an uninformed LLM would
+        give): the skills-uniform arm, which tells the skills' own contribution from the choice of option."""
+        return Choice(self.rng.randrange(len(names)))
 
     async def close(self) -> None:
         return None
@@ -257,9 +316,11 @@ class OpenAIBackend:
         self.client = httpx.AsyncClient(base_url=spec.base_url.rstrip("/"), headers=headers, timeout=spec.timeout_s)
         self.slots = asyncio.Semaphore(spec.max_concurrency)
 
-    def request(self, digest: StateDigest, messages: list[dict[str, str]]) -> dict[str, Any]:
-        n = len(digest.action_names)
-        schema = answer_schema(n)
+    def request(
+        self, digest: StateDigest, messages: list[dict[str, str]], schema: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The chat request: per-step advice's schema by default, or `schema` (an option choice's)."""
+        schema = schema or answer_schema(len(digest.action_names))
         body: dict[str, Any] = {
             "model": self.spec.model,
             "messages": messages,
@@ -277,7 +338,12 @@ class OpenAIBackend:
         return body
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
-        body = self.request(digest, messages)
+        return answer_of(await self._complete(self.request(digest, messages)), len(digest.action_names))
+
+    async def choose(self, digest: StateDigest, messages: list[dict[str, str]], names: list[str]) -> Choice:
+        return parse_choice(await self._complete(self.request(digest, messages, option_schema(names))), names)
+
+    async def _complete(self, body: dict[str, Any]) -> Reply:
         async with self.slots:
             for attempt in range(self.spec.retries + 1):
                 try:
@@ -296,10 +362,9 @@ class OpenAIBackend:
         if status != 200:
             raise BackendError("http", f"status {status}: {data[:200]!r}")
         try:
-            reply = read_reply(assemble_stream(data) if self.spec.stream else json.loads(data))
+            return read_reply(assemble_stream(data) if self.spec.stream else json.loads(data))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise BackendError("parse", f"unexpected response {data[:200]!r}") from exc
-        return answer_of(reply, len(digest.action_names))
 
     async def _post(self, body: dict[str, Any]) -> tuple[int, bytes]:
         """POST and read the reply, up to `max_reply_bytes`: a server answering with megabytes is cut off at the
@@ -376,13 +441,20 @@ class EmbeddedBackend:
         return f"{self.server.listening_address}/v1"
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        reply = await self._complete(messages, answer_grammar(len(digest.action_names)))
+        return answer_of(reply, len(digest.action_names))
+
+    async def choose(self, digest: StateDigest, messages: list[dict[str, str]], names: list[str]) -> Choice:
+        return parse_choice(await self._complete(messages, option_grammar(names)), names)
+
+    async def _complete(self, messages: list[dict[str, str]], grammar: str) -> Reply:
         request = {
             "messages": messages,
             "max_tokens": self.spec.max_tokens,
             "temperature": self.spec.temperature,
             "seed": self.spec.seed,
-            "grammar": answer_grammar(len(digest.action_names)),
-            "cache_prompt": True,  # reuse the KV cache of the shared prompt prefix (system prompt, instructions)
+            "grammar": grammar,
+            "cache_prompt": self.spec.cache_prompt,  # reuse the KV cache of the prompt prefix the last request shared
         }
         async with self.lock:
             try:
@@ -392,10 +464,9 @@ class EmbeddedBackend:
             except TimeoutError as exc:
                 raise BackendError("timeout", f"no answer within {self.spec.timeout_s}s") from exc
         try:
-            answer = read_reply(reply)
+            return read_reply(reply)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise BackendError("parse", f"unexpected reply {str(reply)[:200]}") from exc
-        return answer_of(answer, len(digest.action_names))
 
     async def close(self) -> None:
         return None

@@ -80,3 +80,9 @@ REASONING_TOKENS = Counter(
     ["advisor"],
     registry=REGISTRY,
 )
+SITUATION_CACHE = Counter(
+    "ala_advisor_situation_cache",
+    "Option answers looked up in the situation cache, by advisor and result (hit: no LLM call).",
+    ["advisor", "result"],
+    registry=REGISTRY,
+)

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import random
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 from nats.aio.msg import Msg
@@ -56,13 +59,15 @@ from protos import (
     subjects,
 )
 from services.advisor import metrics
-from services.advisor.backends import Backend, BackendError, EmbeddedBackend, Suggestion, create_backend
+from services.advisor.backends import Backend, BackendError, Choice, EmbeddedBackend, Suggestion, create_backend
 from services.advisor.breaker import BreakerState, CircuitBreaker
 from services.advisor.cache import AdviceCache
 from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.situations import SituationCache, cache_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FETCH_RETRY_S = 0.5
 
 
@@ -72,6 +77,18 @@ class Prompt:
     def __init__(self, settings: AdvisorSettings) -> None:
         self.system = (settings.prompt_dir / "system.txt").read_text().strip()
         self.user = (settings.prompt_dir / "user.txt").read_text().strip()
+        self.options_system = (settings.prompt_dir / "options_system.txt").read_text().strip()
+        self.options_user = (settings.prompt_dir / "options_user.txt").read_text().strip()
+        self.options_version = hashlib.sha1(f"{self.options_system}\n{self.options_user}".encode()).hexdigest()[:8]
+        """Names the situation caches' files: a changed prompt starts a new cache."""
+
+    def option_messages(self, digest: StateDigest, names: list[str]) -> list[dict[str, str]]:
+        """The option question: the mission (the first line of the digest's text) and the situation, never the
+        exact state, so that one answer serves every state of the situation."""
+        mission = digest.text.splitlines()[0] if digest.text else ""
+        options = "\n".join(f"- {name}" for name in names)
+        user = self.options_user.format(mission=mission, situation=digest.situation, options=options)
+        return [{"role": "system", "content": self.options_system}, {"role": "user", "content": user}]
 
     def messages(self, digest: StateDigest) -> list[dict[str, str]]:
         actions = "\n".join(f"{i}: {name}" for i, name in enumerate(digest.action_names))
@@ -94,7 +111,14 @@ def missing_input(backend: Backend, digest: StateDigest) -> str | None:
 class Advisor:
     """One configured advisor: a backend, optionally behind the adaptive cache, and its queue of digests."""
 
-    def __init__(self, spec: AdvisorSpec, backend: Backend, cache: AdviceCache | None, max_pending: int = 256) -> None:
+    def __init__(
+        self,
+        spec: AdvisorSpec,
+        backend: Backend,
+        cache: AdviceCache | None,
+        max_pending: int = 256,
+        situations: SituationCache | None = None,
+    ) -> None:
         self.spec = spec
         self.backend = backend
         self.cache = cache
@@ -107,6 +131,18 @@ class Advisor:
         self.breaker = CircuitBreaker(
             spec.breaker_failures, spec.breaker_base_s, spec.breaker_max_s, random.Random(spec.seed)
         )
+        self.situations = situations
+        """Option answers per situation (None: privileged backends, whose answer depends on the exact state)."""
+        self.choosing: set[str] = set()
+        """Situations being asked now: a second digest of one waits for the first's answer instead of asking."""
+
+    def advises_options(self, digest: StateDigest, names: list[str]) -> bool:
+        """Whether this digest gets option advice: the env declares options and the advisor gives them."""
+        if not (digest.situation_key and names and hasattr(self.backend, "choose")):
+            return False
+        if self.spec.advice == "auto":
+            return self.backend.kind in ("embedded", "openai")
+        return self.spec.advice == "options"
 
     def enqueue(self, digest: StateDigest) -> None:
         key = (digest.actor, digest.bot)
@@ -145,11 +181,35 @@ class Advisor:
         return fresh
 
     async def _ask(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        return await self._call(lambda: self.backend.suggest(digest, messages))
+
+    async def choose(self, digest: StateDigest, messages: list[dict[str, str]], policy: PolicySpec) -> Choice:
+        """An option for the digest's situation: from the situation cache, else from the backend (then cached)."""
+        names = policy.option_names
+        key = f"{policy.env_id}|{digest.situation_key}"  # the same situation in another env may want another option
+        cached = self.situations.get(key) if self.situations is not None else None
+        if cached is not None and cached < len(names):
+            child(metrics.SITUATION_CACHE, self.spec.name, "hit").inc()
+            return Choice(cached)
+        child(metrics.SITUATION_CACHE, self.spec.name, "miss").inc()
+        if key in self.choosing:
+            raise Skipped("in_flight", "this situation is being asked already")  # one call per situation
+        self.choosing.add(key)
+        try:
+            choice = await self._call(lambda: self.backend.choose(digest, messages, names))  # type: ignore[attr-defined]
+        finally:
+            self.choosing.discard(key)
+        if self.situations is not None:
+            self.situations.put(key, choice.option, digest.situation)
+        return choice
+
+    async def _call(self, ask: Callable[[], Awaitable[T]]) -> T:
+        """One backend call, behind the breaker and the timeout, timed and its tokens counted."""
         if not self.breaker.allow():
             raise CircuitOpen("circuit_open", f"{self.breaker.consecutive_failures} failures in a row; waiting")
         start = time.perf_counter()
         try:
-            suggestion = await asyncio.wait_for(self.backend.suggest(digest, messages), self.spec.timeout_s)
+            suggestion = await asyncio.wait_for(ask(), self.spec.timeout_s)
         except Exception:  # every failure counts towards the breaker (and is reported by the caller)
             self._breaker_failed()
             raise
@@ -177,8 +237,12 @@ class Advisor:
             )
 
 
-class CircuitOpen(BackendError):
-    """The advisor's breaker is open: the digest is skipped without asking the backend."""
+class Skipped(BackendError):
+    """The digest is skipped without asking the backend (counted in ala_advisor_digests_skipped, not as a failure)."""
+
+
+class CircuitOpen(Skipped):
+    """The advisor's breaker is open."""
 
 
 def advice_key(spec: AdvisorSpec, backend: Backend, digest: StateDigest) -> str:
@@ -188,6 +252,20 @@ def advice_key(spec: AdvisorSpec, backend: Backend, digest: StateDigest) -> str:
     if getattr(backend, "reads", "observation") == "full_state" and digest.full_state_key:
         return digest.full_state_key
     return digest.state_key
+
+
+def to_option_advice(spec: AdvisorSpec, digest: StateDigest, choice: Choice) -> Advice:
+    """An option for the digest's situation, for every bot of its actor that meets that situation."""
+    return Advice(
+        advice_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
+        advisor=spec.name,
+        priority=spec.priority,
+        target=AdviceTarget(actor=digest.actor, state_key=digest.situation_key),
+        ttl_s=spec.ttl_s or spec.option_ttl_s,
+        created_at=time.time(),
+        recommended_option=choice.option,
+        confidence=choice.confidence,
+    )
 
 
 def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion, state_key: str) -> Advice:
@@ -272,27 +350,15 @@ class AdvisorService:
             await self._advise(advisor, digest, self.prompt.messages(digest))
 
     async def _advise(self, advisor: Advisor, digest: StateDigest, messages: list[dict[str, str]]) -> None:
-        name = advisor.spec.name
-        try:
-            suggestion = await advisor.answer(digest, messages)
-        except CircuitOpen:
-            child(metrics.DIGESTS_SKIPPED, name, "circuit_open").inc()
-            self.counts["circuit_open"] += 1
+        policy = self.policies.get(digest.actor)
+        if policy is not None and advisor.advises_options(digest, policy.option_names):
+            option_messages = self.prompt.option_messages(digest, policy.option_names)
+            choice = await self._attempt(advisor, advisor.choose(digest, option_messages, policy))
+            if choice is not None:
+                await self._publish(advisor, [to_option_advice(advisor.spec, digest, choice)])
             return
-        except TimeoutError:
-            child(metrics.BACKEND_FAILURES, name, "timeout").inc()
-            self.counts["timeout"] += 1
-            self._log.warning("advisor %s timed out after %.1fs", name, advisor.spec.timeout_s)
-            return
-        except BackendError as exc:
-            child(metrics.BACKEND_FAILURES, name, exc.reason).inc()
-            self.counts[exc.reason] += 1
-            self._log.warning("advisor %s failed: %s", name, exc)
-            return
-        except Exception as exc:  # a plug-in or a server can fail in ways no list foresees; the worker must live
-            child(metrics.BACKEND_FAILURES, name, "error").inc()
-            self.counts["error"] += 1
-            self._log.warning("advisor %s raised %s: %s", name, type(exc).__name__, exc)
+        suggestion = await self._attempt(advisor, advisor.answer(digest, messages))
+        if suggestion is None:
             return
         key = advice_key(advisor.spec, advisor.backend, digest)
         pieces = [to_advice(advisor.spec, digest, suggestion, key)]
@@ -301,10 +367,38 @@ class AdvisorService:
                 to_advice(advisor.spec, digest, replace(suggestion, action=action, ahead=()), ahead_key)
                 for ahead_key, action in suggestion.ahead
             ]
+        await self._publish(advisor, pieces)
+
+    async def _publish(self, advisor: Advisor, pieces: list[Advice]) -> None:
         for advice in pieces:
-            if await self.bus.publish(subjects.advice_subject(self.settings.run, name), advice, kind="advice"):
-                child(metrics.ADVICE_PUBLISHED, name).inc()
+            if await self.bus.publish(subjects.advice_subject(self.settings.run, advisor.spec.name), advice, "advice"):
+                child(metrics.ADVICE_PUBLISHED, advisor.spec.name).inc()
                 self.counts["advice"] += 1
+
+    async def _attempt(self, advisor: Advisor, answer: Awaitable[T]) -> T | None:
+        """The answer, or None after counting and logging why there is none."""
+        name = advisor.spec.name
+        try:
+            return await answer
+        except Skipped as exc:  # not a failure: the breaker is open, or another worker asks the same situation
+            child(metrics.DIGESTS_SKIPPED, name, exc.reason).inc()
+            self.counts[exc.reason] += 1
+            return None
+        except TimeoutError:
+            child(metrics.BACKEND_FAILURES, name, "timeout").inc()
+            self.counts["timeout"] += 1
+            self._log.warning("advisor %s timed out after %.1fs", name, advisor.spec.timeout_s)
+            return None
+        except BackendError as exc:
+            child(metrics.BACKEND_FAILURES, name, exc.reason).inc()
+            self.counts[exc.reason] += 1
+            self._log.warning("advisor %s failed: %s", name, exc)
+            return None
+        except Exception as exc:  # a plug-in or a server can fail in ways no list foresees; the worker must live
+            child(metrics.BACKEND_FAILURES, name, "error").inc()
+            self.counts["error"] += 1
+            self._log.warning("advisor %s raised %s: %s", name, type(exc).__name__, exc)
+            return None
 
 
 async def review_episodes(settings: AdvisorSettings, service: AdvisorService) -> None:
@@ -400,7 +494,14 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
                 seed=spec.seed,
             )
         backend = create_backend(spec, settings.third_party_log_level)
-        advisors.append(Advisor(spec, backend, cache, settings.max_pending))
+        situations = None
+        if spec.backend in ("embedded", "openai", "random", "plugin"):  # not the planners: they read the exact state
+            path = None
+            if settings.situation_cache_dir is not None and spec.backend in ("embedded", "openai"):
+                model = spec.model if spec.backend == "openai" else "smollm2-135m"
+                path = cache_file(settings.situation_cache_dir, spec.name, model, Prompt(settings).options_version)
+            situations = SituationCache(settings.situation_cache_size, path)
+        advisors.append(Advisor(spec, backend, cache, settings.max_pending, situations))
     return advisors
 
 

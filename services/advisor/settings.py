@@ -38,6 +38,13 @@ class AdvisorSpec(BaseModel):
         " (by exact-state key), so that advice waits in states the bot has not reached yet (8: DoorKey-8x8 to 0.8"
         " in 0.70x the env steps of 0; benchmarks/results/archive/ahead-8x8.md).",
     )
+    advice: Literal["auto", "options", "actions"] = Field(
+        "auto",
+        description="options: an option per situation (where the env declares options; `ala.envs.options`), cached per"
+        " situation; actions: an action per state; auto: options for LLM backends (embedded, openai), else actions.",
+    )
+    option_ttl_s: float = Field(30.0, gt=0, description="TTL of option advice: a situation's answer holds this long.")
+    cache_prompt: bool = Field(True, description="embedded: reuse llama.cpp's KV cache of a repeated prompt prefix.")
     # openai: any OpenAI-compatible server (vLLM first).
     base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL up to /v1.")
     model: str = Field("openai/gpt-oss-20b", description="openai: model name as the server knows it.")
@@ -95,6 +102,12 @@ class AdvisorSettings(ServiceSettings):
     cache_max_distance: int = Field(2, ge=0, description="Initial reuse threshold: differing view cells.")
     cache_target_agreement: float = Field(0.98, gt=0, le=1, description="Agreement the adaptive threshold keeps.")
     cache_audit_rate: float = Field(0.05, ge=0, le=1, description="Share of near hits re-asked to measure agreement.")
+    situation_cache_dir: Path | None = Field(
+        Path(".ala/situations"),
+        description="Where LLM advisors keep their option answers per situation across runs (one file per advisor,"
+        " model, prompt and env); unset: in memory only.",
+    )
+    situation_cache_size: int = Field(4096, ge=1, description="Most situations remembered per advisor.")
     review: bool = Field(False, description="Critical-state review of finished episodes (needs an embedded advisor).")
     review_every_episodes: int = Field(20, ge=1, description="Review one finished episode in this many.")
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on the implicit reward of one critical state.")

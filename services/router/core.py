@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ala.rejection import Rejected
-from protos import ActionSpace, Advice, Array, BiasUpdate, Heartbeat
+from protos import SITUATION_KEY_PREFIX, ActionSpace, Advice, Array, BiasUpdate, Heartbeat
 from protos.messages import MAX_ADVISORS
 from protos.subjects import BROADCAST
 from services.router.trust import TrustEstimator
@@ -197,8 +197,18 @@ class Router:
         bot = advice.target.bot
         if bot is not None and not 0 <= bot < actor.num_bots:
             raise AdviceRejected("range", f"bot {bot} outside [0, {actor.num_bots})")
-        if (advice.scores is None) == (advice.recommended_action is None):
-            raise AdviceRejected("shape", "give exactly one of scores and recommended_action")
+        given = [advice.scores, advice.recommended_action, advice.recommended_option]
+        if sum(part is not None for part in given) != 1:
+            raise AdviceRejected("shape", "give exactly one of scores, recommended_action and recommended_option")
+        if advice.recommended_option is not None:
+            options = len(actor.action_space.options)
+            if not 0 <= advice.recommended_option < options:
+                raise AdviceRejected("range", f"recommended option {advice.recommended_option} outside [0, {options})")
+            if not advice.target.state_key.startswith(SITUATION_KEY_PREFIX):
+                raise AdviceRejected("shape", "option advice names the situation it is about (target.state_key)")
+            return actor, expires_at
+        if advice.target.state_key.startswith(SITUATION_KEY_PREFIX):
+            raise AdviceRejected("shape", "advice about a situation recommends an option")
         n = actor.action_space.n
         if advice.scores is not None:
             if advice.scores.shape != (n,) or advice.scores.dtype not in ("<f4", "<f8"):
@@ -228,13 +238,15 @@ class Router:
         return min(infos, key=lambda info: info.num_bots)  # a bot index must exist on every actor
 
     def bias_of(self, advice: Advice, n_actions: int, now: float) -> np.ndarray:
-        """Logits of one (checked) advice → mean-centred, scaled, clipped bias."""
+        """Logits of one (checked) advice → mean-centred, scaled, clipped bias (over options for option advice:
+        `n_actions` is then the option count)."""
         if advice.scores is not None:
             logits = advice.scores.to_numpy().astype(np.float64)
             centred = logits - logits.mean()
-        else:  # confidence * onehot(action), mean-centred
+        else:  # confidence * onehot(action or option), mean-centred
+            chosen = advice.recommended_action if advice.recommended_option is None else advice.recommended_option
             centred = np.full(n_actions, -advice.confidence / n_actions)
-            centred[advice.recommended_action] += advice.confidence
+            centred[chosen] += advice.confidence
         return bound(centred, self.strength(now), self.config.b_max)
 
     def accept(self, advice: Advice, run: str, now: float) -> BiasUpdate | None:
@@ -242,12 +254,14 @@ class Router:
         actor, expires_at = self.check(advice, now)
         key = advice.target.state_key
         target: Target = (advice.target.actor or BROADCAST, None if key else advice.target.bot, key)
+        is_option = advice.recommended_option is not None
+        width = len(actor.action_space.options) if is_option else actor.action_space.n
         if target not in self.opinions and len(self.opinions) >= MAX_TARGETS:
             self._prune(now)
         trust = self.trust_of(advice.advisor)
         weight = advice.priority * advice.confidence * self.config.advisor_weights.get(advice.advisor, 1.0) * trust
         opinions = self.opinions.setdefault(target, {})
-        bias = self.bias_of(advice, actor.action_space.n, now)
+        bias = self.bias_of(advice, width, now)
         if self.config.trust_acts_on == "strength":
             bias *= np.float32(trust)  # |trust * b| <= b_max
         opinions[advice.advisor] = Opinion(advice.advice_id, bias, weight, expires_at, advice.created_at, trust)
@@ -286,6 +300,7 @@ class Router:
             advice_ids=[],
             created_at=now,
             state_key=key,
+            options=key.startswith(SITUATION_KEY_PREFIX),
         )
 
     def merged(self, target: Target, run: str, now: float) -> BiasUpdate | None:
@@ -315,6 +330,7 @@ class Router:
             ttl_steps=self.config.state_ttl_steps if key else self.config.bot_ttl_steps,
             advisors=live_advisors,
             reach=self.reach(live),
+            options=key.startswith(SITUATION_KEY_PREFIX),
         )
 
     def reach(self, opinions: list[Opinion]) -> float:

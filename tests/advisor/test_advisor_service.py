@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -13,8 +15,8 @@ from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.envs.minigrid_expert import plan, plan_ahead
 from ala.rl.trajectory import full_state_key
-from ala.testing import digests, running, wait_until
-from protos import Advice, StateDigest, decode, encode, subjects
+from ala.testing import actor_heartbeat, digests, running, spec, wait_until
+from protos import Advice, Heartbeat, StateDigest, decode, encode, subjects
 from services.advisor import metrics
 from services.advisor.backends import ExpertBackend
 from services.advisor.cache import AdviceCache
@@ -231,3 +233,51 @@ def test_advice_names_the_state_its_advisor_read_unless_the_advisor_speaks_per_b
     )
     per_bot = to_advice(coach, digest, suggestion, "")
     assert (per_bot.target.bot, per_bot.target.state_key, per_bot.ttl_s) == (3, "", 4.0)
+
+
+async def test_llm_advisors_answer_each_situation_once_with_an_option_and_remember_it(
+    bus: Bus, nats_settings: NatsSettings, tmp_path: Path
+) -> None:
+    """Option advice from the embedded LLM (an option per situation, constrained to the option names), asked once
+    per situation however many digests show it, and kept on disk: a second advisor process asks nothing."""
+    received, _ = await _advice_queue(bus)
+    policy = spec()
+    heartbeat = actor_heartbeat(created_at=time.time(), policy=policy, options=policy.option_names)
+    digest = digests(1)[0]
+    settings = _settings(
+        nats_settings, advisors=[AdvisorSpec(name="llm-0", backend="embedded")], situation_cache_dir=tmp_path
+    )
+    calls = metrics.LLM_SECONDS.labels("llm-0")
+    for run in range(2):
+        before = calls._sum.get(), metrics.SITUATION_CACHE.labels("llm-0", "hit")._value.get()
+        async with running(serve, settings):
+            advice = await _first_option_advice(bus, heartbeat, digest, received)
+            for _ in range(5):  # the same situation again: answered from the cache
+                await bus.publish(subjects.digest_subject("test", "a1"), digest, kind="digest")
+                again = await asyncio.wait_for(received.get(), 10)
+                assert again.recommended_option == advice.recommended_option
+        assert advice.recommended_action is None and advice.recommended_option is not None
+        assert 0 <= advice.recommended_option < len(policy.option_names)
+        assert (advice.target.actor, advice.target.state_key) == ("a1", digest.situation_key)
+        hits = metrics.SITUATION_CACHE.labels("llm-0", "hit")._value.get() - before[1]
+        assert hits >= 5 + (1 if run else 0)  # the second run: every answer from the file
+        if run:
+            assert calls._sum.get() == before[0]  # no LLM call at all
+    assert len(await asyncio.to_thread(lambda: list(tmp_path.glob("llm-0-*.json")))) == 1
+
+
+async def _first_option_advice(
+    bus: Bus, heartbeat: Heartbeat, digest: StateDigest, received: asyncio.Queue[Advice]
+) -> Advice:
+    """Announce the actor (its options) and repeat the digest until the just started advisor answers it with an
+    option: before it has heard the heartbeat, it can only advise actions."""
+    for _ in range(400):
+        await bus.publish(subjects.heartbeat_subject("test", "actor", "a1"), heartbeat, kind="heartbeat")
+        await bus.publish(subjects.digest_subject("test", "a1"), digest, kind="digest")
+        with contextlib.suppress(TimeoutError):
+            advice = await asyncio.wait_for(received.get(), 0.1)
+            if advice.recommended_option is not None:
+                while not received.empty():  # answers to the repeats, all from the cache
+                    received.get_nowait()
+                return advice
+    raise AssertionError("the advisor never answered with an option")

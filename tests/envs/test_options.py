@@ -44,11 +44,11 @@ def test_situations_say_what_is_carried_ahead_and_in_sight() -> None:
     env = adapter.make()
     observation, _ = env.reset(seed=1)  # the key right ahead, a locked door to the left (seen in the test above)
     found = situation(observation)
-    assert found.key == "carry=nothing;front=key;see=key,locked door"
+    assert found.name == "carry=nothing;front=key;see=key,locked door" and found.key.startswith("sit:")
     assert "Directly in front of you: a key" in found.text
     assert skill_action(PICK_UP, observation) == int(Actions.pickup)
     observation, *_ = env.step(int(Actions.pickup))
-    assert situation(observation).key.startswith("carry=key;")
+    assert situation(observation).name.startswith("carry=key;")
     assert skill_action(PICK_UP, observation) is None  # picked up: the option has terminated
     env.close()
 

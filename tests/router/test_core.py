@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ala.envs.minigrid_options import OPTIONS
 from ala.testing import actor_heartbeat, digests
 from protos import Advice, AdviceOutcome, AdviceTarget, Array, BiasUpdate, EpisodeStats, decode, encode
 from services.actor.bias import BiasTable
@@ -221,14 +222,15 @@ def test_state_scoped_advice_targets_the_state_and_merges_across_the_bots_that_a
 async def test_null_advice_becomes_a_zero_bias_that_is_sent_and_held_as_advice_until_trust_silences_it() -> None:
     """The null advisor, advisor to actor's table without NATS: equal scores become an exactly zero bias that the
     router still merges and sends under trust, naming its advisor, which the actor holds as advice in force. Trust
-    treats it like any advisor: it cannot beat the control group, decays to 0, and the clearing update removes it."""
+    treats it like any advisor: it cannot beat the control group, decays (to 0 with probation off), and the clearing
+    update removes it."""
     now = time.time()
     spec = AdvisorSpec(name="null", backend="null")
     digest = digests(1)[0]
     suggestion = await create_backend(spec).suggest(digest, [])
     advice = decode(encode(to_advice(spec, digest, suggestion, digest.state_key)), Advice)
     assert advice.recommended_action is None and advice.scores is not None
-    router = Router(LiveConfig())  # trust on, as deployed
+    router = Router(LiveConfig(trust_probation=0.0))  # trust on, as deployed, but silencing for good
     router.observe_heartbeat(actor_heartbeat(n_actions=len(digest.action_names), created_at=now), now)
     update = router.accept(advice, "test", now)
     assert update is not None and update.advisors == ["null"] and update.reach == 0.25
@@ -246,3 +248,25 @@ async def test_null_advice_becomes_a_zero_bias_that_is_sent_and_held_as_advice_u
         for retrusted in router.update_trust("test", now + 1):
             table.apply(decode(encode(retrusted), BiasUpdate), now=0.2)
     assert not table.lookup(0.3, keys=[digest.state_key, "elsewhere"]).in_force.any()
+
+
+def test_option_advice_becomes_a_bounded_bias_over_the_actors_options_for_its_situation() -> None:
+    router = Router(LiveConfig(trust=False))
+    router.observe_heartbeat(actor_heartbeat(n_actions=N, created_at=NOW, options=list(OPTIONS)), NOW)
+    situation = "sit:0123456789abcdef"
+    option = msgspec.structs.replace(_advice(bot=None), target=AdviceTarget(actor="a1", state_key=situation))
+    option = msgspec.structs.replace(option, recommended_action=None, recommended_option=2, confidence=0.5)
+    update = router.accept(option, "test", NOW)
+    assert update is not None and update.options and update.state_key == situation
+    bias = update.bias.to_numpy()
+    assert bias.shape == (len(OPTIONS),) and bias.argmax() == 2 and np.abs(bias).max() <= router.config.b_max
+    assert abs(float(bias.sum())) < 1e-5  # mean-centred like any advice
+    for bad, reason in [
+        (msgspec.structs.replace(option, recommended_option=len(OPTIONS)), "range"),
+        (msgspec.structs.replace(option, target=AdviceTarget(actor="a1", state_key="0123456789abcdef")), "shape"),
+        (msgspec.structs.replace(option, recommended_action=1), "shape"),
+        (msgspec.structs.replace(option, recommended_option=None, recommended_action=1), "shape"),  # sit: key
+    ]:
+        with pytest.raises(AdviceRejected) as rejected:
+            router.accept(bad, "test", NOW)
+        assert rejected.value.reason == reason
