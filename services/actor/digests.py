@@ -42,3 +42,11 @@ def make_digest(
         situation_key=situation.key if situation is not None else "",
         situation=situation.text if situation is not None else "",
     )
+
+
+def digest_contents(adapter: EnvAdapter, rollout: Rollout, with_full_state: bool) -> set[str]:
+    """What this actor's digests carry: the observation always, text and the full state where the env has them."""
+    contents = {"observation"} | ({"text"} if adapter.has_text else set())
+    if with_full_state and adapter.full_state(rollout.envs.envs[0]) is not None:  # type: ignore[attr-defined]
+        contents.add("full_state")
+    return contents

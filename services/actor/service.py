@@ -46,7 +46,6 @@ from ala.rl.trajectory import full_state_key, observation_key, to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from ala.weights import fetch_onnx_policy, fetch_policy
 from protos import (
-    MAX_ADVISORS,
     ActionSpace,
     BiasUpdate,
     DigestRequest,
@@ -58,16 +57,15 @@ from protos import (
     subjects,
 )
 from services.actor import metrics
+from services.actor.advisors import AdvisorsHeard
 from services.actor.asking import Asker, Reason
 from services.actor.bias import BiasLookup, BiasRejected, BiasTable
-from services.actor.digests import make_digest
+from services.actor.digests import digest_contents, make_digest
 from services.actor.options import OptionExecutor
 from services.actor.outcomes import OutcomeLedger
 from services.actor.settings import ActorSettings
 
 log = logging.getLogger(__name__)
-ADVISOR_SILENT_HEARTBEATS = 3
-"""An advisor not heard for this many heartbeat intervals is gone: its digests would go unread."""
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 MAX_TRACKED_CHUNKS = 1024
 WEIGHTS_RETRY_S = 0.5
@@ -129,10 +127,8 @@ class Actor:
             settings.ask_again_s,
             max_keys=4 * settings.state_table_size,
         )
-        self.offered = self.digest_contents()
-        """What this actor's digests carry, against what each advisor reads (`Heartbeat.reads`)."""
-        self.advisors_heard: dict[str, tuple[frozenset[str], float]] = {}
-        """Advisor instance -> (what it reads, monotonic time of its last heartbeat)."""
+        offered = digest_contents(adapter, rollout, settings.digest_full_state)
+        self.advisors = AdvisorsHeard(offered, settings.heartbeat_interval_s)
         self.judge_rng = np.random.default_rng(settings.rollout_seed)
         self.outcomes = OutcomeLedger(rollout.num_bots, settings.control_share, settings.rollout_seed + 1)
         self.keys = self.state_keys()
@@ -188,25 +184,7 @@ class Actor:
             metrics.UNDECODABLE.labels("heartbeat").inc()
             self._decode_log.warning("undecodable advisor heartbeat on %s dropped: %s", msg.subject, exc)
             return
-        if heartbeat.instance not in self.advisors_heard and len(self.advisors_heard) >= MAX_ADVISORS:
-            # A bound on what outside heartbeats can grow: forget the advisor heard longest ago.
-            del self.advisors_heard[min(self.advisors_heard, key=lambda name: self.advisors_heard[name][1])]
-        self.advisors_heard[heartbeat.instance] = (frozenset(heartbeat.reads), time.monotonic())
-
-    def digest_contents(self) -> set[str]:
-        """What this actor's digests carry: the observation always, text and the full state where the env has them."""
-        contents = {"observation"} | ({"text"} if self.adapter.has_text else set())
-        if self.settings.digest_full_state and self.adapter.full_state(self.rollout.envs.envs[0]) is not None:  # type: ignore[attr-defined]
-            contents.add("full_state")
-        return contents
-
-    def advisors_reading(self) -> int | None:
-        """Advisors heard within `ADVISOR_SILENT_HEARTBEATS` heartbeats that read what this actor's digests carry;
-        None while no advisor has been heard at all (one may be starting: ask)."""
-        if not self.advisors_heard:
-            return None
-        recent = time.monotonic() - ADVISOR_SILENT_HEARTBEATS * self.settings.heartbeat_interval_s
-        return sum(at > recent and not reads.isdisjoint(self.offered) for reads, at in self.advisors_heard.values())
+        self.advisors.hear(heartbeat)
 
     def hear_reach(self, reach: dict[str, float]) -> None:
         """The router's reach per advisor: new episodes are assigned by it (`outcomes.py`), and while no advisor
@@ -435,7 +413,7 @@ class Actor:
         self.exact_keys = self.exact_state_keys()
         if not self.settings.digests_enabled:
             return
-        reading = self.advisors_reading()
+        reading = self.advisors.reading()
         metrics.ADVISORS_READING.set(-1 if reading is None else reading)
         if reading == 0:  # every advisor heard reads what these digests lack (CartPole has no text), or is gone
             self.requested_digests.clear()
