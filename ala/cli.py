@@ -228,6 +228,27 @@ def train(
 
 
 @app.command()
+def warm(
+    env_id: Annotated[str, typer.Option(help="The env whose situations to ask about.")] = "MiniGrid-DoorKey-5x5-v0",
+    episodes: Annotated[int, typer.Option(help="Seeded random episodes that find the situations.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of those episodes.")] = 0,
+) -> None:
+    """Pre-warm the advisors' situation caches (ALA_ADVISOR_*): ask each LLM advisor for an option in every
+    situation of the env, so that a run starts with its answers on disk."""
+    import asyncio
+
+    from services.advisor.settings import AdvisorSettings
+    from services.advisor.warm import warm as warm_caches
+
+    settings = AdvisorSettings()
+    answered = asyncio.run(warm_caches(settings, env_id, episodes, seed))
+    for name, count in answered.items():
+        console.print(f"{name}: {count} situations answered, cache in {settings.situation_cache_dir}")
+    if not answered:
+        console.print("no advisor gives options for this env (ALA_ADVISOR_ADVISORS; `advice`)")
+
+
+@app.command()
 def version() -> None:
     """Print ALA's version."""
     console.print(__version__)

@@ -128,8 +128,12 @@ ARMS = {
     # dozen episodes, while the expert's stays on through the whole run that matters; off, its batches are advised
     # throughout, as the trusted expert's are.
     "null": advised({"backend": "null"}, ALA_ROUTER_TRUST="false"),
-    "llm": advised({"backend": "embedded"}),
-    "llm-cache": advised({"backend": "embedded"}, ALA_ADVISOR_CACHE="true"),
+    "llm": advised({"backend": "embedded", "advice": "actions"}),  # per-step advice, as before options
+    "llm-cache": advised({"backend": "embedded", "advice": "actions"}, ALA_ADVISOR_CACHE="true"),
+    # Options per situation (issue 28), each run with a cold situation cache: its LLM calls are the run's own.
+    "llm-options": advised({"backend": "embedded", "advice": "options"}, ALA_ADVISOR_SITUATION_CACHE_DIR=""),
+    "planner-options": advised({"backend": "expert", "advice": "options"}),
+    "skills-uniform": advised({"backend": "random", "advice": "options"}),
     "expert-shortcut": advised({"backend": "expert"}, ALA_LEARNER_CORRECTION="shortcut"),
     "expert-notrust": advised({"backend": "expert"}, ALA_ROUTER_TRUST="false"),
     "expert-anneal": advised({"backend": "expert"}, ALA_ROUTER_SCHEDULE="linear", ALA_ROUTER_SCHEDULE_HORIZON="100"),

@@ -454,6 +454,7 @@ class Actor:
             f"policy v{self.rollout.policy_version}  return {self.mean_return():.3f} (last 100)  "
             f"advised states {self.bias.live_states(time.monotonic(), self.tick)}, "
             f"bots {self.bias.active(time.monotonic(), self.tick)}"
+            + (f"  option steps {self.options.option_steps:,}" if self.options.declared else "")
         )
 
     async def _publish_digest(self, bot: int, reason: Reason) -> None:

@@ -266,6 +266,29 @@ class AdversarialBackend:
         return None
 
 
+class SimulatedBackend(AdversarialBackend):
+    """What a served LLM gives, simulated: the planner's answer (action or option) with probability `precision`,
+    otherwise a uniformly wrong one, after `latency_s`, at most `max_concurrency` answers in flight. It maps the
+    frontier: which precision and latency a lab's model needs before its advice pays (`benchmarks/frontier.py`)."""
+
+    kind = "simulated"
+
+    def __init__(self, spec: AdvisorSpec) -> None:
+        super().__init__(spec.model_copy(update={"wrong_probability": 1.0 - spec.precision}))
+        self.latency_s = spec.latency_s
+        self.slots = asyncio.Semaphore(spec.max_concurrency)
+
+    async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
+        async with self.slots:
+            await asyncio.sleep(self.latency_s)
+            return replace(await super().suggest(digest, messages), rationale="simulated")
+
+    async def choose(self, digest: StateDigest, messages: list[dict[str, str]], names: list[str]) -> Choice:
+        async with self.slots:
+            await asyncio.sleep(self.latency_s)
+            return await super().choose(digest, messages, names)
+
+
 class RandomBackend:
     kind = "random"
     reads: ClassVar[Reads] = "observation"
@@ -499,4 +522,6 @@ def create_backend(spec: AdvisorSpec, log_level: str = "WARNING") -> Backend:
         return RandomBackend(spec)
     if spec.backend == "null":
         return NullBackend(spec)
+    if spec.backend == "simulated":
+        return SimulatedBackend(spec)
     return AdversarialBackend(spec)

@@ -318,12 +318,14 @@ class AdvisorService:
         latency = f"{new_seconds / new_calls:.2f}s" if new_calls else "-"
         others = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()) if k not in ("digests", "advice"))
         broken = [a.spec.name for a in self.advisors if a.breaker.state is not BreakerState.CLOSED]
+        situations = sum(len(a.situations) for a in self.advisors if a.situations is not None)
         return (
             f"digests {self._digest_rate.per_second(self.counts['digests']):.1f}/s  "
             f"advice {self._advice_rate.per_second(self.counts['advice']):.1f}/s  "
             f"waiting {sum(len(advisor.waiting) for advisor in self.advisors)}  "
             f"backend calls {new_calls} (mean {latency})  skipped/failed: {others or 'none'}"
             + (f"  breaker open: {', '.join(broken)}" if broken else "")
+            + (f"  situations answered {situations}" if situations else "")
         )
 
     async def on_digest(self, msg: Msg) -> None:

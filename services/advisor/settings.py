@@ -8,7 +8,7 @@
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -20,7 +20,9 @@ class AdvisorSpec(BaseModel):
     """One advisor: a backend and how much its word counts."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Its subject token: ala.<run>.advice.<name>.")
-    backend: Literal["embedded", "openai", "expert", "adversarial", "random", "null", "plugin"] = "embedded"
+    backend: Literal["embedded", "openai", "expert", "adversarial", "random", "null", "simulated", "plugin"] = (
+        "embedded"
+    )
     plugin: str = Field("", description="plugin: name of an `ala.advisors` entry point (a factory taking this spec).")
     priority: float = Field(1.0, ge=0, description="Sent with every advice; the router weighs by it.")
     timeout_s: float = Field(30.0, gt=0, description="Longest wait for one answer; a slow advisor is skipped.")
@@ -52,7 +54,7 @@ class AdvisorSpec(BaseModel):
     structured_outputs: Literal["vllm", "response_format"] = Field(
         "vllm", description="vllm: schema in extra body `structured_outputs` + response_format; else response_format."
     )
-    max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
+    max_concurrency: int = Field(4, ge=1, description="openai and simulated: requests in flight at once.")
     retries: int = Field(2, ge=0, description="openai: retries after a connection error or 5xx, with backoff.")
     max_tokens: int = Field(160, ge=16, description="LLM answer length bound.")
     max_reply_bytes: int = Field(
@@ -80,6 +82,9 @@ class AdvisorSpec(BaseModel):
     # adversarial: the expert's advice, made wrong on purpose.
     wrong_probability: float = Field(1.0, ge=0, le=1, description="adversarial: chance of recommending a wrong action.")
     seed: int = Field(0, description="adversarial and embedded sampling seed.")
+    # simulated: the planner's answer made imperfect and slow, as a served LLM's would be.
+    precision: float = Field(1.0, ge=0, le=1, description="simulated: chance the answer is the planner's.")
+    latency_s: float = Field(0.0, ge=0, le=60, description="simulated: seconds before each answer.")
 
 
 class AdvisorSettings(ServiceSettings):
@@ -107,6 +112,12 @@ class AdvisorSettings(ServiceSettings):
         description="Where LLM advisors keep their option answers per situation across runs (one file per advisor,"
         " model, prompt and env); unset: in memory only.",
     )
+
+    @field_validator("situation_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value  # ALA_ADVISOR_SITUATION_CACHE_DIR= (empty): in memory only
+
     situation_cache_size: int = Field(4096, ge=1, description="Most situations remembered per advisor.")
     review: bool = Field(False, description="Critical-state review of finished episodes (needs an embedded advisor).")
     review_every_episodes: int = Field(20, ge=1, description="Review one finished episode in this many.")

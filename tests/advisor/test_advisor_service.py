@@ -281,3 +281,20 @@ async def _first_option_advice(
                     received.get_nowait()
                 return advice
     raise AssertionError("the advisor never answered with an option")
+
+
+async def test_warming_asks_the_llm_about_every_situation_once_and_a_run_then_finds_them_on_disk(
+    tmp_path: Path,
+) -> None:
+    from services.advisor.warm import situation_digests, warm
+
+    settings = AdvisorSettings(advisors=[AdvisorSpec(name="llm-0", backend="embedded")], situation_cache_dir=tmp_path)
+    _, found = situation_digests("MiniGrid-DoorKey-5x5-v0", episodes=2, seed=0)
+    assert len({digest.situation_key for digest in found}) == len(found) >= 3
+    calls = metrics.LLM_SECONDS.labels("llm-0")
+    before = calls._sum.get()
+    assert await warm(settings, "MiniGrid-DoorKey-5x5-v0", episodes=2, seed=0) == {"llm-0": len(found)}
+    asked = calls._sum.get()
+    assert asked > before
+    assert await warm(settings, "MiniGrid-DoorKey-5x5-v0", episodes=2, seed=0) == {"llm-0": len(found)}
+    assert calls._sum.get() == asked  # the second time, every answer came from the file

@@ -241,3 +241,16 @@ def test_an_open_breaker_probes_once_after_a_growing_jittered_wait() -> None:
     assert breaker.allow()
     breaker.success()
     assert breaker.state is BreakerState.CLOSED and breaker.allow() and breaker.trips == 0
+
+
+async def test_the_simulated_advisor_is_the_planner_at_its_precision_after_its_latency() -> None:
+    spec = AdvisorSpec(name="sim", backend="simulated", precision=0.7, latency_s=0.05, max_concurrency=2, seed=3)
+    backend = create_backend(spec)
+    assert backend.kind == "simulated"
+    batch = digests(40)
+    started = time.monotonic()
+    answers = await asyncio.gather(*(backend.suggest(digest, []) for digest in batch))
+    elapsed = time.monotonic() - started
+    right = [answer.action == plan(digest.full_state.to_numpy()) for answer, digest in zip(answers, batch, strict=True)]
+    assert 0.5 <= sum(right) / len(right) <= 0.9  # 0.7 in expectation; seeded
+    assert elapsed >= 40 / 2 * 0.05  # two answers in flight at a time, each after its latency
