@@ -304,10 +304,13 @@ def _fresh_actor_count() -> None:
 
 
 async def test_outcomes_from_actors_move_an_advisors_trust_and_its_bias(bus: Bus, nats_settings: NatsSettings) -> None:
-    """Episodes the liar's advice reached end worse than the control group's: its trust falls to 0 and it is not
-    heard any more; the expert's episodes end better: its trust rises to 1 and its bias is at full strength."""
+    """Episodes the liar's advice reached end worse than the control group's: its trust falls to 0 (probation off)
+    and it is not heard any more; the expert's episodes end better: its trust rises to 1 and its bias is at full
+    strength. (Probation, the default, is test_trust's.)"""
     biases = await _biases(bus)
-    settings = _settings(nats_settings, trust=True, trust_initial=0.5, trust_min_episodes=5, trust_interval_s=0.05)
+    settings = _settings(
+        nats_settings, trust=True, trust_initial=0.5, trust_min_episodes=5, trust_interval_s=0.05, trust_probation=0.0
+    )
     good = EpisodeStats(episodes=20, return_sum=18.0, return_sq_sum=16.5)
     bad = EpisodeStats(episodes=20, return_sum=0.0, return_sq_sum=0.0)
     control = EpisodeStats(episodes=10, return_sum=4.0, return_sq_sum=2.0)
