@@ -161,13 +161,10 @@ class Actor:
             metrics.ADVICE_TO_BIAS_SECONDS.observe(max(0.0, time.time() - update.advice_created_at))
 
     async def on_router_heartbeat(self, msg: Msg) -> None:
-        """The router's bounds, as configured now: the actor holds every bias to the tighter of its own and these."""
-        try:
-            heartbeat = decode(msg.data, Heartbeat)
-        except WireError as exc:
-            # The bounds in force stay (never looser than the actor's own); the next heartbeat will do.
-            metrics.UNDECODABLE.labels("heartbeat").inc()
-            self._decode_log.warning("undecodable router heartbeat on %s dropped: %s", msg.subject, exc)
+        """The router's bounds, as configured now: the actor holds every bias to the tighter of its own and these.
+        An undecodable heartbeat changes nothing: the bounds in force stay (never looser than the actor's own)."""
+        heartbeat = self._heartbeat(msg, "router")
+        if heartbeat is None:
             return
         if heartbeat.b_max > 0:
             self.bias.max_abs_bias = min(self.settings.max_abs_bias, heartbeat.b_max)
@@ -178,13 +175,18 @@ class Actor:
         self.report_bounds()
 
     async def on_advisor_heartbeat(self, msg: Msg) -> None:
+        heartbeat = self._heartbeat(msg, "advisor")
+        if heartbeat is not None:
+            self.advisors.hear(heartbeat)
+
+    def _heartbeat(self, msg: Msg, sender: str) -> Heartbeat | None:
+        """The heartbeat, or None (counted and logged): the next one will do."""
         try:
-            heartbeat = decode(msg.data, Heartbeat)
+            return decode(msg.data, Heartbeat)
         except WireError as exc:
             metrics.UNDECODABLE.labels("heartbeat").inc()
-            self._decode_log.warning("undecodable advisor heartbeat on %s dropped: %s", msg.subject, exc)
-            return
-        self.advisors.hear(heartbeat)
+            self._decode_log.warning("undecodable %s heartbeat on %s dropped: %s", sender, msg.subject, exc)
+            return None
 
     def hear_reach(self, reach: dict[str, float]) -> None:
         """The router's reach per advisor: new episodes are assigned by it (`outcomes.py`), and while no advisor
