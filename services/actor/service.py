@@ -42,7 +42,7 @@ from ala.rejection import Rejected
 from ala.rl.onnx_policy import OnnxOptions, OnnxPolicy, export_verified, select_providers
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
-from ala.rl.trajectory import full_state_key, observation_key, to_chunk
+from ala.rl.trajectory import to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from ala.weights import fetch_onnx_policy, fetch_policy
 from protos import (
@@ -64,6 +64,7 @@ from services.actor.digests import digest_contents, make_digest
 from services.actor.options import OptionExecutor
 from services.actor.outcomes import OutcomeLedger
 from services.actor.settings import ActorSettings
+from services.actor.states import exact_state_keys, judge, state_keys
 
 log = logging.getLogger(__name__)
 RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -300,7 +301,7 @@ class Actor:
                 lookup.mute(self.outcomes.unreached(lookup.reach, lookup.advisors))
                 self.outcomes.record_step(lookup.advisors)
                 if self.settings.judge_rate:
-                    self._judge(lookup)
+                    judge(self.adapter, self.rollout, lookup, self.settings.judge_rate, self.judge_rng)
                 applied = None if self.settings.advice_mode == "distill" else lookup.bias
                 self.rollout.step(trajectory, t, applied, advice=self._to_distil(lookup), advised=self._advised(lookup))
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
@@ -373,33 +374,19 @@ class Actor:
                 await asyncio.wait_for(self.progressed.wait(), remaining)
         metrics.FLOW_WAIT_SECONDS.inc(time.perf_counter() - start)
 
-    def _judge(self, lookup: BiasLookup) -> None:
-        """Advice precision: is the advised action the expert's for the state each advised bot is in now?"""
-        for bot in np.flatnonzero(lookup.bias.any(axis=1)):
-            if self.judge_rng.random() >= self.settings.judge_rate:
-                continue
-            expert = self.adapter.expert_action(self.rollout.envs.envs[bot])  # type: ignore[attr-defined]
-            verdict = "unknown" if expert is None else "right" if lookup.bias[bot].argmax() == expert else "wrong"
-            metrics.ADVICE_JUDGED.labels("state" if lookup.from_state[bot] else "bot", verdict).inc()
-
     @property
     def tick(self) -> int:
         """Steps each bot has taken: the clock of step-based expiry."""
         return self.rollout.env_steps // self.rollout.num_bots
 
     def state_keys(self) -> list[str]:
-        if self.settings.state_key == "full_state":
-            states = [self.adapter.full_state(env) for env in self.rollout.envs.envs]  # type: ignore[attr-defined]
-            if all(state is not None for state in states):
-                return [observation_key(state) for state in states]  # type: ignore[arg-type]
-        return [observation_key(observation) for observation in self.rollout.obs]
+        return state_keys(self.adapter, self.rollout, self.settings.state_key)
 
     def exact_state_keys(self) -> list[str]:
         """Every bot's exact-state key while advice about exact states may be live (else none, at no cost)."""
         if not self.bias.may_have_exact_advice(time.monotonic()):
             return []
-        states = [self.adapter.full_state(env) for env in self.rollout.envs.envs]  # type: ignore[attr-defined]
-        return [full_state_key(state) if state is not None else "" for state in states]
+        return exact_state_keys(self.adapter, self.rollout)
 
     async def _after_step(self) -> None:
         for episode in self.rollout.finished:
