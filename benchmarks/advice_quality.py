@@ -101,7 +101,7 @@ def situation_ceiling(states: list[Labelled]) -> float:
     return best / len(states)
 
 
-async def score(spec: AdvisorSpec, states: list[Labelled]) -> tuple[Tally, Tally, list[dict]]:
+async def score(spec: AdvisorSpec, states: list[Labelled], per_step_too: bool) -> tuple[Tally, Tally, list[dict]]:
     backend = create_backend(spec)
     prompt = Prompt(AdvisorSettings(advisors=[spec]))
     per_step, per_option = Tally(), Tally()
@@ -112,6 +112,8 @@ async def score(spec: AdvisorSpec, states: list[Labelled]) -> tuple[Tally, Tally
             digest = state.digest
             started = time.perf_counter()
             try:
+                if not per_step_too:
+                    raise BackendError("not_asked", "--no-per-step")
                 suggestion = await asyncio.wait_for(backend.suggest(digest, prompt.messages(digest)), spec.timeout_s)
                 per_step.seconds.append(time.perf_counter() - started)
                 per_step.tokens += suggestion.completion_tokens
@@ -158,6 +160,7 @@ def main(
     episodes: Annotated[int, typer.Option(help="Episodes per env.")] = 6,
     per_episode: Annotated[int, typer.Option(help="States kept per episode, at most.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the random steps.")] = 1,
+    per_step: Annotated[bool, typer.Option(help="Ask the per-step question too (options only: faster).")] = True,
     out: Annotated[Path, typer.Option(help="Markdown report; JSON beside it.")] = Path(
         "benchmarks/results/advice-quality.md"
     ),
@@ -180,7 +183,7 @@ def main(
     results = {}
     for raw in advisor:
         spec = AdvisorSpec.model_validate_json(raw)
-        per_step, per_option, answers = asyncio.run(score(spec, states))
+        per_step, per_option, answers = asyncio.run(score(spec, states, per_step))
         results[spec.name] = answers
         lines += [
             f"## {spec.name} ({spec.backend}{', ' + spec.model if spec.backend == 'openai' else ''})",
