@@ -359,6 +359,12 @@ class AdvisorService:
             if choice is not None:
                 await self._publish(advisor, [to_option_advice(advisor.spec, digest, choice)])
             return
+        if advisor.spec.advice == "options" and digest.situation_key:
+            # Options asked for, and the actor's options not known yet (its heartbeat will say): no per-step advice
+            # in their place.
+            child(metrics.DIGESTS_SKIPPED, advisor.spec.name, "no_spec").inc()
+            self.counts["no_spec"] += 1
+            return
         suggestion = await self._attempt(advisor, advisor.answer(digest, messages))
         if suggestion is None:
             return

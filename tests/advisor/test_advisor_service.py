@@ -245,7 +245,9 @@ async def test_llm_advisors_answer_each_situation_once_with_an_option_and_rememb
     heartbeat = actor_heartbeat(created_at=time.time(), policy=policy, options=policy.option_names)
     digest = digests(1)[0]
     settings = _settings(
-        nats_settings, advisors=[AdvisorSpec(name="llm-0", backend="embedded")], situation_cache_dir=tmp_path
+        nats_settings,
+        advisors=[AdvisorSpec(name="llm-0", backend="embedded", advice="options")],  # never per step: calls count
+        situation_cache_dir=tmp_path,
     )
     calls = metrics.LLM_SECONDS.labels("llm-0")
     for run in range(2):
