@@ -160,7 +160,9 @@ def main(
     episodes: Annotated[int, typer.Option(help="Episodes per env.")] = 6,
     per_episode: Annotated[int, typer.Option(help="States kept per episode, at most.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the episodes and of the random steps.")] = 1,
-    per_step: Annotated[bool, typer.Option(help="Ask the per-step question too (options only: faster).")] = True,
+    ask_per_step: Annotated[
+        bool, typer.Option("--per-step/--no-per-step", help="Ask the per-step question too (options only: faster).")
+    ] = True,
     out: Annotated[Path, typer.Option(help="Markdown report; JSON beside it.")] = Path(
         "benchmarks/results/advice-quality.md"
     ),
@@ -183,7 +185,7 @@ def main(
     results = {}
     for raw in advisor:
         spec = AdvisorSpec.model_validate_json(raw)
-        per_step, per_option, answers = asyncio.run(score(spec, states, per_step))
+        per_step, per_option, answers = asyncio.run(score(spec, states, ask_per_step))
         results[spec.name] = answers
         lines += [
             f"## {spec.name} ({spec.backend}{', ' + spec.model if spec.backend == 'openai' else ''})",
