@@ -153,14 +153,19 @@ def read_reply(payload: Any) -> Reply:
     return Reply(str(content), str(reasoning), str(choice.get("finish_reason") or ""), tokens, reasoning_tokens)
 
 
-def answer_of(reply: Reply, n_actions: int) -> Suggestion:
-    """The advice in a reply's final answer; a reply cut off before it is a `length` failure, said as such."""
+def final_answer(reply: Reply) -> str:
+    """A reply's final answer; a reply cut off before it is a `length` failure, said as such."""
     if not reply.content.strip() and reply.finish_reason == "length":
         thinking = f" after {len(reply.reasoning)} characters of reasoning" if reply.reasoning else ""
         raise BackendError(
             "length", f"the token budget ran out{thinking} before the final answer (raise max_reasoning_tokens)"
         )
-    suggestion = parse_answer(reply.content, n_actions, reply.completion_tokens)
+    return reply.content
+
+
+def answer_of(reply: Reply, n_actions: int) -> Suggestion:
+    """The advice in a reply's final answer."""
+    suggestion = parse_answer(final_answer(reply), n_actions, reply.completion_tokens)
     return replace(suggestion, reasoning_tokens=reply.reasoning_tokens)
 
 
@@ -181,9 +186,7 @@ def option_grammar(names: list[str]) -> str:
 
 def parse_choice(reply: Reply, names: list[str]) -> Choice:
     """The option a reply's final answer names (`{"option": name}`, or the bare name a `choice` constraint gives)."""
-    if not reply.content.strip() and reply.finish_reason == "length":
-        raise BackendError("length", "the token budget ran out before the final answer (raise max_reasoning_tokens)")
-    text = reply.content.strip()
+    text = final_answer(reply).strip()
     try:
         decoded = json.loads(text)
         name = decoded.get("option") if isinstance(decoded, dict) else decoded
