@@ -45,6 +45,9 @@ def main(
     kinds: Annotated[list[str] | None, typer.Option(help="actions (per step) and/or options (per situation).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Env-step budget per run (default: learning_value's).")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Seconds per run (default: learning_value's).")] = None,
+    plain_max_seconds: Annotated[
+        float | None, typer.Option(help="Seconds per plain run (default: learning_value's), the baseline's own budget.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Markdown report; heat map PNG and JSON beside it.")] = Path(
         "benchmarks/results/frontier-8x8.md"
     ),
@@ -61,15 +64,18 @@ def main(
         )
         for p, latency, kind in cells
     }
-    runs: dict[str, list[Run]] = {"plain": []}
+    plain_budget = (budget[0], plain_max_seconds or seconds)
+    store = out.with_suffix(".json")
+    done = resumed(store, env, budget, plain_budget)
+    runs: dict[str, list[Run]] = {}
     for seed in range(1, seeds + 1):  # interleaved per seed: machine noise spreads over every cell alike
-        plain = run_stack(env, "plain", seed, *budget, ARMS["plain"], True)
-        runs["plain"].append(plain)
-        print(f"plain seed {seed}: {plain.steps_to_threshold}", flush=True)
-        for name, arm in arms.items():
-            run = run_stack(env, name, seed, *budget, arm, True)
+        for name, arm in {"plain": ARMS["plain"], **arms}.items():
+            run = done.get((name, seed)) or run_stack(
+                env, name, seed, *(plain_budget if name == "plain" else budget), arm, True
+            )
             runs.setdefault(name, []).append(run)
-            print(f"{name} seed {seed}: {run.steps_to_threshold}", flush=True)
+            print(f"{name} seed {seed}: {run.steps_to_threshold} ({run.stopped})", flush=True)
+            save(store, env, budget, plain_budget, runs)  # after every run: a long sweep resumes where it stopped
     speedup = {name: 1 / geometric_mean_ratio(paired_ratios(runs[name], runs["plain"])).point for name in arms}
     draw(speedup, precisions, latencies, kinds, out.with_suffix(".png"))
     command = "python -m benchmarks.frontier " + " ".join(sys.argv[1:])
@@ -79,23 +85,53 @@ def main(
         provenance(command, {name: arm.env for name, arm in arms.items()}),
         "",
         f"{seeds} seeds per cell, each beside `plain` on the same seed; budget {budget[0]:,} env steps or"
-        f" {budget[1]:g} s per run; runs stop at evaluation 0.8 (two in a row, advice off). Speed-up: plain's env"
-        " steps over the cell's, geometric mean over seeds (a run that never reached 0.8 counts at the steps it ran,"
+        f" {budget[1]:g} s per run (plain: {plain_budget[1]:g} s); runs stop at evaluation 0.8 (two in a row, advice"
+        " off). Speed-up: plain's env steps over the cell's, geometric mean over seeds (a run that never reached 0.8"
+        " counts at the steps it ran,"
         " so a speed-up beside a censored run is a bound). Heat map: "
         f"[{out.with_suffix('.png').name}]({out.with_suffix('.png').name}).",
         "",
-        "| advice | precision | latency (s) | speed-up over plain | per seed (env steps to 0.8; ratio to plain) |",
-        "|---|---:|---:|---:|---|",
+        "Advised steps: the share of env steps taken under advice; trust: the router's at the end of each run (both"
+        " medians over seeds): where they are low, trust has cut the advice off.",
+        "",
+        "| advice | precision | latency (s) | speed-up over plain | advised steps | trust | per seed (env steps to 0.8;"
+        " ratio to plain) |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for p, latency, kind in cells:
         name = cell_name(p, latency, kind)
+        advised_share = np.median([share(run, "biased_state_steps") for run in runs[name]])
+        trust = np.median([run.scraped.get("trust", float("nan")) for run in runs[name]])
         lines.append(
-            f"| {kind} | {p:g} | {latency:g} | {speedup[name]:.2f} | {steps_per_seed(runs[name], runs['plain'])} |"
+            f"| {kind} | {p:g} | {latency:g} | {speedup[name]:.2f} | {advised_share:.1%} | {trust:.2f} |"
+            f" {steps_per_seed(runs[name], runs['plain'])} |"
         )
     lines += ["", f"plain: {steps_per_seed(runs['plain'])}", ""]
     out.write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps({name: [asdict(r) for r in rs] for name, rs in runs.items()}))
     print("\n".join(lines))
+
+
+def share(run: Run, counter: str) -> float:
+    return run.scraped.get(counter, 0.0) / max(run.scraped.get("env_steps", 0.0), 1.0)
+
+
+def save(
+    store: Path, env: str, budget: tuple[int, float], plain_budget: tuple[int, float], runs: dict[str, list[Run]]
+) -> None:
+    runs_json = {name: [asdict(run) for run in named] for name, named in runs.items()}
+    store.write_text(json.dumps({"env": env, "budget": budget, "plain_budget": plain_budget, "runs": runs_json}))
+
+
+def resumed(
+    store: Path, env: str, budget: tuple[int, float], plain_budget: tuple[int, float]
+) -> dict[tuple[str, int], Run]:
+    """Runs a previous sweep with the same env and budgets saved, by (arm, seed); none for other settings."""
+    if not store.exists():
+        return {}
+    saved = json.loads(store.read_text())
+    if (saved.get("env"), saved.get("budget"), saved.get("plain_budget")) != (env, list(budget), list(plain_budget)):
+        return {}
+    return {(name, run["seed"]): Run(**run) for name, named in saved["runs"].items() for run in named}
 
 
 def draw(
