@@ -3,11 +3,13 @@
 - `Bus.connect` never gives up reconnecting (small wait, unlimited attempts); its callbacks only log and count.
 - `publish` (core NATS, at most once) and `publish_durable` (JetStream, acked, de-duplicated by `Nats-Msg-Id`) are
   both bounded by a timeout and report failure as a return value or `PublishError`, never by hanging.
-- `provision` creates the streams and buckets of `protos.subjects` idempotently; every service may call it.
+- `provision` creates the streams and buckets of `protos.subjects` idempotently: the service that owns them calls it
+  (`ala.security.manages_streams`); the others `await_streams` until they exist.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -184,6 +186,26 @@ class Bus:
             await self.js.create_object_store(
                 bucket, config=ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas)
             )
+
+    async def await_streams(self, log_every_s: float = 30.0) -> None:
+        """Return once every stream and bucket ALA uses exists, asking only for stream info (all a service that does
+        not own them may do); a service that starts before the learner waits here, not ready, and says so."""
+        names = [spec.name for spec in STREAMS] + [f"OBJ_{bucket}" for bucket in OBJECT_BUCKETS]
+        backoff, logged_at = 0.05, -log_every_s
+        while True:
+            missing = []
+            for name in names:
+                try:
+                    await self.js.stream_info(name)
+                except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, TimeoutError):
+                    missing.append(name)
+            if not missing:
+                return
+            if time.monotonic() - logged_at >= log_every_s:
+                log.info("waiting for the learner to provision %s", ", ".join(missing))
+                logged_at = time.monotonic()
+            await asyncio.sleep(backoff)  # a poll with backoff: nothing announces a stream's creation
+            backoff = min(backoff * 2, 2.0)
 
     async def drain(self) -> None:
         """Let subscriptions finish in-flight messages, flush publishes, then close."""

@@ -8,8 +8,14 @@ permissions violation (counted in `ala_<service>_nats_permission_denied_total`).
 Passwords are random, one file per service (`<dir>/<service>.password`, mode 0600), generated once and reused;
 services read theirs from `ALA_NATS_PASSWORD_FILE` (or `ALA_NATS_PASSWORD`). `ala up` hands them out itself.
 
-Known gap: every service may use the JetStream API (`$JS.API.>`), since each provisions the streams it needs at
-start; an authenticated service could therefore manage streams. Only subjects that carry data are split by role.
+JetStream is split by role too. Only the learner, which owns every stream and bucket (it consumes the trajectories
+and writes the weights), may manage them: it provisions them at start (`Bus.provision`) and acks its chunks. Every
+other service may only read: stream info (it waits for the learner's streams at start, `Bus.await_streams`), the
+newest weights announcement, and the weights objects (direct gets, and the ordered consumer an Object Store read
+creates). None of them may purge, delete or update a stream, delete the bucket, or touch a consumer of another
+stream: a stolen actor credential, on the edge device easiest to take, cannot wipe the run's data
+(`tests/test_security.py` tries). The advisor's episode review reads the trajectories as they are published, through
+a core subscription, so it needs no JetStream consumer at all.
 """
 
 from __future__ import annotations
@@ -20,12 +26,37 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protos.subjects import WEIGHTS_BUCKET
+from protos.subjects import OBJECT_BUCKETS, STREAMS, WEIGHTS_ANNOUNCEMENTS, WEIGHTS_BUCKET
 
 USERS = ("advisor", "router", "actor", "learner", "evaluator")
 """One user per service; `ala up`, compose and Helm give each service its own."""
 
 ANY_RUN = "ala.*"
+STREAMS_OWNER = "learner"
+"""The one user that may manage JetStream (create, update, purge or delete streams, buckets and consumers)."""
+JS_API = "$JS.API"
+
+
+def manages_streams(user: str) -> bool:
+    """Whether a service connected as `user` provisions the streams: the owner, or anyone on a broker without users
+    (a laptop's `ala up --no-auth`, tests), where nothing is split by role."""
+    return user in ("", STREAMS_OWNER)
+
+
+def _stream_info() -> tuple[str, ...]:
+    names = [spec.name for spec in STREAMS] + [f"OBJ_{bucket}" for bucket in OBJECT_BUCKETS]
+    return (f"{JS_API}.INFO", f"{JS_API}.STREAM.NAMES", *(f"{JS_API}.STREAM.INFO.{name}" for name in names))
+
+
+_WEIGHTS_STREAM = f"OBJ_{WEIGHTS_BUCKET}"
+_READ_WEIGHTS = (
+    f"{JS_API}.STREAM.MSG.GET.{WEIGHTS_ANNOUNCEMENTS.name}",  # the newest announcement, at start
+    f"{JS_API}.DIRECT.GET.{_WEIGHTS_STREAM}.>",  # an object's metadata
+    f"{JS_API}.STREAM.MSG.GET.{_WEIGHTS_STREAM}",
+    f"{JS_API}.CONSUMER.CREATE.{_WEIGHTS_STREAM}",  # the ordered consumer that reads an object's chunks
+    f"{JS_API}.CONSUMER.CREATE.{_WEIGHTS_STREAM}.>",
+    f"$JS.FC.{_WEIGHTS_STREAM}.>",  # its flow-control replies
+)
 
 
 @dataclass(frozen=True)
@@ -34,11 +65,8 @@ class Permissions:
     subscribe: tuple[str, ...]
 
 
-# What every service needs: its heartbeats, everyone's heartbeats, the JetStream API and its replies.
-_COMMON = Permissions(
-    publish=("$JS.API.>", "$JS.ACK.>", "_INBOX.>"),
-    subscribe=(f"{ANY_RUN}.heartbeat.>", "_INBOX.>"),
-)
+# What every service needs: its heartbeats, everyone's heartbeats, read-only stream info and request replies.
+_COMMON = Permissions(publish=(*_stream_info(), "_INBOX.>"), subscribe=(f"{ANY_RUN}.heartbeat.>", "_INBOX.>"))
 
 PERMISSIONS: dict[str, Permissions] = {
     "router": Permissions(
@@ -47,18 +75,18 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     "advisor": Permissions(
         publish=(f"{ANY_RUN}.advice.*", f"{ANY_RUN}.digest-request.*", f"{ANY_RUN}.implicit-reward"),
-        subscribe=(f"{ANY_RUN}.digest.*",),
+        subscribe=(f"{ANY_RUN}.digest.*", f"{ANY_RUN}.trajectories.*"),
     ),
     "actor": Permissions(
-        publish=(f"{ANY_RUN}.trajectories.*", f"{ANY_RUN}.digest.*", f"{ANY_RUN}.outcome.*"),
+        publish=(f"{ANY_RUN}.trajectories.*", f"{ANY_RUN}.digest.*", f"{ANY_RUN}.outcome.*", *_READ_WEIGHTS),
         subscribe=(f"{ANY_RUN}.bias.*", f"{ANY_RUN}.digest-request.*", f"{ANY_RUN}.weights"),
     ),
     "learner": Permissions(
-        publish=(f"{ANY_RUN}.weights", f"$O.{WEIGHTS_BUCKET}.>"),
+        publish=(f"{ANY_RUN}.weights", f"$O.{WEIGHTS_BUCKET}.>", f"{JS_API}.>", "$JS.ACK.>"),  # the owner
         subscribe=(f"{ANY_RUN}.implicit-reward",),
     ),
     "evaluator": Permissions(
-        publish=(f"{ANY_RUN}.eval",),
+        publish=(f"{ANY_RUN}.eval", *_READ_WEIGHTS),
         subscribe=(f"{ANY_RUN}.weights",),
     ),
 }

@@ -37,6 +37,7 @@ from ala.bus import Bus
 from ala.config import ServiceSettings
 from ala.health import Health, serve_health_and_metrics
 from ala.metrics import ServiceMetrics
+from ala.security import manages_streams
 from protos import ActionSpace, Heartbeat, PolicySpec
 from protos.subjects import heartbeat_subject
 
@@ -106,7 +107,10 @@ class ServiceRuntime:
         name = f"ala-{self.service}-{settings.instance}"
         self._bus = await Bus.connect(settings.nats, name, self.metrics.bus)
         self._stack.push_async_callback(self._bus.drain)
-        await self._bus.provision()
+        if manages_streams(settings.nats.user):
+            await self._bus.provision()
+        else:  # only the streams' owner may create them (`ala.security`): wait, not ready, until it has
+            await self._bus.await_streams()
         self._provisioned = True
 
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.service}-heartbeat")

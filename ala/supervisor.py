@@ -17,6 +17,7 @@ node catches up from its peers), at most `max_restarts` times within the window.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -27,12 +28,15 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ala.broker import BrokerCluster, BrokerError, free_port
-from ala.config import BrokerSettings
-from ala.security import Credentials
+from ala.bus import Bus
+from ala.config import BrokerSettings, NatsSettings
+from ala.metrics import bus_metrics
+from ala.security import STREAMS_OWNER, Credentials
 from ala.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -101,6 +105,8 @@ class Supervisor:
                 self._env["ALA_NATS_TLS_CA_FILE"] = str(TlsFiles(self.broker_settings.tls_dir.resolve()).ca)
             for node in broker.nodes:
                 log.info("broker at %s, monitoring %s", node.url, node.monitor_url)
+            if broker.credentials is not None:
+                self._provision(broker.url, broker.credentials)
         self._env |= self._rank_env()
         try:
             for name in self._child_names():
@@ -111,6 +117,26 @@ class Supervisor:
             if broker is not None:
                 broker.stop()
             log.info("all stopped")
+
+    def _provision(self, url: str, credentials: Credentials) -> None:
+        """Create the streams and bucket as their owner before any service starts: with permissions on, only the
+        owner may (`ala.security`), and a run without a learner (`ala up --service router`) must not wait for one."""
+        settings = NatsSettings(
+            url=url,
+            user=STREAMS_OWNER,
+            password_file=str(credentials.password_file(STREAMS_OWNER)),
+            replicas=int(self._env.get("ALA_NATS_REPLICAS", "1")),
+            tls_ca_file=self._env.get("ALA_NATS_TLS_CA_FILE", ""),
+        )
+
+        async def provision() -> None:
+            bus = await Bus.connect(settings, "ala-up-provisioner", bus_metrics("up", CollectorRegistry()))
+            try:
+                await bus.provision()
+            finally:
+                await bus.drain()
+
+        asyncio.run(provision())
 
     def _child_names(self) -> list[str]:
         names = []

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import numpy as np
 import onnx
@@ -20,6 +22,7 @@ from ala.rl.onnx_policy import (
     load_verified,
     probe_batch,
     probe_output,
+    provider_options,
     select_providers,
 )
 from ala.rl.policy import Agent
@@ -163,3 +166,18 @@ def test_providers_are_tried_in_the_order_given_and_missing_ones_skipped() -> No
     assert policy.provider == "CPUExecutionProvider"
     with pytest.raises(ValueError, match="TensorrtExecutionProvider"):
         select_providers(["TensorrtExecutionProvider"])
+
+
+def test_tensorrt_keeps_its_engine_and_timing_caches_where_the_actor_says(tmp_path: Path) -> None:
+    """A Jetson rebuilds no shape it has built: the TensorRT provider is given both caches (its documented option
+    names); without a folder it gets none, and other providers never see them."""
+    spec = _agent(seed=10).spec
+    cache = str(tmp_path / "tensorrt")
+    options = OnnxOptions(("TensorrtExecutionProvider", "CPUExecutionProvider"), trt_cache_dir=cache)
+    tensorrt, cpu = provider_options(options, spec)
+    assert tensorrt[1]["trt_engine_cache_enable"] == tensorrt[1]["trt_timing_cache_enable"] == "True"
+    assert tensorrt[1]["trt_engine_cache_path"] == tensorrt[1]["trt_timing_cache_path"] == cache
+    assert Path(cache).is_dir()
+    assert cpu == ("CPUExecutionProvider", {})
+    uncached, _ = provider_options(OnnxOptions(options.providers), spec)
+    assert not any(key.startswith(("trt_engine_cache", "trt_timing_cache")) for key in uncached[1])

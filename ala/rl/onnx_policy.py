@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,6 +166,10 @@ class OnnxOptions:
     max_batch: int = PROBE_ROWS
     """Largest batch that TensorRT builds its engine for: the actor's bots (and the probe's rows)."""
     atol: float = PROBE_ATOL
+    trt_cache_dir: str = ""
+    """TensorRT's engine and timing caches on disk, here (empty: none). The timing cache carries over between
+    versions (same layers, new weights) and shortens each build; the engine cache spares a restarted actor rebuilding
+    the version it had."""
 
 
 def select_providers(wanted: Sequence[str]) -> tuple[str, ...]:
@@ -176,7 +181,7 @@ def select_providers(wanted: Sequence[str]) -> tuple[str, ...]:
     return chosen
 
 
-def _provider_options(options: OnnxOptions, spec: PolicySpec) -> list[tuple[str, dict[str, Any]]]:
+def provider_options(options: OnnxOptions, spec: PolicySpec) -> list[tuple[str, dict[str, Any]]]:
     batch = max(options.max_batch, PROBE_ROWS)
     settings: dict[str, dict[str, Any]] = {
         # TF32 (the CUDA provider's default on Ampere and later) rounds matmul inputs to 10 bits: far from 1e-5.
@@ -187,6 +192,15 @@ def _provider_options(options: OnnxOptions, spec: PolicySpec) -> list[tuple[str,
             for bound, rows in (("min", 1), ("opt", batch), ("max", batch))
         },
     }
+    if options.trt_cache_dir and "TensorrtExecutionProvider" in options.providers:
+        # Option names: onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html
+        os.makedirs(options.trt_cache_dir, exist_ok=True)
+        settings["TensorrtExecutionProvider"] |= {
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": options.trt_cache_dir,
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": options.trt_cache_dir,
+        }
     return [(provider, settings.get(provider, {})) for provider in options.providers]
 
 
@@ -209,7 +223,7 @@ class OnnxPolicy:
         session_options.inter_op_num_threads = 1
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            session = ort.InferenceSession(data, session_options, providers=_provider_options(options, spec))
+            session = ort.InferenceSession(data, session_options, providers=provider_options(options, spec))
         except ORT_ERRORS as exc:
             raise Rejected("onnx_invalid", f"ONNX Runtime cannot load the model: {exc}") from exc
         inputs = [node.name for node in session.get_inputs()]

@@ -138,10 +138,17 @@ def sample_action(
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when this machine has it."""
+    """`auto` picks CUDA when this machine has it; asking for CUDA where torch has none fails with a sentence (a
+    Jetson's PyPI torch is CPU-only: with `backend=onnx` the forward runs in ONNX Runtime anyway, so say `auto`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} asked for, but this torch ({torch.__version__}) has no CUDA device: install a CUDA"
+            " build of torch (on a Jetson, NVIDIA's wheel for its JetPack) or set the device to auto or cpu"
+        )
+    return device
 
 
 def weights_to_bytes(agent: Agent) -> bytes:

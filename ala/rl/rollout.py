@@ -8,6 +8,7 @@ log-probabilities and values then all come from the session's output.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -38,6 +39,8 @@ class Rollout:
         self.num_steps = num_steps
         self.num_bots = envs.num_envs
         self.device = resolve_device(device)
+        self.forward_seconds = 0.0
+        """The last step's policy forward (torch or ONNX Runtime), without sampling or the env step."""
         self.agent = agent.to(self.device)
         self.onnx: OnnxPolicy | None = None
         self.policy_version = 0
@@ -94,7 +97,9 @@ class Rollout:
         distillation mode) is only recorded, for the learner to distil; `advised` (bool [N]) records which bots had
         advice in force, whatever its value (a zero bias is advice too, and `bias` cannot show it)."""
         bias_tensor = self._tensor(bias) if bias is not None and bias.any() else None
+        started = time.perf_counter()
         logits, values = self.forward(self.obs)
+        self.forward_seconds = time.perf_counter() - started
         with torch.inference_mode():
             sample = sample_action(logits, values, bias_tensor, generator=self.generator)
         actions = sample.action.cpu().numpy()

@@ -20,6 +20,13 @@ STEP_SECONDS = Histogram(
     buckets=STEP_BUCKETS,
     registry=REGISTRY,
 )
+FORWARD_SECONDS = Histogram(
+    "ala_actor_policy_forward_seconds",
+    "One step's policy forward over all bots (torch or ONNX Runtime), without sampling or the env step: the part a"
+    " Jetson's TensorRT is there to shorten.",
+    buckets=MICROSECOND_BUCKETS,
+    registry=REGISTRY,
+)
 ENV_STEPS = Counter("ala_actor_env_steps", "Environment steps, summed over bots.", registry=REGISTRY)
 BIAS_APPLY_SECONDS = Histogram(
     "ala_actor_bias_apply_seconds", "Installing one BiasUpdate.", buckets=MICROSECOND_BUCKETS, registry=REGISTRY

@@ -7,8 +7,9 @@
   same `Nats-Msg-Id`; when the buffer is full, stepping waits. Nothing produced is dropped.
 - Flow control: the learner's weights announcements say how far training has come (`settled_stream_seq`); the
   actor starts a chunk only while at most `max_chunks_ahead` of its chunks wait to be trained and the newest
-  announced weights are installed, so it samples with a policy about one version old instead of racing ahead
-  (a wait longer than `flow_timeout_s` is counted and logged, and sampling goes on).
+  announced weights are downloaded, so it samples with a policy about one version old instead of racing ahead
+  (a wait longer than `flow_timeout_s` is counted and logged, and sampling goes on). A model being built (a
+  TensorRT engine: seconds) counts as installed: the bots never pause for a build.
 - New weights are fetched and verified (size, sha256, policy spec, shapes) off the step loop and installed
   between chunks, so every chunk is sampled by exactly one policy version.
 - With `backend=onnx`, ONNX Runtime runs the forward (`ala.rl.onnx_policy`, on the first available of the
@@ -102,6 +103,8 @@ class Actor:
         """Until the first weights arrive, the actor samples with its own random initialisation (as version 0)."""
         self._pending_policy: tuple[Agent, OnnxPolicy | None, int] | None = None
         self._fetch: asyncio.Task[None] | None = None
+        self._building = False
+        """An ONNX model (a TensorRT engine) is being built and verified in a worker thread."""
         self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
         self._flow_log = RateLimitedLog(log)
@@ -260,7 +263,11 @@ class Actor:
                 agent = await fetch_policy(self.bus, announcement, self.spec, self.rollout.device, timeout_s)
                 onnx = None
                 if self.onnx_options is not None:
-                    onnx = await fetch_onnx_policy(self.bus, announcement, agent, self.onnx_options, timeout_s)
+                    self._building = True  # seconds on TensorRT: flow control counts it as installed meanwhile
+                    try:
+                        onnx = await fetch_onnx_policy(self.bus, announcement, agent, self.onnx_options, timeout_s)
+                    finally:
+                        self._building = False
             except Rejected as exc:
                 metrics.WEIGHTS_REJECTED.labels(exc.reason).inc()
                 log.warning("weights rejected (%s): %s", exc.reason, exc)
@@ -305,6 +312,7 @@ class Actor:
                 applied = None if self.settings.advice_mode == "distill" else lookup.bias
                 self.rollout.step(trajectory, t, applied, advice=self._to_distil(lookup), advised=self._advised(lookup))
                 metrics.STEP_SECONDS.observe(time.perf_counter() - start)
+                metrics.FORWARD_SECONDS.observe(self.rollout.forward_seconds)
                 metrics.ENV_STEPS.inc(self.rollout.num_bots)
                 metrics.ACTIVE_BIASES.set(int(lookup.bias.any(axis=1).sum()))
                 metrics.BIASED_STEPS.labels("state").inc(int(lookup.from_state.sum()))
@@ -338,6 +346,10 @@ class Actor:
         return self.unacked_chunks + len(self.shipped_seqs)
 
     def _weights_in_flight(self) -> bool:
+        """A download worth waiting for (milliseconds). A model build is not: the version it builds counts as
+        installed, and the bots sample on with the one they have until it is ready."""
+        if self._building:
+            return False
         return self._wanted is not None or (self._fetch is not None and not self._fetch.done())
 
     async def wait_for_learner(self) -> None:
@@ -580,6 +592,7 @@ async def start_onnx(settings: ActorSettings, rollout: Rollout) -> OnnxOptions:
             threads=settings.onnx_threads,
             max_batch=settings.num_bots,
             atol=settings.onnx_atol,
+            trt_cache_dir=settings.onnx_trt_cache_dir,
         )
         onnx = await asyncio.to_thread(export_verified, rollout.agent, options)
     except ValueError as exc:  # no provider asked for is here; or the model is refused (Rejected is a ValueError)

@@ -68,6 +68,11 @@ class ActorSettings(ServiceSettings, RolloutSettings):
         " within this of the torch policy's (else the old version stays, counted in"
         ' ala_actor_weights_rejected_total{reason="onnx_mismatch"}).',
     )
+    onnx_trt_cache_dir: str = Field(
+        ".ala/tensorrt",
+        description="With backend onnx on TensorRT: where its engine and timing caches live (a volume in a"
+        " container), so that a repeated shape is not rebuilt; empty: no cache.",
+    )
     weights_fetch_timeout_s: float = Field(
         10.0, gt=0, description="Bound on one weights fetch from the Object Store; a failed fetch is retried."
     )

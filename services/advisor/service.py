@@ -34,10 +34,7 @@ from typing import TypeVar
 
 import numpy as np
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.subscription import Subscription
 
 from ala.bus import Bus
 from ala.envs import adapter_for
@@ -68,7 +65,8 @@ from services.advisor.situations import SituationCache, cache_file
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-FETCH_RETRY_S = 0.5
+REVIEW_PENDING = 64
+"""Trajectory chunks waiting for the review, at most (beyond: dropped, counted as a slow consumer)."""
 
 
 class Prompt:
@@ -418,75 +416,64 @@ async def review_episodes(settings: AdvisorSettings, service: AdvisorService) ->
     if embedded is None:
         log.warning("critical-state review needs an embedded advisor; review is off")
         return
-    consumer = await bus.js.pull_subscribe(
-        subjects.trajectory_wildcard(settings.run),
-        stream=subjects.TRAJECTORIES.name,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.NONE),
-    )
+    # A core subscription sees each chunk as the actor publishes it (the stream stores the same message): the review
+    # is best effort, so it needs no JetStream consumer, and the advisor's credential no consumer rights
+    # (`ala.security`). Past `REVIEW_PENDING` waiting chunks, nats.py drops the newest and reports a slow consumer.
+    subscription = await bus.nc.subscribe(subjects.trajectory_wildcard(settings.run), pending_msgs_limit=REVIEW_PENDING)
     try:
-        await _review_stream(settings, service, consumer, embedded)
+        await _review_stream(settings, service, subscription, embedded)
     finally:
-        await consumer.unsubscribe()  # a pending fetch would otherwise hold up the connection's drain
+        await subscription.unsubscribe()
 
 
 async def _review_stream(
     settings: AdvisorSettings,
     service: AdvisorService,
-    consumer: JetStreamContext.PullSubscription,
+    subscription: Subscription,
     embedded: EmbeddedBackend,
 ) -> None:
     advisors, bus, review_log = service.advisors, service.bus, RateLimitedLog(log)
     assembler, reviewers, finished = EpisodeAssembler(), dict[str, CriticalStateReviewer](), 0
-    while True:
+    async for msg in subscription.messages:
         try:
-            msgs = await consumer.fetch(4, timeout=1.0)
-        except (TimeoutError, NatsTimeoutError):
+            chunk = decode(msg.data, TrajectoryChunk)
+        except WireError as exc:
+            metrics.REVIEW_SKIPPED.labels("decode").inc()
+            review_log.warning("undecodable chunk on %s not reviewed: %s", msg.subject, exc)
             continue
-        except NatsError as exc:  # JetStream unavailable for a moment (503, broker restart): try again
-            metrics.REVIEW_SKIPPED.labels("fetch").inc()
-            review_log.warning("trajectory fetch for review failed, retrying: %s", exc)
-            await asyncio.sleep(FETCH_RETRY_S)
+        spec = service.policies.get(chunk.actor)
+        if spec is None:
+            metrics.REVIEW_SKIPPED.labels("no_spec").inc()
             continue
-        for msg in msgs:
+        adapter = adapter_for(spec.env_id)
+        if not adapter.has_text:
+            metrics.REVIEW_SKIPPED.labels("no_text").inc()
+            continue
+        try:
+            trajectory = from_chunk(chunk, spec)
+        except BadChunk as exc:
+            metrics.REVIEW_SKIPPED.labels(exc.reason).inc()
+            continue
+        if spec.env_id not in reviewers:
+            reviewers[spec.env_id] = CriticalStateReviewer(
+                embedded, spec.action_names, adapter.summarise, settings.max_implicit_reward, settings.run
+            )
+        for episode in assembler.add(chunk.actor, trajectory):
+            finished += 1
+            if finished % settings.review_every_episodes:
+                continue
             try:
-                chunk = decode(msg.data, TrajectoryChunk)
-            except WireError as exc:
-                metrics.REVIEW_SKIPPED.labels("decode").inc()
-                review_log.warning("undecodable chunk on %s not reviewed: %s", msg.subject, exc)
+                review = await reviewers[spec.env_id].review(episode)
+            except BackendError:
+                metrics.REVIEW_FAILURES.inc()
                 continue
-            spec = service.policies.get(chunk.actor)
-            if spec is None:
-                metrics.REVIEW_SKIPPED.labels("no_spec").inc()
-                continue
-            adapter = adapter_for(spec.env_id)
-            if not adapter.has_text:
-                metrics.REVIEW_SKIPPED.labels("no_text").inc()
-                continue
-            try:
-                trajectory = from_chunk(chunk, spec)
-            except BadChunk as exc:
-                metrics.REVIEW_SKIPPED.labels(exc.reason).inc()
-                continue
-            if spec.env_id not in reviewers:
-                reviewers[spec.env_id] = CriticalStateReviewer(
-                    embedded, spec.action_names, adapter.summarise, settings.max_implicit_reward, settings.run
-                )
-            for episode in assembler.add(chunk.actor, trajectory):
-                finished += 1
-                if finished % settings.review_every_episodes:
-                    continue
-                try:
-                    review = await reviewers[spec.env_id].review(episode)
-                except BackendError:
-                    metrics.REVIEW_FAILURES.inc()
-                    continue
-                metrics.REVIEWS.inc()
-                for state, suggestion in review.suggestions:
-                    for advisor in advisors:
-                        if advisor.cache is not None:
-                            advisor.cache.store(state, suggestion)
-                for reward in review.rewards:
-                    await bus.publish(subjects.implicit_reward_subject(settings.run), reward, kind="implicit-reward")
+            metrics.REVIEWS.inc()
+            for state, suggestion in review.suggestions:
+                for advisor in advisors:
+                    if advisor.cache is not None:
+                        advisor.cache.store(state, suggestion)
+            for reward in review.rewards:
+                await bus.publish(subjects.implicit_reward_subject(settings.run), reward, kind="implicit-reward")
 
 
 def build_advisors(settings: AdvisorSettings) -> list[Advisor]:

@@ -287,7 +287,12 @@ async def test_announced_weights_are_verified_and_swapped(bus: Bus, nats_setting
 
 
 async def _announce_onnx(
-    bus: Bus, version: int, agent: Agent, model: bytes | None = None, expected: ProbeOutput | None = None
+    bus: Bus,
+    version: int,
+    agent: Agent,
+    model: bytes | None = None,
+    expected: ProbeOutput | None = None,
+    **fields: object,
 ) -> None:
     """Weights and their ONNX model, as a learner publishes them; `model` and `expected` stand in for the export and
     the torch output on the probe batch."""
@@ -304,7 +309,7 @@ async def _announce_onnx(
         probe_logits=Array.from_numpy(expected.logits),
         probe_values=Array.from_numpy(expected.values),
     )
-    await _announce(bus, version, weights_to_bytes(agent), onnx=announced)
+    await _announce(bus, version, weights_to_bytes(agent), onnx=announced, **fields)
 
 
 async def _chunk_of_version(chunks: ChunkReader, version: int) -> TrajectoryChunk:
@@ -360,12 +365,13 @@ async def test_with_onnx_each_model_is_verified_before_it_is_swapped_in(bus: Bus
     assert all(metrics.WEIGHTS_REJECTED.labels(r)._value.get() == rejected[r] + 1 for r in ONNX_REASONS)
 
 
-async def test_the_actor_keeps_stepping_while_a_new_model_loads(
+async def test_the_actor_keeps_stepping_while_a_new_model_builds_with_flow_control_on(
     bus: Bus, nats_settings: NatsSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Loading (a TensorRT engine build takes seconds) and verifying run in a worker thread: here the load is held
-    until the actor has stepped through two more chunks' worth of steps, then released, and the new version is
-    swapped in. A load on the event loop would hold up the steps (and this test) instead."""
+    """Loading a model (a TensorRT engine build takes seconds) and verifying it run in a worker thread, and flow
+    control counts a build in progress as installed: here the load is held until the actor has stepped through two
+    more chunks' worth of steps, then released, and the new version is swapped in. An actor that waited for the
+    build (on the event loop, or in flow control) would hold up the steps, and this test, instead."""
     loading, release = threading.Event(), threading.Event()
     real_load = OnnxPolicy.load
 
@@ -375,18 +381,24 @@ async def test_the_actor_keeps_stepping_while_a_new_model_loads(
         return real_load(*args, **kwargs)
 
     new_policy = fresh_agent(seed=26)
-    settings = _settings(nats_settings, backend="onnx")
+    # Flow control on, as deployed; its timeout far beyond the test, so that only a build that never blocks passes.
+    settings = _settings(nats_settings, backend="onnx", max_chunks_ahead=4, flow_timeout_s=120)
     steps_per_chunk = settings.num_bots * settings.num_steps
-    async with running(serve, settings), ChunkReader(bus) as chunks:
-        await chunks.next()
-        monkeypatch.setattr(OnnxPolicy, "load", classmethod(held_load))
-        await _announce_onnx(bus, 7, new_policy)
-        assert await asyncio.to_thread(loading.wait, 20)
-        held_at = metrics.ENV_STEPS._value.get()
-        await wait_until(lambda: metrics.ENV_STEPS._value.get() >= held_at + 2 * steps_per_chunk)
-        assert not release.is_set() and loading.is_set()
-        release.set()
-        _assert_sampled_by(await _chunk_of_version(chunks, 7), new_policy)
+    timeouts = metrics.FLOW_TIMEOUTS._value.get()
+    async with ChunkReader(bus) as chunks:
+        await _announce_onnx(bus, 6, fresh_agent(seed=27))  # the learner is there from the actor's start
+        async with running(serve, settings):
+            await _chunk_of_version(chunks, 6)
+            monkeypatch.setattr(OnnxPolicy, "load", classmethod(held_load))
+            trained = (await bus.js.stream_info(subjects.TRAJECTORIES.name)).state.last_seq
+            await _announce_onnx(bus, 7, new_policy, settled_stream_seq=trained)  # all shipped so far is trained
+            assert await asyncio.to_thread(loading.wait, 20)
+            held_at = metrics.ENV_STEPS._value.get()
+            await wait_until(lambda: metrics.ENV_STEPS._value.get() >= held_at + 2 * steps_per_chunk)
+            assert not release.is_set() and loading.is_set()
+            release.set()
+            _assert_sampled_by(await _chunk_of_version(chunks, 7), new_policy)
+    assert metrics.FLOW_TIMEOUTS._value.get() == timeouts
 
 
 async def test_an_onnx_actor_stops_at_start_when_no_provider_it_asks_for_is_here(nats_settings: NatsSettings) -> None:

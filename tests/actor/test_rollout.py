@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from ala.rl.policy import resolve_device
 from ala.testing import fresh_agent, rollout
 
 
@@ -75,3 +77,14 @@ def test_with_an_onnx_model_installed_the_rollout_samples_from_its_logits() -> N
     with torch.no_grad():
         torch_pi = torch_agent.get_action_and_value(torch.from_numpy(obs), action=actions[:, 0]).policy_logprob
     assert np.abs(torch_pi.numpy() - pi.numpy()).max() > 0.1  # the torch agent would have recorded other numbers
+
+
+def test_asking_for_cuda_without_it_fails_with_a_sentence_and_auto_falls_back() -> None:
+    """A Jetson overlay that forced cuda on a CPU-only torch crashed deep in the first forward; now it is refused at
+    start with what to do, and `auto` runs where CUDA is missing."""
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+        return
+    with pytest.raises(ValueError, match="has no CUDA device: install a CUDA build of torch"):
+        resolve_device("cuda:0")
+    assert resolve_device("auto") == torch.device("cpu")

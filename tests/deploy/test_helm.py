@@ -59,11 +59,14 @@ def test_each_hardware_file_places_its_services_and_the_lab_combines_them() -> N
     assert "nodeSelector" not in alone["ala-actor"]["spec"]["template"]["spec"]
     lab = workloads(render(HARDWARE["lab"]))
     placed = {name: doc["spec"]["template"]["spec"].get("nodeSelector", {}) for name, doc in lab.items()}
-    assert placed["ala-advisor"] == placed["ala-vllm"] == {"nvidia.com/gpu.product": "NVIDIA-DGX"}
+    # GFD's label values (cited in each values file): the DGX Spark's GB10, the RTX 5090, the Jetson AGX Orin.
+    spark = {"kubernetes.io/arch": "arm64", "nvidia.com/gpu.product": "NVIDIA-GB10"}
+    assert placed["ala-advisor"] == placed["ala-vllm"] == spark
     for name in ("ala-router", "ala-learner", "ala-evaluator"):
         assert placed[name] == {"nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-5090"}, name
     actor = lab["ala-actor"]["spec"]["template"]["spec"]
-    assert actor["runtimeClassName"] == "nvidia" and actor["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    assert actor["runtimeClassName"] == "nvidia"
+    assert actor["nodeSelector"] == {"kubernetes.io/arch": "arm64", "nvidia.com/gpu.product": "Orin"}
     (container,) = actor["containers"]
     assert container["image"] == "ala:jetson" and container["resources"]["limits"]["nvidia.com/gpu"] == 1
     env = {item["name"]: item.get("value") for item in container["env"]}
@@ -93,7 +96,12 @@ def test_nats_comes_from_the_official_chart_with_jetstream_and_the_monitoring_ob
     rule = next(doc for doc in docs if doc["kind"] == "PrometheusRule")
     assert rule["spec"] == yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
     monitor = next(doc for doc in docs if doc["kind"] == "ServiceMonitor")
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "interval": "5s"}]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["interval"] == "5s"
+    # The rules' job=~"ala-.+" holds whatever the release is called: the job is ala-<component>.
+    (job,) = [rule for rule in endpoint["relabelings"] if rule["targetLabel"] == "job"]
+    assert job["replacement"] == "ala-$1"
+    assert job["sourceLabels"] == ["__meta_kubernetes_service_label_app_kubernetes_io_component"]
     dashboards = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-dashboards")
     assert set(dashboards["data"]) == {"ala-budgets.json", "ala-training.json", "ala-advice.json"}
     assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -199,3 +207,21 @@ def test_the_scale_values_run_a_3_node_nats_cluster_r3_and_learner_ranks_that_fi
     assert env["MASTER_ADDR"]["value"] == "ala-learner-0.ala-learner"
     service = next(doc for doc in docs if doc["kind"] == "Service" and doc["metadata"]["name"] == "ala-learner")
     assert service["spec"]["clusterIP"] == "None" and learner["spec"]["serviceName"] == "ala-learner"
+
+
+def test_the_advisor_asks_its_own_releases_vllm_on_a_pinned_image() -> None:
+    """A release not called `ala` still finds its vLLM: the URL is rendered from the release name."""
+    manifests = run(
+        tool("helm"), "template", "lab1", str(CHART), "--namespace", "ala", "-f", str(CHART / "values-dgx.yaml")
+    )
+    docs = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(manifests) if doc}
+    (advisor,) = docs["lab1-advisor"]["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in advisor["env"]}
+    (spec,) = json.loads(env["ALA_ADVISOR_ADVISORS"])
+    assert spec["base_url"] == "http://lab1-vllm:8000/v1" and "lab1-vllm" in docs
+    (vllm,) = docs["lab1-vllm"]["spec"]["template"]["spec"]["containers"]
+    assert vllm["image"] == "nvcr.io/nvidia/vllm:26.05-py3" and vllm["command"] == ["vllm", "serve"]
+    (default_vllm,) = workloads(render([], "--set=vllm.enabled=true"))["ala-vllm"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert not default_vllm["image"].endswith(":latest") and "command" not in default_vllm
