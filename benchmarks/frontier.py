@@ -77,7 +77,8 @@ def main(
             print(f"{name} seed {seed}: {run.steps_to_threshold} ({run.stopped})", flush=True)
             save(store, env, budget, plain_budget, runs)  # after every run: a long sweep resumes where it stopped
     speedup = {name: 1 / geometric_mean_ratio(paired_ratios(runs[name], runs["plain"])).point for name in arms}
-    draw(speedup, precisions, latencies, kinds, out.with_suffix(".png"))
+    bound = {name: bound_sign(runs[name], runs["plain"]) for name in arms}
+    draw(speedup, bound, precisions, latencies, kinds, out.with_suffix(".png"))
     command = "python -m benchmarks.frontier " + " ".join(sys.argv[1:])
     lines = [
         f"# The frontier on {env}: speed-up of simulated advice over plain PPO, by precision and latency",
@@ -103,7 +104,7 @@ def main(
         advised_share = np.median([share(run, "biased_state_steps") for run in runs[name]])
         trust = np.median([run.scraped.get("trust", float("nan")) for run in runs[name]])
         lines.append(
-            f"| {kind} | {p:g} | {latency:g} | {speedup[name]:.2f} | {advised_share:.1%} | {trust:.2f} |"
+            f"| {kind} | {p:g} | {latency:g} | {bound[name]}{speedup[name]:.2f} | {advised_share:.1%} | {trust:.2f} |"
             f" {steps_per_seed(runs[name], runs['plain'])} |"
         )
     lines += ["", f"plain: {steps_per_seed(runs['plain'])}", ""]
@@ -134,8 +135,21 @@ def resumed(
     return {(name, run["seed"]): Run(**run) for name, named in saved["runs"].items() for run in named}
 
 
+def bound_sign(cell: list[Run], plain: list[Run]) -> str:
+    """How to read a speed-up beside censored runs: "<=" where some cell run never reached 0.8 (it counts at the
+    steps it ran, fewer than it needed), ">=" where some plain run never did, "?" where both, "" where none."""
+    cell_cut = any(run.steps_to_threshold is None for run in cell)
+    plain_cut = any(run.steps_to_threshold is None for run in plain)
+    return {(False, False): "", (True, False): "<=", (False, True): ">=", (True, True): "?"}[(cell_cut, plain_cut)]
+
+
 def draw(
-    speedup: dict[str, float], precisions: list[float], latencies: list[float], kinds: list[str], path: Path
+    speedup: dict[str, float],
+    bound: dict[str, str],
+    precisions: list[float],
+    latencies: list[float],
+    kinds: list[str],
+    path: Path,
 ) -> None:
     figure, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.8), squeeze=False)
     for axis, kind in zip(axes[0], kinds, strict=True):
@@ -147,7 +161,8 @@ def draw(
         axis.set_ylabel("precision")
         axis.set_title(f"{kind}: speed-up over plain")
         for (row, column), value in np.ndenumerate(grid):
-            axis.text(column, row, f"{value:.2f}", ha="center", va="center")
+            sign = bound[cell_name(precisions[row], latencies[column], kind)].replace("<=", "≤").replace(">=", "≥")
+            axis.text(column, row, f"{sign}{value:.2f}", ha="center", va="center")
     figure.colorbar(image, ax=axes[0].tolist(), label="log2 speed-up")
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
