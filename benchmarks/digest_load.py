@@ -7,8 +7,9 @@ together) real DoorKey-8x8 digests (text, observation, full state) of its bots, 
 measured) and `ala router` run as their own processes. At the end, every digest sent is accounted for:
 
 - received by the advisor (`ala_advisor_digests_total`), or lost on the bus;
-- answered (advice published), replaced by a newer digest of the same bot in its queue (the advisor asks about each
-  bot's latest state only, counted in `ala_advisor_digests_dropped_total`), skipped (counted), or still queued;
+- answered (a backend answer; the planner's is a plan, advice for several states along it), replaced by a newer
+  digest of the same bot in its queue (the advisor asks about each bot's latest state only, counted in
+  `ala_advisor_digests_dropped_total`), skipped (counted), or still queued;
 - the router's advice in, accepted, and bias updates out, which this process also receives.
 
 Memory: each process's resident set before and after (flat: nothing grows without bound).
@@ -157,12 +158,15 @@ def main(
         return sample(after[service], name, labels) - sample(before[service], name, labels)
 
     received = delta("advisor", "ala_advisor_digests_total")
-    answered = delta("advisor", "ala_advisor_advice_published_total")
+    answered = delta("advisor", "ala_advisor_llm_seconds_count")  # backend answers, one per digest asked about
+    answered += delta("advisor", "ala_advisor_cache_hits_total")  # answers from the cache (LLM backends only)
+    failed = delta("advisor", "ala_advisor_backend_failures_total")
+    published = delta("advisor", "ala_advisor_advice_published_total")  # a planner's answer is a plan: several
     replaced = delta("advisor", "ala_advisor_digests_dropped_total")
     skipped = delta("advisor", "ala_advisor_digests_skipped_total")
     rejected = delta("advisor", "ala_advisor_digests_rejected_total")
     queued = sample(after["advisor"], "ala_advisor_queue_depth")
-    unaccounted = received - answered - replaced - skipped - rejected - queued
+    unaccounted = received - answered - failed - replaced - skipped - rejected - queued
     router_in = delta("router", "ala_router_advice_total")
     accepted = delta("router", "ala_router_advice_accepted_total")
     router_rejected = delta("router", "ala_router_rejected_total")
@@ -178,8 +182,10 @@ def main(
         **load,
         "received": received,
         "answered": answered,
+        "published": published,
         "replaced": replaced,
         "skipped": skipped,
+        "failed": failed,
         "rejected": rejected,
         "queued": queued,
         "unaccounted": unaccounted,
@@ -203,11 +209,12 @@ def main(
         f"| digests sent | {load['sent']:,.0f} | {load['sent_per_s']:,.0f} |",
         f"| received by the advisor | {received:,.0f} | {received / seconds:,.0f} |",
         f"| lost on the bus (sent - received) | {load['sent'] - received:,.0f} | |",
-        f"| answered (advice published) | {answered:,.0f} | {answered / seconds:,.0f} |",
+        f"| answered (backend answers) | {answered:,.0f} | {answered / seconds:,.0f} |",
         f"| replaced by a newer digest of the same bot (counted) | {replaced:,.0f} | |",
-        f"| skipped or undecodable (counted) | {skipped + rejected:,.0f} | |",
+        f"| skipped, failed or undecodable (counted) | {skipped + failed + rejected:,.0f} | |",
         f"| still queued at the end | {queued:,.0f} | |",
         f"| unaccounted for | {unaccounted:,.0f} | |",
+        f"| advice published (a planner's answer: a plan) | {published:,.0f} | {published / seconds:,.0f} |",
         f"| advice received by the router | {router_in:,.0f} | {router_in / seconds:,.0f} |",
         f"| accepted / rejected | {accepted:,.0f} / {router_rejected:,.0f} | |",
         f"| bias updates published by the router | {biases_out:,.0f} | {biases_out / seconds:,.0f} |",
