@@ -29,6 +29,7 @@ from pathlib import Path
 from ala.config import BrokerSettings
 from ala.security import Credentials, render_authorization
 from ala.tls import TlsFiles, render_tls
+from ala.tls import ensure as ensure_tls
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class EmbeddedBroker:
         if self.process is not None and self.process.poll() is None:
             raise BrokerError("broker already running")
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.settings.tls_dir is not None:
+            ensure_tls(self.settings.tls_dir.resolve(), tuple(self.settings.tls_hosts))
         config = self.store_dir / "nats-server.conf"
         config.touch(mode=0o600)  # it holds the passwords
         config.write_text(

@@ -82,6 +82,11 @@ class BrokerSettings(BaseSettings):
         None,
         description="Serve TLS with the certificate in this directory (`ala tls generate --dir ...`); none: plain.",
     )
+    tls_hosts: list[str] = Field(
+        [],
+        description="Names and addresses the broker's certificate is for, besides localhost and nats: used when"
+        " tls_dir holds no certificate yet, which the broker then generates once (as the passwords).",
+    )
     secrets_dir: Path | None = Field(
         None, description="The services' password files (created once, mode 0600); default: <store_dir>/secrets."
     )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import shutil
 import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,24 @@ def generate(directory: Path, hosts: tuple[str, ...] = ()) -> TlsFiles:
     files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(files.key, key)
+    return files
+
+
+def ensure(directory: Path, hosts: tuple[str, ...] = ()) -> TlsFiles:
+    """The certificate in `directory`, generated there first where there is none (as the passwords are): a broker in
+    a container makes its own on its first start, and the services trust its ca.pem from the shared secrets volume.
+    Written to a scratch folder and renamed into place, so that cluster nodes starting together keep one."""
+    files = TlsFiles(directory)
+    if files.exist():
+        return files
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    generate(scratch, hosts)
+    scratch.chmod(0o755)  # ca.pem and server.pem are public; the key stays 0600
+    try:
+        scratch.rename(directory)  # replaces an empty folder (a fresh volume); fails on one that has files
+    except OSError:
+        shutil.rmtree(scratch)  # another node generated it first: keep that one
     return files
 
 

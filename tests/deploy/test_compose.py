@@ -83,6 +83,8 @@ def test_every_service_connects_as_its_own_user_with_the_password_the_broker_wro
         assert env["ALA_NATS_PASSWORD_FILE"] == f"/secrets/{name}.password"
         mounts = {(v["source"], v["target"], v.get("read_only", False)) for v in services[name]["volumes"]}
         assert ("secrets", "/secrets", True) in mounts, name
+        assert env["ALA_NATS_TLS_CA_FILE"] == "/secrets/tls/ca.pem"  # the CA the broker made in that volume
+    assert services["nats"]["environment"]["ALA_BROKER_TLS_DIR"] == "/secrets/tls"
 
 
 def test_the_scale_override_runs_three_routed_nats_nodes_r3_clients_and_two_learner_ranks() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import threading
@@ -225,3 +226,60 @@ def test_the_advisor_asks_its_own_releases_vllm_on_a_pinned_image() -> None:
         "containers"
     ]
     assert not default_vllm["image"].endswith(":latest") and "command" not in default_vllm
+
+
+def test_the_charts_tls_secret_serves_on_a_real_nats_server(tmp_path) -> None:
+    """TLS on by default: the chart's generated Secret is what the NATS chart serves with, and ALA's own client,
+    trusting only the ca.crt the services mount, connects to it by name."""
+    import asyncio
+
+    from cryptography import x509
+    from prometheus_client import CollectorRegistry
+
+    from ala.broker import find_nats_server
+    from ala.bus import Bus
+    from ala.config import NatsSettings
+    from ala.metrics import bus_metrics
+    from ala.testing import free_port
+
+    docs = render([])
+    secret = next(doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == "ala-nats-tls")
+    files = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    certificate = x509.load_pem_x509_certificate(files["tls.crt"])
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"ala-nats", "ala-nats.ala.svc", "localhost"} <= set(names.get_values_for_type(x509.DNSName))
+    config = next(doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-nats-config")
+    assert '"cert_file": "/etc/nats-certs/nats/tls.crt"' in config["data"]["nats.conf"]
+    actor = workloads(docs)["ala-actor"]["spec"]["template"]["spec"]
+    (container,) = actor["containers"]
+    assert {"name": "ALA_NATS_TLS_CA_FILE", "value": "/etc/ala-tls/ca.crt"} in container["env"]
+    (volume,) = [v for v in actor["volumes"] if v["name"] == "nats-ca"]
+    assert volume["secret"] == {"secretName": "ala-nats-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+
+    for key, value in files.items():
+        (tmp_path / key).write_bytes(value)
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(
+        f'listen: 127.0.0.1:{port}\ntls {{ cert_file: "{tmp_path / "tls.crt"}", key_file: "{tmp_path / "tls.key"}" }}\n'
+    )
+    server = subprocess.Popen([str(find_nats_server()), "-c", str(conf)], stderr=subprocess.PIPE)
+    assert server.stderr is not None
+    for line in server.stderr:
+        if b"Server is ready" in line:
+            break
+    else:
+        raise AssertionError("nats-server did not start with the chart's certificate")
+    threading.Thread(target=lambda: list(server.stderr or []), daemon=True).start()  # keep draining its log
+
+    async def connect() -> None:
+        settings = NatsSettings(url=f"nats://localhost:{port}", tls_ca_file=str(tmp_path / "ca.crt"))
+        bus = await asyncio.wait_for(Bus.connect(settings, "t", bus_metrics("t", CollectorRegistry())), 30)
+        assert bus.is_connected and bus.nc.connected_url is not None
+        await bus.drain()
+
+    try:
+        asyncio.run(connect())
+    finally:
+        server.terminate()
+        server.wait()
