@@ -8,6 +8,11 @@
    then, through a real Prometheus: every service scraped, env steps advancing, the learner publishing versions.
 4. An alert made to fire and resolve: stop the router, wait for `ALAServiceDown` to fire, start it, wait for the
    alert to clear. Then `docker compose down -v`, and check nothing of the project is left.
+5. The scale-out overlay (`compose.scale.yml`): 3 routed NATS nodes with R3 streams, 2 actors (both scraped, through
+   Prometheus's DNS discovery), 2 learner ranks; one NATS node killed, and training goes on (new versions).
+
+The broker serves TLS with the CA it made, and each service logs in as its own user with JetStream rights by role:
+the whole run is also the end-to-end test of both.
 
 Grafana (no image reachable here) and vLLM (a GPU) are not started; their files are checked offline by tests/deploy.
 """
@@ -175,9 +180,34 @@ def main() -> None:
     finally:
         log("docker compose down -v")
         sh(*compose, "down", "--volumes", "--timeout", "20", env=env)
+    scale_out(env, [*compose, "-f", "compose.scale.yml"])
     left = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}", env=env, capture=True)
     assert not left.strip(), f"containers left behind: {left}"
     log(f"passed in {time.monotonic() - started:.0f} s")
+
+
+def scale_out(env: dict[str, str], compose: list[str]) -> None:
+    """3 NATS nodes (R3), 2 actors, 2 learner ranks: every actor scraped, training going on after a node is killed."""
+    services = ["nats", "nats-1", "nats-2", "router", "actor", "learner", "learner-1", "evaluator", "prometheus"]
+    try:
+        log("docker compose up --wait, scale-out overlay")
+        sh(*compose, "up", "--detach", "--wait", "--wait-timeout", "300", "--scale", "actor=2", *services, env=env)
+        wait_for("both actors scraped", lambda: len(query('up{job="ala-actor"} == 1')) == 2, 90)
+        wait_for("the learner ranks publishing versions", lambda: value("max(ala_learner_policy_version)") >= 3, 240)
+        log("killing NATS node nats-1")
+        sh(*compose, "kill", "nats-1", env=env)
+        before = value("max(ala_learner_policy_version)")
+        wait_for(
+            "training going on without nats-1",
+            lambda: value("max(ala_learner_policy_version)") >= before + 3,
+            240,
+        )
+    except BaseException:
+        subprocess.run([*compose, "logs", "--tail", "40"], cwd=ROOT, env=env, check=False)
+        raise
+    finally:
+        log("docker compose down -v, scale-out overlay")
+        sh(*compose, "down", "--volumes", "--timeout", "20", env=env)
 
 
 if __name__ == "__main__":
