@@ -19,6 +19,7 @@ Grafana (no image reachable here) and vLLM (a GPU) are not started; their files 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ def main() -> None:
     build_images(env)
     env |= {"ALA_PROMETHEUS_IMAGE": "ala-prometheus:local", "COMPOSE_PROJECT_NAME": PROJECT}
     compose = [str(BIN / "docker-compose"), "-f", "docker-compose.yml", "-f", "compose.cpu.yml"]
-    try:
+    with up_and_down(compose, env, "base"):
         log("docker compose up --wait")
         sh(*compose, "up", "--detach", "--wait", "--wait-timeout", "300", *SERVICES, env=env)
         log(sh(*compose, "ps", "--format", "{{.Service}}: {{.Status}}", env=env, capture=True).strip())
@@ -174,22 +175,30 @@ def main() -> None:
         assert alert["labels"]["job"] == "ala-router", alert
         sh(*compose, "start", "router", env=env)
         wait_for("ALAServiceDown resolved", lambda: not firing("ALAServiceDown"), 120)
-    except BaseException:
-        subprocess.run([*compose, "logs", "--tail", "40"], cwd=ROOT, env=env, check=False)
-        raise
-    finally:
-        log("docker compose down -v")
-        sh(*compose, "down", "--volumes", "--timeout", "20", env=env)
     scale_out(env, [*compose, "-f", "compose.scale.yml"])
     left = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}", env=env, capture=True)
     assert not left.strip(), f"containers left behind: {left}"
     log(f"passed in {time.monotonic() - started:.0f} s")
 
 
+@contextlib.contextmanager
+def up_and_down(compose: list[str], env: dict[str, str], name: str) -> Iterator[None]:
+    """The checks inside run against a stack that is taken down after them, whatever happens; on a failure the
+    services' last log lines come first."""
+    try:
+        yield
+    except BaseException:
+        subprocess.run([*compose, "logs", "--tail", "40"], cwd=ROOT, env=env, check=False)
+        raise
+    finally:
+        log(f"docker compose down -v, {name}")
+        sh(*compose, "down", "--volumes", "--timeout", "20", env=env)
+
+
 def scale_out(env: dict[str, str], compose: list[str]) -> None:
     """3 NATS nodes (R3), 2 actors, 2 learner ranks: every actor scraped, training going on after a node is killed."""
     services = ["nats", "nats-1", "nats-2", "router", "actor", "learner", "learner-1", "evaluator", "prometheus"]
-    try:
+    with up_and_down(compose, env, "scale-out overlay"):
         log("docker compose up --wait, scale-out overlay")
         sh(*compose, "up", "--detach", "--wait", "--wait-timeout", "300", "--scale", "actor=2", *services, env=env)
         wait_for("both actors scraped", lambda: len(query('up{job="ala-actor"} == 1')) == 2, 90)
@@ -202,12 +211,6 @@ def scale_out(env: dict[str, str], compose: list[str]) -> None:
             lambda: value("max(ala_learner_policy_version)") >= before + 3,
             240,
         )
-    except BaseException:
-        subprocess.run([*compose, "logs", "--tail", "40"], cwd=ROOT, env=env, check=False)
-        raise
-    finally:
-        log("docker compose down -v, scale-out overlay")
-        sh(*compose, "down", "--volumes", "--timeout", "20", env=env)
 
 
 if __name__ == "__main__":

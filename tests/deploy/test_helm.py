@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,6 +109,22 @@ def test_nats_comes_from_the_official_chart_with_jetstream_and_the_monitoring_ob
     assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+def _nats_server(config: Path, server_log: list[bytes]) -> subprocess.Popen[bytes]:
+    """nats-server on `config`, once it says it is ready (it exits, failing this, if it cannot start); its log keeps
+    draining into `server_log`."""
+    from ala.broker import find_nats_server
+
+    server = subprocess.Popen([str(find_nats_server()), "-c", str(config)], stderr=subprocess.PIPE)
+    assert server.stderr is not None
+    for line in server.stderr:
+        if b"Server is ready" in line:
+            break
+    else:
+        raise AssertionError(f"nats-server did not start on {config}")
+    threading.Thread(target=lambda: server_log.extend(server.stderr or []), daemon=True).start()
+    return server
+
+
 def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
     """The Secret's auth.conf, included as the NATS chart includes it, runs on nats-server: each service logs in
     with its password from the Secret and gets exactly the permissions of ala/security.py."""
@@ -127,15 +144,8 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
     config = tmp_path / "nats-config" / "nats.conf"
     config.write_text(f"listen: 127.0.0.1:{port}\ninclude ../nats-auth/auth.conf\n")
     run(str(find_nats_server()), "-t", "-c", str(config))
-    server = subprocess.Popen([str(find_nats_server()), "-c", str(config)], stderr=subprocess.PIPE)
-    assert server.stderr is not None
-    for line in server.stderr:  # the server says when it listens; it exits (ending this) if it cannot
-        if b"Server is ready" in line:
-            break
-    else:
-        raise AssertionError("nats-server did not start on the chart's auth.conf")
     server_log: list[bytes] = []
-    threading.Thread(target=lambda: server_log.extend(server.stderr or []), daemon=True).start()  # keep draining
+    server = _nats_server(config, server_log)
 
     async def check() -> None:
         import nats
@@ -236,7 +246,6 @@ def test_the_charts_tls_secret_serves_on_a_real_nats_server(tmp_path) -> None:
     from cryptography import x509
     from prometheus_client import CollectorRegistry
 
-    from ala.broker import find_nats_server
     from ala.bus import Bus
     from ala.config import NatsSettings
     from ala.metrics import bus_metrics
@@ -263,14 +272,7 @@ def test_the_charts_tls_secret_serves_on_a_real_nats_server(tmp_path) -> None:
     conf.write_text(
         f'listen: 127.0.0.1:{port}\ntls {{ cert_file: "{tmp_path / "tls.crt"}", key_file: "{tmp_path / "tls.key"}" }}\n'
     )
-    server = subprocess.Popen([str(find_nats_server()), "-c", str(conf)], stderr=subprocess.PIPE)
-    assert server.stderr is not None
-    for line in server.stderr:
-        if b"Server is ready" in line:
-            break
-    else:
-        raise AssertionError("nats-server did not start with the chart's certificate")
-    threading.Thread(target=lambda: list(server.stderr or []), daemon=True).start()  # keep draining its log
+    server = _nats_server(conf, [])
 
     async def connect() -> None:
         settings = NatsSettings(url=f"nats://localhost:{port}", tls_ca_file=str(tmp_path / "ca.crt"))
