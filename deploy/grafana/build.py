@@ -75,6 +75,14 @@ DASHBOARDS = [
         [
             Panel("Router processing p99", {"p99": "ala:router_processing_seconds:p99"}, "s", 0.05),
             Panel("Actor step p99", {"{{instance}}": "ala:actor_step_seconds:p99"}, "s", 0.015),
+            Panel(
+                "Actor policy forward p99",
+                {"{{instance}}": "ala:actor_policy_forward_seconds:p99"},
+                "s",
+                0.01,
+                description="The forward alone (torch or ONNX Runtime: TensorRT on a Jetson), without sampling or the"
+                " env step.",
+            ),
             Panel("Advisor answer p95", {"{{advisor}}": "ala:advisor_llm_seconds:p95"}, "s", 5.0),
             Panel(
                 "Advice to bias at the actor, p99",
@@ -136,6 +144,22 @@ DASHBOARDS = [
                 },
             ),
             Panel("Actor back-pressure (s/s)", {"{{instance}}": "rate(ala_actor_backpressure_seconds_total[1m])"}),
+            Panel(
+                "Actor waiting for training (s/s)",
+                {
+                    "{{instance}}": "ala:actor_flow_wait:ratio1m",
+                    "timeouts {{instance}}": "rate(ala_actor_flow_timeouts_total[5m])",
+                },
+                threshold=0.5,
+                description="Flow control: the share of time an actor waits for the learner to train its chunks (a"
+                " model build never counts).",
+            ),
+            Panel(
+                "Weights refused by the actors (/s)",
+                {"{{reason}}": "sum by (reason) (rate(ala_actor_weights_rejected_total[5m]))"},
+                description="onnx_invalid, onnx_mismatch: a model that failed to load or to match torch on the probe"
+                " batch (the Jetson failure mode); the actor keeps its old version.",
+            ),
         ],
     ),
     dashboard(
