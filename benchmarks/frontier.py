@@ -154,7 +154,13 @@ def draw(
     figure, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.8), squeeze=False)
     for axis, kind in zip(axes[0], kinds, strict=True):
         grid = np.array([[speedup[cell_name(p, latency, kind)] for latency in latencies] for p in precisions])
-        image = axis.imshow(np.log2(grid), cmap="RdYlGn", vmin=-2, vmax=2, origin="lower", aspect="auto")
+        censored = np.array(
+            [[bound[cell_name(p, latency, kind)] in ("<=", "?") for latency in latencies] for p in precisions]
+        )
+        colours = matplotlib.colormaps["RdYlGn"].copy()
+        colours.set_bad("lightgrey")  # a cell that never reached 0.8: its figure is only a bound, not a colour
+        shown = np.ma.masked_where(censored, np.log2(grid))
+        image = axis.imshow(shown, cmap=colours, vmin=-2, vmax=2, origin="lower", aspect="auto")
         axis.set_xticks(range(len(latencies)), [f"{latency:g}" for latency in latencies])
         axis.set_yticks(range(len(precisions)), [f"{p:g}" for p in precisions])
         axis.set_xlabel("latency per answer (s)")
@@ -162,7 +168,8 @@ def draw(
         axis.set_title(f"{kind}: speed-up over plain")
         for (row, column), value in np.ndenumerate(grid):
             sign = bound[cell_name(precisions[row], latencies[column], kind)].replace("<=", "≤").replace(">=", "≥")
-            axis.text(column, row, f"{sign}{value:.2f}", ha="center", va="center")
+            label = f"not reached\n({sign}{value:.2f})" if censored[row, column] else f"{sign}{value:.2f}"
+            axis.text(column, row, label, ha="center", va="center", fontsize=9)
     figure.colorbar(image, ax=axes[0].tolist(), label="log2 speed-up")
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
