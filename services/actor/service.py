@@ -264,6 +264,7 @@ class Actor:
                 onnx = None
                 if self.onnx_options is not None:
                     self._building = True  # seconds on TensorRT: flow control counts it as installed meanwhile
+                    self.progressed.set()  # and wakes up to see it
                     try:
                         onnx = await fetch_onnx_policy(self.bus, announcement, agent, self.onnx_options, timeout_s)
                     finally:
@@ -372,6 +373,7 @@ class Actor:
         start = time.perf_counter()
         deadline = start + self.settings.flow_timeout_s
         while self.chunks_ahead() > limit or self._weights_in_flight():
+            self._install_pending_policy()  # between chunks: a version built while waiting goes in now
             self.progressed.clear()
             remaining = deadline - time.perf_counter()
             if remaining <= 0:

@@ -382,21 +382,27 @@ async def test_the_actor_keeps_stepping_while_a_new_model_builds_with_flow_contr
 
     new_policy = fresh_agent(seed=26)
     # Flow control on, as deployed; its timeout far beyond the test, so that only a build that never blocks passes.
-    settings = _settings(nats_settings, backend="onnx", max_chunks_ahead=4, flow_timeout_s=120)
+    settings = _settings(nats_settings, backend="onnx", max_chunks_ahead=8, flow_timeout_s=120)
     steps_per_chunk = settings.num_bots * settings.num_steps
     timeouts = metrics.FLOW_TIMEOUTS._value.get()
     async with ChunkReader(bus) as chunks:
         await _announce_onnx(bus, 6, fresh_agent(seed=27))  # the learner is there from the actor's start
+        loaded = metrics.WEIGHTS_LOADED._value.get()
         async with running(serve, settings):
-            await _chunk_of_version(chunks, 6)
+            await wait_until(lambda: metrics.WEIGHTS_LOADED._value.get() > loaded)  # version 6 in use
             monkeypatch.setattr(OnnxPolicy, "load", classmethod(held_load))
             trained = (await bus.js.stream_info(subjects.TRAJECTORIES.name)).state.last_seq
+            announced_at = metrics.ENV_STEPS._value.get()
             await _announce_onnx(bus, 7, new_policy, settled_stream_seq=trained)  # all shipped so far is trained
             assert await asyncio.to_thread(loading.wait, 20)
-            held_at = metrics.ENV_STEPS._value.get()
-            await wait_until(lambda: metrics.ENV_STEPS._value.get() >= held_at + 2 * steps_per_chunk)
+            # Flow control waits for the weights' download (milliseconds), then counts the build (the model's fetch
+            # and load) as installed: every step from the announcement until the release is a step during the build.
+            await wait_until(lambda: metrics.ENV_STEPS._value.get() >= announced_at + 2 * steps_per_chunk)
             assert not release.is_set() and loading.is_set()
             release.set()
+            await wait_until(lambda: metrics.WEIGHTS_LOADED._value.get() > loaded + 1)  # installed while held back
+            trained = (await bus.js.stream_info(subjects.TRAJECTORIES.name)).state.last_seq
+            await _announce_onnx(bus, 7, new_policy, settled_stream_seq=trained)  # the learner caught up
             _assert_sampled_by(await _chunk_of_version(chunks, 7), new_policy)
     assert metrics.FLOW_TIMEOUTS._value.get() == timeouts
 
