@@ -29,7 +29,7 @@ from ala.metrics import BusMetrics, child
 from ala.ratelimit import RateLimitedLog
 from ala.tls import client_context
 from protos import MessageBase, encode
-from protos.subjects import OBJECT_BUCKETS, STREAMS, StreamSpec
+from protos.subjects import OBJECT_BUCKETS, STREAM_NAMES, STREAMS, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -190,11 +190,10 @@ class Bus:
     async def await_streams(self, log_every_s: float = 30.0) -> None:
         """Return once every stream and bucket ALA uses exists, asking only for stream info (all a service that does
         not own them may do); a service that starts before the learner waits here, not ready, and says so."""
-        names = [spec.name for spec in STREAMS] + [f"OBJ_{bucket}" for bucket in OBJECT_BUCKETS]
         backoff, logged_at = 0.05, -log_every_s
         while True:
             missing = []
-            for name in names:
+            for name in STREAM_NAMES:
                 try:
                     await self.js.stream_info(name)
                 except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, TimeoutError):

@@ -26,7 +26,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protos.subjects import OBJECT_BUCKETS, STREAMS, WEIGHTS_ANNOUNCEMENTS, WEIGHTS_BUCKET
+from protos.subjects import STREAM_NAMES, WEIGHTS_ANNOUNCEMENTS, WEIGHTS_BUCKET, object_stream_name
 
 USERS = ("advisor", "router", "actor", "learner", "evaluator")
 """One user per service; `ala up`, compose and Helm give each service its own."""
@@ -43,12 +43,8 @@ def manages_streams(user: str) -> bool:
     return user in ("", STREAMS_OWNER)
 
 
-def _stream_info() -> tuple[str, ...]:
-    names = [spec.name for spec in STREAMS] + [f"OBJ_{bucket}" for bucket in OBJECT_BUCKETS]
-    return (f"{JS_API}.INFO", f"{JS_API}.STREAM.NAMES", *(f"{JS_API}.STREAM.INFO.{name}" for name in names))
-
-
-_WEIGHTS_STREAM = f"OBJ_{WEIGHTS_BUCKET}"
+_STREAM_INFO = (f"{JS_API}.INFO", f"{JS_API}.STREAM.NAMES", *(f"{JS_API}.STREAM.INFO.{name}" for name in STREAM_NAMES))
+_WEIGHTS_STREAM = object_stream_name(WEIGHTS_BUCKET)
 _READ_WEIGHTS = (
     f"{JS_API}.STREAM.MSG.GET.{WEIGHTS_ANNOUNCEMENTS.name}",  # the newest announcement, at start
     f"{JS_API}.DIRECT.GET.{_WEIGHTS_STREAM}.>",  # an object's metadata
@@ -66,7 +62,7 @@ class Permissions:
 
 
 # What every service needs: its heartbeats, everyone's heartbeats, read-only stream info and request replies.
-_COMMON = Permissions(publish=(*_stream_info(), "_INBOX.>"), subscribe=(f"{ANY_RUN}.heartbeat.>", "_INBOX.>"))
+_COMMON = Permissions(publish=(*_STREAM_INFO, "_INBOX.>"), subscribe=(f"{ANY_RUN}.heartbeat.>", "_INBOX.>"))
 
 PERMISSIONS: dict[str, Permissions] = {
     "router": Permissions(

@@ -126,6 +126,15 @@ WEIGHTS_BUCKET = "ala_weights"
 OBJECT_BUCKETS: tuple[str, ...] = (WEIGHTS_BUCKET,)
 
 
+def object_stream_name(bucket: str) -> str:
+    """The JetStream stream that stores an Object Store bucket (JetStream's own naming)."""
+    return f"OBJ_{bucket}"
+
+
+STREAM_NAMES: tuple[str, ...] = (*(spec.name for spec in STREAMS), *map(object_stream_name, OBJECT_BUCKETS))
+"""Every JetStream stream ALA uses, buckets' included: what the owner provisions and the others wait for."""
+
+
 def weights_object_name(run: str, version: int) -> str:
     return f"{check_token(run, 'run')}/{version}"
 

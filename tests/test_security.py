@@ -117,7 +117,7 @@ def _destructive_calls(bus: Bus) -> list[Awaitable[object]]:
     """Everything that would wipe or cripple the run's data through the JetStream API, with a short timeout: a call
     the broker denies gets no answer at all."""
     jsm = bus.nc.jsm(timeout=1)
-    trajectories, weights = subjects.TRAJECTORIES.name, f"OBJ_{subjects.WEIGHTS_BUCKET}"
+    trajectories, weights = subjects.TRAJECTORIES.name, subjects.object_stream_name(subjects.WEIGHTS_BUCKET)
     return [
         jsm.purge_stream(trajectories),
         jsm.delete_stream(trajectories),
