@@ -45,6 +45,7 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.metrics import bus_metrics
+from ala.security import STREAMS_OWNER
 from ala.testing import broker_settings, free_port, scrape
 from benchmarks.report import command_line, provenance, write_report
 from protos import WeightsAnnouncement, decode, subjects
@@ -188,6 +189,18 @@ def p99_ms(counts: Counts) -> float:
     return quantile(0.99, counts) * 1e3
 
 
+async def connect_as(stack: Stack, user: str, name: str) -> Bus:
+    """A client of the stack's broker with `user`'s credentials (and so only that service's rights)."""
+    assert stack.broker.credentials is not None
+    settings = NatsSettings(
+        url=stack.broker.url,
+        reconnect_time_wait_s=0.1,
+        user=user,
+        password_file=str(stack.broker.credentials.password_file(user)),
+    )
+    return await Bus.connect(settings, name, bus_metrics(name.replace("-", "_"), CollectorRegistry()))
+
+
 class Observer:
     """Watches the newest announced version (as the router's user) and scrapes the actor and learner."""
 
@@ -197,14 +210,7 @@ class Observer:
         self.announced_at: dict[int, float] = {}
 
     async def connect(self) -> Bus:
-        assert self.stack.broker.credentials is not None
-        settings = NatsSettings(
-            url=self.stack.broker.url,
-            reconnect_time_wait_s=0.1,
-            user="router",
-            password_file=str(self.stack.broker.credentials.password_file("router")),
-        )
-        bus = await Bus.connect(settings, "fault-observer", bus_metrics("observer", CollectorRegistry()))
+        bus = await connect_as(self.stack, "router", "fault-observer")
 
         async def on_weights(msg: Msg) -> None:
             announcement = decode(msg.data, WeightsAnnouncement)
@@ -297,10 +303,16 @@ async def run_fault(stack: Stack, observer: Observer, fault: str, window_s: floa
     return Result(fault, window(start, before), during, window(at_restart, after), resumed, current)
 
 
-async def check_exactly_once(stack: Stack, bus: Bus) -> tuple[int, int, int, int]:
-    """(chunks stored, chunks not settled by the learner, trained ids in the final checkpoint, duplicated ids)."""
-    stream = await bus.js.stream_info(subjects.TRAJECTORIES.name)
-    consumer = await bus.js.consumer_info(subjects.TRAJECTORIES.name, f"learner-{RUN}")
+async def check_exactly_once(stack: Stack) -> tuple[int, int, int, int]:
+    """(chunks stored, chunks not settled by the learner, trained ids in the final checkpoint, duplicated ids).
+
+    Read as the streams' owner: only the learner's user may see its consumer (`ala.security`)."""
+    bus = await connect_as(stack, STREAMS_OWNER, "fault-auditor")
+    try:
+        stream = await bus.js.stream_info(subjects.TRAJECTORIES.name)
+        consumer = await bus.js.consumer_info(subjects.TRAJECTORIES.name, f"learner-{RUN}")
+    finally:
+        await bus.drain()
     unsettled = consumer.num_pending + consumer.num_ack_pending
     state = torch.load(stack.scratch / "checkpoints" / RUN / "latest.pt", weights_only=True)
     ids = list(state["trained_ids"])
@@ -327,7 +339,7 @@ async def run_matrix(faults: list[str], window_s: float, down_s: float) -> tuple
             await asyncio.sleep(3 * 5.0)  # the learner's fetch loop drains the stream; ack_wait is 5 s
             stack.processes["learner"].terminate()  # a clean stop checkpoints and acknowledges
             stack.processes["learner"].wait(30)
-            totals = await check_exactly_once(stack, bus)
+            totals = await check_exactly_once(stack)
             await bus.drain()
             return results, totals
         finally:
