@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock run test lint format images image-cuda image-jetson e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-headline bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
+.PHONY: setup lock run test lint format images image-cuda image-jetson image-jetson-check e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-headline bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
 
 setup: $(STAMP)
 
@@ -59,18 +59,19 @@ lint: setup  ## ruff, and the layering contracts in pyproject.toml (import-linte
 
 # Deployment (deploy/, docker-compose.yml): `make images` builds ala:cpu here (with no registry: an mmdebstrap base);
 # `make e2e-compose` builds it and runs the CPU stack with docker compose, Prometheus included, as CI does.
-images: setup
-	bash deploy/docker/base.sh
-	docker build -f deploy/docker/Dockerfile -t ala:cpu .
+images: setup  ## ala:cpu (no registry needed: an mmdebstrap base, wheels gathered first, deploy/images.py)
+	$(BIN)/python deploy/images.py cpu
 
-image-cuda: setup  ## ala:cuda for an x86_64 GPU box (RTX 5090): PyPI's CUDA torch, onnxruntime-gpu (downloads GBs)
-	bash deploy/docker/base.sh
-	docker build -f deploy/docker/Dockerfile --build-arg PIP_EXTRA_INDEX_URL= --build-arg EXTRAS=llm,gpu \
-		--build-arg ONNXRUNTIME=onnxruntime-gpu -t ala:cuda .
+image-cuda: setup  ## ala:cuda for an x86_64 GPU box (RTX 5090): PyPI's CUDA torch, onnxruntime-gpu (GBs), then checked
+	$(BIN)/python deploy/images.py cuda
 
-image-jetson:  ## ala:jetson (arm64, L4T JetPack 6) on a Jetson; JETPACK=6 CUDA=cu126 pick the torch wheels
-	docker build --platform linux/arm64 -f deploy/docker/Dockerfile.jetson --build-arg JETPACK=$(or $(JETPACK),6) \
-		--build-arg CUDA=$(or $(CUDA),cu126) -t ala:jetson .
+image-jetson:  ## ala:jetson (arm64) on the L4T base: on a Jetson, or with QEMU; needs NVIDIA's registry (nvcr.io)
+	docker build --platform linux/arm64 -f deploy/docker/Dockerfile.jetson \
+		--build-arg EXTRA_INDEX_URL=$(EXTRA_INDEX_URL) --build-arg ONNXRUNTIME=$(or $(ONNXRUNTIME),onnxruntime) \
+		-t ala:jetson .
+
+image-jetson-check: setup  ## Dockerfile.jetson built for arm64 under QEMU on a Debian base (no registry), run there
+	$(BIN)/python deploy/images.py jetson-check
 
 e2e-compose: setup  ## build the images, `docker compose up --wait` the CPU stack, fire and resolve an alert, down
 	$(BIN)/python deploy/e2e_compose.py

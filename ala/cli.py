@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import signal
 import threading
 from pathlib import Path
@@ -15,7 +16,7 @@ from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.table import Table
 
-from ala import __version__
+from ala import __version__, settings_file
 from ala.broker import BrokerCluster
 from ala.config import BrokerSettings, NatsSettings
 from ala.service import configure_logging
@@ -52,6 +53,41 @@ def _add_service_command(name: str) -> None:
 
 for _name in SERVICE_NAMES:
     _add_service_command(_name)
+
+
+def _sections() -> dict[str, settings_file.Section]:
+    classes = {"nats": NatsSettings, "broker": BrokerSettings, "up": RestartPolicy}
+    classes |= {name: _settings_class(name) for name in SERVICE_NAMES}
+    return settings_file.sections(classes, SERVICE_NAMES)
+
+
+_from_file: dict[str, str] = {}
+"""The variables the configuration file set in this process (for `ala config show`'s source column)."""
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar=settings_file.CONFIG_VARIABLE,
+            help="A TOML file of settings by section (ala/settings_file.py); environment variables override it.",
+        ),
+    ] = None,
+) -> None:
+    """Load the configuration file into the environment, then refuse any ALA_* variable that no setting reads."""
+    sections = _sections()
+    try:
+        if config is not None:
+            variables = settings_file.read(config, sections, SERVICE_NAMES)
+            settings_file.apply(variables, os.environ)
+            os.environ[settings_file.CONFIG_VARIABLE] = str(config)  # `ala up`'s services read the same file
+            _from_file.update({name: value for name, value in variables.items() if os.environ[name] == value})
+        settings_file.check_environment(os.environ, settings_file.known_variables(sections))
+    except settings_file.ConfigError as error:
+        console.print(str(error), style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from error
 
 
 ClusterOption = Annotated[
@@ -136,7 +172,8 @@ def up(
 def config_show(
     service: Annotated[str | None, typer.Argument(help="One service; all when omitted.")] = None,
 ) -> None:
-    """Print the effective settings and the environment variable that sets each."""
+    """Print the effective settings, the environment variable that sets each, and where its value came from (the
+    configuration file, the environment, or the default)."""
     names = [service] if service else list(SERVICE_NAMES)
     if any(name not in SERVICE_NAMES for name in names):
         raise typer.BadParameter(f"choose from {list(SERVICE_NAMES)}")
@@ -151,6 +188,7 @@ def _settings_table(title: str, settings: BaseSettings) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("environment variable", no_wrap=True)
     table.add_column("value", overflow="fold")
+    table.add_column("from")
     table.add_column("description")
     prefix = settings.model_config.get("env_prefix", "")
     for field_name, info in type(settings).model_fields.items():
@@ -159,7 +197,9 @@ def _settings_table(title: str, settings: BaseSettings) -> Table:
             continue  # nested settings get their own table
         env_name = info.validation_alias if isinstance(info.validation_alias, str) else f"{prefix}{field_name}"
         shown = "********" if isinstance(value, SecretStr) and value.get_secret_value() else str(value)
-        table.add_row(env_name.upper(), shown, info.description or "")
+        variable = env_name.upper()
+        source = "file" if variable in _from_file else "environment" if variable in os.environ else "default"
+        table.add_row(variable, shown, source, info.description or "")
     return table
 
 

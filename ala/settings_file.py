@@ -1,0 +1,201 @@
+"""One configuration file for a whole deployment, and no silently ignored setting.
+
+Every setting is an environment variable (`ALA_<SECTION>_<KEY>`, read by the pydantic-settings classes). A TOML file
+(`ala --config lab.toml ...`, or `ALA_CONFIG=lab.toml`) sets them by section, and a variable already in the
+environment overrides the file:
+
+    run = "lab"                      # ALA_RUN; also log_level, third_party_log_level, third_party_log_file
+    [runtime]                        # every service's own copy: ALA_<SERVICE>_HEARTBEAT_INTERVAL_S, ...
+    progress_interval_s = 30
+    [nats]                           # ALA_NATS_*
+    url = "nats://rtx.lab:4222"
+    [learner]                        # ALA_LEARNER_*; likewise advisor, router, actor, evaluator, broker, up
+    learning_rate = 7e-4
+    [[advisor.advisors]]             # a list of tables: ALA_ADVISOR_ADVISORS, as JSON
+    name = "gpt-oss"
+    backend = "openai"
+
+`ala up` passes the applied variables on to the services it starts. A key the section does not have, or an
+`ALA_*` variable no setting reads, stops start-up with the nearest known name: a misspelt `ALA_LERNER_GAMMA` would
+otherwise leave gamma at its default without a word.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import tomllib
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import AliasChoices, BaseModel
+from pydantic_settings import BaseSettings
+
+CONFIG_VARIABLE = "ALA_CONFIG"
+TOP_LEVEL = {"run": "ALA_RUN", "log_level": "ALA_LOG_LEVEL", "third_party_log_level": "ALA_THIRD_PARTY_LOG_LEVEL",
+             "third_party_log_file": "ALA_THIRD_PARTY_LOG_FILE"}  # fmt: skip
+"""Settings every service shares under one name, set at the top of the file."""
+RUNTIME = "runtime"
+NOT_SETTINGS = {
+    CONFIG_VARIABLE: "this file",
+    "ALA_HEALTH_PORT": "the port the container's health probe asks (python -m ala.probe)",
+    "ALA_UP_LEARNER_RANKS": "ala up --learner-ranks",
+    # docker compose's interpolation variables, which a shell running `docker compose` may hold
+    "ALA_IMAGE": "compose: the CPU image",
+    "ALA_GPU_IMAGE": "compose: the CUDA image",
+    "ALA_JETSON_IMAGE": "compose: the Jetson image",
+    "ALA_VLLM_IMAGE": "compose: the vLLM image",
+    "ALA_PROMETHEUS_IMAGE": "compose: the Prometheus image",
+    "ALA_GRAFANA_IMAGE": "compose: the Grafana image",
+    "ALA_NATS_HOST": "compose: the host running NATS, for the lab overlays",
+    "ALA_SECRETS_DIR": "compose: where the lab overlays find the passwords and the CA",
+    # the fault-injection environment of the tests and benchmarks
+    "ALA_TEST_CRASH_AFTER_STEPS": "tests: the crashing env's steps before it crashes",
+    "ALA_TEST_CRASH_FILE": "tests: the file the crashing env leaves",
+}
+"""ALA_* variables that are no setting but are read (or interpolated) by name."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or an environment that names something no setting has."""
+
+
+@dataclass(frozen=True)
+class Section:
+    """One table of the file: the variables its keys set."""
+
+    name: str
+    prefix: str
+    keys: dict[str, str] = field(default_factory=dict)
+    """key -> environment variable."""
+    aliases: set[str] = field(default_factory=set)
+    """Other variables the section's settings read (ALA_ENV_ID for ALA_ACTOR_ENV_ID)."""
+    table_keys: dict[str, set[str]] = field(default_factory=dict)
+    """key -> the keys of each table in it, for a list of tables (the advisors)."""
+
+
+def variables_of(settings: type[BaseSettings], field_name: str) -> list[str]:
+    """The ALA_* environment variables a settings field reads, its own (`<prefix><NAME>`) first; none for a nested
+    settings object (its own class reads its own variables)."""
+    info = settings.model_fields[field_name]
+    annotation = info.annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+        return []
+    alias = info.validation_alias
+    if isinstance(alias, str):
+        return [alias.upper()]
+    own = f"{settings.model_config.get('env_prefix', '')}{field_name}".upper()
+    if isinstance(alias, AliasChoices):
+        choices = [choice for choice in alias.choices if isinstance(choice, str) and choice.startswith("ALA_")]
+        return sorted(choices, key=lambda choice: choice != own) if choices else [own]
+    return [own]
+
+
+def sections(classes: Mapping[str, type[BaseSettings]], services: tuple[str, ...]) -> dict[str, Section]:
+    """Every table the file may have, from the settings classes: `classes` maps a section (nats, broker, up, and each
+    service) to the class that reads it; `services` names the sections the [runtime] table applies to."""
+    result: dict[str, Section] = {}
+    for name, settings in classes.items():
+        prefix = str(settings.model_config.get("env_prefix", "")).upper()
+        section = Section(name, prefix)
+        for field_name in settings.model_fields:
+            variables = variables_of(settings, field_name)
+            if variables and variables[0].startswith(prefix) and variables[0] not in TOP_LEVEL.values():
+                section.keys[field_name] = variables[0]
+            section.aliases.update(variables[1:])
+            item = _list_item_model(settings.model_fields[field_name].annotation)
+            if item is not None:
+                section.table_keys[field_name] = set(item.model_fields)
+        result[name] = section
+    result["up"].keys["learner_ranks"] = "ALA_UP_LEARNER_RANKS"
+    shared = set.intersection(*(set(result[service].keys) for service in services))
+    result[RUNTIME] = Section(RUNTIME, "", {key: "" for key in sorted(shared)})
+    return result
+
+
+def _list_item_model(annotation: Any) -> type[BaseModel] | None:
+    """Model for a `list[Model]` field (a list of tables in the file), else None."""
+    if get_origin(annotation) is list:
+        (item,) = get_args(annotation)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return item
+    return None
+
+
+def known_variables(all_sections: Mapping[str, Section]) -> set[str]:
+    names = set(TOP_LEVEL.values()) | set(NOT_SETTINGS)
+    for section in all_sections.values():
+        names.update(variable for variable in section.keys.values() if variable)
+        names.update(section.aliases)
+    return names
+
+
+def _suggest(name: str, known: set[str] | list[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _as_variable(value: Any) -> str:
+    """A TOML value as pydantic-settings reads it from the environment: JSON for lists and tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def read(path: Path, all_sections: Mapping[str, Section], services: tuple[str, ...]) -> dict[str, str]:
+    """The environment variables `path` sets. Raises ConfigError for a key no setting has, with the nearest one."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"cannot read the configuration file {path}: {error}") from error
+    variables: dict[str, str] = {}
+    runtime: dict[str, Any] = {}
+    for key, value in document.items():
+        if key in TOP_LEVEL:
+            variables[TOP_LEVEL[key]] = _as_variable(value)
+            continue
+        if key not in all_sections or not isinstance(value, dict):
+            choices = [*TOP_LEVEL, *all_sections]
+            raise ConfigError(f"{path}: unknown key or section {key!r}{_suggest(key, choices)}")
+        section = all_sections[key]
+        for name, item in value.items():
+            if name not in section.keys:
+                raise ConfigError(f"{path}: [{key}] has no setting {name!r}{_suggest(name, list(section.keys))}")
+            if name in section.table_keys:
+                for table in item if isinstance(item, list) else []:
+                    for table_key in table if isinstance(table, dict) else {}:
+                        if table_key not in section.table_keys[name]:
+                            suggestion = _suggest(table_key, sorted(section.table_keys[name]))
+                            raise ConfigError(f"{path}: [[{key}.{name}]] has no key {table_key!r}{suggestion}")
+            if key == RUNTIME:
+                runtime[name] = item
+            else:
+                variables[section.keys[name]] = _as_variable(item)
+    for service in services:  # [runtime] fills in what a service's own table left unset
+        for name, item in runtime.items():
+            variables.setdefault(all_sections[service].keys[name], _as_variable(item))
+    return variables
+
+
+def apply(variables: Mapping[str, str], environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Set the file's variables that the environment does not already set (the environment overrides the file);
+    returns those set."""
+    applied = {name: value for name, value in variables.items() if name not in environ}
+    environ.update(applied)
+    return applied
+
+
+def check_environment(environ: Mapping[str, str], known: set[str]) -> None:
+    """Raise ConfigError naming every ALA_* variable that no setting reads, each with the nearest known name."""
+    unknown = sorted(name for name in environ if name.startswith("ALA_") and name not in known)
+    if unknown:
+        lines = [f"  {name}{_suggest(name, known)}" for name in unknown]
+        raise ConfigError(
+            "unknown ALA_* environment variable(s), which no setting reads:\n"
+            + "\n".join(lines)
+            + "\n(`ala config show` lists every setting and its variable)"
+        )

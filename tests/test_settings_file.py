@@ -1,0 +1,104 @@
+"""One TOML file configures a deployment; a misspelt key or ALA_* variable stops start-up with the nearest name."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ala import settings_file
+from ala.cli import _sections, app
+from services import SERVICE_NAMES
+from services.actor.settings import ActorSettings
+from services.advisor.settings import AdvisorSettings
+from services.learner.settings import LearnerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = ROOT / "deploy" / "lab.toml"
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A private copy of the environment, without ALA_* variables, that the CLI and the settings read and write."""
+    private = {name: value for name, value in os.environ.items() if not name.startswith("ALA_")}
+    monkeypatch.setattr(os, "environ", private)
+    return private
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), terminal_width=240)
+    return result.exit_code, result.output
+
+
+def test_a_misspelt_variable_stops_start_up_with_the_nearest_name(environ: dict[str, str]) -> None:
+    environ["ALA_LERNER_GAMMA"] = "0.9"
+    code, output = _run("config", "show", "learner")
+    assert code == 2
+    assert "ALA_LERNER_GAMMA; did you mean 'ALA_LEARNER_GAMMA'?" in output
+
+
+def test_a_misspelt_key_in_the_file_stops_start_up_with_the_nearest_name(
+    environ: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text("[learner]\nlerning_rate = 1e-3\n")
+    code, output = _run("--config", str(config), "config", "show", "learner")
+    assert code == 2
+    assert "[learner] has no setting 'lerning_rate'; did you mean 'learning_rate'?" in output
+    config.write_text("[lerner]\ngamma = 0.9\n")
+    assert "did you mean 'learner'?" in _run("--config", str(config), "config", "show")[1]
+    config.write_text('[[advisor.advisors]]\nname = "a"\nbakend = "expert"\n')
+    assert (
+        "[[advisor.advisors]] has no key 'bakend'; did you mean 'backend'?"
+        in _run("--config", str(config), "config", "show", "advisor")[1]
+    )
+
+
+def test_the_file_sets_each_section_and_the_environment_overrides_it(environ: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        'run = "lab"\n'
+        "[runtime]\nprogress_interval_s = 30\n"
+        "[actor]\nnum_bots = 12\nprogress_interval_s = 5\n"
+        "[learner]\ngamma = 0.9\n"
+        '[[advisor.advisors]]\nname = "planner"\nbackend = "expert"\n'
+        '[[advisor.advisors]]\nname = "lab"\nbackend = "openai"\nbase_url = "http://dgx.lab:8000/v1"\n'
+    )
+    environ["ALA_LEARNER_GAMMA"] = "0.95"
+    variables = settings_file.read(config, _sections(), SERVICE_NAMES)
+    settings_file.apply(variables, environ)
+    actor, learner, advisor = ActorSettings(), LearnerSettings(), AdvisorSettings()
+    assert (actor.run, actor.num_bots, actor.progress_interval_s) == ("lab", 12, 5.0)  # its own table beats runtime
+    assert learner.progress_interval_s == 30.0  # [runtime], declared once, reaches every service
+    assert learner.gamma == 0.95  # the environment overrides the file
+    assert [(spec.name, spec.backend) for spec in advisor.advisors] == [("planner", "expert"), ("lab", "openai")]
+    assert advisor.advisors[1].base_url == "http://dgx.lab:8000/v1"
+
+
+def test_config_show_says_where_each_value_came_from(environ: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text("[learner]\ngamma = 0.9\nclip_coef = 0.3\n")
+    environ["ALA_LEARNER_CLIP_COEF"] = "0.25"
+    code, output = _run("--config", str(config), "config", "show", "learner")
+    assert code == 0, output
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:4]] for line in output.splitlines()
+            if line.startswith("│ ALA_")}  # fmt: skip
+    assert rows["ALA_LEARNER_GAMMA"] == ["0.9", "file"]
+    assert rows["ALA_LEARNER_CLIP_COEF"] == ["0.25", "environment"]
+    assert rows["ALA_LEARNER_ENT_COEF"][1] == "default"
+
+
+def test_the_lab_file_and_every_deployment_file_name_only_real_settings(environ: dict[str, str]) -> None:
+    sections = _sections()
+    variables = settings_file.read(LAB, sections, SERVICE_NAMES)
+    settings_file.apply(variables, environ)
+    assert AdvisorSettings().advisors[0].backend == "openai"
+    known = settings_file.known_variables(sections)
+    named: set[str] = set()
+    for path in [*(ROOT / "deploy" / "env").glob("*.env"), *(ROOT / "deploy" / "helm" / "ala").glob("values*.yaml")]:
+        named |= set(re.findall(r"^\s*(ALA_[A-Z0-9_]+)\s*[=:]", path.read_text(), re.MULTILINE))
+    assert len(named) > 20
+    assert named - known == set()
