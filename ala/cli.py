@@ -229,6 +229,9 @@ def train(
     stop_at_eval: Annotated[
         float | None, typer.Option(help="Stop once two consecutive evaluations' returns reach this.")
     ] = None,
+    save: Annotated[
+        Path | None, typer.Option(help="Save the trained policy here (ala.rl.saved; `ala export` takes it).")
+    ] = None,
 ) -> None:
     """Train PPO. `--local` is the single-process baseline; the distributed stack is `ala up`."""
     if not local:
@@ -265,6 +268,48 @@ def train(
 
     run = train_local(actor, learner, total_steps, report, evaluate_every=eval_every)
     console.print(f"{run.env_steps:,} steps in {run.seconds:.1f}s ({run.env_steps / run.seconds:.0f} steps/s)")
+    if save is not None and run.agent is not None:
+        from ala.rl.saved import SavedPolicy, save_policy
+
+        save_policy(save, SavedPolicy(run.agent, run.version, run.env_steps))
+        console.print(f"saved {save}")
+
+
+@app.command("export")
+def export_command(
+    which: Annotated[
+        str,
+        typer.Argument(
+            help="best: the evaluator's best evaluated version (best.pt); latest: the learner's checkpoint (latest.pt);"
+            " or the path of either file."
+        ),
+    ] = "best",
+    out: Annotated[Path | None, typer.Option(help="Directory for policy.pt and policy.onnx.")] = None,
+) -> None:
+    """Export a trained policy for use outside ALA: policy.pt (weights, spec, version, evaluation; `ala.rl.saved`)
+    and policy.onnx (checked with ONNX Runtime against torch). Files are found through the learner's and the
+    evaluator's settings (ALA_RUN, ALA_LEARNER_CHECKPOINT_DIR, ALA_EVALUATOR_BEST_DIR, or the configuration file)."""
+    from ala.rl.saved import export_policy, load_policy
+    from services.evaluator.settings import EvaluatorSettings
+    from services.learner.settings import LearnerSettings
+
+    learner, evaluator = LearnerSettings(), EvaluatorSettings()
+    sources = {"latest": learner.checkpoint_dir / learner.run / "latest.pt"}
+    if evaluator.best_dir is not None:
+        sources["best"] = evaluator.best_dir / evaluator.run / "best.pt"
+    source = sources.get(which, Path(which))
+    if not source.exists():
+        detail = "the evaluator writes best.pt; `ala export latest` takes the learner's checkpoint"
+        raise typer.BadParameter(f"no {source} ({detail})" if which in sources else f"no file {source}")
+    try:
+        policy = load_policy(source)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    name = which if which in sources else source.stem
+    torch_path, onnx_path = export_policy(policy, out or Path(".ala/export") / f"{learner.run}-{name}")
+    scores = ", ".join(f"{key} {value:.3f}" for key, value in policy.evaluation.items()) or "not evaluated"
+    console.print(f"{policy.spec.env_id} v{policy.version} at {policy.env_steps:,} env steps ({scores}) from {source}")
+    console.print(f"{torch_path}\n{onnx_path} (checked with ONNX Runtime against torch)")
 
 
 @app.command()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protos.subjects import check_token
@@ -160,3 +160,15 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _one_subject_token(cls, value: str, info: ValidationInfo) -> str:
         return check_token(value, info.field_name or "name")
+
+
+def tensorboard_dir_field(service: str) -> Any:  # a pydantic FieldInfo, typed Any as Field() is
+    """The `tensorboard_dir` setting of a service that writes TensorBoard scalars (`ala.tensorboard`): its own
+    variable, or ALA_TENSORBOARD_DIR for the learner and the evaluator at once."""
+    return Field(
+        None,
+        validation_alias=AliasChoices(
+            "tensorboard_dir", f"ALA_{service.upper()}_TENSORBOARD_DIR", "ALA_TENSORBOARD_DIR"
+        ),
+        description="Write TensorBoard scalars under <dir>/<run>/ (off when unset; ALA_TENSORBOARD_DIR works too).",
+    )

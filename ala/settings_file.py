@@ -34,8 +34,13 @@ from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 
 CONFIG_VARIABLE = "ALA_CONFIG"
-TOP_LEVEL = {"run": "ALA_RUN", "log_level": "ALA_LOG_LEVEL", "third_party_log_level": "ALA_THIRD_PARTY_LOG_LEVEL",
-             "third_party_log_file": "ALA_THIRD_PARTY_LOG_FILE"}  # fmt: skip
+TOP_LEVEL = {
+    "run": "ALA_RUN",
+    "log_level": "ALA_LOG_LEVEL",
+    "third_party_log_level": "ALA_THIRD_PARTY_LOG_LEVEL",
+    "third_party_log_file": "ALA_THIRD_PARTY_LOG_FILE",
+    "tensorboard_dir": "ALA_TENSORBOARD_DIR",  # the learner's and the evaluator's (ala/tensorboard.py)
+}
 """Settings every service shares under one name, set at the top of the file."""
 RUNTIME = "runtime"
 NOT_SETTINGS = {

@@ -17,6 +17,7 @@ from ala.envs import adapter_for
 from ala.rl.config import PPOSettings, RolloutSettings
 from ala.rl.evaluate import EvaluationResult, evaluate
 from ala.rl.learner import Learner
+from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
 
 
@@ -40,6 +41,10 @@ class LocalRun:
     """(env steps when the episode ended, its return) for every finished episode."""
     env_steps: int = 0
     seconds: float = 0.0
+    agent: Agent | None = None
+    """The trained policy (`ala.rl.saved.save_policy` keeps it)."""
+    version: int = 0
+    """Updates made."""
 
 
 def train_local(
@@ -85,5 +90,6 @@ def train_local(
         if on_update is not None and on_update(progress):
             break
     run.env_steps, run.seconds = rollout.env_steps, time.perf_counter() - start
+    run.agent, run.version = trainer.agent, trainer.version
     rollout.envs.close()
     return run

@@ -21,3 +21,11 @@ SKIPPED = Counter(
     "ala_eval_skipped", "Announced versions not evaluated, by reason (behind, rejected).", ["reason"], registry=REGISTRY
 )
 SECONDS = Histogram("ala_eval_seconds", "One evaluation, both modes.", buckets=SECOND_BUCKETS, registry=REGISTRY)
+BEST_RETURN = Gauge(
+    "ala_eval_best_return", "Sampled mean return of the best version kept (best.pt) in this process.", registry=REGISTRY
+)
+BEST_SAVE_FAILURES = Counter(
+    "ala_eval_best_save_failures",
+    "Best versions that could not be written (disk full, permissions).",
+    registry=REGISTRY,
+)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
+from pathlib import Path
 
 import torch
 from nats.aio.msg import Msg
@@ -24,7 +26,10 @@ from ala.progress import report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.rejection import Rejected
 from ala.rl.evaluate import evaluate
+from ala.rl.policy import Agent
+from ala.rl.saved import SavedPolicy, load_policy, save_policy
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
+from ala.tensorboard import Scalars
 from ala.weights import fetch_policy
 from protos import Evaluation, WeightsAnnouncement, WireError, decode, subjects
 from services.evaluator import metrics
@@ -42,6 +47,9 @@ class Evaluator:
         self.ready = asyncio.Event()
         self.last: Evaluation | None = None
         self._log = RateLimitedLog(log)
+        self.scalars = Scalars(settings.tensorboard_dir, settings.run, f"evaluator-{settings.instance}")
+        self.best_path = settings.best_dir / settings.run / "best.pt" if settings.best_dir else None
+        self.best_return = best_return(self.best_path)
 
     async def on_weights(self, msg: Msg) -> None:
         try:
@@ -108,6 +116,34 @@ class Evaluator:
         metrics.EVALUATIONS.inc()
         metrics.SECONDS.observe(result.seconds)
         await self.bus.publish(subjects.evaluation_subject(self.settings.run), self.last, kind="evaluation")
+        self.chart(self.last, scored_greedy=result.greedy is not None)
+        await self.keep_if_best(agent, self.last)
+
+    def chart(self, e: Evaluation, scored_greedy: bool) -> None:
+        """The evaluation as TensorBoard scalars at the env steps behind the version (when `tensorboard_dir` is set)."""
+        scalars = {"mean_return": e.mean_return, "success_rate": e.success_rate, "seconds": e.seconds}
+        if scored_greedy:
+            scalars |= {"greedy_return": e.greedy_return, "greedy_success_rate": e.greedy_success_rate}
+        self.scalars.add(scalars | {"policy_version": e.policy_version}, e.env_steps, prefix="eval")
+        self.scalars.flush()  # an evaluation every few seconds at most: each is seen at once
+
+    async def keep_if_best(self, agent: Agent, e: Evaluation) -> None:
+        """Keep the version as best.pt when its sampled return beats every one before it (as SB3's EvalCallback
+        keeps `best_model`); a write that fails is counted and logged, and evaluation goes on."""
+        if self.best_path is None or e.mean_return <= self.best_return:
+            return
+        scores = {"mean_return": e.mean_return, "success_rate": e.success_rate, "greedy_return": e.greedy_return}
+        try:
+            await asyncio.to_thread(
+                save_policy, self.best_path, SavedPolicy(agent, e.policy_version, e.env_steps, scores)
+            )
+        except OSError as exc:  # a later, better version tries again
+            metrics.BEST_SAVE_FAILURES.inc()
+            self._log.warning("the best version v%d not kept: %s", e.policy_version, exc)
+            return
+        self.best_return = e.mean_return
+        metrics.BEST_RETURN.set(e.mean_return)
+        log.info("v%d is the best so far (return %.3f): %s", e.policy_version, e.mean_return, self.best_path)
 
     def progress(self) -> str:
         """The evaluator's console line (every few seconds, see `ala.progress`)."""
@@ -121,15 +157,30 @@ class Evaluator:
         )
 
 
+def best_return(path: Path | None) -> float:
+    """The sampled return of the best version kept so far for this run (a restarted evaluator keeps only a better
+    one); -inf when there is none, or the file cannot be read (logged: it will be replaced)."""
+    if path is None or not path.exists():
+        return -math.inf
+    try:
+        return load_policy(path).evaluation.get("mean_return", -math.inf)
+    except ValueError as exc:
+        log.warning("the best policy kept so far cannot be read, the next evaluation replaces it: %s", exc)
+        return -math.inf
+
+
 async def serve(settings: EvaluatorSettings, stop: asyncio.Event) -> None:
     torch.set_num_threads(settings.torch_threads)
     async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
         evaluator = Evaluator(settings, runtime.bus)
-        await runtime.bus.subscribe(subjects.weights_subject(settings.run), evaluator.on_weights)
-        tasks.start(evaluator.run(), name="evaluate")
-        tasks.start(report_progress("evaluator", evaluator.progress, settings.progress_interval_s), name="progress")
-        await stop.wait()
-        await tasks.stop_all()
+        try:
+            await runtime.bus.subscribe(subjects.weights_subject(settings.run), evaluator.on_weights)
+            tasks.start(evaluator.run(), name="evaluate")
+            tasks.start(report_progress("evaluator", evaluator.progress, settings.progress_interval_s), name="progress")
+            await stop.wait()
+            await tasks.stop_all()
+        finally:
+            evaluator.scalars.close()
 
 
 def main() -> None:

@@ -1,11 +1,12 @@
 """Settings of the evaluator; every field is also an environment variable `ALA_EVALUATOR_<FIELD>`."""
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from ala.config import ServiceSettings
+from ala.config import ServiceSettings, tensorboard_dir_field
 
 
 class EvaluatorSettings(ServiceSettings):
@@ -24,3 +25,9 @@ class EvaluatorSettings(ServiceSettings):
         10, ge=0, le=19, description="Process niceness (`ala evaluator`): scoring yields the CPU to actors and learner."
     )
     torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")
+    tensorboard_dir: Path | None = tensorboard_dir_field("evaluator")
+    best_dir: Path | None = Field(
+        Path(".ala/checkpoints"),
+        description="Keep the best version evaluated so far (by sampled mean return) as <dir>/<run>/best.pt, beside the"
+        " learner's latest.pt (`ala export --which best`); empty: none.",
+    )

@@ -52,6 +52,7 @@ from ala.rl.onnx_policy import OPSET, OnnxOptions, ProbeOutput, export, load_ver
 from ala.rl.policy import resolve_device, sha256, weights_to_bytes
 from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled, unless_stopped
+from ala.tensorboard import Scalars
 from protos import (
     Array,
     Heartbeat,
@@ -106,6 +107,9 @@ class LearnerWorker:
         self.last_stats: dict[str, float] = {}
         self.announced: WeightsAnnouncement | None = None
         self.sample_rate = Rate()
+        rank = f"-rank{settings.rank}" if settings.world_size > 1 else ""
+        self.scalars = Scalars(settings.tensorboard_dir, settings.run, f"learner-{settings.instance}{rank}")
+        self._scalars_rate = Rate()
         self._spec_log = RateLimitedLog(log)
         self._onnx_heard_at = -float("inf")
         self._fetch_log = RateLimitedLog(log)
@@ -226,6 +230,11 @@ class LearnerWorker:
         for name, value in stats.items():
             metrics.TRAINING.labels(name).set(value)
         self.last_stats = stats
+        charts = {
+            "charts/policy_version": self.learner.version,
+            "charts/samples_per_s": self._scalars_rate.per_second(self.learner.samples_trained),
+        }
+        self.scalars.add(stats | charts, self.learner.samples_trained, prefix="train")
         if self.settings.stats_path is not None:
             record = {"version": self.learner.version, "samples_trained": self.learner.samples_trained} | stats
             with self.settings.stats_path.open("a") as log_file:
@@ -564,7 +573,10 @@ async def train_until_stopped(
         # The loop sees `stop` after its fetch or update: let it finish, so no update runs on while checkpointing.
         await asyncio.wait([training], timeout=settings.fetch_timeout_s + STOP_GRACE_S)
         await tasks.stop_all()
-    await asyncio.to_thread(worker.save_checkpoint)
+    try:
+        await asyncio.to_thread(worker.save_checkpoint)
+    finally:
+        worker.scalars.close()
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from ala.config import ServiceSettings
+from ala.config import ServiceSettings, tensorboard_dir_field
 from ala.rl.config import PPOSettings
 
 
@@ -83,6 +83,7 @@ class LearnerSettings(ServiceSettings, PPOSettings):
         " file as one JSON line, with the version and the samples trained: the per-update record Prometheus's"
         " sampled gauge cannot give (unset: none).",
     )
+    tensorboard_dir: Path | None = tensorboard_dir_field("learner")
     implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")
 
