@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock run test lint format images image-cuda image-jetson image-jetson-check e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-headline bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
+.PHONY: setup lock run test lint format docs images image-cuda image-jetson image-jetson-check e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-headline bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ lock: setup  ## refresh requirements.lock and requirements-nodeps.lock (newest v
 	} > requirements-nodeps.lock
 
 # `make run` shows advice at work in a minute on a laptop: DoorKey-5x5 (on 8x8 the router's trust can silence even
-# the expert before anyone has succeeded: see the README), advised by the embedded LLM (weak) and the expert planner
+# the expert before anyone has succeeded: see docs/getting-started.md), advised by the embedded LLM (weak) and the expert planner
 # (privileged: it reads the whole grid; the upper bound). Yours: ALA_ENV_ID=..., ALA_ADVISOR_ADVISORS='[...]'.
 run: export ALA_ENV_ID ?= MiniGrid-DoorKey-5x5-v0
 run: export ALA_ADVISOR_ADVISORS ?= [{"name": "llm-0", "backend": "embedded"}, {"name": "expert", "backend": "expert"}]
@@ -56,6 +56,9 @@ lint: setup  ## ruff, and the layering contracts in pyproject.toml (import-linte
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+docs: setup  ## the documentation site (docs/, mkdocs.yml) into site/, strictly (a broken link fails)
+	$(BIN)/mkdocs build --strict
 
 # Deployment (deploy/, docker-compose.yml): `make images` builds ala:cpu here (with no registry: an mmdebstrap base);
 # `make e2e-compose` builds it and runs the CPU stack with docker compose, Prometheus included, as CI does.

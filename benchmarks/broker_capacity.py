@@ -1,4 +1,4 @@
-"""What one NATS broker carries before it saturates: the per-message costs behind the README's capacity estimate.
+"""What one NATS broker carries before it saturates: the per-message costs behind docs/scale-out.md's capacity estimate.
 
 On loopback, real nats-servers: one node with R1 streams (the laptop), and a 3-node cluster with R3 (the lab). For
 trajectory chunks of several sizes, JetStream publishes with `--window` in flight (as many actors would), until each

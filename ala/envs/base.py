@@ -75,7 +75,7 @@ class EnvAdapter:
             env.close()
             raise UnsupportedEnv(
                 f"{self.env_id} observes a {type(env.observation_space).__name__}; the {self.family!r} adapter needs"
-                " a Box (register an adapter of your own for this family: see the README)"
+                " a Box (register an adapter of your own for this family: see docs/architecture.md, Environments)"
             )
         env = gym.wrappers.FlattenObservation(env)
         return gym.wrappers.TransformObservation(

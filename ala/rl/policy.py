@@ -100,6 +100,17 @@ class Agent(nn.Module):
         x = self.encode(obs)
         return self.actor(x), self.critic(x).squeeze(-1)
 
+    @torch.inference_mode()
+    def act(
+        self, observations: np.ndarray, greedy: bool = True, generator: torch.Generator | None = None
+    ) -> np.ndarray:
+        """Actions for a batch of observations [B, obs_dim] as the adapter's envs give them (`make`, `make_vector`):
+        the most likely ones, or (greedy=False) sampled from the policy. No bias: the policy alone."""
+        logits, _ = self.logits_and_value(torch.as_tensor(np.asarray(observations, dtype=np.float32)))
+        if greedy:
+            return logits.argmax(-1).numpy()
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1).numpy()
+
     def get_action_and_value(
         self,
         obs: torch.Tensor,

@@ -40,8 +40,9 @@ class SavedPolicy:
         return self.agent.spec
 
 
-def save_policy(path: Path, policy: SavedPolicy) -> None:
+def save_policy(path: Path | str, policy: SavedPolicy) -> None:
     """Write `policy` to `path` atomically: a crash leaves the old file or the new one."""
+    path = Path(path)
     buffer = io.BytesIO()
     torch.save(
         {

@@ -1,4 +1,4 @@
-"""The compose files: valid alone and in every combination a user runs, and saying what the README says."""
+"""The compose files: valid alone and in every combination a user runs, and saying what docs/deployment.md says."""
 
 from __future__ import annotations
 
