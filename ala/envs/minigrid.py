@@ -14,9 +14,8 @@ from minigrid.core.actions import Actions
 from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX, STATE_TO_IDX
 from minigrid.wrappers import ImgObsWrapper
 
-from ala.envs import minigrid_options
+from ala.envs import minigrid_expert, minigrid_options
 from ala.envs.base import EnvAdapter, registered_spec
-from ala.envs.minigrid_expert import plan
 from ala.envs.options import Situation
 
 VIEW = 7
@@ -94,7 +93,7 @@ class MiniGridAdapter(EnvAdapter):
 
     def expert_action(self, env: gym.Env) -> int | None:
         """Shortest-path planning over key, door and goal (`minigrid_expert`): exact for DoorKey rooms."""
-        return plan(self.full_state(env))
+        return minigrid_expert.plan(self.full_state(env))
 
     def situation(self, observation: np.ndarray) -> Situation:
         return minigrid_options.situation(observation)
@@ -102,8 +101,11 @@ class MiniGridAdapter(EnvAdapter):
     def skill_action(self, option: int, observation: np.ndarray) -> int | None:
         return minigrid_options.skill_action(option, observation)
 
-    def planner_option(self, env: gym.Env) -> int | None:
-        return minigrid_options.planner_option(self.full_state(env))
+    def plan_ahead(self, full_state: np.ndarray, horizon: int) -> list[tuple[np.ndarray, int]]:
+        return minigrid_expert.plan_ahead(full_state, horizon)
+
+    def option_for_state(self, full_state: np.ndarray) -> int | None:
+        return minigrid_options.planner_option(full_state)
 
     def return_buckets(self) -> tuple[float, ...]:
         """MiniGrid rewards success with 1 - 0.9 * steps / max_steps, else 0."""

@@ -41,6 +41,7 @@ def make_digest(
         state_key=state_key,
         situation_key=situation.key if situation is not None else "",
         situation=situation.text if situation is not None else "",
+        env_id=spec.env_id,
     )
 
 

@@ -29,9 +29,9 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
 import msgspec
+import numpy as np
 
-from ala.envs.minigrid_expert import plan_ahead
-from ala.envs.minigrid_options import planner_option
+from ala.envs import EnvAdapter, adapter_for
 from ala.rl.trajectory import full_state_key
 from protos import StateDigest
 from services.advisor.settings import AdvisorSpec
@@ -210,6 +210,19 @@ def parse_answer(content: str, n_actions: int, completion_tokens: int = 0) -> Su
     return Suggestion(answer.action, answer.confidence, ttl_s, answer.rationale[:RATIONALE_CHARS], completion_tokens)
 
 
+def planner_of(digest: StateDigest) -> EnvAdapter:
+    """The privileged planner of the digest's env: its adapter (`EnvAdapter.plan_ahead`, `option_for_state`)."""
+    if not digest.env_id:
+        raise BackendError("unavailable", "the digest names no env (an actor from before digests carried env_id)")
+    return adapter_for(digest.env_id)  # the generic adapter, which has no planner, for an env no family claims
+
+
+def full_state_of(digest: StateDigest) -> np.ndarray:
+    if digest.full_state is None:
+        raise BackendError("unavailable", "the expert needs the digest's full_state (ALA_ACTOR_DIGEST_FULL_STATE)")
+    return digest.full_state.to_numpy()
+
+
 class ExpertBackend:
     """Also registered as the `expert` entry point of group `ala.advisors`: the template for plug-in advisors."""
 
@@ -220,19 +233,15 @@ class ExpertBackend:
         self.lookahead = spec.lookahead if spec is not None else 0  # plug-in factories receive their AdvisorSpec
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
-        if digest.full_state is None:
-            raise BackendError("unavailable", "the expert needs the digest's full_state (ALA_ACTOR_DIGEST_FULL_STATE)")
-        path = plan_ahead(digest.full_state.to_numpy(), 1 + self.lookahead)
+        path = planner_of(digest).plan_ahead(full_state_of(digest), 1 + self.lookahead)
         if not path:
-            raise BackendError("unavailable", "no path to the goal from this state")
+            raise BackendError("unavailable", "no path to the goal from this state (or no planner for this env)")
         ahead = tuple((full_state_key(state), action) for state, action in path[1:])
         return Suggestion(path[0][1], 1.0, EXPERT_TTL_S, "shortest path", ahead=ahead)
 
     async def choose(self, digest: StateDigest, messages: list[dict[str, str]], names: list[str]) -> Choice:
         """The right option for the exact state (privileged): the upper bound of option advice."""
-        if digest.full_state is None:
-            raise BackendError("unavailable", "the expert needs the digest's full_state (ALA_ACTOR_DIGEST_FULL_STATE)")
-        option = planner_option(digest.full_state.to_numpy())
+        option = planner_of(digest).option_for_state(full_state_of(digest))
         if option is None or option >= len(names):
             raise BackendError("unavailable", "no option plan from this state")
         return Choice(option)

@@ -8,12 +8,13 @@ import random
 import time
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
 from ala.rl.trajectory import full_state_key
-from ala.testing import digest_of, digests
+from ala.testing import ENV_ID, digest_of, digests
 from services.advisor import metrics
 from services.advisor.backends import (
     AdversarialBackend,
@@ -76,6 +77,19 @@ async def test_expert_advice_followed_greedily_solves_doorkey(env_id: str) -> No
             if terminated or truncated:
                 break
         assert terminated and reward > 0.9, (env_id, seed)
+
+
+async def test_the_expert_plans_through_the_digests_env_adapter_and_says_why_it_cannot() -> None:
+    """The planner is the env adapter's (`EnvAdapter.plan_ahead`), found from the digest's env id: a digest that
+    names no env, or an env whose adapter has no planner, gets a reason, not a guess."""
+    env = adapter_for(ENV_ID).make()
+    obs, _ = env.reset(seed=0)
+    digest = digest_of(env, obs)
+    assert (await ExpertBackend().suggest(digest, [])).action == plan(adapter_for(ENV_ID).full_state(env))
+    for unplannable, reason in ((msgspec.structs.replace(digest, env_id=""), "names no env"),
+                                (msgspec.structs.replace(digest, env_id="CartPole-v1"), "no planner")):  # fmt: skip
+        with pytest.raises(BackendError, match=reason):
+            await ExpertBackend().suggest(unplannable, [])
 
 
 @pytest.mark.parametrize("seed", range(4))

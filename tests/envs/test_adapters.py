@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from ala.envs import EnvAdapter, MiniGridAdapter, UnsupportedEnv, adapter_for, registered_adapters
+from ala.envs import EnvAdapter, UnsupportedEnv, adapter_for, registered_adapters
+from ala.envs.minigrid import MiniGridAdapter
 
 
 @pytest.mark.parametrize(
@@ -95,3 +97,16 @@ def test_users_register_their_own_adapter_by_entry_point(
     assert registered_adapters()[0] is TaggedCartPole
     assert adapter_for("CartPole-v1").family == "tagged"
     assert isinstance(adapter_for("MiniGrid-DoorKey-5x5-v0"), MiniGridAdapter)  # the others are unaffected
+
+
+def test_import_ala_envs_loads_no_minigrid_until_the_adapters_are_looked_up() -> None:
+    """MiniGrid is a plug-in (the `ala.envs` entry point, as a user's family would be): importing ALA's envs and RL
+    core imports no MiniGrid; looking up an adapter loads the registered plug-ins, MiniGrid's among them."""
+    code = (
+        "import sys, ala.envs, ala.rl.rollout, ala.rl.learner;"
+        "assert 'minigrid' not in sys.modules, 'imported by ala';"
+        "print(type(ala.envs.adapter_for('MiniGrid-DoorKey-5x5-v0')).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "MiniGridAdapter"
