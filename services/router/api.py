@@ -1,4 +1,4 @@
-"""The router's control plane: thin typed endpoints over `RouterService` (FastAPI).
+"""The router's control plane: thin typed endpoints over a `RouterControl`, the router service (FastAPI).
 
 Mutating endpoints need `Authorization: Bearer <ALA_ROUTER_TOKEN>`; with no token configured they refuse
 everyone, so an unconfigured router can be watched but not steered. Every request is rate-limited per client and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -22,18 +22,32 @@ from ala.ratelimit import TokenBucket
 from services.router import metrics
 from services.router.core import LiveConfig
 from services.router.metrics import REGISTRY
-
-if TYPE_CHECKING:
-    from services.router.service import RouterService
+from services.router.settings import RouterSettings
 
 bearer = HTTPBearer(auto_error=False, description="ALA_ROUTER_TOKEN")
 
 
-def get_service(request: Request) -> RouterService:
+class RouterControl(Protocol):
+    """What the API steers. `RouterService` is one; a protocol, so that this module imports nothing of the service
+    that serves it (no import cycle), and a test can steer anything that has these."""
+
+    settings: RouterSettings
+
+    @property
+    def config(self) -> LiveConfig: ...
+
+    def status(self) -> Status: ...
+
+    def set_config(self, config: LiveConfig) -> None: ...
+
+    async def kill(self) -> list[str]: ...
+
+
+def get_service(request: Request) -> RouterControl:
     return request.app.state.router  # type: ignore[no-any-return]
 
 
-ServiceDep = Annotated["RouterService", Depends(get_service)]
+ServiceDep = Annotated[RouterControl, Depends(get_service)]
 
 
 def require_admin(
@@ -130,7 +144,7 @@ class Limits:
         await self.app(scope, bounded_receive, send)
 
 
-def create_app(service: RouterService) -> FastAPI:
+def create_app(service: RouterControl) -> FastAPI:
     app = FastAPI(
         title="ALA router",
         description="Bounds, merges, expires and routes LLM advice as logit biases. Mutating endpoints need "
@@ -152,14 +166,14 @@ def create_app(service: RouterService) -> FastAPI:
 
     @app.get("/config")
     def get_config(service: ServiceDep) -> LiveConfig:
-        return service.router.config
+        return service.config
 
     @app.put("/config", responses={**ADMIN, 422: {"description": "the configuration would be invalid"}})
     def put_config(update: ConfigUpdate, service: ServiceDep, _: AdminDep) -> LiveConfig:  # type: ignore[valid-type]
         """Change the live configuration (validated as a whole; a bad value changes nothing)."""
         changes = update.model_dump(exclude_none=True)  # type: ignore[attr-defined]
         try:
-            config = LiveConfig.model_validate(service.router.config.model_dump() | changes)
+            config = LiveConfig.model_validate(service.config.model_dump() | changes)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         service.set_config(config)

@@ -157,6 +157,10 @@ class RouterService:
         metrics.UNDECODABLE.labels(kind).inc()
         self._decode_log.warning("undecodable %s on %s dropped: %s", kind, msg.subject, exc)
 
+    @property
+    def config(self) -> LiveConfig:
+        return self.router.config
+
     def set_config(self, config: LiveConfig) -> None:
         self.router.config = config
         for advisor, weight in config.advisor_weights.items():
