@@ -22,7 +22,7 @@ from services.actor import metrics as actor_metrics
 from services.actor.service import serve as serve_actor
 from services.actor.settings import ActorSettings
 from services.learner import metrics as learner_metrics
-from services.learner.service import read_checkpoint
+from services.learner.checkpoint import read_checkpoint
 from services.learner.service import serve as serve_learner
 from services.learner.settings import LearnerSettings
 

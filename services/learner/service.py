@@ -24,16 +24,11 @@ The network's shape comes from the wire: a fresh learner waits for the first act
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
-import os
 import time
-from collections import deque
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import torch
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -45,39 +40,36 @@ from ala.bus import Bus, PublishError
 from ala.metrics import timed
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
-from ala.rejection import Rejected
 from ala.rl.distributed import Ranks, join, leave
 from ala.rl.learner import Learner
-from ala.rl.onnx_policy import OPSET, OnnxOptions, ProbeOutput, export, load_verified, probe_output
-from ala.rl.policy import resolve_device, sha256, weights_to_bytes
-from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
+from ala.rl.policy import resolve_device
+from ala.rl.trajectory import Trajectory
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled, unless_stopped
 from ala.tensorboard import Scalars
 from protos import (
-    Array,
     Heartbeat,
     ImplicitReward,
-    OnnxExport,
     PolicySpec,
-    TrajectoryChunk,
-    WeightsAnnouncement,
     WireError,
     decode,
-    encode,
     subjects,
 )
 from services.learner import metrics
+from services.learner.admission import Admission, Refused
+from services.learner.checkpoint import (
+    PERSISTED_CHUNK_IDS,
+    Checkpoint,
+    TrainedChunks,
+    checkpoint_path,
+    read_checkpoint,
+)
 from services.learner.implicit import ImplicitRewards
+from services.learner.publisher import WeightsPublisher
 from services.learner.settings import LearnerSettings
 from services.learner.steps import EnvStepLedger
 
 log = logging.getLogger(__name__)
-KEEP_WEIGHT_VERSIONS = 5
-REMEMBERED_CHUNKS = 100_000
-PERSISTED_CHUNK_IDS = 8192
-"""Trained chunk ids a checkpoint keeps: more than can be redelivered (unacknowledged, or acknowledged and lost
-within `ack_wait_s`) at once, few enough to write a checkpoint every update."""
-Admitted = tuple[Msg, str, Trajectory]
+Batched = tuple[Msg, str, Trajectory]
 """A fetched chunk that will be trained: its message (to acknowledge), its id, its data."""
 FETCH_RETRY_S = 0.5
 ONNX_INTEREST_S = 30.0
@@ -93,19 +85,19 @@ class LearnerWorker:
         self.learner = learner
         self.ranks = ranks
         """None: the only learner."""
-        self.trained_ids: deque[str] = deque(maxlen=REMEMBERED_CHUNKS)
-        self._trained_set: set[str] = set()
+        self.trained = TrainedChunks()
         self.last_stream_seq = 0
         self.checkpoint_path = checkpoint_path(settings)
         self.implicit = ImplicitRewards(settings.max_implicit_reward)
         self.env_steps = EnvStepLedger()
-        self.pending_ids: set[str] = set()
-        """Chunks fetched and waiting for their batch (a slow batch can see one redelivered)."""
+        self.admission = Admission(
+            settings.run, settings.max_policy_lag, learner, self.trained, self.env_steps, self.implicit
+        )
         self.unsettled: list[tuple[Msg, str]] = []
         """Chunks trained on but not yet acknowledged, with their ids: they wait for the checkpoint that includes their
         update."""
         self.last_stats: dict[str, float] = {}
-        self.announced: WeightsAnnouncement | None = None
+        self.publisher = WeightsPublisher(bus, settings.run)
         self.sample_rate = Rate()
         rank = f"-rank{settings.rank}" if settings.world_size > 1 else ""
         self.scalars = Scalars(settings.tensorboard_dir, settings.run, f"learner-{settings.instance}{rank}")
@@ -164,64 +156,19 @@ class LearnerWorker:
             return
         self.implicit.add(reward)
 
-    def chunk_id(self, chunk: TrajectoryChunk) -> str:
-        return subjects.trajectory_msg_id(chunk.run, chunk.actor, chunk.chunk_seq)
-
-    def _remember(self, chunk_id: str) -> None:
-        if len(self.trained_ids) == self.trained_ids.maxlen:
-            self._trained_set.discard(self.trained_ids[0])
-        self.trained_ids.append(chunk_id)
-        self._trained_set.add(chunk_id)
-
-    async def admit(self, msg: Msg) -> tuple[str, Trajectory] | None:
-        """Decode and check one message; settle the ones that will not be trained."""
-        try:
-            chunk = decode(msg.data, TrajectoryChunk)
-            trajectory = from_chunk(chunk, self.learner.agent.spec)
-        except (WireError, BadChunk) as exc:
-            reason = exc.reason if isinstance(exc, BadChunk) else "decode"
-            metrics.CHUNKS_REJECTED.labels(reason).inc()
-            log.warning("chunk rejected (%s): %s", reason, exc)
-            await self._settle(msg, terminate=True)
-            return None
-        chunk_id = self.chunk_id(chunk)
-        if chunk_id in self._trained_set or chunk_id in self.pending_ids:
-            metrics.CHUNKS_DUPLICATE.inc()
-            await self._settle(msg)
-            return None
-        ahead = chunk.policy_version - self.learner.version  # > 0 only after a restart lost the newest versions
-        if chunk.run != self.settings.run:
-            metrics.CHUNKS_REJECTED.labels("run").inc()
-            await self._settle(msg, terminate=True)
-            return None
-        # From here on the chunk is settled or trained before the next weights: its steps are behind them.
-        self.env_steps.count(chunk.actor, trajectory.num_steps)
-        if ahead > self.settings.max_policy_lag:
-            metrics.CHUNKS_REJECTED.labels("unknown_version").inc()
-            await self._settle(msg, terminate=True)
-            return None
-        metrics.POLICY_LAG.observe(max(0, -ahead))
-        if self.learner.is_stale(trajectory):
-            metrics.CHUNKS_STALE.inc()
-            await self._settle(msg)
-            return None
-        trajectory.rewards = trajectory.rewards.copy()  # decoded arrays are read-only views
-        metrics.IMPLICIT_REWARDS_APPLIED.inc(self.implicit.apply(trajectory))
-        return chunk_id, trajectory
-
     async def _settle(self, msg: Msg, terminate: bool = False) -> None:
         """Acknowledge a chunk trained on or dropped (terminate one that must never come back); actors learn how far
         training has come from the highest stream sequence settled."""
         await (msg.term() if terminate else msg.ack())
         self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
 
-    async def train(self, batch: list[Admitted]) -> None:
+    async def train(self, batch: list[Batched]) -> None:
         with timed(metrics.UPDATE_SECONDS):
             # Off the event loop, so heartbeats and acks keep flowing during a long update.
             stats = await asyncio.to_thread(self._update, [trajectory for _, _, trajectory in batch])
         for msg, chunk_id, _ in batch:
             self.unsettled.append((msg, chunk_id))
-            self._remember(chunk_id)
+            self.trained.add(chunk_id)
             # Training has come this far (actors' flow control reads it); the acknowledgement waits for the checkpoint.
             self.last_stream_seq = max(self.last_stream_seq, msg.metadata.sequence.stream)
         metrics.CHUNKS_TRAINED.inc(len(batch))
@@ -270,119 +217,35 @@ class LearnerWorker:
         if self.ranks is not None:  # every rank's checkpoint lists the chunks every rank trained
             ids = [chunk_id for _, chunk_id in self.unsettled]
             for chunk_id in await asyncio.to_thread(self.ranks.gather_ids, ids):
-                if chunk_id not in self._trained_set:
-                    self._remember(chunk_id)
+                self.trained.add(chunk_id)
         await asyncio.to_thread(self.save_checkpoint)
         unsettled, self.unsettled = self.unsettled, []
         for msg, _ in unsettled:
             await self._settle(msg)
 
     async def publish_weights(self) -> None:
-        version = self.learner.version
-        data = weights_to_bytes(self.learner.agent)
-        # Off the event loop (~20 ms), as the update is; nothing trains the agent until this returns.
-        exported = await asyncio.to_thread(self.export_onnx) if self.exports_onnx() else None
-        store = await self.bus.js.object_store(subjects.WEIGHTS_BUCKET)
-        name = subjects.weights_object_name(self.settings.run, version)
-        await store.put(name, data)
-        onnx = None
-        if exported is not None:
-            model, expected = exported
-            onnx = OnnxExport(
-                name=subjects.onnx_object_name(self.settings.run, version),
-                sha256=sha256(model),
-                size=len(model),
-                opset=OPSET,
-                probe_logits=Array.from_numpy(expected.logits),
-                probe_values=Array.from_numpy(expected.values),
-            )
-            await store.put(onnx.name, model)
-        self.announced = WeightsAnnouncement(
-            run=self.settings.run,
-            version=version,
-            bucket=subjects.WEIGHTS_BUCKET,
-            name=name,
-            sha256=sha256(data),
-            size=len(data),
-            created_at=time.time(),
-            policy=self.spec,
-            settled_stream_seq=self.last_stream_seq,
-            env_steps=self.env_steps.total,
-            env_steps_by_actor=self.env_steps.by_actor(),
-            onnx=onnx,
+        await self.publisher.publish(
+            self.learner.agent,
+            self.learner.version,
+            self.last_stream_seq,
+            self.env_steps,
             learner_ranks=1 if self.ranks is None else self.ranks.world_size,
+            with_onnx=self.exports_onnx(),
         )
-        await self._announce(self.announced)
-        metrics.WEIGHTS_PUBLISHED.inc()
-        metrics.POLICY_VERSION.set(version)
-        if version > KEEP_WEIGHT_VERSIONS:
-            old = version - KEEP_WEIGHT_VERSIONS
-            for old_name in (
-                subjects.weights_object_name(self.settings.run, old),
-                subjects.onnx_object_name(self.settings.run, old),
-            ):
-                try:
-                    await store.delete(old_name)
-                except Exception as exc:
-                    log.debug("old weights %s not deleted: %s", old_name, exc)
-
-    def export_onnx(self) -> tuple[bytes, ProbeOutput] | None:
-        """This version as an ONNX model and the torch output on the probe batch that it reproduces (checked here
-        with ONNX Runtime on the CPU); None, counted and logged, when it does not: the version goes out without it."""
-        agent = self.learner.agent
-        with timed(metrics.ONNX_EXPORT_SECONDS):
-            try:
-                model = export(agent)
-                expected = probe_output(agent)
-                load_verified(model, self.spec, expected, OnnxOptions())
-            except (Rejected, torch.onnx.OnnxExporterError, RuntimeError) as exc:
-                metrics.ONNX_EXPORT_FAILURES.inc()
-                log.error("policy v%d published without its ONNX model: %s", self.learner.version, exc)
-                return None
-        return model, expected
-
-    async def _announce(self, announcement: WeightsAnnouncement) -> None:
-        # One id per announcement (a retry of the same one is stored once); a resumed learner's re-announcement of
-        # the same version is a new announcement.
-        msg_id = f"{self.settings.run}.weights.{announcement.version}.{announcement.created_at:.6f}"
-        await self.bus.publish_durable(
-            subjects.weights_subject(self.settings.run), encode(announcement), msg_id, "weights"
-        )
-
-    async def announce_progress(self) -> None:
-        """Chunks were settled without an update (stale, duplicate, rejected): say so with the same weights, or
-        actors waiting for training to catch up would wait for nothing."""
-        if self.announced is None or self.announced.settled_stream_seq >= self.last_stream_seq:
-            return
-        self.announced = msgspec.structs.replace(
-            self.announced, settled_stream_seq=self.last_stream_seq, created_at=time.time()
-        )
-        try:
-            await self._announce(self.announced)
-        except (PublishError, NatsError, TimeoutError) as exc:
-            log.warning("progress announcement not published: %s", exc)
 
     def save_checkpoint(self) -> None:
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "learner": self.learner.checkpoint(),
-                "trained_ids": list(self.trained_ids)[-PERSISTED_CHUNK_IDS:],
-                "last_stream_seq": self.last_stream_seq,
-                "env_steps_by_actor": self.env_steps.state(),
-                "policy": msgspec.to_builtins(self.spec),
-            },
-            buffer,
-        )
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.checkpoint_path.with_suffix(".partial")
-        partial.write_bytes(buffer.getvalue())
-        os.replace(partial, self.checkpoint_path)  # atomic: a crash leaves the old checkpoint or the new one
+        Checkpoint(
+            learner=self.learner.checkpoint(),
+            trained_ids=self.trained.newest(PERSISTED_CHUNK_IDS),
+            last_stream_seq=self.last_stream_seq,
+            env_steps_by_actor=self.env_steps.state(),
+            policy=self.spec,
+        ).write(self.checkpoint_path)
 
     def restore_checkpoint(self, state: dict[str, Any]) -> None:
         self.learner.restore(state["learner"])
         for chunk_id in state["trained_ids"]:
-            self._remember(chunk_id)
+            self.trained.add(chunk_id)
         self.last_stream_seq = int(state["last_stream_seq"])
         self.env_steps.restore(state.get("env_steps_by_actor", {}))  # absent from checkpoints before it was kept
         log.info("resumed at version %d from %s", self.learner.version, self.checkpoint_path)
@@ -411,7 +274,7 @@ class LearnerWorker:
         # Unacknowledged chunks are redelivered to the next learner after ack_wait: nothing is lost.
 
     async def _consume(self, consumer: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
-        pending: list[Admitted] = []
+        pending: list[Batched] = []
         while not stop.is_set() or self.ranks is not None:
             if not stop.is_set():
                 pending += await self._fetch(consumer, self.settings.chunks_per_batch - len(pending))
@@ -423,10 +286,10 @@ class LearnerWorker:
             if ready:
                 await self.train(pending)
                 pending = []
-                self.pending_ids.clear()
-            await self.announce_progress()
+                self.admission.pending.clear()
+            await self.publisher.announce_progress(self.last_stream_seq)
 
-    async def _fetch(self, consumer: JetStreamContext.PullSubscription, wanted: int) -> list[Admitted]:
+    async def _fetch(self, consumer: JetStreamContext.PullSubscription, wanted: int) -> list[Batched]:
         """Up to `wanted` admitted chunks; none when the broker has none in time or is away for a moment."""
         try:
             msgs = await consumer.fetch(wanted, timeout=self.settings.fetch_timeout_s)
@@ -439,10 +302,11 @@ class LearnerWorker:
             return []
         admitted = []
         for msg in msgs:
-            checked = await self.admit(msg)
-            if checked is not None:
-                admitted.append((msg, *checked))
-                self.pending_ids.add(checked[0])
+            verdict = self.admission.check(msg.data)
+            if isinstance(verdict, Refused):
+                await self._settle(msg, terminate=verdict.terminate)
+            else:
+                admitted.append((msg, verdict.chunk_id, verdict.trajectory))
         return admitted
 
     async def _all_go_on(self, stopping: bool) -> bool:
@@ -456,24 +320,11 @@ class LearnerWorker:
         return not any_stopping
 
 
-def checkpoint_path(settings: LearnerSettings) -> Path:
-    name = "latest.pt" if settings.rank == 0 else f"latest-rank{settings.rank}.pt"
-    return settings.checkpoint_dir / settings.run / name
-
-
 def undecodable(kind: str, msg: Msg, exc: WireError, decode_log: RateLimitedLog) -> None:
     """A message that is not what its subject carries: dropped (the next heartbeat or reward will do), but counted
     and logged, since it means a peer speaks another wire version or something else publishes here."""
     metrics.UNDECODABLE.labels(kind).inc()
     decode_log.warning("undecodable %s on %s dropped: %s", kind, msg.subject, exc)
-
-
-def read_checkpoint(path: Path) -> tuple[dict[str, Any], PolicySpec] | None:
-    """The saved state and the spec of the policy it holds, or None when there is no checkpoint."""
-    if not path.exists():
-        return None
-    state = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-    return state, msgspec.convert(state["policy"], PolicySpec)
 
 
 async def first_actor_heartbeat(bus: Bus, run: str) -> Heartbeat:

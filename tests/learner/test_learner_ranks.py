@@ -27,7 +27,7 @@ from ala.rl.trajectory import to_chunk
 from ala.testing import actor_heartbeat, free_port, rollout, scrape, spec, wait_until
 from protos import WeightsAnnouncement, decode, encode, subjects
 from protos.messages import TrajectoryChunk
-from services.learner.service import checkpoint_path, read_checkpoint
+from services.learner.checkpoint import checkpoint_path, read_checkpoint
 from services.learner.settings import LearnerSettings
 
 CHUNKS = 8
