@@ -139,8 +139,11 @@ def gather_wheels(image: Image, env: dict[str, str]) -> None:
     if image is CPU:
         sh(*pip, ".[llm]", TORCH, "setuptools>=68", "wheel", env=env)
     elif image is CUDA:
-        # PyPI's torch, not the local CPU build of the same version that PIP_FIND_LINKS would offer first.
-        pypi = {key: value for key, value in env.items() if key != "PIP_FIND_LINKS"}
+        # PyPI's torch, not the local CPU build of the same version that a machine's find-links or extra index (in
+        # PIP_FIND_LINKS or its pip.conf, with constraints) would offer first: no pip configuration but the CA.
+        pypi = {key: value for key, value in env.items() if key != "PIP_FIND_LINKS"} | {"PIP_CONFIG_FILE": os.devnull}
+        for cpu_build in wheels.glob("torch-*+cpu-*.whl"):
+            cpu_build.unlink()
         sh(*pip, ".[llm,gpu]", TORCH, "onnxruntime-gpu", "setuptools>=68", "wheel", env=pypi)
     else:
         targets = [arg for tag in AARCH64_TAGS for arg in ("--platform", tag)]

@@ -1,22 +1,15 @@
-"""The actor process: the rollout wired to NATS.
+"""The actor process: the rollout wired to NATS; each job in its own module, this one the wiring and the step loop.
 
 - Bias updates (own subject and broadcast) land in the bias tables from a callback; the step loop reads them
   between steps and never waits for the advisor or router. State-scoped advice reaches every bot whose observation
-  has the advised key (`bias.py`); digests ask about states with no advice yet, at a bounded rate (`asking.py`).
-- Chunks go to JetStream through a bounded retry buffer: when the broker is away they wait and are retried with the
-  same `Nats-Msg-Id`; when the buffer is full, stepping waits. Nothing produced is dropped.
-- Flow control: the learner's weights announcements say how far training has come (`settled_stream_seq`); the
-  actor starts a chunk only while at most `max_chunks_ahead` of its chunks wait to be trained and the newest
-  announced weights are downloaded, so it samples with a policy about one version old instead of racing ahead
-  (a wait longer than `flow_timeout_s` is counted and logged, and sampling goes on). A model being built (a
-  TensorRT engine: seconds) counts as installed: the bots never pause for a build.
-- New weights are fetched and verified (size, sha256, policy spec, shapes) off the step loop and installed
-  between chunks, so every chunk is sampled by exactly one policy version.
-- With `backend=onnx`, ONNX Runtime runs the forward (`ala.rl.onnx_policy`, on the first available of the
-  configured execution providers): each version's ONNX model is fetched with its weights, loaded and checked on the
-  probe batch against the torch output the learner announced, in a worker thread; a model that fails is refused
-  (counted by reason) and the old version stays in use. Sampling, log-probabilities and values come from the
-  model's output.
+  has the advised key (`bias.py`); option advice runs through skills (`options.py`); digests ask about states with
+  no advice yet, at a bounded rate (`asking.py`, `digests.py`); episode outcomes go to the router's trust
+  (`outcomes.py`).
+- Chunks go to JetStream through a bounded retry buffer (`shipper.py`): nothing produced is dropped.
+- Flow control (`flow.py`): sample about one policy version behind the learner, not racing ahead of it.
+- New weights are fetched and verified off the step loop and installed between chunks (`follower.py`), so every
+  chunk is sampled by exactly one policy version; with `backend=onnx`, ONNX Runtime runs the forward, each
+  version's model checked against the torch output the learner announced, and a model build never pauses the bots.
 - The step loop, the chunk shipper and weight fetches run in one task group: if any of them fails, the process
   logs the traceback and exits non-zero instead of heartbeating on with a dead loop.
 """
@@ -25,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import deque
@@ -35,17 +27,15 @@ import torch
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from ala.bus import Bus, PublishError
+from ala.bus import Bus
 from ala.envs import EnvAdapter, adapter_for
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
-from ala.rejection import Rejected
-from ala.rl.onnx_policy import OnnxOptions, OnnxPolicy, export_verified, select_providers
+from ala.rl.onnx_policy import OnnxOptions, export_verified, select_providers
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
 from ala.rl.trajectory import to_chunk
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
-from ala.weights import fetch_onnx_policy, fetch_policy
 from protos import (
     ActionSpace,
     BiasUpdate,
@@ -62,17 +52,15 @@ from services.actor.advisors import AdvisorsHeard
 from services.actor.asking import Asker, Reason
 from services.actor.bias import BiasLookup, BiasRejected, BiasTable
 from services.actor.digests import digest_contents, make_digest
+from services.actor.flow import FlowControl
+from services.actor.follower import WeightsFollower, report_forward
 from services.actor.options import OptionExecutor
 from services.actor.outcomes import OutcomeLedger
 from services.actor.settings import ActorSettings
+from services.actor.shipper import ChunkShipper
 from services.actor.states import exact_state_keys, judge, state_keys
 
 log = logging.getLogger(__name__)
-RETRY_BACKOFF_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
-MAX_TRACKED_CHUNKS = 1024
-WEIGHTS_RETRY_S = 0.5
-MAX_WEIGHTS_RETRY_S = 5.0
-"""Backoff of a weights fetch that failed for the broker's sake (a newer announcement replaces it at once)."""
 
 
 class Actor:
@@ -87,41 +75,21 @@ class Actor:
         onnx_options: OnnxOptions | None = None,
     ) -> None:
         self.settings = settings
-        self.onnx_options = onnx_options
-        """With backend onnx: how each version's ONNX model is loaded and checked."""
         self.bus = bus
         self.rollout = rollout
         self.bias = bias
         self.adapter = adapter
         self.spec = rollout.agent.spec
         self.tasks = tasks
-        self.outbox: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(settings.retry_buffer_chunks)
+        self.flow = FlowControl(settings.max_chunks_ahead, settings.flow_timeout_s)
+        self.shipper = ChunkShipper(bus, settings.retry_buffer_chunks, self.flow)
+        self.weights = WeightsFollower(
+            bus, rollout, tasks, settings.weights_fetch_timeout_s, onnx_options, self.flow.progressed.set
+        )
         # Unique across restarts of this actor, so the learner never mistakes a new chunk for a redelivery.
         self.next_chunk_seq = time.time_ns() // 1000
-        self.latest_announced = 0
-        self.has_learner_weights = False
-        """Until the first weights arrive, the actor samples with its own random initialisation (as version 0)."""
-        self._pending_policy: tuple[Agent, OnnxPolicy | None, int] | None = None
-        self._fetch: asyncio.Task[None] | None = None
-        self._building = False
-        """An ONNX model (a TensorRT engine) is being built and verified in a worker thread."""
-        self._wanted: WeightsAnnouncement | None = None
         self._reject_log = RateLimitedLog(log)
-        self._flow_log = RateLimitedLog(log)
         self._decode_log = RateLimitedLog(log)
-        self.flow_active = False
-        self.learner_ranks = 1
-        """From the announcements: several learner ranks take a chunk each per update (see `_wait_for_training`)."""
-        """Flow control starts with the first announcement: without a learner there is nothing to wait for."""
-        self.settled_stream_seq = 0
-        self.unacked_chunks = 0
-        """Chunks enqueued and not yet stored by JetStream."""
-        self.shipped_seqs: deque[int] = deque(maxlen=MAX_TRACKED_CHUNKS)
-        """Stream sequences of this actor's stored chunks that the learner has not settled yet, ascending (one
-        shipper stores them in order; announcements drop the settled ones from the left). Bounded: with no learner
-        nothing settles them."""
-        self.progressed = asyncio.Event()
-        """Set whenever training may have caught up: an announcement, installed weights, a stored chunk."""
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.requested_digests: set[int] = set()
         self.asker = Asker(
@@ -235,71 +203,18 @@ class Actor:
         self._decode_log.warning("undecodable weights announcement on %s dropped: %s", subject, exc)
 
     def announce(self, announcement: WeightsAnnouncement) -> None:
-        # Any version but the one in use: a learner restarted without its checkpoint starts again from 0.
         if announcement.run != self.settings.run:
             return
-        self.flow_active = True
-        self.learner_ranks = announcement.learner_ranks
-        self.settled_stream_seq = max(self.settled_stream_seq, announcement.settled_stream_seq)
-        while self.shipped_seqs and self.shipped_seqs[0] <= self.settled_stream_seq:
-            self.shipped_seqs.popleft()
-        self.progressed.set()
-        if self.has_learner_weights and announcement.version == self.rollout.policy_version:
-            return
-        self.latest_announced = announcement.version
-        self._wanted = announcement
-        if self._fetch is None or self._fetch.done():
-            self._fetch = self.tasks.start(self._fetch_weights(), name="fetch-weights")
-
-    async def _fetch_weights(self) -> None:
-        """Fetch the newest wanted weights. A fetch that failed for the broker's sake (missing, timeout: a restart)
-        is retried with backoff until it succeeds or a newer announcement replaces it: an actor left on old
-        weights ships only stale chunks, which the learner cannot train on, so nothing else would unstick it."""
-        retry_s = WEIGHTS_RETRY_S
-        while self._wanted is not None:
-            announcement, self._wanted = self._wanted, None
-            timeout_s = self.settings.weights_fetch_timeout_s
-            try:
-                agent = await fetch_policy(self.bus, announcement, self.spec, self.rollout.device, timeout_s)
-                onnx = None
-                if self.onnx_options is not None:
-                    self._building = True  # seconds on TensorRT: flow control counts it as installed meanwhile
-                    self.progressed.set()  # and wakes up to see it
-                    try:
-                        onnx = await fetch_onnx_policy(self.bus, announcement, agent, self.onnx_options, timeout_s)
-                    finally:
-                        self._building = False
-            except Rejected as exc:
-                metrics.WEIGHTS_REJECTED.labels(exc.reason).inc()
-                log.warning("weights rejected (%s): %s", exc.reason, exc)
-                if exc.reason in ("missing", "timeout") and self._wanted is None:
-                    await asyncio.sleep(retry_s)
-                    retry_s = min(2 * retry_s, MAX_WEIGHTS_RETRY_S)
-                    self._wanted = self._wanted or announcement
-                continue
-            retry_s = WEIGHTS_RETRY_S
-            self._pending_policy = (agent, onnx, announcement.version)
-            self.progressed.set()
-
-    def _install_pending_policy(self) -> None:
-        if self._pending_policy is not None:
-            agent, onnx, version = self._pending_policy
-            self.rollout.set_policy(agent, version, onnx)
-            report_forward(self.rollout)
-            self.has_learner_weights = True
-            metrics.WEIGHTS_LOADED.inc()
-            log.debug("policy version %d installed", version)
-        self._pending_policy = None
-        metrics.POLICY_VERSION.set(self.rollout.policy_version)
-        metrics.POLICY_LAG.set(max(0, self.latest_announced - self.rollout.policy_version))
+        self.flow.heard(announcement)
+        self.weights.want(announcement)
 
     # The step loop.
     async def run(self, stop: asyncio.Event) -> None:
         subject = subjects.trajectory_subject(self.settings.run, self.settings.instance)
-        await self.wait_for_learner()
+        await self.flow.wait_for_learner()
         while not stop.is_set():
-            await self._wait_for_training()
-            self._install_pending_policy()
+            await self.flow.wait_for_training(self.weights.downloading, self.weights.install_pending)
+            self.weights.install_pending()
             trajectory = self.rollout.new_trajectory()
             for t in range(self.rollout.num_steps):
                 start = time.perf_counter()
@@ -324,7 +239,7 @@ class Actor:
             chunk_seq, self.next_chunk_seq = self.next_chunk_seq, self.next_chunk_seq + 1
             chunk = to_chunk(trajectory, self.settings.run, self.settings.instance, chunk_seq)
             msg_id = subjects.trajectory_msg_id(self.settings.run, self.settings.instance, chunk_seq)
-            await self._enqueue((subject, encode(chunk), msg_id))
+            await self.shipper.enqueue((subject, encode(chunk), msg_id))
 
     def _to_distil(self, lookup: BiasLookup) -> np.ndarray | None:
         """The advice recorded for the learner to distil (advice modes distill and both): only where its reach, the
@@ -341,52 +256,6 @@ class Actor:
         if self.settings.advice_mode == "distill":
             return lookup.in_force & (lookup.reach >= self.settings.distill_min_reach)
         return lookup.in_force
-
-    def chunks_ahead(self) -> int:
-        """This actor's chunks not yet trained on: waiting to be stored, or stored and not settled."""
-        return self.unacked_chunks + len(self.shipped_seqs)
-
-    def _weights_in_flight(self) -> bool:
-        """A download worth waiting for (milliseconds). A model build is not: the version it builds counts as
-        installed, and the bots sample on with the one they have until it is ready."""
-        if self._building:
-            return False
-        return self._wanted is not None or (self._fetch is not None and not self._fetch.done())
-
-    async def wait_for_learner(self) -> None:
-        """At start, wait up to `flow_timeout_s` for a learner's first weights: chunks sampled by this actor's own
-        random initialisation teach the learner little and spend env steps. No learner: sampling starts anyway."""
-        if self.settings.max_chunks_ahead == 0 or self.flow_active:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.progressed.wait(), self.settings.flow_timeout_s)
-        if not self.flow_active:
-            log.warning(
-                "no learner weights within %.0fs: sampling with this actor's own policy", self.settings.flow_timeout_s
-            )
-
-    async def _wait_for_training(self) -> None:
-        """Flow control (see the module docstring)."""
-        limit = self.settings.max_chunks_ahead * self.learner_ranks
-        if not self.flow_active or limit == 0:
-            return
-        start = time.perf_counter()
-        deadline = start + self.settings.flow_timeout_s
-        while self.chunks_ahead() > limit or self._weights_in_flight():
-            self._install_pending_policy()  # between chunks: a version built while waiting goes in now
-            self.progressed.clear()
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                metrics.FLOW_TIMEOUTS.inc()
-                self._flow_log.warning(
-                    "no training progress for %.0fs (%d chunks ahead): sampling on",
-                    self.settings.flow_timeout_s,
-                    self.chunks_ahead(),
-                )
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.progressed.wait(), remaining)
-        metrics.FLOW_WAIT_SECONDS.inc(time.perf_counter() - start)
 
     @property
     def tick(self) -> int:
@@ -468,38 +337,6 @@ class Actor:
         if await self.bus.publish(subjects.digest_subject(self.settings.run, self.settings.instance), digest, "digest"):
             metrics.DIGESTS.labels(reason).inc()
 
-    async def _enqueue(self, item: tuple[str, bytes, str]) -> None:
-        self.unacked_chunks += 1
-        if self.outbox.full():
-            start = time.perf_counter()
-            await self.outbox.put(item)
-            metrics.BACKPRESSURE_SECONDS.inc(time.perf_counter() - start)
-        else:
-            self.outbox.put_nowait(item)
-        metrics.RETRY_BUFFER.set(self.outbox.qsize())
-
-    async def ship(self) -> None:
-        """Publish chunks in order, each retried with its own `Nats-Msg-Id` until JetStream acknowledges it."""
-        while True:
-            subject, payload, msg_id = await self.outbox.get()
-            for attempt in itertools.count():
-                start = time.perf_counter()
-                try:
-                    ack = await self.bus.publish_durable(subject, payload, msg_id, kind="trajectory")
-                    break
-                except PublishError as exc:
-                    metrics.CHUNK_RETRIES.inc()
-                    self._reject_log.warning("chunk %s not acknowledged, retrying: %s", msg_id, exc)
-                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
-            metrics.SHIP_SECONDS.observe(time.perf_counter() - start)
-            metrics.CHUNKS_SHIPPED.inc()
-            self.unacked_chunks -= 1
-            if ack.seq > self.settled_stream_seq:
-                self.shipped_seqs.append(ack.seq)
-            self.progressed.set()
-            self.outbox.task_done()
-            metrics.RETRY_BUFFER.set(self.outbox.qsize())
-
     async def report_outcomes(self) -> None:
         """Episode outcomes with and without advice, to the router's trust, every `outcome_interval_s`."""
         subject = subjects.outcome_subject(self.settings.run, self.settings.instance)
@@ -569,7 +406,7 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         await runtime.bus.subscribe(subjects.heartbeat_wildcard(run, "advisor"), actor.on_advisor_heartbeat)
         await runtime.bus.subscribe(subjects.digest_request_subject(run, settings.instance), actor.on_digest_request)
         await actor.latest_weights()
-        tasks.start(actor.ship(), name="ship-chunks")
+        tasks.start(actor.shipper.ship(), name="ship-chunks")
         tasks.start(actor.report_outcomes(), name="report-outcomes")
         stepping = tasks.start(actor.run(stop), name="step-loop")
         tasks.start(report_progress("actor", actor.progress, settings.progress_interval_s), name="progress")
@@ -577,9 +414,9 @@ async def serve(settings: ActorSettings, stop: asyncio.Event) -> None:
         grace = settings.nats.publish_timeout_s * 5
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stepping, grace)  # finish and enqueue the current chunk
-            await asyncio.wait_for(actor.outbox.join(), grace)
-        if actor.outbox.qsize():
-            log.error("%d chunks not acknowledged at shutdown", actor.outbox.qsize())
+            await asyncio.wait_for(actor.shipper.outbox.join(), grace)
+        if actor.shipper.outbox.qsize():
+            log.error("%d chunks not acknowledged at shutdown", actor.shipper.outbox.qsize())
         await tasks.stop_all()
     rollout.envs.close()
 
@@ -607,14 +444,6 @@ async def start_onnx(settings: ActorSettings, rollout: Rollout) -> OnnxOptions:
         list(options.providers),
     )
     return options
-
-
-def report_forward(rollout: Rollout) -> None:
-    metrics.POLICY_FORWARD.clear()
-    if rollout.onnx is not None:
-        metrics.POLICY_FORWARD.labels("onnx", rollout.onnx.provider).set(1)
-    else:
-        metrics.POLICY_FORWARD.labels("torch", str(rollout.device)).set(1)
 
 
 def main() -> None:
