@@ -55,7 +55,8 @@ for _name in SERVICE_NAMES:
     _add_service_command(_name)
 
 
-def _sections() -> dict[str, settings_file.Section]:
+def config_sections() -> dict[str, settings_file.Section]:
+    """Every table a configuration file may have (and a benchmark arm's overlay: benchmarks/arms.toml)."""
     classes = {"nats": NatsSettings, "broker": BrokerSettings, "up": RestartPolicy}
     classes |= {name: _settings_class(name) for name in SERVICE_NAMES}
     return settings_file.sections(classes, SERVICE_NAMES)
@@ -77,7 +78,7 @@ def main(
     ] = None,
 ) -> None:
     """Load the configuration file into the environment, then refuse any ALA_* variable that no setting reads."""
-    sections = _sections()
+    sections = config_sections()
     try:
         if config is not None:
             variables = settings_file.read(config, sections, SERVICE_NAMES)

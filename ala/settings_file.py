@@ -56,6 +56,7 @@ NOT_SETTINGS = {
     "ALA_GRAFANA_IMAGE": "compose: the Grafana image",
     "ALA_NATS_HOST": "compose: the host running NATS, for the lab overlays",
     "ALA_SECRETS_DIR": "compose: where the lab overlays find the passwords and the CA",
+    "ALA_SETTINGS_FILE": "compose: the settings file compose.config.yml mounts as ALA_CONFIG",
     # the fault-injection environment of the tests and benchmarks
     "ALA_TEST_CRASH_AFTER_STEPS": "tests: the crashing env's steps before it crashes",
     "ALA_TEST_CRASH_FILE": "tests: the file the crashing env leaves",
@@ -157,6 +158,15 @@ def read(path: Path, all_sections: Mapping[str, Section], services: tuple[str, .
         document = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"cannot read the configuration file {path}: {error}") from error
+    return variables_from(document, all_sections, services, str(path))
+
+
+def variables_from(
+    document: Mapping[str, Any], all_sections: Mapping[str, Section], services: tuple[str, ...], origin: str
+) -> dict[str, str]:
+    """The environment variables a parsed file (or an overlay in the same format: a benchmark's arm) sets; `origin`
+    names it in errors. Raises ConfigError for a key no setting has, with the nearest one."""
+    path = origin
     variables: dict[str, str] = {}
     runtime: dict[str, Any] = {}
     for key, value in document.items():

@@ -36,8 +36,8 @@ from torch import nn
 
 from ala.rl.onnx_policy import OPSET, InferenceGraph, OnnxOptions, OnnxPolicy, export, probe_output
 from ala.rl.policy import Agent, sample_action
-from ala.testing import fresh_agent, rollout
 from benchmarks.report import command_line, provenance, write_report
+from tests.support import fresh_agent, rollout
 
 ENV_ID = "MiniGrid-DoorKey-8x8-v0"
 BOTS = (1, 16, 20, 64)

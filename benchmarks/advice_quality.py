@@ -30,12 +30,12 @@ import typer
 
 from ala.envs import adapter_for
 from ala.envs.minigrid_options import OPTIONS
-from ala.testing import digest_of
 from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import BackendError, create_backend
 from services.advisor.service import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from tests.support import digest_of
 
 ENVS = ("MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0")
 

@@ -23,13 +23,13 @@ import typer
 
 from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
-from ala.testing import digest_of
 from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import AdversarialBackend, Backend, EmbeddedBackend, ExpertBackend, OpenAIBackend
 from services.advisor.cache import AdviceCache
 from services.advisor.service import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from tests.support import digest_of
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 

@@ -32,11 +32,11 @@ import typer
 from ala.broker import EmbeddedBroker, free_port
 from ala.config import NatsSettings
 from ala.rl.onnx_policy import OnnxPolicy
-from ala.testing import broker_settings, running, wait_until
 from benchmarks.report import command_line, provenance, write_report
 from services.actor import metrics
 from services.actor.service import serve
 from services.actor.settings import ActorSettings
+from tests.support import broker_settings, running, wait_until
 
 ENV_ID = "MiniGrid-DoorKey-5x5-v0"
 

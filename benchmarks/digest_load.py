@@ -38,10 +38,10 @@ from nats.aio.msg import Msg
 from ala.broker import EmbeddedBroker, free_port
 from ala.config import BrokerSettings
 from ala.envs import adapter_for
-from ala.testing import actor_heartbeat, digest_of, spec
 from benchmarks.report import command_line, provenance, write_report
 from benchmarks.scrape import metrics_text, sample
 from protos import StateDigest, encode, subjects
+from tests.support import actor_heartbeat, digest_of, spec
 
 RUN = "bench"
 ENV_ID = "MiniGrid-DoorKey-8x8-v0"

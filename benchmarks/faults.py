@@ -46,9 +46,9 @@ from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.metrics import bus_metrics
 from ala.security import STREAMS_OWNER
-from ala.testing import broker_settings, free_port, scrape
 from benchmarks.report import command_line, provenance, write_report
 from protos import WeightsAnnouncement, decode, subjects
+from tests.support import broker_settings, free_port, scrape
 
 SERVICES = ("advisor", "router", "actor", "learner")
 CONTROL = "none"

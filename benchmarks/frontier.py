@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import matplotlib
 
@@ -28,9 +28,15 @@ import numpy as np
 import typer
 
 from benchmarks.learning import Run, paired_ratios, run_stack, steps_per_seed
-from benchmarks.learning_value import ARMS, BUDGET, DEFAULT_BUDGET, advised
+from benchmarks.learning_value import ARMS, BUDGET, DEFAULT_BUDGET, arm_of
 from benchmarks.report import provenance
 from benchmarks.stats import geometric_mean_ratio
+
+
+def simulated(precision: float, latency_s: float, kind: str) -> dict[str, Any]:
+    """The overlay of one cell: the simulated advisor (the planner at a precision, after a latency)."""
+    advisor = {"backend": "simulated", "precision": precision, "latency_s": latency_s, "advice": kind, "seed": 1}
+    return {"advisor": {"advisors": [advisor]}}
 
 
 def cell_name(precision: float, latency_s: float, kind: str) -> str:
@@ -58,12 +64,7 @@ def main(
     steps, seconds = BUDGET.get(env, DEFAULT_BUDGET)
     budget = (max_steps or steps, max_seconds or seconds)
     cells = list(itertools.product(precisions, latencies, kinds))
-    arms = {
-        cell_name(p, latency, kind): advised(
-            {"backend": "simulated", "precision": p, "latency_s": latency, "advice": kind, "seed": 1}
-        )
-        for p, latency, kind in cells
-    }
+    arms = {cell_name(*cell): arm_of(simulated(*cell), cell_name(*cell)) for cell in cells}
     plain_budget = (budget[0], plain_max_seconds or seconds)
     store = out.with_suffix(".json")
     done = resumed(store, env, budget, plain_budget)

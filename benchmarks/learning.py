@@ -39,7 +39,6 @@ import numpy as np
 import typer
 
 from ala.broker import EmbeddedBroker
-from ala.testing import broker_settings, free_port
 from benchmarks.report import provenance
 from benchmarks.scrape import metrics_text, sample
 from benchmarks.stats import (
@@ -52,6 +51,7 @@ from benchmarks.stats import (
     probability_fewer_steps,
 )
 from protos import Evaluation, decode, subjects
+from tests.support import broker_settings, free_port
 
 ARMS = ("local", "up", "up-2actors", "up-hog")
 BUDGET = {  # env steps, seconds

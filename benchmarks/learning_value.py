@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -57,6 +58,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from ala import settings_file
 from benchmarks.learning import (
     Run,
     StackArm,
@@ -99,94 +101,45 @@ FOLLOW = {
 """Read at every evaluation: trust over time, and the policy's entropy (to see a collapse)."""
 
 
-def advised(advisor: dict[str, object], **env: str) -> StackArm:
-    return StackArm(
-        env={
-            "ALA_ADVISOR_ADVISORS": json.dumps([{"name": str(advisor["backend"]), **advisor}]),
-            "ALA_ADVISOR_CACHE": "false",
-            "ALA_ACTOR_JUDGE_RATE": "0.05",
-            **env,
-        },
-        services=SERVICES,
-        scrape=SCRAPE,
-        follow=FOLLOW,
-    )
+ARMS_FILE = Path(__file__).with_name("arms.toml")
+ADVISED: dict[str, Any] = {"advisor": {"cache": False}, "actor": {"judge_rate": 0.05}}
+"""Under every arm with advisors: no answer cache (each run asks for itself), and 5% of advice judged against the
+planner (the precision column)."""
 
 
-def unadvised(**env: str) -> StackArm:
-    """An arm with no advisor: env steps and the policy's entropy are all there is to read."""
+def load_arms(path: Path = ARMS_FILE) -> dict[str, StackArm]:
+    """Every arm of `path` (benchmarks/arms.toml): its overlay's variables, checked as a configuration file's."""
+    return {name: arm_of(overlay, f"{path.name} [{name}]") for name, overlay in tomllib.loads(path.read_text()).items()}
+
+
+def arm_of(overlay: dict[str, Any], origin: str) -> StackArm:
+    """The stack arm an overlay in the configuration file's format describes (`origin` names it in errors)."""
+    from ala.cli import config_sections
+    from services import SERVICE_NAMES
+
+    advisors = overlay.get("advisor", {}).get("advisors", [])
+    for advisor in advisors:
+        advisor.setdefault("name", advisor.get("backend", ""))
+    if advisors:
+        overlay = merged(ADVISED, overlay)
+    env = settings_file.variables_from(overlay, config_sections(), SERVICE_NAMES, origin)
+    if advisors:
+        return StackArm(env=env, services=SERVICES, scrape=SCRAPE, follow=FOLLOW)
+    # No advisor: env steps and the policy's entropy are all there is to read.
     return StackArm(env=env, scrape={"env_steps": SCRAPE["env_steps"]}, follow={"entropy": FOLLOW["entropy"]})
 
 
-ARMS = {
-    "plain": unadvised(),
-    "expert": advised({"backend": "expert"}),
-    "wrong": advised({"backend": "adversarial", "wrong_probability": 1.0}),
-    "half-wrong": advised({"backend": "adversarial", "wrong_probability": 0.5}),
-    "random": advised({"backend": "random"}),
-    # Trust off: null advice never beats the control group, so trust would silence it (and its floor) within a few
-    # dozen episodes, while the expert's stays on through the whole run that matters; off, its batches are advised
-    # throughout, as the trusted expert's are.
-    "null": advised({"backend": "null"}, ALA_ROUTER_TRUST="false"),
-    "llm": advised({"backend": "embedded", "advice": "actions"}),  # per-step advice, as before options
-    "llm-cache": advised({"backend": "embedded", "advice": "actions"}, ALA_ADVISOR_CACHE="true"),
-    # Options per situation (issue 28), each run with a cold situation cache: its LLM calls are the run's own.
-    "llm-options": advised({"backend": "embedded", "advice": "options"}, ALA_ADVISOR_SITUATION_CACHE_DIR=""),
-    "planner-options": advised({"backend": "expert", "advice": "options"}),
-    "skills-uniform": advised({"backend": "random", "advice": "options"}),
-    "expert-shortcut": advised({"backend": "expert"}, ALA_LEARNER_CORRECTION="shortcut"),
-    "expert-notrust": advised({"backend": "expert"}, ALA_ROUTER_TRUST="false"),
-    "expert-anneal": advised({"backend": "expert"}, ALA_ROUTER_SCHEDULE="linear", ALA_ROUTER_SCHEDULE_HORIZON="100"),
-    "distill": advised(
-        {"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="distill", ALA_ROUTER_TRUST="false", ALA_ACTOR_CONTROL_SHARE="0"
-    ),
-    "expert-fullkey": advised({"backend": "expert"}, ALA_ACTOR_STATE_KEY="full_state"),
-    "expert-ask": advised(
-        {"backend": "expert"}, ALA_ACTOR_DIGEST_BOT_INTERVAL_S="0.02", ALA_ACTOR_DIGEST_RATE_PER_S="1000"
-    ),
-    "expert-b3": advised({"backend": "expert"}, ALA_ROUTER_B_MAX="3", ALA_ACTOR_MAX_ABS_BIAS="3"),
-    "expert-ahead": advised({"backend": "expert", "lookahead": 8}),
-    "expert-ahead-both": advised({"backend": "expert", "lookahead": 8}, ALA_ACTOR_ADVICE_MODE="both"),
-    "expert-ahead-b3": advised({"backend": "expert", "lookahead": 8}, ALA_ROUTER_B_MAX="3", ALA_ACTOR_MAX_ABS_BIAS="3"),
-    "wrong-ahead": advised({"backend": "adversarial", "wrong_probability": 1.0, "lookahead": 8}),
-    "expert-s1": advised({"backend": "expert"}, ALA_ROUTER_STRENGTH="1"),
-    "expert-strength": advised({"backend": "expert"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
-    "wrong-strength": advised(
-        {"backend": "adversarial", "wrong_probability": 1.0}, ALA_ROUTER_TRUST_ACTS_ON="strength"
-    ),
-    "random-strength": advised({"backend": "random"}, ALA_ROUTER_TRUST_ACTS_ON="strength"),
-    "plain-vtrace": unadvised(ALA_LEARNER_ADVANTAGE="vtrace"),
-    "expert-vtrace": advised({"backend": "expert"}, ALA_LEARNER_ADVANTAGE="vtrace"),
-    "wrong-vtrace": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADVANTAGE="vtrace"),
-    "random-vtrace": advised({"backend": "random"}, ALA_LEARNER_ADVANTAGE="vtrace"),
-    # Advantage normalisation: the default floors it at 0.1 on batches advice touched only (ADV_NORM_FLOOR_ADVISED);
-    # *-nofloor arms set no floor at all, *-floor arms 0.1 on every batch.
-    "wrong-nofloor": advised(
-        {"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADV_NORM_FLOOR_ADVISED="0"
-    ),
-    "random-nofloor": advised({"backend": "random"}, ALA_LEARNER_ADV_NORM_FLOOR_ADVISED="0"),
-    "plain-nofloor": unadvised(ALA_LEARNER_ADV_NORM_FLOOR="0"),
-    # Advantage normalisation with a floor (an experiment against wrong advice's lasting harm)
-    "plain-floor": unadvised(ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
-    "wrong-floor": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
-    "random-floor": advised({"backend": "random"}, ALA_LEARNER_ADV_NORM_FLOOR="0.1"),
-    "wrong-both-floor": advised(
-        {"backend": "adversarial", "wrong_probability": 1.0},
-        ALA_ACTOR_ADVICE_MODE="both",
-        ALA_LEARNER_ADV_NORM_FLOOR="0.1",
-    ),
-    # The bias alone (the default advice mode before value-8x8.md made it `both`).
-    "expert-bias": advised({"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="bias"),
-    "wrong-bias": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_ACTOR_ADVICE_MODE="bias"),
-    "random-bias": advised({"backend": "random"}, ALA_ACTOR_ADVICE_MODE="bias"),
-    # Bias and distillation together: advice tilts sampling and is distilled where trust lets it reach.
-    "expert-both": advised({"backend": "expert"}, ALA_ACTOR_ADVICE_MODE="both"),
-    "wrong-both": advised({"backend": "adversarial", "wrong_probability": 1.0}, ALA_ACTOR_ADVICE_MODE="both"),
-    "random-both": advised({"backend": "random"}, ALA_ACTOR_ADVICE_MODE="both"),
-    # Scale-out (benchmarks/scale.py): two learner ranks, no advice, against `plain`'s one learner.
-    "ranks2-sync": unadvised(ALA_UP_LEARNER_RANKS="2", ALA_LEARNER_DISTRIBUTED="sync"),
-    "ranks2-merge": unadvised(ALA_UP_LEARNER_RANKS="2", ALA_LEARNER_DISTRIBUTED="merge"),
-}
+def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` over `base`, table by table."""
+    result = dict(base)
+    for key, value in overlay.items():
+        result[key] = (
+            merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+        )
+    return result
+
+
+ARMS = load_arms()
 LOCAL = "local"
 """`ala train --local`, the single-process trainer (benchmarks.learning's baseline), in the same run as the stack
 arms: no advice, stopped once it reaches the threshold (so it shows no final return)."""

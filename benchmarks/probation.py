@@ -37,9 +37,9 @@ import typer
 from ala.broker import EmbeddedBroker
 from ala.envs import adapter_for
 from ala.rl.policy import Agent
-from ala.testing import broker_settings, free_port
 from benchmarks.report import command_line, provenance
 from benchmarks.scrape import metrics_text, sample
+from tests.support import broker_settings, free_port
 
 ENV_ID = "MiniGrid-DoorKey-5x5-v0"
 PROBATION, REGAINED = 0.05, 0.25

@@ -29,10 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
-from ala.testing import actor_heartbeat, free_port
 from benchmarks.report import command_line, provenance, write_report
 from benchmarks.scrape import metrics_text, sample
 from protos import Advice, AdviceTarget, BiasUpdate, decode, encode, subjects
+from tests.support import actor_heartbeat, free_port
 
 RUN = "bench"
 BOTS = 1024

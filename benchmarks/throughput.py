@@ -27,9 +27,9 @@ import typer
 
 from ala.broker import EmbeddedBroker
 from ala.config import BrokerSettings
-from ala.testing import free_port
 from benchmarks.report import command_line, provenance, write_report
 from benchmarks.scrape import scrape
+from tests.support import free_port
 
 
 def local_steps_per_s(env_id: str, total_steps: int) -> float:

@@ -30,9 +30,9 @@ from ala.bus import Bus
 from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
 from ala.rl.trajectory import to_chunk
-from ala.testing import fresh_agent, rollout, sample_messages
 from benchmarks.report import command_line, provenance, write_report
 from protos import Array, MessageBase, decode, encode, subjects
+from tests.support import fresh_agent, rollout, sample_messages
 
 
 def per_call_us(function, number: int) -> float:  # type: ignore[no-untyped-def]

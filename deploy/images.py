@@ -40,12 +40,13 @@ import platform
 import onnxruntime
 import torch
 from ala.rl.onnx_policy import OnnxOptions, export_verified
+from ala.envs import adapter_for
 from ala.rl.policy import Agent
-from ala.testing import spec
 
 assert platform.machine() == "aarch64", platform.machine()
 torch.manual_seed(0)
-policy = export_verified(Agent(spec("MiniGrid-DoorKey-5x5-v0")), OnnxOptions())
+adapter = adapter_for("MiniGrid-DoorKey-5x5-v0")
+policy = export_verified(Agent(adapter.policy_spec(adapter.make())), OnnxOptions())
 print(f"{platform.machine()}: torch {torch.__version__}, onnxruntime {onnxruntime.__version__} "
       f"({policy.provider}): the exported policy verified against torch")
 """

@@ -12,7 +12,7 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.metrics import BusMetrics, bus_metrics
-from ala.testing import broker_settings
+from tests.support import broker_settings
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from ala.broker import BrokerError, EmbeddedBroker, find_nats_server, free_port, render_config
 from ala.config import BrokerSettings
-from ala.testing import broker_settings
+from tests.support import broker_settings
 
 
 def _varz(broker: EmbeddedBroker) -> dict[str, object]:

@@ -12,9 +12,9 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus, PublishError
 from ala.config import NatsSettings
 from ala.metrics import BusMetrics
-from ala.testing import sample_messages, wait_until
 from protos import MessageBase, WireError, decode, decode_any, encode, subjects
 from protos.subjects import TRAJECTORIES
+from tests.support import sample_messages, wait_until
 
 
 async def test_every_message_type_round_trips_through_nats(bus: Bus) -> None:

@@ -18,10 +18,10 @@ from ala.bus import Bus
 from ala.cli import app
 from ala.config import NatsSettings
 from ala.metrics import BusMetrics
-from ala.testing import free_port, wait_until
 from protos import Heartbeat, decode, subjects
 from protos.schema import json_schemas
 from services import SERVICE_NAMES
+from tests.support import free_port, wait_until
 
 runner = CliRunner()
 

@@ -16,7 +16,6 @@ from ala.broker import BrokerCluster, ClusterNode, EmbeddedBroker, render_config
 from ala.bus import MSG_ID_HEADER, Bus
 from ala.config import BrokerSettings, NatsSettings
 from ala.metrics import bus_metrics
-from ala.testing import ENV_ID, free_port, running, wait_until
 from protos import subjects
 from services.actor import metrics as actor_metrics
 from services.actor.service import serve as serve_actor
@@ -25,6 +24,7 @@ from services.learner import metrics as learner_metrics
 from services.learner.checkpoint import read_checkpoint
 from services.learner.service import serve as serve_learner
 from services.learner.settings import LearnerSettings
+from tests.support import ENV_ID, free_port, running, wait_until
 
 RUN = "test"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from ala.config import NatsSettings
-from ala.testing import running, wait_until
 from services.actor import metrics as actor_metrics
 from services.actor.service import serve as serve_actor
 from services.actor.settings import ActorSettings
@@ -23,6 +22,7 @@ from services.learner.service import serve as serve_learner
 from services.learner.settings import LearnerSettings
 from services.router.service import serve as serve_router
 from services.router.settings import RouterSettings
+from tests.support import running, wait_until
 
 FAMILIES = [
     ("MiniGrid-DoorKey-5x5-v0", True),

@@ -13,11 +13,11 @@ from ala.config import NatsSettings
 from ala.envs import adapter_for
 from ala.rl.evaluate import evaluate
 from ala.rl.policy import weights_to_bytes
-from ala.testing import ENV_ID, actor_heartbeat, fresh_agent, running, store_weights
 from protos import Evaluation, decode, subjects
 from services.evaluator import metrics
 from services.evaluator.service import serve
 from services.evaluator.settings import EvaluatorSettings
+from tests.support import ENV_ID, actor_heartbeat, fresh_agent, running, store_weights
 
 
 def test_evaluation_is_reproducible_and_bounded() -> None:

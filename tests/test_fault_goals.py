@@ -18,7 +18,7 @@ CLEAN = (100, 0, 100, 0)
 
 def _scrape(steps: np.ndarray) -> Counts:
     """The actor's step histogram after observing `steps` (seconds), read as the benchmark reads it
-    (`ala.testing.scrape`'s keys, from the exposition text)."""
+    (`tests.support.scrape`'s keys, from the exposition text)."""
     registry = CollectorRegistry()
     histogram = Histogram("ala_actor_step_seconds", "steps", buckets=STEP_BUCKETS, registry=registry)
     for step in steps:

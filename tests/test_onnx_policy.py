@@ -26,8 +26,8 @@ from ala.rl.onnx_policy import (
     select_providers,
 )
 from ala.rl.policy import Agent
-from ala.testing import spec
 from protos import Array, OnnxExport
+from tests.support import spec
 
 CARTPOLE = "CartPole-v1"
 

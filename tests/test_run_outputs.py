@@ -20,7 +20,7 @@ from ala.config import NatsSettings
 from ala.rl.onnx_policy import probe_batch
 from ala.rl.saved import load_policy
 from ala.tensorboard import Scalars
-from ala.testing import wait_until
+from tests.support import wait_until
 
 
 def scalars_in(directory: Path) -> dict[str, list[tuple[int, float]]]:

@@ -20,9 +20,9 @@ from ala.bus import Bus, PublishError, stream_config
 from ala.config import NatsSettings
 from ala.metrics import bus_metrics
 from ala.security import STREAMS_OWNER, USERS
-from ala.testing import broker_settings, sample_messages, wait_until
 from ala.weights import fetch_object
 from protos import Advice, BiasUpdate, TrajectoryChunk, WeightsAnnouncement, encode, subjects
+from tests.support import broker_settings, sample_messages, wait_until
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ala import settings_file
-from ala.cli import _sections, app
+from ala.cli import app, config_sections
 from services import SERVICE_NAMES
 from services.actor.settings import ActorSettings
 from services.advisor.settings import AdvisorSettings
@@ -68,7 +68,7 @@ def test_the_file_sets_each_section_and_the_environment_overrides_it(environ: di
         '[[advisor.advisors]]\nname = "lab"\nbackend = "openai"\nbase_url = "http://dgx.lab:8000/v1"\n'
     )
     environ["ALA_LEARNER_GAMMA"] = "0.95"
-    variables = settings_file.read(config, _sections(), SERVICE_NAMES)
+    variables = settings_file.read(config, config_sections(), SERVICE_NAMES)
     settings_file.apply(variables, environ)
     actor, learner, advisor = ActorSettings(), LearnerSettings(), AdvisorSettings()
     assert (actor.run, actor.num_bots, actor.progress_interval_s) == ("lab", 12, 5.0)  # its own table beats runtime
@@ -92,7 +92,7 @@ def test_config_show_says_where_each_value_came_from(environ: dict[str, str], tm
 
 
 def test_the_lab_file_and_every_deployment_file_name_only_real_settings(environ: dict[str, str]) -> None:
-    sections = _sections()
+    sections = config_sections()
     variables = settings_file.read(LAB, sections, SERVICE_NAMES)
     settings_file.apply(variables, environ)
     assert AdvisorSettings().advisors[0].backend == "openai"

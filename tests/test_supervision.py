@@ -14,7 +14,7 @@ import pytest
 from ala.config import NatsSettings
 from protos import subjects
 
-CRASHING_ENV = "ala.testing:Crashing-v0"
+CRASHING_ENV = "tests.support:Crashing-v0"
 
 
 def _environment(tmp_path: Path, nats_url: str, **extra: str) -> dict[str, str]:
@@ -79,7 +79,7 @@ def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path, cl
 
     from ala.bus import Bus
     from ala.metrics import bus_metrics
-    from ala.testing import free_port, wait_until
+    from tests.support import free_port, wait_until
 
     port = free_port()
     env = dict(
@@ -143,7 +143,7 @@ def test_up_runs_learner_ranks_and_restarts_them_together_when_one_dies(
     import threading
     from collections.abc import Callable
 
-    from ala.testing import wait_until
+    from tests.support import wait_until
 
     env = _environment(
         tmp_path,

@@ -14,8 +14,8 @@ from ala.broker import EmbeddedBroker
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.metrics import bus_metrics
-from ala.testing import broker_settings
 from ala.tls import generate
+from tests.support import broker_settings
 
 
 async def test_services_that_trust_the_lab_ca_talk_over_tls_and_others_cannot(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ from ala.envs.minigrid_options import situation
 from ala.rl.onnx_policy import OPSET, OnnxPolicy, ProbeOutput, export, probe_output
 from ala.rl.policy import Agent, weights_to_bytes
 from ala.rl.trajectory import full_state_key, observation_key
-from ala.testing import ENV_ID, ChunkReader, fresh_agent, running, spec, store_weights, wait_until
 from protos import (
     MAX_ADVISORS,
     AdviceOutcome,
@@ -42,6 +41,7 @@ from protos import (
 from services.actor import metrics
 from services.actor.service import serve
 from services.actor.settings import ActorSettings
+from tests.support import ENV_ID, ChunkReader, fresh_agent, running, spec, store_weights, wait_until
 
 N_ACTIONS = 7
 DELIVERY_MARGIN_S = 0.25
@@ -195,7 +195,7 @@ async def test_advice_on_probation_tilts_sampling_but_is_not_distilled(
 async def test_the_actor_holds_any_bias_to_the_routers_announced_bounds(bus: Bus, nats_settings: NatsSettings) -> None:
     """Whoever publishes on the bias subject: elements beyond the router's b_max are clipped and a TTL beyond its
     max_ttl_s is capped, both counted."""
-    from ala.testing import actor_heartbeat
+    from tests.support import actor_heartbeat
 
     bounded = {what: metrics.BIAS_BOUNDED.labels(what)._value.get() for what in ("element", "ttl")}
     router_heartbeat = msgspec.structs.replace(
@@ -627,7 +627,7 @@ async def test_digests_slow_to_the_probation_trickle_and_stop_when_the_router_tr
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
     """The router's heartbeat names each advisor's reach: the actor asks only as often as the most trusted can use."""
-    from ala.testing import actor_heartbeat
+    from tests.support import actor_heartbeat
 
     def router_heartbeat(reach: dict[str, float]) -> Any:
         beat = actor_heartbeat(created_at=time.time())
@@ -654,7 +654,7 @@ async def test_digests_slow_to_the_probation_trickle_and_stop_when_the_router_tr
 async def test_no_digests_go_out_while_no_live_advisor_reads_what_they_carry(
     bus: Bus, nats_settings: NatsSettings
 ) -> None:
-    from ala.testing import actor_heartbeat
+    from tests.support import actor_heartbeat
 
     def advisor_heartbeat(instance: str, reads: list[str]) -> Any:
         beat = actor_heartbeat(created_at=time.time())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ala.rl.policy import resolve_device
-from ala.testing import fresh_agent, rollout
+from tests.support import fresh_agent, rollout
 
 
 def test_recorded_logprobs_are_those_of_the_sampled_distribution() -> None:

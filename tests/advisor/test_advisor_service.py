@@ -15,13 +15,13 @@ from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.envs.minigrid_expert import plan, plan_ahead
 from ala.rl.trajectory import full_state_key
-from ala.testing import actor_heartbeat, digests, running, spec, wait_until
 from protos import Advice, Heartbeat, StateDigest, decode, encode, subjects
 from services.advisor import metrics
 from services.advisor.backends import ExpertBackend
 from services.advisor.cache import AdviceCache
 from services.advisor.service import Advisor, AdvisorService, serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from tests.support import actor_heartbeat, digests, running, spec, wait_until
 
 
 def _settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:

@@ -14,7 +14,6 @@ import pytest
 from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
 from ala.rl.trajectory import full_state_key
-from ala.testing import ENV_ID, digest_of, digests
 from services.advisor import metrics
 from services.advisor.backends import (
     AdversarialBackend,
@@ -29,6 +28,7 @@ from services.advisor.breaker import BreakerState, CircuitBreaker
 from services.advisor.service import Advisor, Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 from tests.advisor.conftest import HugeServer, ReasoningServer
+from tests.support import ENV_ID, digest_of, digests
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 

@@ -12,7 +12,6 @@ from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.envs import adapter_for
 from ala.rl.trajectory import observation_key, to_chunk
-from ala.testing import ENV_ID, actor_heartbeat, fresh_agent, rollout, running, spec, wait_until
 from protos import decode, encode, subjects
 from protos.messages import ImplicitReward
 from services.advisor import metrics
@@ -21,6 +20,7 @@ from services.advisor.cache import AdviceCache
 from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.service import serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from tests.support import ENV_ID, actor_heartbeat, fresh_agent, rollout, running, spec, wait_until
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 

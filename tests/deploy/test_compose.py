@@ -16,6 +16,7 @@ COMBINATIONS = [
     ["docker-compose.yml", "deploy/compose/lab-rtx.yml"],
     ["docker-compose.yml", "deploy/compose/lab-jetson.yml"],
     ["docker-compose.yml", "compose.cpu.yml", "compose.scale.yml"],
+    ["docker-compose.yml", "compose.cpu.yml", "compose.config.yml"],
 ]
 
 
@@ -105,3 +106,15 @@ def test_the_scale_override_runs_three_routed_nats_nodes_r3_clients_and_two_lear
         ("1", "2", "learner"),
     ]
     assert "ports" not in services["actor"]  # `--scale actor=N` needs no host port per actor
+
+
+def test_the_settings_file_overlay_gives_every_service_the_file_and_keeps_what_they_had() -> None:
+    plain = config(["docker-compose.yml", "compose.cpu.yml"])["services"]
+    services = config(["docker-compose.yml", "compose.cpu.yml", "compose.config.yml"])["services"]
+    for name in ("advisor", "router", "actor", "learner", "evaluator"):
+        assert services[name]["environment"]["ALA_CONFIG"] == "/etc/ala/ala.toml"
+        mounts = {volume["target"]: volume for volume in services[name]["volumes"]}
+        assert mounts["/etc/ala/ala.toml"]["source"] == str(ROOT / "deploy" / "lab.toml")
+        assert mounts["/etc/ala/ala.toml"].get("read_only")
+        before = {volume["target"] for volume in plain[name].get("volumes", [])}
+        assert before <= set(mounts), name  # the secrets and checkpoints volumes stay

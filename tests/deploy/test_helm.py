@@ -132,7 +132,7 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
 
     from ala.broker import find_nats_server
     from ala.security import permissions_document
-    from ala.testing import free_port
+    from tests.support import free_port
 
     docs = render([])
     secret = next(doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == "ala-nats-auth")
@@ -249,7 +249,7 @@ def test_the_charts_tls_secret_serves_on_a_real_nats_server(tmp_path) -> None:
     from ala.bus import Bus
     from ala.config import NatsSettings
     from ala.metrics import bus_metrics
-    from ala.testing import free_port
+    from tests.support import free_port
 
     docs = render([])
     secret = next(doc for doc in docs if doc["kind"] == "Secret" and doc["metadata"]["name"] == "ala-nats-tls")
@@ -285,3 +285,30 @@ def test_the_charts_tls_secret_serves_on_a_real_nats_server(tmp_path) -> None:
     finally:
         server.terminate()
         server.wait()
+
+
+def test_the_settings_file_reaches_every_service_as_ala_config(tmp_path) -> None:
+    """`--set-file config=deploy/lab.toml`: one ConfigMap with the file, mounted in every service, ALA_CONFIG naming
+    it; a changed file changes the pods' checksum, so they restart to read it."""
+    lab = CHART.parents[1] / "lab.toml"
+    extra = ("--set-file", f"config={lab}")
+    run(tool("helm"), "lint", "--strict", str(CHART), *extra)
+    docs = render(HARDWARE["lab"], *extra)
+    (config,) = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-config"]
+    assert config["data"]["ala.toml"] == lab.read_text()
+    checksums = set()
+    services = {name: workload for name, workload in workloads(docs).items() if not name.endswith("-vllm")}
+    assert len(services) == 5
+    for name, workload in services.items():
+        pod = workload["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        assert {"name": "ALA_CONFIG", "value": "/etc/ala/ala.toml"} in container["env"], name
+        assert {"name": "config", "mountPath": "/etc/ala", "readOnly": True} in container["volumeMounts"], name
+        assert {"name": "config", "configMap": {"name": "ala-config"}} in pod["spec"]["volumes"], name
+        checksums.add(pod["metadata"]["annotations"]["checksum/config"])
+    assert len(checksums) == 1
+    without = render(HARDWARE["lab"])
+    assert not [doc for doc in without if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "ala-config"]
+    manifests = tmp_path / "manifests.yaml"
+    manifests.write_text(yaml.safe_dump_all(docs))
+    assert "passed" in run(tool("kubernetes-validate"), "--strict", "-k", "1.30.0", str(manifests))

@@ -19,8 +19,8 @@ from ala.rl import onnx_policy
 from ala.rl.learner import Learner
 from ala.rl.policy import Agent, load_weights, weights_to_bytes
 from ala.rl.rollout import Rollout
-from ala.testing import biased_trajectory, fresh_agent, ppo_settings, spec
 from tests.learner.test_learner_service import _settings, _weights_after_one_update, _zero_lag_trajectory
+from tests.support import biased_trajectory, fresh_agent, ppo_settings, spec
 
 pytestmark = pytest.mark.cuda
 

@@ -6,12 +6,12 @@ import msgspec
 
 from ala.rl.learner import Learner
 from ala.rl.trajectory import to_chunk
-from ala.testing import ppo_settings, rollout, spec
 from protos import encode
 from services.learner.admission import Admission, Admitted, Refused
 from services.learner.checkpoint import TrainedChunks
 from services.learner.implicit import ImplicitRewards
 from services.learner.steps import EnvStepLedger
+from tests.support import ppo_settings, rollout, spec
 
 
 def test_each_chunk_is_trained_once_and_bad_or_foreign_ones_are_refused_for_good() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from ala.rl.learner import Learner
 from ala.rl.trajectory import from_chunk, to_chunk
-from ala.testing import fresh_agent, ppo_settings, rollout, spec
+from tests.support import fresh_agent, ppo_settings, rollout, spec
 
 FAVOURITE = 3
 

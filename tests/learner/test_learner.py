@@ -9,9 +9,9 @@ import torch
 
 from ala.rl.learner import Learner
 from ala.rl.trajectory import BadChunk, from_chunk, to_chunk
-from ala.testing import biased_trajectory, fresh_agent, ppo_settings, rollout, spec
 from protos import Array, decode, encode
 from protos.messages import TrajectoryChunk
+from tests.support import biased_trajectory, fresh_agent, ppo_settings, rollout, spec
 
 
 def _params(learner: Learner) -> torch.Tensor:

@@ -24,11 +24,11 @@ from ala.metrics import bus_metrics
 from ala.rl.distributed import join, leave
 from ala.rl.learner import Learner
 from ala.rl.trajectory import to_chunk
-from ala.testing import actor_heartbeat, free_port, rollout, scrape, spec, wait_until
 from protos import WeightsAnnouncement, decode, encode, subjects
 from protos.messages import TrajectoryChunk
 from services.learner.checkpoint import checkpoint_path, read_checkpoint
 from services.learner.settings import LearnerSettings
+from tests.support import actor_heartbeat, free_port, rollout, scrape, spec, wait_until
 
 CHUNKS = 8
 

@@ -25,12 +25,12 @@ from ala.rl.learner import Learner
 from ala.rl.onnx_policy import OPSET, ProbeOutput, probe_output
 from ala.rl.policy import Agent, load_weights
 from ala.rl.trajectory import Trajectory, to_chunk
-from ala.testing import actor_heartbeat, free_port, rollout, running, scrape, spec, wait_until
 from protos import Array, WeightsAnnouncement, decode, encode, subjects
 from protos.messages import TrajectoryChunk
 from services.learner import metrics
 from services.learner.service import serve
 from services.learner.settings import LearnerSettings
+from tests.support import actor_heartbeat, free_port, rollout, running, scrape, spec, wait_until
 
 
 def _settings(nats: NatsSettings, tmp_path: Path, **overrides: object) -> LearnerSettings:

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ala.testing import sample_messages
 from protos import (
     MESSAGE_TYPES,
     Advice,
@@ -29,6 +28,7 @@ from protos import (
     encode,
 )
 from protos.schema import SCHEMA_DIR, json_schemas, render
+from tests.support import sample_messages
 
 MESSAGES = sample_messages()
 

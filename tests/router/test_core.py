@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ala.envs.minigrid_options import OPTIONS
-from ala.testing import actor_heartbeat, digests
 from protos import Advice, AdviceOutcome, AdviceTarget, Array, BiasUpdate, EpisodeStats, decode, encode
 from services.actor.bias import BiasTable
 from services.advisor.backends import create_backend
 from services.advisor.service import to_advice
 from services.advisor.settings import AdvisorSpec
 from services.router.core import AdviceRejected, LiveConfig, Router
+from tests.support import actor_heartbeat, digests
 
 NOW = 1_000.0
 N = 7

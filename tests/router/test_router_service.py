@@ -17,13 +17,13 @@ from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
-from ala.testing import ENV_ID, ChunkReader, actor_heartbeat, free_port, running, wait_until
 from protos import Advice, AdviceOutcome, AdviceTarget, Array, BiasUpdate, EpisodeStats, decode, subjects
 from services.actor import service as actor_service
 from services.actor.settings import ActorSettings
 from services.router import metrics
 from services.router.service import serve
 from services.router.settings import RouterSettings
+from tests.support import ENV_ID, ChunkReader, actor_heartbeat, free_port, running, wait_until
 
 N = 7
 TOKEN = "s3cret-test-token"

@@ -53,7 +53,7 @@ def test_trust_holds_without_enough_episodes_and_decays_while_nobody_succeeds() 
 
 
 def _router(**config: object) -> Router:
-    from ala.testing import actor_heartbeat
+    from tests.support import actor_heartbeat
 
     router = Router(LiveConfig(strength=1.0, b_max=5.0, trust_initial=0.5, **config))
     router.observe_heartbeat(actor_heartbeat(n_actions=7, created_at=0.0), 0.0)

@@ -1,4 +1,5 @@
-"""Helpers that ALA's tests and benchmarks share (one module; no test imports another test module).
+"""Helpers that ALA's tests and benchmarks share (one module; no test imports another test module). It lives with
+the tests, not in the installed package: benchmarks run from the checkout (`python -m benchmarks.<name>`).
 
 - Services in a test: `running(serve, settings)` runs a service's `serve` in this event loop and stops it cleanly;
   `wait_until` polls state that has no event of its own (a metric); `free_port`; `broker_settings`.
@@ -377,7 +378,7 @@ def digests(count: int, env_id: str = ENV_ID) -> list[StateDigest]:
 
 class CrashingCartPole(gym.Wrapper):  # type: ignore[type-arg]
     """CartPole that raises after `ALA_TEST_CRASH_AFTER_STEPS` steps (default 50), first appending the time of the
-    crash to the file named by `ALA_TEST_CRASH_FILE` (if set). Make it with `gym.make("ala.testing:Crashing-v0")`."""
+    crash to the file named by `ALA_TEST_CRASH_FILE` (if set). Make it with `gym.make("tests.support:Crashing-v0")`."""
 
     def __init__(self) -> None:
         super().__init__(gym.make("CartPole-v1"))
