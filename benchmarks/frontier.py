@@ -2,10 +2,10 @@
 
 The `simulated` advisor (`services/advisor/backends/planners.py`) answers as the planner would with probability
 `precision` and a uniformly wrong answer otherwise, after `latency_s`, at most `max_concurrency` answers in flight:
-what a vLLM server with a model of that quality gives. Through `ala up`, scored with advice off, each (precision, latency,
-kind) cell runs beside `plain` on the same seeds; the heat map shows the geometric mean over seeds of plain's env
-steps to 0.8 over the cell's (above 1: advice pays). Trust is on, as deployed: a cell where trust cuts bad advice off
-shows as about 1.
+what a vLLM server with a model of that quality gives. Through `ala up`, scored with advice off, each (precision,
+latency, kind) cell runs beside `plain` on the same seeds; the heat map shows the geometric mean over seeds of
+plain's env steps to 0.8 over the cell's (above 1: advice pays). Trust is on, as deployed: a cell where trust cuts
+bad advice off shows as about 1.
 
     python -m benchmarks.frontier --env MiniGrid-DoorKey-8x8-v0 --seeds 5 \\
         --precisions 0.5 0.7 0.9 1.0 --latencies 0.1 1 5 --kinds actions --kinds options
