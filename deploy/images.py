@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
+import subprocess
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -188,9 +190,15 @@ def run_python(image: Image, code: str, env: dict[str, str]) -> str:
     return sh(*command, env=env, capture=True, timeout_s=RUN_TIMEOUT_S).strip()
 
 
+OLDEST_QEMU = 8
+"""QEMU 7.2 (Debian bookworm's qemu-user-static) deadlocks in the arm64 image as soon as onnxruntime or torch is
+imported (its main thread in sigsuspend, another on a futex, no CPU used); QEMU 10.0 (Debian trixie's qemu-user,
+statically linked) runs the check in minutes."""
+
+
 def check_emulation() -> None:
     """QEMU user emulation for arm64 registered with binfmt_misc (Debian's qemu-user-static does it), with the F flag
-    that lets it run inside containers."""
+    that lets it run inside containers, and a QEMU new enough to run the check."""
     handler = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
     if platform.machine() == "aarch64":
         return
@@ -198,6 +206,16 @@ def check_emulation() -> None:
         raise SystemExit(
             "arm64 needs QEMU user emulation: apt-get install qemu-user-static binfmt-support "
             "(and `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc` where it is not mounted)"
+        )
+    interpreter = os.path.realpath(handler.read_text().split("interpreter")[1].split()[0])  # not its binfmt link
+    version = subprocess.run([interpreter, "--version"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"version (\d+)\.", version)
+    if found is None or int(found.group(1)) < OLDEST_QEMU:
+        raise SystemExit(
+            f"{interpreter} is {version.splitlines()[0] if version else 'of an unknown version'}: QEMU older than "
+            f"{OLDEST_QEMU} deadlocks on importing onnxruntime or torch under emulation. Debian trixie's qemu-user "
+            "(static) works: copy its /usr/bin/qemu-aarch64 over the registered interpreter, then "
+            "`update-binfmts --disable qemu-aarch64 && update-binfmts --enable qemu-aarch64`"
         )
 
 
