@@ -54,6 +54,11 @@ class Rollout:
         self.finished: list[Episode] = []
         """Episodes completed since the caller last cleared this list."""
 
+    def env(self, bot: int) -> gym.Env:
+        """Bot `bot`'s own env, for what reads a live env's state (its full state, text, a planner): the one place
+        that knows the bots are a `SyncVectorEnv` in this process."""
+        return self.envs.envs[bot]  # type: ignore[attr-defined,no-any-return]
+
     def set_policy(self, agent: Agent, version: int, onnx: OnnxPolicy | None = None) -> None:
         """Swap weights between steps; with `onnx` (the same version as a verified ONNX model), it runs the forward."""
         self.agent = agent

@@ -22,7 +22,7 @@ def make_digest(
 ) -> StateDigest:
     """The bot's state as text for LLMs, its observation, its abstract situation where the adapter declares options
     (option advice is about situations), and the privileged full state where the actor shares it."""
-    env = rollout.envs.envs[bot]  # type: ignore[attr-defined]
+    env = rollout.env(bot)
     observation = rollout.obs[bot]
     full_state = adapter.full_state(env) if with_full_state else None
     situation = adapter.situation(observation)
@@ -48,6 +48,6 @@ def make_digest(
 def digest_contents(adapter: EnvAdapter, rollout: Rollout, with_full_state: bool) -> set[str]:
     """What this actor's digests carry: the observation always, text and the full state where the env has them."""
     contents = {"observation"} | ({"text"} if adapter.has_text else set())
-    if with_full_state and adapter.full_state(rollout.envs.envs[0]) is not None:  # type: ignore[attr-defined]
+    if with_full_state and adapter.full_state(rollout.env(0)) is not None:
         contents.add("full_state")
     return contents

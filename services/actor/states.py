@@ -16,7 +16,7 @@ from services.actor.bias import BiasLookup
 def state_keys(adapter: EnvAdapter, rollout: Rollout, keyed_by: Literal["observation", "full_state"]) -> list[str]:
     """Each bot's state key: of its observation (what its policy sees), or of its full state where asked for."""
     if keyed_by == "full_state":
-        states = [adapter.full_state(env) for env in rollout.envs.envs]  # type: ignore[attr-defined]
+        states = [adapter.full_state(rollout.env(bot)) for bot in range(rollout.num_bots)]
         if all(state is not None for state in states):
             return [observation_key(state) for state in states]  # type: ignore[arg-type]
     return [observation_key(observation) for observation in rollout.obs]
@@ -24,7 +24,7 @@ def state_keys(adapter: EnvAdapter, rollout: Rollout, keyed_by: Literal["observa
 
 def exact_state_keys(adapter: EnvAdapter, rollout: Rollout) -> list[str]:
     """Each bot's exact-state key (advice about exact states is looked up by it first)."""
-    states = [adapter.full_state(env) for env in rollout.envs.envs]  # type: ignore[attr-defined]
+    states = [adapter.full_state(rollout.env(bot)) for bot in range(rollout.num_bots)]
     return [full_state_key(state) if state is not None else "" for state in states]
 
 
@@ -34,6 +34,6 @@ def judge(adapter: EnvAdapter, rollout: Rollout, lookup: BiasLookup, rate: float
     for bot in np.flatnonzero(lookup.bias.any(axis=1)):
         if rng.random() >= rate:
             continue
-        expert = adapter.expert_action(rollout.envs.envs[bot])  # type: ignore[attr-defined]
+        expert = adapter.expert_action(rollout.env(bot))
         verdict = "unknown" if expert is None else "right" if lookup.bias[bot].argmax() == expert else "wrong"
         metrics.ADVICE_JUDGED.labels("state" if lookup.from_state[bot] else "bot", verdict).inc()
