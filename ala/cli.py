@@ -203,7 +203,9 @@ def _settings_table(title: str, settings: BaseSettings) -> Table:
         shown = "********" if isinstance(value, SecretStr) and value.get_secret_value() else str(value)
         variable = env_name.upper()
         source = "file" if variable in _from_file else "environment" if variable in os.environ else "default"
-        table.add_row(variable, shown, source, info.description or "")
+        experimental = isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("experimental")
+        description = ("(experimental) " if experimental else "") + (info.description or "")
+        table.add_row(variable, shown, source, description)
     return table
 
 

@@ -11,6 +11,8 @@ environment overrides the file:
     url = "nats://rtx.lab:4222"
     [learner]                        # ALA_LEARNER_*; likewise advisor, router, actor, evaluator, broker, up
     learning_rate = 7e-4
+    [learner.experimental]           # settings that exist for experiments only (ala.rl.config.EXPERIMENTAL)
+    correction = "shortcut"
     [[advisor.advisors]]             # a list of tables: ALA_ADVISOR_ADVISORS, as JSON
     name = "gpt-oss"
     backend = "openai"
@@ -43,6 +45,7 @@ TOP_LEVEL = {
 }
 """Settings every service shares under one name, set at the top of the file."""
 RUNTIME = "runtime"
+EXPERIMENTAL_TABLE = "experimental"
 NOT_SETTINGS = {
     CONFIG_VARIABLE: "this file",
     "ALA_HEALTH_PORT": "the port the container's health probe asks (python -m ala.probe)",
@@ -80,6 +83,8 @@ class Section:
     """Other variables the section's settings read (ALA_ENV_ID for ALA_ACTOR_ENV_ID)."""
     table_keys: dict[str, set[str]] = field(default_factory=dict)
     """key -> the keys of each table in it, for a list of tables (the advisors)."""
+    experimental: set[str] = field(default_factory=set)
+    """Keys that exist for experiments, set under `[<section>.experimental]` only (`ala.rl.config.EXPERIMENTAL`)."""
 
 
 def variables_of(settings: type[BaseSettings], field_name: str) -> list[str]:
@@ -111,6 +116,9 @@ def sections(classes: Mapping[str, type[BaseSettings]], services: tuple[str, ...
             if variables and variables[0].startswith(prefix) and variables[0] not in TOP_LEVEL.values():
                 section.keys[field_name] = variables[0]
             section.aliases.update(variables[1:])
+            extra = settings.model_fields[field_name].json_schema_extra
+            if isinstance(extra, dict) and extra.get("experimental") and field_name in section.keys:
+                section.experimental.add(field_name)
             item = _list_item_model(settings.model_fields[field_name].annotation)
             if item is not None:
                 section.table_keys[field_name] = set(item.model_fields)
@@ -177,7 +185,20 @@ def variables_from(
             choices = [*TOP_LEVEL, *all_sections]
             raise ConfigError(f"{path}: unknown key or section {key!r}{_suggest(key, choices)}")
         section = all_sections[key]
-        for name, item in value.items():
+        items = dict(value)
+        experiments = items.pop(EXPERIMENTAL_TABLE, {}) if section.experimental else {}
+        for name in items:
+            if name in section.experimental:
+                raise ConfigError(
+                    f"{path}: [{key}] {name!r} is experimental: set it under [{key}.{EXPERIMENTAL_TABLE}]"
+                )
+        for name in experiments if isinstance(experiments, dict) else [EXPERIMENTAL_TABLE]:
+            if name not in section.experimental:
+                known = sorted(section.experimental)
+                raise ConfigError(
+                    f"{path}: [{key}.{EXPERIMENTAL_TABLE}] has no setting {name!r}{_suggest(name, known)}"
+                )
+        for name, item in [*items.items(), *experiments.items()]:
             if name not in section.keys:
                 raise ConfigError(f"{path}: [{key}] has no setting {name!r}{_suggest(name, list(section.keys))}")
             if name in section.table_keys:

@@ -102,7 +102,7 @@ FOLLOW = {
 
 
 ARMS_FILE = Path(__file__).with_name("arms.toml")
-ADVISED: dict[str, Any] = {"advisor": {"cache": False}, "actor": {"judge_rate": 0.05}}
+ADVISED: dict[str, Any] = {"advisor": {"cache": False}, "actor": {"experimental": {"judge_rate": 0.05}}}
 """Under every arm with advisors: no answer cache (each run asks for itself), and 5% of advice judged against the
 planner (the precision column)."""
 

@@ -102,3 +102,22 @@ def test_the_lab_file_and_every_deployment_file_name_only_real_settings(environ:
         named |= set(re.findall(r"^\s*(ALA_[A-Z0-9_]+)\s*[=:]", path.read_text(), re.MULTILINE))
     assert len(named) > 20
     assert named - known == set()
+
+
+def test_experiment_only_settings_live_under_an_experimental_table(environ: dict[str, str], tmp_path: Path) -> None:
+    """A knob that exists for experiments (`ala.rl.config.EXPERIMENTAL`) is set under `[<section>.experimental]`,
+    so a lab's file shows at a glance what is not production; set beside the production ones, it stops start-up."""
+    beside = tmp_path / "beside.toml"
+    beside.write_text('[learner]\ncorrection = "shortcut"\n')
+    code, output = _run("--config", str(beside), "config", "show", "learner")
+    assert code == 2 and "[learner] 'correction' is experimental: set it under [learner.experimental]" in output
+    misspelt = tmp_path / "misspelt.toml"
+    misspelt.write_text('[learner.experimental]\ncorection = "shortcut"\n')
+    code, output = _run("--config", str(misspelt), "config", "show", "learner")
+    assert code == 2 and "has no setting 'corection'; did you mean 'correction'?" in output
+    good = tmp_path / "good.toml"
+    good.write_text('[learner]\ngamma = 0.95\n[learner.experimental]\ncorrection = "shortcut"\n')
+    code, output = _run("--config", str(good), "config", "show", "learner")
+    assert code == 0, output
+    row = next(line for line in output.splitlines() if "ALA_LEARNER_CORRECTION" in line)
+    assert "shortcut" in row and "file" in row and "(experiment" in row  # the description column may be cut

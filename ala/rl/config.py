@@ -11,6 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+EXPERIMENTAL: dict[str, bool] = {"experimental": True}
+"""Marks a setting that exists for experiments (benchmark arms, diagnostics), not for running a lab: a configuration
+file sets it under `[<section>.experimental]` (ala/settings_file.py), and `ala config show` says so."""
+
 
 class RolloutSettings(BaseModel):
     env_id: str = Field("MiniGrid-DoorKey-8x8-v0", description="Gymnasium environment id every bot runs.")
@@ -77,12 +81,17 @@ class PPOSettings(BaseModel):
     )
     correction: Literal["exact", "shortcut", "none"] = Field(
         "exact",
+        json_schema_extra=EXPERIMENTAL,
         description="exact: decoupled PPO with the recorded mu; shortcut: ALA's exp(logp - logp_old - beta*bias[a]);"
         " none: ignore the bias (for comparison only).",
     )
-    advantage: Literal["gae", "vtrace"] = Field("gae", description="Advantage estimator.")
+    advantage: Literal["gae", "vtrace"] = Field(
+        "gae", json_schema_extra=EXPERIMENTAL, description="Advantage estimator."
+    )
     max_weight: float = Field(2.0, gt=0, description="Truncation of the importance weight pi_prox / mu.")
-    shortcut_beta: float = Field(1.0, description="beta of the shortcut ratio (the bias is already scaled: 1).")
+    shortcut_beta: float = Field(
+        1.0, json_schema_extra=EXPERIMENTAL, description="beta of the shortcut ratio (the bias is already scaled: 1)."
+    )
     distill_coef: float = Field(
         1.0,
         ge=0,

@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
-from ala.rl.config import RolloutSettings
+from ala.rl.config import EXPERIMENTAL, RolloutSettings
 
 ORDINAL = re.compile(r"-(\d{1,6})$")
 """The replica number at the end of an instance name: a StatefulSet's pod `ala-actor-2`, or `actor-3`."""
@@ -127,12 +127,14 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     outcome_interval_s: float = Field(2.0, gt=0, description="How often episode outcomes go to the router (trust).")
     state_key: Literal["observation", "full_state"] = Field(
         "observation",
+        json_schema_extra=EXPERIMENTAL,
         description="What names a state for state-scoped advice: observation (what the policy sees; shared by every"
         " bot that sees the same, aliased where different states look alike) or full_state (the adapter's privileged"
         " full state, when it has one: exact, shared less).",
     )
     judge_rate: float = Field(
         0.0,
+        json_schema_extra=EXPERIMENTAL,
         ge=0,
         le=1,
         description="Share of advised bot-steps judged by the env adapter's expert planner (advice precision, in"

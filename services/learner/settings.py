@@ -7,7 +7,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings, tensorboard_dir_field
-from ala.rl.config import PPOSettings
+from ala.rl.config import EXPERIMENTAL, PPOSettings
 
 
 class LearnerSettings(ServiceSettings, PPOSettings):
@@ -79,13 +79,20 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     )
     stats_path: Path | None = Field(
         None,
+        json_schema_extra=EXPERIMENTAL,
         description="Append every update's statistics (losses, entropy, KL, advantage scale, IS weights) to this"
         " file as one JSON line, with the version and the samples trained: the per-update record Prometheus's"
         " sampled gauge cannot give (unset: none).",
     )
     tensorboard_dir: Path | None = tensorboard_dir_field("learner")
-    implicit_rewards: bool = Field(False, description="Add the advisor's bounded implicit rewards (off by default).")
-    max_implicit_reward: float = Field(0.05, ge=0, description="Bound on one implicit reward, enforced here too.")
+    implicit_rewards: bool = Field(
+        False,
+        json_schema_extra=EXPERIMENTAL,
+        description="Add the advisor's bounded implicit rewards (off by default).",
+    )
+    max_implicit_reward: float = Field(
+        0.05, ge=0, json_schema_extra=EXPERIMENTAL, description="Bound on one implicit reward, enforced here too."
+    )
 
     @model_validator(mode="after")
     def _checkpoint_within_policy_lag(self) -> "LearnerSettings":
