@@ -42,19 +42,22 @@ class SavedPolicy:
 
 def save_policy(path: Path | str, policy: SavedPolicy) -> None:
     """Write `policy` to `path` atomically: a crash leaves the old file or the new one."""
-    path = Path(path)
+    state = {
+        "format": FORMAT,
+        "policy": msgspec.to_builtins(policy.spec),
+        "agent": policy.agent.state_dict(),
+        "version": policy.version,
+        "env_steps": policy.env_steps,
+        "evaluation": dict(policy.evaluation),
+    }
+    torch_save_atomically(state, Path(path))
+
+
+def torch_save_atomically(state: dict[str, Any], path: Path) -> None:
+    """`torch.save` of `state` to `path`, written whole and then renamed: a crash leaves the old file or the new one
+    (the learner's checkpoints and the policy files alike)."""
     buffer = io.BytesIO()
-    torch.save(
-        {
-            "format": FORMAT,
-            "policy": msgspec.to_builtins(policy.spec),
-            "agent": policy.agent.state_dict(),
-            "version": policy.version,
-            "env_steps": policy.env_steps,
-            "evaluation": dict(policy.evaluation),
-        },
-        buffer,
-    )
+    torch.save(state, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_bytes(buffer.getvalue())

@@ -9,7 +9,6 @@ before it brings the chunk back to train, a crash after it brings back a chunk t
 from __future__ import annotations
 
 import io
-import os
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import msgspec
 import torch
 
+from ala.rl.saved import torch_save_atomically
 from protos import PolicySpec
 from services.learner.settings import LearnerSettings
 
@@ -60,21 +60,14 @@ class Checkpoint:
 
     def write(self, path: Path) -> None:
         """Atomically: a crash leaves the old checkpoint or the new one."""
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "learner": self.learner,
-                "trained_ids": self.trained_ids,
-                "last_stream_seq": self.last_stream_seq,
-                "env_steps_by_actor": self.env_steps_by_actor,
-                "policy": msgspec.to_builtins(self.policy),
-            },
-            buffer,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(buffer.getvalue())
-        os.replace(partial, path)
+        state = {
+            "learner": self.learner,
+            "trained_ids": self.trained_ids,
+            "last_stream_seq": self.last_stream_seq,
+            "env_steps_by_actor": self.env_steps_by_actor,
+            "policy": msgspec.to_builtins(self.policy),
+        }
+        torch_save_atomically(state, path)
 
 
 def checkpoint_path(settings: LearnerSettings) -> Path:
