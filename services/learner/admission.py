@@ -3,7 +3,8 @@
 A chunk is refused for good (terminated: it must never come back) when it does not decode or fit the policy, belongs
 to another run, or names a version further ahead than `max_policy_lag` (a learner restored from an older checkpoint
 cannot know it). It is dropped (acknowledged) when it was trained already or is waiting in the batch, or is too
-stale to correct for. Everything else is trained, with the advisor's implicit rewards added. Each verdict is counted.
+stale to correct for. Everything else is trained, with the advisor's implicit rewards and the exploration bonus
+added. Each verdict is counted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Container
 from dataclasses import dataclass
 
+from ala.rl.exploration import TransitionCounts
 from ala.rl.learner import Learner
 from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
 from protos import TrajectoryChunk, WireError, decode, subjects
@@ -43,6 +45,7 @@ class Admission:
         trained: Container[str],
         env_steps: EnvStepLedger,
         implicit: ImplicitRewards,
+        exploration: TransitionCounts | None = None,
     ) -> None:
         self.run = run
         self.max_policy_lag = max_policy_lag
@@ -50,6 +53,7 @@ class Admission:
         self.trained = trained
         self.env_steps = env_steps
         self.implicit = implicit
+        self.exploration = exploration
         self.pending: set[str] = set()
         """Chunks admitted and waiting for their batch (a slow batch can see one redelivered)."""
 
@@ -81,5 +85,7 @@ class Admission:
             return Refused(terminate=False)
         trajectory.rewards = trajectory.rewards.copy()  # decoded arrays are read-only views
         metrics.IMPLICIT_REWARDS_APPLIED.inc(self.implicit.apply(trajectory))
+        if self.exploration is not None:
+            metrics.EXPLORATION_BONUS.inc(self.exploration.add_bonus(trajectory))
         self.pending.add(chunk_id)
         return Admitted(chunk_id, trajectory)

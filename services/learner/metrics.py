@@ -43,6 +43,11 @@ WEIGHTS_PUBLISHED = Counter("ala_learner_weights_published", "Weight versions pu
 IMPLICIT_REWARDS_APPLIED = Counter(
     "ala_learner_implicit_rewards_applied", "Steps that received an implicit reward.", registry=REGISTRY
 )
+EXPLORATION_BONUS = Counter(
+    "ala_learner_exploration_bonus",
+    "Sum of the count-based exploration bonus added to trained rewards.",
+    registry=REGISTRY,
+)
 WEIGHTS_PUBLISH_FAILURES = Counter(
     "ala_learner_weights_publish_failures", "Weight versions not published (broker away).", registry=REGISTRY
 )

@@ -41,6 +41,7 @@ from ala.metrics import timed
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.rl.distributed import Ranks, join, leave
+from ala.rl.exploration import TransitionCounts
 from ala.rl.learner import Learner
 from ala.rl.policy import resolve_device
 from ala.rl.trajectory import Trajectory
@@ -90,8 +91,17 @@ class LearnerWorker:
         self.checkpoint_path = checkpoint_path(settings)
         self.implicit = ImplicitRewards(settings.max_implicit_reward)
         self.env_steps = EnvStepLedger()
+        exploration = None
+        if settings.exploration_bonus > 0:
+            exploration = TransitionCounts(settings.exploration_bonus, settings.exploration_alpha)
         self.admission = Admission(
-            settings.run, settings.max_policy_lag, learner, self.trained, self.env_steps, self.implicit
+            settings.run,
+            settings.max_policy_lag,
+            learner,
+            self.trained,
+            self.env_steps,
+            self.implicit,
+            exploration,
         )
         self.unsettled: list[tuple[Msg, str]] = []
         """Chunks trained on but not yet acknowledged, with their ids: they wait for the checkpoint that includes their

@@ -94,6 +94,21 @@ class LearnerSettings(ServiceSettings, PPOSettings):
         0.05, ge=0, json_schema_extra=EXPERIMENTAL, description="Bound on one implicit reward, enforced here too."
     )
 
+    exploration_bonus: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        json_schema_extra=EXPERIMENTAL,
+        description="beta of the count-based exploration bonus beta / sqrt(N(s,a,s') + alpha) added to every trained"
+        " step's reward (ala/rl/exploration.py; 0: off).",
+    )
+    exploration_alpha: float = Field(
+        1.0,
+        gt=0,
+        json_schema_extra=EXPERIMENTAL,
+        description="The Laplace constant added to every transition count of the exploration bonus.",
+    )
+
     @model_validator(mode="after")
     def _checkpoint_within_policy_lag(self) -> "LearnerSettings":
         if self.checkpoint_every > max(1, self.max_policy_lag):
