@@ -33,7 +33,7 @@ from ala.envs.minigrid_options import OPTIONS
 from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import BackendError, create_backend
-from services.advisor.service import Prompt
+from services.advisor.prompt import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 from tests.support import digest_of
 

@@ -27,7 +27,7 @@ from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import AdversarialBackend, Backend, EmbeddedBackend, ExpertBackend, OpenAIBackend
 from services.advisor.cache import AdviceCache
-from services.advisor.service import Prompt
+from services.advisor.prompt import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 from tests.support import digest_of
 

@@ -33,7 +33,7 @@ from benchmarks.advice_quality import ENVS, Labelled, labelled_states, situation
 from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import EmbeddedBackend
-from services.advisor.service import Prompt
+from services.advisor.prompt import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 
 CONTENT_FREE = "You see nothing in particular."

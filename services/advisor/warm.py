@@ -14,7 +14,9 @@ import numpy as np
 
 from ala.envs import adapter_for
 from protos import Array, PolicySpec, StateDigest
-from services.advisor.service import Advisor, Prompt, build_advisors
+from services.advisor.advisor import Advisor
+from services.advisor.prompt import Prompt
+from services.advisor.service import build_advisors
 from services.advisor.settings import AdvisorSettings
 
 

@@ -17,9 +17,10 @@ from ala.envs.minigrid_expert import plan, plan_ahead
 from ala.rl.trajectory import full_state_key
 from protos import Advice, Heartbeat, StateDigest, decode, encode, subjects
 from services.advisor import metrics
+from services.advisor.advisor import Advisor
 from services.advisor.backends import ExpertBackend
 from services.advisor.cache import AdviceCache
-from services.advisor.service import Advisor, AdvisorService, serve
+from services.advisor.service import AdvisorService, serve
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 from tests.support import actor_heartbeat, digests, running, spec, wait_until
 
@@ -204,8 +205,8 @@ async def _publish_until_answered(bus: Bus, digest: StateDigest, answered: async
 
 
 def test_advice_names_the_state_its_advisor_read_unless_the_advisor_speaks_per_bot() -> None:
+    from services.advisor.advice import advice_key, to_advice
     from services.advisor.backends import ExpertBackend, RandomBackend, Suggestion
-    from services.advisor.service import advice_key, to_advice
 
     digest = msgspec.structs.replace(
         digests(1)[0], bot=3, state_key="0123456789abcdef", full_state_key="full:fedcba9876543210"

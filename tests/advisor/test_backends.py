@@ -15,6 +15,7 @@ from ala.envs import adapter_for
 from ala.envs.minigrid_expert import plan
 from ala.rl.trajectory import full_state_key
 from services.advisor import metrics
+from services.advisor.advisor import Advisor
 from services.advisor.backends import (
     AdversarialBackend,
     BackendError,
@@ -25,7 +26,7 @@ from services.advisor.backends import (
     parse_answer,
 )
 from services.advisor.breaker import BreakerState, CircuitBreaker
-from services.advisor.service import Advisor, Prompt
+from services.advisor.prompt import Prompt
 from services.advisor.settings import AdvisorSettings, AdvisorSpec
 from tests.advisor.conftest import HugeServer, ReasoningServer
 from tests.support import ENV_ID, digest_of, digests

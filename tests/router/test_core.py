@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from ala.envs.minigrid_options import OPTIONS
 from protos import Advice, AdviceOutcome, AdviceTarget, Array, BiasUpdate, EpisodeStats, decode, encode
 from services.actor.bias import BiasTable
+from services.advisor.advice import to_advice
 from services.advisor.backends import create_backend
-from services.advisor.service import to_advice
 from services.advisor.settings import AdvisorSpec
 from services.router.core import AdviceRejected, LiveConfig, Router
 from tests.support import actor_heartbeat, digests
