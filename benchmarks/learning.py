@@ -15,6 +15,9 @@ stamped by the learner. Stack seconds are from process start (`ala up`). Reports
 intervals, paired per-seed ratios to `local`, provenance) and PNG curves (mean and spread over seeds).
 
     python -m benchmarks.learning [--seeds 5] [--envs MiniGrid-DoorKey-5x5-v0] [--arms local --arms up] [--quick]
+
+Why one file of ~440 lines: running a stack, following it and scoring runs are the benchmark's one procedure,
+shared by every learning benchmark; the reports and statistics live in report.py and stats.py.
 """
 
 from __future__ import annotations

@@ -42,6 +42,9 @@ of judged advised steps whose favourite action is the planner's for the state th
 (`ALA_ACTOR_JUDGE_RATE`).
 
     python -m benchmarks.learning_value [--envs MiniGrid-DoorKey-5x5-v0] [--arms plain --arms expert] [--seeds 5]
+
+Why one file of ~330 lines: the arms' runner and its report, one benchmark; the arms themselves are data
+(benchmarks/arms.toml).
 """
 
 from __future__ import annotations

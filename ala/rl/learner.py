@@ -14,6 +14,9 @@ pulls the policy towards `softmax(advice / distill_temperature)` on advised step
 on-policy: no bias, `mu = pi_old`.
 Actors in `advice_mode=both` apply the bias and record it as advice: the correction above handles the bias, and the
 same term distils the advice that trust let reach each episode.
+
+Why one file of ~380 lines: one PPO update with its corrections (importance weights, lag, distillation) reads
+best top to bottom, as CleanRL's single-file update does.
 """
 
 from __future__ import annotations
