@@ -1,6 +1,7 @@
 """Fetching announced policy weights from the JetStream Object Store, verified, into a fresh network: what actors
 and the evaluator both do with a `WeightsAnnouncement`; and, for actors that run ONNX, the version's ONNX model,
-verified against the torch output the learner announced with it."""
+verified against the torch output the learner announced with it. `NewestVersion` is the one-slot mailbox both
+followers keep announcements in."""
 
 from __future__ import annotations
 
@@ -69,3 +70,36 @@ async def fetch_object(bus: Bus, bucket: str, name: str, size: int, sha256: str,
     if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
         raise Rejected("sha256", f"{name} fails its size/sha256 check")
     return data
+
+
+class NewestVersion:
+    """The announcement still to be handled, for a follower that handles one at a time (the actor's weights follower
+    fetches it, the evaluator scores it): the latest one offered replaces one not yet taken. Which announcements are
+    worth offering is the follower's rule (the evaluator's: newer ones; the actor's: any but the version in use, since
+    a learner restarted without its checkpoint starts again from 0)."""
+
+    def __init__(self) -> None:
+        self.wanted: WeightsAnnouncement | None = None
+        self.replaced = 0
+        """Announcements replaced before they were taken (the follower was busy)."""
+        self._ready = asyncio.Event()
+
+    def offer(self, announcement: WeightsAnnouncement) -> None:
+        if self.wanted is not None:
+            self.replaced += 1
+        self.wanted = announcement
+        self._ready.set()
+
+    def take(self) -> WeightsAnnouncement | None:
+        """The announcement to handle now, if any (it is then no longer wanted)."""
+        wanted, self.wanted = self.wanted, None
+        self._ready.clear()
+        return wanted
+
+    async def next(self) -> WeightsAnnouncement:
+        """Wait for an announcement to handle, and take it."""
+        while self.wanted is None:
+            await self._ready.wait()
+        announcement = self.take()
+        assert announcement is not None
+        return announcement

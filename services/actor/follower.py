@@ -19,7 +19,7 @@ from ala.rl.onnx_policy import OnnxOptions, OnnxPolicy
 from ala.rl.policy import Agent
 from ala.rl.rollout import Rollout
 from ala.service import ServiceTasks
-from ala.weights import fetch_onnx_policy, fetch_policy
+from ala.weights import NewestVersion, fetch_onnx_policy, fetch_policy
 from protos import WeightsAnnouncement
 from services.actor import metrics
 
@@ -55,14 +55,14 @@ class WeightsFollower:
         """An ONNX model (a TensorRT engine) is being built and verified in a worker thread."""
         self._pending: tuple[Agent, OnnxPolicy | None, int] | None = None
         self._fetch: asyncio.Task[None] | None = None
-        self._wanted: WeightsAnnouncement | None = None
+        self._wanted = NewestVersion()
 
     def want(self, announcement: WeightsAnnouncement) -> None:
         """Fetch this version (any but the one in use: a learner restarted without its checkpoint starts from 0)."""
         if self.has_learner_weights and announcement.version == self.rollout.policy_version:
             return
         self.latest_announced = announcement.version
-        self._wanted = announcement
+        self._wanted.offer(announcement)
         if self._fetch is None or self._fetch.done():
             self._fetch = self.tasks.start(self._fetch_weights(), name="fetch-weights")
 
@@ -71,7 +71,7 @@ class WeightsFollower:
         installed, and the bots sample on with the one they have until it is ready."""
         if self.building:
             return False
-        return self._wanted is not None or (self._fetch is not None and not self._fetch.done())
+        return self._wanted.wanted is not None or (self._fetch is not None and not self._fetch.done())
 
     def install_pending(self) -> None:
         """Between chunks: the version fetched and verified since the last chunk, if any."""
@@ -91,8 +91,7 @@ class WeightsFollower:
         is retried with backoff until it succeeds or a newer announcement replaces it: an actor left on old
         weights ships only stale chunks, which the learner cannot train on, so nothing else would unstick it."""
         retry_s = WEIGHTS_RETRY_S
-        while self._wanted is not None:
-            announcement, self._wanted = self._wanted, None
+        while (announcement := self._wanted.take()) is not None:
             try:
                 agent = await fetch_policy(self.bus, announcement, self.spec, self.rollout.device, self.fetch_timeout_s)
                 onnx = None
@@ -108,10 +107,11 @@ class WeightsFollower:
             except Rejected as exc:
                 metrics.WEIGHTS_REJECTED.labels(exc.reason).inc()
                 log.warning("weights rejected (%s): %s", exc.reason, exc)
-                if exc.reason in ("missing", "timeout") and self._wanted is None:
+                if exc.reason in ("missing", "timeout") and self._wanted.wanted is None:
                     await asyncio.sleep(retry_s)
                     retry_s = min(2 * retry_s, MAX_WEIGHTS_RETRY_S)
-                    self._wanted = self._wanted or announcement
+                    if self._wanted.wanted is None:  # unless a newer announcement came meanwhile
+                        self._wanted.offer(announcement)
                 continue
             retry_s = WEIGHTS_RETRY_S
             self._pending = (agent, onnx, announcement.version)

@@ -30,7 +30,7 @@ from ala.rl.policy import Agent
 from ala.rl.saved import SavedPolicy, load_policy, save_policy
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
 from ala.tensorboard import Scalars
-from ala.weights import fetch_policy
+from ala.weights import NewestVersion, fetch_policy
 from protos import Evaluation, WeightsAnnouncement, WireError, decode, subjects
 from services.evaluator import metrics
 from services.evaluator.settings import EvaluatorSettings
@@ -42,9 +42,8 @@ class Evaluator:
     def __init__(self, settings: EvaluatorSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        self.newest: WeightsAnnouncement | None = None
+        self.newest = NewestVersion()
         """The newest announcement to evaluate."""
-        self.ready = asyncio.Event()
         self.last: Evaluation | None = None
         self._log = RateLimitedLog(log)
         self.scalars = Scalars(settings.tensorboard_dir, settings.run, f"evaluator-{settings.instance}")
@@ -57,21 +56,17 @@ class Evaluator:
         except WireError:
             metrics.SKIPPED.labels("decode").inc()
             return
-        newest = self.newest.version if self.newest else (self.last.policy_version if self.last else -1)
+        waiting = self.newest.wanted
+        newest = waiting.version if waiting else (self.last.policy_version if self.last else -1)
         if announcement.version % self.settings.every_versions or announcement.version <= newest:
             return  # not a version to score, or a progress re-announcement of one already seen
-        if self.newest is not None:
+        if waiting is not None:
             metrics.SKIPPED.labels("behind").inc()
-        self.newest = announcement
-        self.ready.set()
+        self.newest.offer(announcement)
 
     async def run(self) -> None:
         while True:
-            await self.ready.wait()
-            self.ready.clear()
-            if self.newest is None:
-                continue
-            announcement, self.newest = self.newest, None
+            announcement = await self.newest.next()
             try:
                 await self.score(announcement)
             except Rejected as exc:
