@@ -1,10 +1,13 @@
 """Score a policy alone (no bias) on a fixed set of held-out env seeds: one episode per seed, all seeds stepped
-together as one vector env, with sampled and with greedy actions. No NATS here; the evaluator service wires it."""
+together as one vector env, with sampled and with greedy actions; and, on request, one episode as a video. No NATS
+here; the evaluator service wires it."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -58,3 +61,42 @@ def _play(agent: Agent, envs: gym.vector.VectorEnv, greedy: bool, seed: int) -> 
         returns += np.where(done, 0.0, rewards)
         done |= terminated | truncated
     return Score(float(returns.mean()), float((returns > 0).mean()))
+
+
+@dataclass(frozen=True)
+class RecordedEpisode:
+    path: Path
+    steps: int
+    episode_return: float
+
+
+def record_episode(agent: Agent, adapter: EnvAdapter, path: Path, seed: int = 0) -> RecordedEpisode:
+    """The first held-out episode, played with sampled actions, rendered to the MP4 file `path` by Gymnasium's
+    `RecordVideo` (which needs moviepy: `pip install 'ala[video]'`)."""
+    from gymnasium.wrappers import RecordVideo  # imports moviepy lazily, on the first frame written
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        env = RecordVideo(
+            adapter.make(render_mode="rgb_array"),
+            str(Path(folder) / "video"),  # a folder of its own: RecordVideo warns when it exists
+            episode_trigger=lambda _: True,
+            name_prefix="episode",
+        )
+        try:
+            obs, _ = env.reset(seed=HELD_OUT_SEED)
+            generator = torch.Generator().manual_seed(seed)
+            done, steps, episode_return = False, 0, 0.0
+            while not done:
+                with torch.inference_mode():
+                    logits, _ = agent.logits_and_value(torch.as_tensor(np.asarray(obs, dtype=np.float32))[None])
+                    action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+                obs, reward, terminated, truncated, _ = env.step(action)
+                done, steps, episode_return = terminated or truncated, steps + 1, episode_return + float(reward)
+        finally:
+            env.close()  # writes the file
+        videos = list((Path(folder) / "video").glob("*.mp4"))
+        if len(videos) != 1:
+            raise RuntimeError(f"RecordVideo wrote {len(videos)} videos for one episode")
+        videos[0].replace(path)
+    return RecordedEpisode(path, steps, episode_return)

@@ -24,6 +24,7 @@ SECONDS = Histogram("ala_eval_seconds", "One evaluation, both modes.", buckets=S
 BEST_RETURN = Gauge(
     "ala_eval_best_return", "Sampled mean return of the best version kept (best.pt) in this process.", registry=REGISTRY
 )
+VIDEOS = Counter("ala_eval_videos", "Evaluation videos, by outcome (written, failed).", ["outcome"], registry=REGISTRY)
 BEST_SAVE_FAILURES = Counter(
     "ala_eval_best_save_failures",
     "Best versions that could not be written (disk full, permissions).",

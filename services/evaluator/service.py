@@ -21,11 +21,11 @@ import torch
 from nats.aio.msg import Msg
 
 from ala.bus import Bus
-from ala.envs import adapter_for
+from ala.envs import EnvAdapter, adapter_for
 from ala.progress import report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.rejection import Rejected
-from ala.rl.evaluate import evaluate
+from ala.rl.evaluate import evaluate, record_episode
 from ala.rl.policy import Agent
 from ala.rl.saved import SavedPolicy, load_policy, save_policy
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
@@ -45,6 +45,7 @@ class Evaluator:
         self.newest = NewestVersion()
         """The newest announcement to evaluate."""
         self.last: Evaluation | None = None
+        self.evaluations = 0
         self._log = RateLimitedLog(log)
         self.scalars = Scalars(settings.tensorboard_dir, settings.run, f"evaluator-{settings.instance}")
         self.best_path = settings.best_dir / settings.run / "best.pt" if settings.best_dir else None
@@ -113,6 +114,9 @@ class Evaluator:
         await self.bus.publish(subjects.evaluation_subject(self.settings.run), self.last, kind="evaluation")
         self.chart(self.last, scored_greedy=result.greedy is not None)
         await self.keep_if_best(agent, self.last)
+        self.evaluations += 1
+        if self.settings.video_dir is not None and (self.evaluations - 1) % self.settings.video_every == 0:
+            await self.record(agent, announcement.version, adapter_for(spec.env_id))
 
     def chart(self, e: Evaluation, scored_greedy: bool) -> None:
         """The evaluation as TensorBoard scalars at the env steps behind the version (when `tensorboard_dir` is set)."""
@@ -121,6 +125,20 @@ class Evaluator:
             scalars |= {"greedy_return": e.greedy_return, "greedy_success_rate": e.greedy_success_rate}
         self.scalars.add(scalars | {"policy_version": e.policy_version}, e.env_steps, prefix="eval")
         self.scalars.flush()  # an evaluation every few seconds at most: each is seen at once
+
+    async def record(self, agent: Agent, version: int, adapter: EnvAdapter) -> None:
+        """One held-out episode of `version` as a video (the first evaluation's, then every `video_every`-th); a
+        video that cannot be written is counted and logged, and evaluation goes on."""
+        assert self.settings.video_dir is not None
+        path = self.settings.video_dir / self.settings.run / f"v{version:06d}.mp4"
+        try:
+            await asyncio.to_thread(record_episode, agent, adapter, path, self.settings.seed)
+        except Exception as exc:  # an encoder or a disk can fail in many ways; scoring must go on
+            metrics.VIDEOS.labels("failed").inc()
+            self._log.warning("no video of v%d: %s: %s", version, type(exc).__name__, exc)
+            return
+        metrics.VIDEOS.labels("written").inc()
+        log.info("video of v%d: %s", version, path)
 
     async def keep_if_best(self, agent: Agent, e: Evaluation) -> None:
         """Keep the version as best.pt when its sampled return beats every one before it (as SB3's EvalCallback

@@ -1,9 +1,10 @@
 """Settings of the evaluator; every field is also an environment variable `ALA_EVALUATOR_<FIELD>`."""
 
+import importlib.util
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings, tensorboard_dir_field
@@ -26,8 +27,23 @@ class EvaluatorSettings(ServiceSettings):
     )
     torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")
     tensorboard_dir: Path | None = tensorboard_dir_field("evaluator")
+    video_dir: Path | None = Field(
+        None,
+        description="Record one held-out episode of the first and every `video_every`-th evaluated version as"
+        " <dir>/<run>/v<version>.mp4 (Gymnasium's RecordVideo; needs `pip install 'ala[video]'`); unset: none.",
+    )
+    video_every: int = Field(10, ge=1, description="With `video_dir`: a video every this many evaluations.")
     best_dir: Path | None = Field(
         Path(".ala/checkpoints"),
         description="Keep the best version evaluated so far (by sampled mean return) as <dir>/<run>/best.pt, beside the"
         " learner's latest.pt (`ala export --which best`); empty: none.",
     )
+
+    @model_validator(mode="after")
+    def _video_can_be_written(self) -> "EvaluatorSettings":
+        if self.video_dir is not None and importlib.util.find_spec("moviepy") is None:
+            raise ValueError(
+                "ALA_EVALUATOR_VIDEO_DIR is set but moviepy, which writes the videos, is not installed:"
+                " pip install 'ala[video]'"
+            )
+        return self
