@@ -1,3 +1,3 @@
-from ala.cli import app
+from ala.cli import run
 
-app(prog_name="ala")
+run()

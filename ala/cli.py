@@ -12,12 +12,13 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.table import Table
@@ -346,3 +347,23 @@ def warm(
 def version() -> None:
     """Print ALA's version."""
     console.print(__version__)
+
+
+def run() -> None:
+    """The `ala` command: the app, with invalid settings said in one sentence per value instead of a traceback."""
+    try:
+        app(prog_name="ala")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(all)'}: {error['msg']} (got {error['input']!r})"
+            for error in exc.errors()
+        )
+        console.print(
+            f"invalid settings ({exc.title}): {problems}. Each is an ALA_* variable or a key of the --config file"
+            " (`ala config show` lists them).",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)

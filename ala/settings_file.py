@@ -30,9 +30,9 @@ import tomllib
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
-from pydantic import AliasChoices, BaseModel
+from pydantic import AliasChoices, BaseModel, Tag
 from pydantic_settings import BaseSettings
 
 CONFIG_VARIABLE = "ALA_CONFIG"
@@ -81,8 +81,11 @@ class Section:
     """key -> environment variable."""
     aliases: set[str] = field(default_factory=set)
     """Other variables the section's settings read (ALA_ENV_ID for ALA_ACTOR_ENV_ID)."""
-    table_keys: dict[str, set[str]] = field(default_factory=dict)
-    """key -> the keys of each table in it, for a list of tables (the advisors)."""
+    table_keys: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    """key -> the keys of each table in it by the table's kind, for a list of tables (the advisors, by backend; ""
+    for a list of one kind)."""
+    table_tag: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """key -> (the key that names a table's kind, the kind of a table without it), for a list of several kinds."""
     experimental: set[str] = field(default_factory=set)
     """Keys that exist for experiments, set under `[<section>.experimental]` only (`ala.rl.config.EXPERIMENTAL`)."""
 
@@ -119,9 +122,11 @@ def sections(classes: Mapping[str, type[BaseSettings]], services: tuple[str, ...
             extra = settings.model_fields[field_name].json_schema_extra
             if isinstance(extra, dict) and extra.get("experimental") and field_name in section.keys:
                 section.experimental.add(field_name)
-            item = _list_item_model(settings.model_fields[field_name].annotation)
-            if item is not None:
-                section.table_keys[field_name] = set(item.model_fields)
+            kinds = _list_item_kinds(settings.model_fields[field_name].annotation)
+            if kinds:
+                section.table_keys[field_name] = {tag: set(model.model_fields) for tag, model in kinds.items()}
+                if "" not in kinds:  # a union tagged by a Literal field (the advisors' `backend`)
+                    section.table_tag[field_name] = _tag_field(kinds)
         result[name] = section
     result["up"].keys["learner_ranks"] = "ALA_UP_LEARNER_RANKS"
     shared = set.intersection(*(set(result[service].keys) for service in services))
@@ -129,13 +134,36 @@ def sections(classes: Mapping[str, type[BaseSettings]], services: tuple[str, ...
     return result
 
 
-def _list_item_model(annotation: Any) -> type[BaseModel] | None:
-    """Model for a `list[Model]` field (a list of tables in the file), else None."""
-    if get_origin(annotation) is list:
-        (item,) = get_args(annotation)
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            return item
-    return None
+def _list_item_kinds(annotation: Any) -> dict[str, type[BaseModel]]:
+    """For a `list[Model]` field (a list of tables in the file): {"": Model}; for a list of a tagged union of models
+    (`Annotated[Annotated[A, Tag("a")] | ..., Discriminator(...)]`): each tag's model; else {}."""
+    if get_origin(annotation) is not list:
+        return {}
+    (item,) = get_args(annotation)
+    if isinstance(item, type) and issubclass(item, BaseModel):
+        return {"": item}
+    if get_origin(item) is not Annotated:
+        return {}
+    kinds = {}
+    for member in get_args(get_args(item)[0]):
+        model, *marks = get_args(member)
+        tags = [mark.tag for mark in marks if isinstance(mark, Tag)]
+        if tags and isinstance(model, type) and issubclass(model, BaseModel):
+            kinds[tags[0]] = model
+    return kinds
+
+
+def _tag_field(kinds: dict[str, type[BaseModel]]) -> tuple[str, str]:
+    """The field every kind declares as a one-value Literal of its tag, and the kind whose field has a default."""
+    model = next(iter(kinds.values()))
+    for name in model.model_fields:
+        if all(
+            name in kind.model_fields and get_args(kind.model_fields[name].annotation) == (tag,)
+            for tag, kind in kinds.items()
+        ):
+            default = next((tag for tag, kind in kinds.items() if kind.model_fields[name].default == tag), "")
+            return name, default
+    raise TypeError(f"the union of {sorted(kinds)} has no tag field")
 
 
 def known_variables(all_sections: Mapping[str, Section]) -> set[str]:
@@ -203,10 +231,8 @@ def variables_from(
                 raise ConfigError(f"{path}: [{key}] has no setting {name!r}{_suggest(name, list(section.keys))}")
             if name in section.table_keys:
                 for table in item if isinstance(item, list) else []:
-                    for table_key in table if isinstance(table, dict) else {}:
-                        if table_key not in section.table_keys[name]:
-                            suggestion = _suggest(table_key, sorted(section.table_keys[name]))
-                            raise ConfigError(f"{path}: [[{key}.{name}]] has no key {table_key!r}{suggestion}")
+                    if isinstance(table, dict):
+                        _check_table(table, section, name, f"{path}: [[{key}.{name}]]")
             if key == RUNTIME:
                 runtime[name] = item
             else:
@@ -215,6 +241,25 @@ def variables_from(
         for name, item in runtime.items():
             variables.setdefault(all_sections[service].keys[name], _as_variable(item))
     return variables
+
+
+def _check_table(table: dict[str, Any], section: Section, name: str, where: str) -> None:
+    """Every key of one table in a list of tables is one its kind has (the advisors: its backend's keys)."""
+    kinds = section.table_keys[name]
+    kind, tag = "", "kind"
+    if name in section.table_tag:
+        tag, default = section.table_tag[name]
+        kind = str(table.get(tag, default))
+        if kind not in kinds:
+            raise ConfigError(f"{where} has no {tag} {kind!r}{_suggest(kind, sorted(kinds))}")
+        where = f"{where} ({tag} {kind})"
+    for table_key in table:
+        if table_key in kinds[kind]:
+            continue
+        elsewhere = sorted(other for other, keys in kinds.items() if table_key in keys)
+        close = _suggest(table_key, sorted(kinds[kind]))
+        hint = f" (only {tag} {' and '.join(elsewhere)} has it)" if elsewhere else close
+        raise ConfigError(f"{where} has no key {table_key!r}{hint}")
 
 
 def apply(variables: Mapping[str, str], environ: MutableMapping[str, str]) -> dict[str, str]:

@@ -34,7 +34,7 @@ from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import BackendError, create_backend
 from services.advisor.prompt import Prompt
-from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.settings import AdvisorSettings, AdvisorSpec, advisor_spec
 from tests.support import digest_of
 
 ENVS = ("MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0")
@@ -184,7 +184,7 @@ def main(
     ]
     results = {}
     for raw in advisor:
-        spec = AdvisorSpec.model_validate_json(raw)
+        spec = advisor_spec(**json.loads(raw))
         per_step, per_option, answers = asyncio.run(score(spec, states, ask_per_step))
         results[spec.name] = answers
         lines += [

@@ -28,7 +28,7 @@ from protos import StateDigest
 from services.advisor.backends import AdversarialBackend, Backend, EmbeddedBackend, ExpertBackend, OpenAIBackend
 from services.advisor.cache import AdviceCache
 from services.advisor.prompt import Prompt
-from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.settings import AdvisorSettings, advisor_spec
 from tests.support import digest_of
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
@@ -110,10 +110,10 @@ SETTINGS = {
 
 async def run(llm_calls: int, cache_digests: int, llm_cache_digests: int) -> list[str]:
     prompt = Prompt(AdvisorSettings())
-    embedded = EmbeddedBackend(AdvisorSpec(name="llm", temperature=TEMPERATURE))
-    http = OpenAIBackend(AdvisorSpec(name="http", backend="openai", base_url=embedded.url, temperature=TEMPERATURE))
+    embedded = EmbeddedBackend(advisor_spec(name="llm", temperature=TEMPERATURE))
+    http = OpenAIBackend(advisor_spec(name="http", backend="openai", base_url=embedded.url, temperature=TEMPERATURE))
     expert = ExpertBackend()
-    adversarial = AdversarialBackend(AdvisorSpec(name="adv", backend="adversarial", wrong_probability=WRONG))
+    adversarial = AdversarialBackend(advisor_spec(name="adv", backend="adversarial", wrong_probability=WRONG))
     small = episode_digests("MiniGrid-DoorKey-5x5-v0", max(llm_calls, 200))
     lines = [
         "| backend | calls | p50 (ms) | p99 (ms) | tokens/s |",

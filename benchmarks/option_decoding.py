@@ -34,7 +34,7 @@ from benchmarks.report import command_line, provenance, write_report
 from protos import StateDigest
 from services.advisor.backends import EmbeddedBackend
 from services.advisor.prompt import Prompt
-from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.settings import AdvisorSettings, advisor_spec
 
 CONTENT_FREE = "You see nothing in particular."
 RULES = ("greedy", "likelihood", "mean-likelihood", "calibrated")
@@ -118,7 +118,7 @@ def main(
         f" {situation_ceiling(states):.2f}.",
         "",
     ]
-    backend = EmbeddedBackend(AdvisorSpec(name="embedded", backend="embedded"))
+    backend = EmbeddedBackend(advisor_spec(name="embedded", backend="embedded"))
     for folder in prompt_dir:
         tallies = asyncio.run(score_prompt(backend, Prompt(AdvisorSettings(prompt_dir=folder)), states))
         lines += [

@@ -16,7 +16,7 @@ from services.actor.service import serve as serve_actor
 from services.actor.settings import ActorSettings
 from services.advisor import metrics as advisor_metrics
 from services.advisor.service import serve as serve_advisor
-from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.settings import AdvisorSettings, advisor_spec
 from services.learner import metrics as learner_metrics
 from services.learner.service import serve as serve_learner
 from services.learner.settings import LearnerSettings
@@ -56,7 +56,7 @@ async def test_the_stack_runs_every_family(
             AdvisorSettings(
                 **common,
                 instance="adv1",
-                advisors=[AdvisorSpec(name="llm-0"), AdvisorSpec(name="expert", backend="expert")],
+                advisors=[advisor_spec(name="llm-0"), advisor_spec(name="expert", backend="expert")],
             ),
         ),
         (serve_actor, ActorSettings(**common, instance="a1", env_id=env_id, num_bots=4, num_steps=16)),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,9 +54,35 @@ def test_a_misspelt_key_in_the_file_stops_start_up_with_the_nearest_name(
     assert "did you mean 'learner'?" in _run("--config", str(config), "config", "show")[1]
     config.write_text('[[advisor.advisors]]\nname = "a"\nbakend = "expert"\n')
     assert (
-        "[[advisor.advisors]] has no key 'bakend'; did you mean 'backend'?"
+        "[[advisor.advisors]] (backend embedded) has no key 'bakend'; did you mean 'backend'?"
         in _run("--config", str(config), "config", "show", "advisor")[1]
     )
+
+
+def test_each_advisor_table_takes_only_its_backends_keys(environ: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text('[[advisor.advisors]]\nname = "a"\nbackend = "opena"\n')
+    assert (
+        "[[advisor.advisors]] has no backend 'opena'; did you mean 'openai'?"
+        in _run("--config", str(config), "config", "show", "advisor")[1]
+    )
+    config.write_text('[[advisor.advisors]]\nname = "a"\nbackend = "openai"\nwrong_probability = 0.5\n')
+    assert (
+        "[[advisor.advisors]] (backend openai) has no key 'wrong_probability' (only backend adversarial has it)"
+        in _run("--config", str(config), "config", "show", "advisor")[1]
+    )
+    config.write_text('[[advisor.advisors]]\nname = "a"\nbackend = "openai"\nmodle = "x"\n')
+    assert (
+        "(backend openai) has no key 'modle'; did you mean 'model'?"
+        in _run("--config", str(config), "config", "show", "advisor")[1]
+    )
+    # The same through the environment: the typed spec refuses another backend's key, in a sentence.
+    environ["ALA_ADVISOR_ADVISORS"] = '[{"name": "a", "backend": "expert", "temperature": 0.1}]'
+    done = subprocess.run(
+        [sys.executable, "-m", "ala", "config", "show", "advisor"], env=environ, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "invalid settings (AdvisorSettings): advisors.0.expert.temperature: Extra inputs" in done.stdout
 
 
 def test_the_file_sets_each_section_and_the_environment_overrides_it(environ: dict[str, str], tmp_path: Path) -> None:

@@ -2,13 +2,14 @@
 
 `ALA_ADVISOR_ADVISORS` is a JSON list, one object per advisor, e.g. a vLLM server and the expert:
 `[{"name": "gpt-oss", "backend": "openai", "base_url": "http://dgx:8000/v1", "model": "openai/gpt-oss-20b",
-"priority": 2}, {"name": "expert", "backend": "expert"}]`.
+"priority": 2}, {"name": "expert", "backend": "expert"}]`. Each advisor is typed by its `backend`: the keys of
+another backend are refused (`AdvisorSpec`, a union keyed by `backend`; `advisor_spec(**fields)` builds one).
 """
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, TypeAdapter, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -16,16 +17,12 @@ from ala.config import ServiceSettings
 PROMPTS = Path(__file__).parent / "prompts"
 
 
-class AdvisorSpec(BaseModel):
-    """One advisor: a backend and how much its word counts."""
+class AdvisorBase(BaseModel):
+    """What every advisor has: a name, how much its word counts, how long it may take, what its advice is about."""
 
-    model_config = ConfigDict(extra="forbid")  # a misspelt key is an error, not a silently kept default
+    model_config = ConfigDict(extra="forbid")  # a misspelt key, or one of another backend, is an error
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Its subject token: ala.<run>.advice.<name>.")
-    backend: Literal["embedded", "openai", "expert", "adversarial", "random", "null", "simulated", "plugin"] = (
-        "embedded"
-    )
-    plugin: str = Field("", description="plugin: name of an `ala.advisors` entry point (a factory taking this spec).")
     priority: float = Field(1.0, ge=0, description="Sent with every advice; the router weighs by it.")
     timeout_s: float = Field(30.0, gt=0, description="Longest wait for one answer; a slow advisor is skipped.")
     ttl_s: float = Field(0.0, ge=0, description="> 0: the TTL of all this advisor's advice; 0: the backend's own.")
@@ -34,59 +31,141 @@ class AdvisorSpec(BaseModel):
         description="state: advice is about the observation the digest shows and reaches every bot that meets it;"
         " bot: about the bot that asked, until its episode ends (strategic, state-independent advice).",
     )
-    lookahead: int = Field(
-        8,
-        ge=0,
-        le=64,
-        description="Planning backends (expert, adversarial): also advise the next this-many states along the plan"
-        " (by exact-state key), so that advice waits in states the bot has not reached yet (8: DoorKey-8x8 to 0.8"
-        " in 0.70x the env steps of 0; benchmarks/results/archive/ahead-8x8.md).",
-    )
     advice: Literal["auto", "options", "actions"] = Field(
         "auto",
         description="options: an option per situation (where the env declares options; `ala.envs.options`), cached per"
         " situation; actions: an action per state; auto: options for LLM backends (embedded, openai), else actions.",
     )
     option_ttl_s: float = Field(30.0, gt=0, description="TTL of option advice: a situation's answer holds this long.")
-    cache_prompt: bool = Field(True, description="embedded: reuse llama.cpp's KV cache of a repeated prompt prefix.")
-    # openai: any OpenAI-compatible server (vLLM first).
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="openai: server URL up to /v1.")
-    model: str = Field("openai/gpt-oss-20b", description="openai: model name as the server knows it.")
-    api_key: SecretStr = Field(SecretStr(""), description="openai: bearer key, if the server needs one.")
-    structured_outputs: Literal["vllm", "response_format"] = Field(
-        "vllm", description="vllm: schema in extra body `structured_outputs` + response_format; else response_format."
-    )
-    max_concurrency: int = Field(4, ge=1, description="openai and simulated: requests in flight at once.")
-    retries: int = Field(2, ge=0, description="openai: retries after a connection error or 5xx, with backoff.")
-    max_tokens: int = Field(160, ge=16, description="LLM answer length bound.")
-    max_reply_bytes: int = Field(
-        65_536, ge=1024, description="openai: longest HTTP reply read; a longer one is cut off and counted."
-    )
-    temperature: float = Field(0.2, ge=0, description="LLM sampling temperature.")
-    reasoning_effort: Literal["", "low", "medium", "high"] = Field(
-        "",
-        description="openai: a reasoning model's effort (GPT-OSS, sent as `reasoning_effort`); empty: not sent.",
-    )
-    max_reasoning_tokens: int = Field(
-        0,
-        ge=0,
-        description="openai: tokens a reasoning model may think, on top of max_tokens for its final answer (the"
-        " request's max_tokens is their sum: servers count reasoning in it).",
-    )
-    stream: bool = Field(
-        False, description="openai: stream the reply (server-sent events), read up to max_reply_bytes like any other."
-    )
     breaker_failures: int = Field(
         5, ge=1, description="Consecutive failures (timeout, HTTP, parse) after which the backend is left alone."
     )
     breaker_base_s: float = Field(1.0, gt=0, description="First wait of an open breaker; doubles per trip.")
     breaker_max_s: float = Field(60.0, gt=0, description="Longest wait of an open breaker before a probe.")
-    # adversarial: the expert's advice, made wrong on purpose.
-    wrong_probability: float = Field(1.0, ge=0, le=1, description="adversarial: chance of recommending a wrong action.")
-    seed: int = Field(0, description="adversarial and embedded sampling seed.")
-    # simulated: the planner's answer made imperfect and slow, as a served LLM's would be.
-    precision: float = Field(1.0, ge=0, le=1, description="simulated: chance the answer is the planner's.")
-    latency_s: float = Field(0.0, ge=0, le=60, description="simulated: seconds before each answer.")
+    seed: int = Field(0, description="Seed of the backend's sampling and of the breaker's jitter.")
+
+
+class EmbeddedAdvisor(AdvisorBase):
+    """The embedded LLM (SmolLM2-135M on llama.cpp, in this process): it proves the plumbing."""
+
+    backend: Literal["embedded"] = "embedded"
+    cache_prompt: bool = Field(True, description="Reuse llama.cpp's KV cache of a repeated prompt prefix.")
+    max_tokens: int = Field(160, ge=16, description="LLM answer length bound.")
+    temperature: float = Field(0.2, ge=0, description="LLM sampling temperature.")
+
+
+class OpenAIAdvisor(AdvisorBase):
+    """Any OpenAI-compatible server (vLLM first, e.g. the lab's GPT-OSS-20B)."""
+
+    backend: Literal["openai"]
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Server URL up to /v1.")
+    model: str = Field("openai/gpt-oss-20b", description="Model name as the server knows it.")
+    api_key: SecretStr = Field(SecretStr(""), description="Bearer key, if the server needs one.")
+    structured_outputs: Literal["vllm", "response_format"] = Field(
+        "vllm", description="vllm: schema in extra body `structured_outputs` + response_format; else response_format."
+    )
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    retries: int = Field(2, ge=0, description="Retries after a connection error or 5xx, with backoff.")
+    max_tokens: int = Field(160, ge=16, description="LLM answer length bound.")
+    max_reply_bytes: int = Field(
+        65_536, ge=1024, description="Longest HTTP reply read; a longer one is cut off and counted."
+    )
+    temperature: float = Field(0.2, ge=0, description="LLM sampling temperature.")
+    reasoning_effort: Literal["", "low", "medium", "high"] = Field(
+        "", description="A reasoning model's effort (GPT-OSS, sent as `reasoning_effort`); empty: not sent."
+    )
+    max_reasoning_tokens: int = Field(
+        0,
+        ge=0,
+        description="Tokens a reasoning model may think, on top of max_tokens for its final answer (the request's"
+        " max_tokens is their sum: servers count reasoning in it).",
+    )
+    stream: bool = Field(
+        False, description="Stream the reply (server-sent events), read up to max_reply_bytes like any other."
+    )
+
+
+class PlannerFields(AdvisorBase):
+    lookahead: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Also advise the next this-many states along the plan (by exact-state key), so that advice waits"
+        " in states the bot has not reached yet (8: DoorKey-8x8 to 0.8 in 0.70x the env steps of 0;"
+        " benchmarks/results/archive/ahead-8x8.md).",
+    )
+
+
+class ExpertAdvisor(PlannerFields):
+    """The shortest-path planner on the full state: the upper bound of good advice."""
+
+    backend: Literal["expert"]
+
+
+class AdversarialAdvisor(PlannerFields):
+    """The planner's advice, made wrong on purpose."""
+
+    backend: Literal["adversarial"]
+    wrong_probability: float = Field(1.0, ge=0, le=1, description="Chance of recommending a wrong action.")
+
+
+class SimulatedAdvisor(PlannerFields):
+    """The planner's answer made imperfect and slow, as a served LLM's would be (`benchmarks/frontier.py`)."""
+
+    backend: Literal["simulated"]
+    precision: float = Field(1.0, ge=0, le=1, description="Chance the answer is the planner's.")
+    latency_s: float = Field(0.0, ge=0, le=60, description="Seconds before each answer.")
+    max_concurrency: int = Field(4, ge=1, description="Answers in flight at once.")
+
+
+class RandomAdvisor(AdvisorBase):
+    """A uniformly random action (or option): tells knowledge from perturbation."""
+
+    backend: Literal["random"]
+
+
+class NullAdvisor(AdvisorBase):
+    """Advice that is a zero bias for every action: its batches count as advised, and nothing else changes."""
+
+    backend: Literal["null"]
+
+
+class PluginAdvisor(AdvisorBase):
+    """A backend from another package, through the `ala.advisors` entry point group."""
+
+    backend: Literal["plugin"]
+    plugin: str = Field(min_length=1, description="Name of an `ala.advisors` entry point (a factory taking this spec).")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="The plug-in's own settings, passed to it as they are."
+    )
+
+
+def _backend_of(value: object) -> str:
+    """The tag of an advisor spec (a table or a model); a table without `backend` is the embedded LLM."""
+    if isinstance(value, dict):
+        return str(value.get("backend", "embedded"))
+    return str(getattr(value, "backend", "embedded"))
+
+
+AdvisorSpec = Annotated[
+    Annotated[EmbeddedAdvisor, Tag("embedded")]
+    | Annotated[OpenAIAdvisor, Tag("openai")]
+    | Annotated[ExpertAdvisor, Tag("expert")]
+    | Annotated[AdversarialAdvisor, Tag("adversarial")]
+    | Annotated[SimulatedAdvisor, Tag("simulated")]
+    | Annotated[RandomAdvisor, Tag("random")]
+    | Annotated[NullAdvisor, Tag("null")]
+    | Annotated[PluginAdvisor, Tag("plugin")],
+    Discriminator(_backend_of),
+]
+"""One advisor: a table keyed by `backend`, each backend with its own keys (one of another backend is refused)."""
+BACKENDS = ("embedded", "openai", "expert", "adversarial", "simulated", "random", "null", "plugin")
+_SPECS: TypeAdapter[AdvisorSpec] = TypeAdapter(AdvisorSpec)
+
+
+def advisor_spec(**fields: object) -> AdvisorSpec:
+    """An advisor spec from keyword fields, typed by its `backend` (default: embedded)."""
+    return _SPECS.validate_python(fields)
 
 
 class AdvisorSettings(ServiceSettings):
@@ -95,7 +174,7 @@ class AdvisorSettings(ServiceSettings):
 
     metrics_port: int = Field(9101, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
     advisors: list[AdvisorSpec] = Field(
-        default_factory=lambda: [AdvisorSpec(name="llm-0", backend="embedded")],
+        default_factory=lambda: [EmbeddedAdvisor(name="llm-0")],
         description="The advisors this process runs (JSON list); each answers every digest on its own.",
     )
     queue_group: str = Field("advisors", description="Replicas in one queue group share the digests.")

@@ -21,7 +21,7 @@ from services.advisor.advisor import Advisor
 from services.advisor.backends import ExpertBackend
 from services.advisor.cache import AdviceCache
 from services.advisor.service import AdvisorService, serve
-from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.settings import AdvisorSettings, advisor_spec
 from tests.support import actor_heartbeat, digests, running, spec, wait_until
 
 
@@ -33,8 +33,8 @@ def _settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:
         "metrics_port": 0,
         "nats": nats,
         "advisors": [
-            AdvisorSpec(name="expert", backend="expert", priority=2.0),
-            AdvisorSpec(name="liar", backend="adversarial", wrong_probability=1.0),
+            advisor_spec(name="expert", backend="expert", priority=2.0),
+            advisor_spec(name="liar", backend="adversarial", wrong_probability=1.0),
         ],
     }
     return AdvisorSettings(**(values | overrides))
@@ -74,7 +74,7 @@ async def test_the_null_advisor_answers_every_digest_with_equal_scores(bus: Bus,
     is merged and sent; it reads only the observation, so digests without text or full state are answered too."""
     received, answered = await _advice_queue(bus)
     digest = msgspec.structs.replace(digests(1)[0], text="", full_state=None, full_state_key="")
-    async with running(serve, _settings(nats_settings, advisors=[AdvisorSpec(name="null", backend="null")])):
+    async with running(serve, _settings(nats_settings, advisors=[advisor_spec(name="null", backend="null")])):
         await _publish_until_answered(bus, digest, answered)
         advice = await asyncio.wait_for(received.get(), 10)
     assert advice.advisor == "null" and advice.recommended_action is None and advice.confidence == 1.0
@@ -89,7 +89,7 @@ async def test_a_planner_also_advises_the_exact_states_its_plan_meets_next(
     received, answered = await _advice_queue(bus)
     digest = digests(1, "MiniGrid-DoorKey-8x8-v0")[0]
     assert digest.full_state is not None
-    settings = _settings(nats_settings, advisors=[AdvisorSpec(name="expert", backend="expert", lookahead=5)])
+    settings = _settings(nats_settings, advisors=[advisor_spec(name="expert", backend="expert", lookahead=5)])
     async with running(serve, settings):
         await _publish_until_answered(bus, digest, answered)
         pieces = [await asyncio.wait_for(received.get(), 10) for _ in range(6)]
@@ -102,7 +102,7 @@ async def test_a_planner_also_advises_the_exact_states_its_plan_meets_next(
 
 async def test_only_the_newest_digest_per_bot_waits_in_each_advisors_queue(nats_settings: NatsSettings) -> None:
     settings = _settings(nats_settings, max_pending=2)
-    advisors = [Advisor(AdvisorSpec(name=name, backend="expert"), ExpertBackend(), None, 2) for name in ("a", "b")]
+    advisors = [Advisor(advisor_spec(name=name, backend="expert"), ExpertBackend(), None, 2) for name in ("a", "b")]
     service = AdvisorService(settings, bus=None, advisors=advisors)  # type: ignore[arg-type]  # no publishing here
     dropped = metrics.DIGESTS_DROPPED.labels("a")._value.get()
     states = digests(4)
@@ -117,7 +117,7 @@ async def test_only_the_newest_digest_per_bot_waits_in_each_advisors_queue(nats_
 
 async def test_cache_returns_identical_advice_for_identical_states_and_counts_hits() -> None:
     cache = AdviceCache(capacity=100, max_distance=0, target_agreement=0.98, audit_rate=0.0)
-    advisor = Advisor(AdvisorSpec(name="cached", backend="expert"), ExpertBackend(), cache)
+    advisor = Advisor(advisor_spec(name="cached", backend="expert"), ExpertBackend(), cache)
     hits = metrics.CACHE_HITS.labels("cached")._value.get()
     digest = digests(1)[0]
     first = await advisor.answer(digest, [])
@@ -148,8 +148,8 @@ async def test_a_hung_backend_is_timed_out_and_counted_while_others_answer(
 ) -> None:
     received, answered = await _advice_queue(bus)
     timeouts = metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get()
-    hung = AdvisorSpec(name="hung", backend="openai", base_url=hung_server, timeout_s=0.3, retries=0)
-    settings = _settings(nats_settings, advisors=[hung, AdvisorSpec(name="expert", backend="expert")])
+    hung = advisor_spec(name="hung", backend="openai", base_url=hung_server, timeout_s=0.3, retries=0)
+    settings = _settings(nats_settings, advisors=[hung, advisor_spec(name="expert", backend="expert")])
     async with running(serve, settings):
         await _publish_until_answered(bus, digests(1)[0], answered)
         await wait_until(lambda: metrics.BACKEND_FAILURES.labels("hung", "timeout")._value.get() > timeouts)
@@ -170,8 +170,8 @@ async def test_each_advisor_keeps_its_own_pace_beside_a_hung_one(
         first.set()
 
     await bus.subscribe(subjects.advice_subject("test", "expert"), on_advice)
-    hung = AdvisorSpec(name="hung", backend="openai", base_url=hung_server, timeout_s=60.0, retries=0)
-    settings = _settings(nats_settings, advisors=[hung, AdvisorSpec(name="expert", backend="expert")], workers=1)
+    hung = advisor_spec(name="hung", backend="openai", base_url=hung_server, timeout_s=60.0, retries=0)
+    settings = _settings(nats_settings, advisors=[hung, advisor_spec(name="expert", backend="expert")], workers=1)
     states = digests(10)
     async with running(serve, settings):
         await _publish_until_answered(bus, msgspec.structs.replace(states[0], state_key="k0"), first)
@@ -212,9 +212,9 @@ def test_advice_names_the_state_its_advisor_read_unless_the_advisor_speaks_per_b
         digests(1)[0], bot=3, state_key="0123456789abcdef", full_state_key="full:fedcba9876543210"
     )
     expert, coach, noise = (
-        AdvisorSpec(name="expert", backend="expert"),
-        AdvisorSpec(name="coach", backend="expert", scope="bot", ttl_s=4.0),
-        AdvisorSpec(name="noise", backend="random"),
+        advisor_spec(name="expert", backend="expert"),
+        advisor_spec(name="coach", backend="expert", scope="bot", ttl_s=4.0),
+        advisor_spec(name="noise", backend="random"),
     )
     # The expert plans on the full state: its advice is about that exact state, not every state that looks alike.
     assert advice_key(expert, ExpertBackend(expert), digest) == "full:fedcba9876543210"
@@ -247,7 +247,7 @@ async def test_llm_advisors_answer_each_situation_once_with_an_option_and_rememb
     digest = digests(1)[0]
     settings = _settings(
         nats_settings,
-        advisors=[AdvisorSpec(name="llm-0", backend="embedded", advice="options")],  # never per step: calls count
+        advisors=[advisor_spec(name="llm-0", backend="embedded", advice="options")],  # never per step: calls count
         situation_cache_dir=tmp_path,
     )
     calls = metrics.LLM_SECONDS.labels("llm-0")
@@ -291,7 +291,7 @@ async def test_warming_asks_the_llm_about_every_situation_once_and_a_run_then_fi
 ) -> None:
     from services.advisor.warm import situation_digests, warm
 
-    settings = AdvisorSettings(advisors=[AdvisorSpec(name="llm-0", backend="embedded")], situation_cache_dir=tmp_path)
+    settings = AdvisorSettings(advisors=[advisor_spec(name="llm-0", backend="embedded")], situation_cache_dir=tmp_path)
     _, found = situation_digests("MiniGrid-DoorKey-5x5-v0", episodes=2, seed=0)
     assert len({digest.situation_key for digest in found}) == len(found) >= 3
     calls = metrics.LLM_SECONDS.labels("llm-0")

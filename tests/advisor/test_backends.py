@@ -27,7 +27,7 @@ from services.advisor.backends import (
 )
 from services.advisor.breaker import BreakerState, CircuitBreaker
 from services.advisor.prompt import Prompt
-from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.settings import AdvisorSettings, advisor_spec
 from tests.advisor.conftest import HugeServer, ReasoningServer
 from tests.support import ENV_ID, digest_of, digests
 
@@ -36,7 +36,7 @@ ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 
 @pytest.fixture(scope="module")
 def embedded() -> Iterator[EmbeddedBackend]:
-    yield EmbeddedBackend(AdvisorSpec(name="llm-0", max_tokens=160))
+    yield EmbeddedBackend(advisor_spec(name="llm-0", max_tokens=160))
 
 
 async def test_embedded_model_always_gives_valid_advice(embedded: EmbeddedBackend) -> None:
@@ -49,7 +49,7 @@ async def test_embedded_model_always_gives_valid_advice(embedded: EmbeddedBacken
 
 
 async def test_http_backend_against_a_real_openai_compatible_server(embedded: EmbeddedBackend) -> None:
-    spec = AdvisorSpec(
+    spec = advisor_spec(
         name="http", backend="openai", base_url=embedded.url, model="smollm2", timeout_s=60, temperature=0.0
     )
     backend = OpenAIBackend(spec)
@@ -98,7 +98,7 @@ async def test_the_experts_states_ahead_are_the_states_its_plan_meets_in_a_real_
     """Each (key, action) ahead must name the exact state the bot is in once it has followed the plan so far, or
     advice would wait in states no bot ever meets."""
     adapter = adapter_for("MiniGrid-DoorKey-8x8-v0")
-    expert = ExpertBackend(AdvisorSpec(name="expert", backend="expert", lookahead=12))
+    expert = ExpertBackend(advisor_spec(name="expert", backend="expert", lookahead=12))
     env = adapter.make()
     obs, _ = env.reset(seed=seed)
     for _ in range(seed * 3):  # start somewhere along the way too
@@ -116,7 +116,7 @@ async def test_the_experts_states_ahead_are_the_states_its_plan_meets_in_a_real_
 
 
 async def test_adversarial_advice_ahead_is_wrong_too() -> None:
-    spec = AdvisorSpec(name="bad", backend="adversarial", wrong_probability=1.0, lookahead=6)
+    spec = advisor_spec(name="bad", backend="adversarial", wrong_probability=1.0, lookahead=6)
     adversary, expert = AdversarialBackend(spec), ExpertBackend(spec)
     for digest in digests(10, "MiniGrid-DoorKey-8x8-v0"):
         wrong, right = await adversary.suggest(digest, []), await expert.suggest(digest, [])
@@ -125,14 +125,14 @@ async def test_adversarial_advice_ahead_is_wrong_too() -> None:
 
 
 async def test_adversarial_advice_is_never_the_experts_when_always_wrong() -> None:
-    adversary = AdversarialBackend(AdvisorSpec(name="bad", backend="adversarial", wrong_probability=1.0))
+    adversary = AdversarialBackend(advisor_spec(name="bad", backend="adversarial", wrong_probability=1.0))
     for digest in digests(20, "MiniGrid-DoorKey-8x8-v0"):
         assert digest.full_state is not None
         assert (await adversary.suggest(digest, [])).action != plan(digest.full_state.to_numpy())
 
 
 async def test_random_advice_is_as_strong_as_the_experts_and_spread_over_every_action() -> None:
-    spec = AdvisorSpec(name="noise", backend="random", seed=3)
+    spec = advisor_spec(name="noise", backend="random", seed=3)
     states = digests(70, "MiniGrid-DoorKey-8x8-v0")
     actions = [(await create_backend(spec).suggest(d, [])).action for d in states[:1]]
     backend = create_backend(spec)
@@ -144,9 +144,9 @@ async def test_random_advice_is_as_strong_as_the_experts_and_spread_over_every_a
 
 
 def test_plugin_advisors_load_from_entry_points() -> None:
-    assert isinstance(create_backend(AdvisorSpec(name="p", backend="plugin", plugin="expert")), ExpertBackend)
+    assert isinstance(create_backend(advisor_spec(name="p", backend="plugin", plugin="expert")), ExpertBackend)
     with pytest.raises(BackendError, match="entry point named 'nope'"):
-        create_backend(AdvisorSpec(name="p", backend="plugin", plugin="nope"))
+        create_backend(advisor_spec(name="p", backend="plugin", plugin="nope"))
 
 
 def test_answers_out_of_bounds_are_parse_failures() -> None:
@@ -157,7 +157,7 @@ def test_answers_out_of_bounds_are_parse_failures() -> None:
 
 
 async def test_a_hung_backend_times_out(hung_server: str) -> None:
-    backend = OpenAIBackend(AdvisorSpec(name="hung", backend="openai", base_url=hung_server, timeout_s=0.5))
+    backend = OpenAIBackend(advisor_spec(name="hung", backend="openai", base_url=hung_server, timeout_s=0.5))
     start = time.monotonic()
     with pytest.raises(BackendError, match="timeout"):
         await backend.suggest(digests(1)[0], [])
@@ -166,14 +166,14 @@ async def test_a_hung_backend_times_out(hung_server: str) -> None:
 
 
 async def test_a_non_json_answer_is_a_parse_failure(garbage_server: str) -> None:
-    backend = OpenAIBackend(AdvisorSpec(name="junk", backend="openai", base_url=garbage_server, retries=0))
+    backend = OpenAIBackend(advisor_spec(name="junk", backend="openai", base_url=garbage_server, retries=0))
     with pytest.raises(BackendError, match="parse"):
         await backend.suggest(digests(1)[0], [])
     await backend.close()
 
 
 async def test_a_huge_reply_is_cut_off_at_the_bound(huge_server: HugeServer) -> None:
-    backend = OpenAIBackend(AdvisorSpec(name="huge", backend="openai", base_url=huge_server.url, retries=0))
+    backend = OpenAIBackend(advisor_spec(name="huge", backend="openai", base_url=huge_server.url, retries=0))
     with pytest.raises(BackendError, match="too_large"):
         await backend.suggest(digests(1)[0], [])
     await backend.close()
@@ -188,7 +188,7 @@ async def test_a_huge_reply_is_cut_off_at_the_bound(huge_server: HugeServer) -> 
 async def test_a_reasoning_models_final_answer_is_read_and_its_thinking_counted_apart(
     reasoning_server: ReasoningServer, stream: bool
 ) -> None:
-    spec = AdvisorSpec(
+    spec = advisor_spec(
         name="gpt-oss",
         backend="openai",
         base_url=reasoning_server.url,
@@ -214,7 +214,7 @@ async def test_a_reply_cut_off_while_thinking_is_a_length_failure(
     reasoning_server: ReasoningServer, stream: bool
 ) -> None:
     """No reasoning budget: the thinking uses up max_tokens and no final answer comes; said as such, not 'parse'."""
-    spec = AdvisorSpec(name="gpt-oss", backend="openai", base_url=reasoning_server.url, max_tokens=16, stream=stream)
+    spec = advisor_spec(name="gpt-oss", backend="openai", base_url=reasoning_server.url, max_tokens=16, stream=stream)
     backend = OpenAIBackend(spec)
     with pytest.raises(BackendError, match=r"length.*raise max_reasoning_tokens"):
         await backend.suggest(digests(1)[0], [])
@@ -224,7 +224,7 @@ async def test_a_reply_cut_off_while_thinking_is_a_length_failure(
 @pytest.mark.parametrize("reasoning_server", [{"html": True}], indirect=True)
 async def test_a_broken_endpoint_is_left_alone_once_the_breaker_opens(reasoning_server: ReasoningServer) -> None:
     """An endpoint answering HTML: after breaker_failures parse failures no request reaches it until the wait ends."""
-    spec = AdvisorSpec(name="broken", backend="openai", base_url=reasoning_server.url, retries=0, breaker_failures=3)
+    spec = advisor_spec(name="broken", backend="openai", base_url=reasoning_server.url, retries=0, breaker_failures=3)
     advisor = Advisor(spec, OpenAIBackend(spec), cache=None)
     reasons = []
     for digest in digests(20):
@@ -259,7 +259,7 @@ def test_an_open_breaker_probes_once_after_a_growing_jittered_wait() -> None:
 
 
 async def test_the_simulated_advisor_is_the_planner_at_its_precision_after_its_latency() -> None:
-    spec = AdvisorSpec(name="sim", backend="simulated", precision=0.7, latency_s=0.05, max_concurrency=2, seed=3)
+    spec = advisor_spec(name="sim", backend="simulated", precision=0.7, latency_s=0.05, max_concurrency=2, seed=3)
     backend = create_backend(spec)
     assert backend.kind == "simulated"
     batch = digests(40)

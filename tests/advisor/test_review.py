@@ -19,7 +19,7 @@ from services.advisor.backends import EmbeddedBackend
 from services.advisor.cache import AdviceCache
 from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
 from services.advisor.service import serve
-from services.advisor.settings import AdvisorSettings, AdvisorSpec
+from services.advisor.settings import AdvisorSettings, advisor_spec
 from tests.support import ENV_ID, actor_heartbeat, fresh_agent, rollout, running, spec, wait_until
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
@@ -39,7 +39,7 @@ async def test_review_of_a_recorded_episode_gives_valid_bounded_advice_and_rewar
     source = rollout(fresh_agent(), bots=1, steps=12, max_steps=12)
     [episode] = EpisodeAssembler().add("a1", source.collect())
     reviewer = CriticalStateReviewer(
-        EmbeddedBackend(AdvisorSpec(name="reviewer")),
+        EmbeddedBackend(advisor_spec(name="reviewer")),
         ACTIONS,
         adapter_for(ENV_ID).summarise,
         max_implicit_reward=0.05,

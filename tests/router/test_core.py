@@ -16,7 +16,7 @@ from protos import Advice, AdviceOutcome, AdviceTarget, Array, BiasUpdate, Episo
 from services.actor.bias import BiasTable
 from services.advisor.advice import to_advice
 from services.advisor.backends import create_backend
-from services.advisor.settings import AdvisorSpec
+from services.advisor.settings import advisor_spec
 from services.router.core import AdviceRejected, LiveConfig, Router
 from tests.support import actor_heartbeat, digests
 
@@ -225,7 +225,7 @@ async def test_null_advice_becomes_a_zero_bias_that_is_sent_and_held_as_advice_u
     treats it like any advisor: it cannot beat the control group, decays (to 0 with probation off), and the clearing
     update removes it."""
     now = time.time()
-    spec = AdvisorSpec(name="null", backend="null")
+    spec = advisor_spec(name="null", backend="null")
     digest = digests(1)[0]
     suggestion = await create_backend(spec).suggest(digest, [])
     advice = decode(encode(to_advice(spec, digest, suggestion, digest.state_key)), Advice)

@@ -21,7 +21,7 @@ from services.advisor.backends.base import (
     Reads,
     Suggestion,
 )
-from services.advisor.settings import AdvisorSpec
+from services.advisor.settings import AdversarialAdvisor, AdvisorSpec, SimulatedAdvisor
 
 
 def planner_of(digest: StateDigest) -> EnvAdapter:
@@ -44,7 +44,7 @@ class ExpertBackend:
     reads: ClassVar[Reads] = "full_state"
 
     def __init__(self, spec: AdvisorSpec | None = None) -> None:
-        self.lookahead = spec.lookahead if spec is not None else 0  # plug-in factories receive their AdvisorSpec
+        self.lookahead = getattr(spec, "lookahead", 0)  # a plug-in's spec (PluginAdvisor) has no lookahead
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
         path = planner_of(digest).plan_ahead(full_state_of(digest), 1 + self.lookahead)
@@ -68,9 +68,9 @@ class AdversarialBackend:
     kind = "adversarial"
     reads: ClassVar[Reads] = "full_state"
 
-    def __init__(self, spec: AdvisorSpec) -> None:
+    def __init__(self, spec: AdversarialAdvisor | SimulatedAdvisor) -> None:
         self.expert = ExpertBackend(spec)  # the same lookahead: wrong advice reaches as far ahead as the expert's
-        self.wrong_probability = spec.wrong_probability
+        self.wrong_probability = spec.wrong_probability if isinstance(spec, AdversarialAdvisor) else 1 - spec.precision
         self.rng = random.Random(spec.seed)
 
     async def suggest(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:
@@ -99,8 +99,8 @@ class SimulatedBackend(AdversarialBackend):
 
     kind = "simulated"
 
-    def __init__(self, spec: AdvisorSpec) -> None:
-        super().__init__(spec.model_copy(update={"wrong_probability": 1.0 - spec.precision}))
+    def __init__(self, spec: SimulatedAdvisor) -> None:
+        super().__init__(spec)
         self.latency_s = spec.latency_s
         self.slots = asyncio.Semaphore(spec.max_concurrency)
 
