@@ -92,6 +92,31 @@ class PPOSettings(BaseModel):
     shortcut_beta: float = Field(
         1.0, json_schema_extra=EXPERIMENTAL, description="beta of the shortcut ratio (the bias is already scaled: 1)."
     )
+    value_replay: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        json_schema_extra=EXPERIMENTAL,
+        description="Prioritised replay for the critic only (ala/rl/replay.py): keep this many recent samples with"
+        " their value targets; after each update the critic takes value_replay_steps extra steps on samples drawn by"
+        " |target - V| (0: off).",
+    )
+    value_replay_steps: int = Field(
+        4, ge=1, json_schema_extra=EXPERIMENTAL, description="With value_replay: critic steps on replay per update."
+    )
+    value_replay_batch: int = Field(
+        256, ge=1, json_schema_extra=EXPERIMENTAL, description="With value_replay: samples per replayed step."
+    )
+    replay_alpha: float = Field(
+        0.6, ge=0, le=1, json_schema_extra=EXPERIMENTAL, description="Priority exponent alpha (Schaul et al.: 0.6)."
+    )
+    replay_beta: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        json_schema_extra=EXPERIMENTAL,
+        description="First importance-sampling exponent beta, annealed to 1 over 1,000 updates (Schaul et al.: 0.4).",
+    )
     distill_coef: float = Field(
         1.0,
         ge=0,

@@ -32,6 +32,7 @@ from torch import nn
 from ala.rl import ppo
 from ala.rl.config import PPOSettings
 from ala.rl.policy import Agent, resolve_device
+from ala.rl.replay import ValueReplay
 from ala.rl.trajectory import Trajectory
 from protos import PolicySpec
 
@@ -96,6 +97,19 @@ class Learner:
         """Variance of the discounted return (`normalize_reward`)."""
         self._discounted: dict[int, float] = {}
         """The running discounted return of each bot id (`normalize_reward`)."""
+        self.replay = (
+            ValueReplay(
+                settings.value_replay,
+                spec.obs_dim,
+                settings.replay_alpha,
+                settings.replay_beta,
+                seed=settings.seed,
+                device=self.device,
+            )
+            if settings.value_replay
+            else None
+        )
+        """Recent samples for the critic's prioritised replay (`value_replay`; None: off)."""
 
     def is_stale(self, trajectory: Trajectory) -> bool:
         return self.version - trajectory.policy_version > self.settings.max_policy_lag
@@ -129,6 +143,8 @@ class Learner:
                 steps += 1
             if stopped:
                 break
+        if self.replay is not None:
+            stats["losses/replay_value_loss"] = self._replay_value(batch)
         self.version += 1
         self.samples_trained += len(batch)
         summary = {key: float(np.mean(values)) for key, values in stats.items()}
@@ -155,6 +171,31 @@ class Learner:
             "samples": float(len(batch)),
         }
         return summary
+
+    def _replay_value(self, batch: Batch) -> list[float]:
+        """The critic's extra steps on prioritised replay (`ala.rl.replay`); the policy's parameters get no gradient,
+        so Adam leaves them as they are. Returns each step's weighted value loss."""
+        assert self.replay is not None
+        s = self.settings
+        with torch.no_grad():
+            errors = batch.returns - self.agent.get_value(batch.obs)
+        self.replay.add(batch.obs, batch.returns, errors)
+        losses = []
+        for _ in range(s.value_replay_steps):
+            slots, weights = self.replay.sample(min(s.value_replay_batch, self.replay.size))
+            index = torch.as_tensor(slots, device=self.device)
+            error = self.replay.targets[index] - self.agent.get_value(self.replay.obs[index])
+            loss = s.vf_coef * 0.5 * (weights * error**2).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            if self.sync_gradients is not None:
+                self.sync_gradients(self.agent)
+            nn.utils.clip_grad_norm_(self.agent.parameters(), s.max_grad_norm)
+            self.optimizer.step()
+            self.replay.update_priorities(slots, error)
+            losses.append(loss.item())
+        self.replay.end_update()
+        return losses
 
     def learning_rate(self) -> float:
         """`learning_rate`, annealed linearly to 0 over `anneal_lr_samples` samples trained when that is set."""
