@@ -2,7 +2,7 @@
 
 Over 300 lines because every command is a thin typed entry point here (typer), each calling one module.
 
-Why one file of ~350 lines: it is the command table (typer), each command a few lines that call into the package;
+Why one file over 300 lines: it is the command table (typer), each command a few lines that call into the package;
 splitting it would scatter the one list a user reads with `ala --help`.
 """
 

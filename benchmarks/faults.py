@@ -21,7 +21,7 @@ It exits 1, naming each broken promise and its figure, when any of these goals f
     python -m benchmarks.faults                   # writes benchmarks/results/faults.md
     python -m benchmarks.faults --quick           # shorter windows, for CI
 
-Why one file of ~480 lines: each fault's scenario and its goal sit side by side, so that a reader checks one
+Why one file over 300 lines: each fault's scenario and its goal sit side by side, so that a reader checks one
 promise in one place.
 """
 

@@ -16,7 +16,7 @@ intervals, paired per-seed ratios to `local`, provenance) and PNG curves (mean a
 
     python -m benchmarks.learning [--seeds 5] [--envs MiniGrid-DoorKey-5x5-v0] [--arms local --arms up] [--quick]
 
-Why one file of ~440 lines: running a stack, following it and scoring runs are the benchmark's one procedure,
+Why one file over 300 lines: running a stack, following it and scoring runs are the benchmark's one procedure,
 shared by every learning benchmark; the reports and statistics live in report.py and stats.py.
 """
 

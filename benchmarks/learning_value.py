@@ -43,7 +43,7 @@ of judged advised steps whose favourite action is the planner's for the state th
 
     python -m benchmarks.learning_value [--envs MiniGrid-DoorKey-5x5-v0] [--arms plain --arms expert] [--seeds 5]
 
-Why one file of ~330 lines: the arms' runner and its report, one benchmark; the arms themselves are data
+Why one file over 300 lines: the arms' runner and its report, one benchmark; the arms themselves are data
 (benchmarks/arms.toml).
 """
 

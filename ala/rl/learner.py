@@ -15,8 +15,8 @@ on-policy: no bias, `mu = pi_old`.
 Actors in `advice_mode=both` apply the bias and record it as advice: the correction above handles the bias, and the
 same term distils the advice that trust let reach each episode.
 
-Why one file of ~380 lines: one PPO update with its corrections (importance weights, lag, distillation) reads
-best top to bottom, as CleanRL's single-file update does.
+Why one file over 300 lines: one PPO update with its corrections (importance weights, lag, distillation, the
+critic's replay) reads best top to bottom, as CleanRL's single-file update does.
 """
 
 from __future__ import annotations
