@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lock run test lint format docs images image-cuda image-jetson image-jetson-check e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-headline bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
+.PHONY: setup lock run test lint format docs images image-cuda image-jetson image-jetson-check e2e-compose faults bench-faults bench-scale bench-broker-capacity bench-ranks bench-stability bench-wire bench-throughput bench-learning bench-headline bench-seeds bench-learning-value bench-router bench-advisor bench-actor-inference test-cuda bench-learner-device clean
 
 setup: $(STAMP)
 
@@ -131,6 +131,16 @@ bench-headline: setup  ## the headline learning reports, headline-5x5.md and hea
 		--arms expert --arms wrong --arms random --seeds 5 --out benchmarks/results/headline-5x5.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms expert --seeds 5 \
 		--max-steps 1500000 --max-seconds 720 --stop-at-threshold --out benchmarks/results/headline-8x8.md
+
+# The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
+bench-seeds: setup  ## count bonus (DoorKey-8x8, SimpleCrossingS9N1); critic replay, strength anneal, merge, LLM review (8x8)
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms count --seeds 5 \
+		--stop-at-threshold --out benchmarks/results/exploration-8x8.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain --arms count \
+		--seeds 5 --stop-at-threshold --out benchmarks/results/exploration-crossing.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms per-value \
+		--arms expert-anneal --arms ranks2-merge --arms llm-review --seeds 5 --stop-at-threshold \
+		--out benchmarks/results/seeds-8x8.md
 
 bench-learning-value: setup  ## what advice is worth through the stack: expert, wrong, random, LLM, distillation
 	$(BIN)/python -m benchmarks.learning_value
