@@ -21,6 +21,7 @@ import typer
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import BaseSettings
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ala import __version__, settings_file
@@ -185,20 +186,33 @@ def config_show(
     names = [service] if service else list(SERVICE_NAMES)
     if any(name not in SERVICE_NAMES for name in names):
         raise typer.BadParameter(f"choose from {list(SERVICE_NAMES)}")
-    console.print(_settings_table("broker (ala nats, ala up)", BrokerSettings()))
-    console.print(_settings_table("nats connection (every service)", NatsSettings()))
-    console.print(_settings_table("ala up (restarts)", RestartPolicy()))
+    sections = config_sections()
+    console.print(_settings_table("broker (ala nats, ala up)", BrokerSettings(), sections["broker"]))
+    console.print(_settings_table("nats connection (every service)", NatsSettings(), sections["nats"]))
+    console.print(_settings_table("ala up (restarts)", RestartPolicy(), sections["up"]))
     for name in names:
-        console.print(_settings_table(name, _settings_class(name)()))
+        console.print(_settings_table(name, _settings_class(name)(), sections[name]))
 
 
-def _settings_table(title: str, settings: BaseSettings) -> Table:
+def _settings_table(title: str, settings: BaseSettings, section: settings_file.Section) -> Table:
+    """One section's settings, grouped as a file nests them: a header row per table (`[learner.ppo]`), then its
+    keys' variables, values, sources and descriptions."""
     table = Table(title=title, title_justify="left")
     table.add_column("environment variable", no_wrap=True)
     table.add_column("value", overflow="fold")
     table.add_column("from")
     table.add_column("description")
     prefix = settings.model_config.get("env_prefix", "")
+    top_level = {variable: key for key, variable in settings_file.TOP_LEVEL.items()}
+
+    def table_of(field_name: str, variable: str) -> str:
+        """The file's table that sets this field: `[learner.ppo]`, `[learner]`, or the top of the file."""
+        if field_name not in section.keys:
+            return "top of the file" if variable in top_level else "environment only"
+        group = section.file_key(field_name).rpartition(".")[0]
+        return f"[{section.name}.{group}]" if group else f"[{section.name}]"
+
+    rows = []
     for field_name, info in type(settings).model_fields.items():
         value = getattr(settings, field_name)
         if isinstance(value, BaseModel):
@@ -209,7 +223,13 @@ def _settings_table(title: str, settings: BaseSettings) -> Table:
         source = "file" if variable in _from_file else "environment" if variable in os.environ else "default"
         experimental = isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("experimental")
         description = ("(experimental) " if experimental else "") + (info.description or "")
-        table.add_row(variable, shown, source, description)
+        rows.append((table_of(field_name, variable), variable, shown, source, description))
+    order = {f"[{section.name}]": 0, "top of the file": 2, f"[{section.name}.{settings_file.EXPERIMENTAL_TABLE}]": 3}
+    rows.sort(key=lambda row: (order.get(row[0], 1), row[0]))
+    for i, (heading, *cells) in enumerate(rows):
+        if i == 0 or rows[i - 1][0] != heading:
+            table.add_row(escape(heading), "", "", "", style="bold", end_section=False)
+        table.add_row(*cells, end_section=i + 1 < len(rows) and rows[i + 1][0] != heading)
     return table
 
 

@@ -10,6 +10,8 @@ environment overrides the file:
     [nats]                           # ALA_NATS_*
     url = "nats://rtx.lab:4222"
     [learner]                        # ALA_LEARNER_*; likewise advisor, router, actor, evaluator, broker, up
+    checkpoint_dir = "/data/ckpt"
+    [learner.ppo]                    # a group: the keys one settings mixin declares (`settings_group`)
     learning_rate = 7e-4
     [learner.experimental]           # settings that exist for experiments only (ala.rl.config.EXPERIMENTAL)
     correction = "shortcut"
@@ -17,7 +19,9 @@ environment overrides the file:
     name = "gpt-oss"
     backend = "openai"
 
-`ala up` passes the applied variables on to the services it starts. A key the section does not have, or an
+A group's keys may also be set in the section itself (`[learner] learning_rate = ...`); in a group's table, a key
+of another group is refused with its own table named. `ala up` passes the applied variables on to the services it
+starts. A key the section does not have, or an
 `ALA_*` variable no setting reads, stops start-up with the nearest known name: a misspelt `ALA_LERNER_GAMMA` would
 otherwise leave gamma at its default without a word.
 """
@@ -25,6 +29,7 @@ otherwise leave gamma at its default without a word.
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import tomllib
 from collections.abc import Mapping, MutableMapping
@@ -88,6 +93,15 @@ class Section:
     """key -> (the key that names a table's kind, the kind of a table without it), for a list of several kinds."""
     experimental: set[str] = field(default_factory=set)
     """Keys that exist for experiments, set under `[<section>.experimental]` only (`ala.rl.config.EXPERIMENTAL`)."""
+    groups: dict[str, str] = field(default_factory=dict)
+    """key -> its group: the `settings_group` of the settings mixin that declares it (`[learner.ppo]`); keys of the
+    section's own class have none."""
+
+    def file_key(self, name: str) -> str:
+        """Where `name` goes in a file, below the section: `experimental.x`, `ppo.x`, or `x`."""
+        if name in self.experimental:
+            return f"{EXPERIMENTAL_TABLE}.{name}"
+        return f"{self.groups[name]}.{name}" if name in self.groups else name
 
 
 def variables_of(settings: type[BaseSettings], field_name: str) -> list[str]:
@@ -122,16 +136,31 @@ def sections(classes: Mapping[str, type[BaseSettings]], services: tuple[str, ...
             extra = settings.model_fields[field_name].json_schema_extra
             if isinstance(extra, dict) and extra.get("experimental") and field_name in section.keys:
                 section.experimental.add(field_name)
+            group = group_of(settings, field_name)
+            if group and field_name in section.keys:
+                section.groups[field_name] = group
             kinds = _list_item_kinds(settings.model_fields[field_name].annotation)
             if kinds:
                 section.table_keys[field_name] = {tag: set(model.model_fields) for tag, model in kinds.items()}
                 if "" not in kinds:  # a union tagged by a Literal field (the advisors' `backend`)
                     section.table_tag[field_name] = _tag_field(kinds)
+        clashes = set(section.groups.values()) & (set(section.keys) | {EXPERIMENTAL_TABLE})
+        if clashes:
+            raise TypeError(f"[{name}]: a group has the name of a key: {sorted(clashes)}")
         result[name] = section
     result["up"].keys["learner_ranks"] = "ALA_UP_LEARNER_RANKS"
     shared = set.intersection(*(set(result[service].keys) for service in services))
     result[RUNTIME] = Section(RUNTIME, "", {key: "" for key in sorted(shared)})
     return result
+
+
+def group_of(settings: type[BaseModel], field_name: str) -> str:
+    """The group of a settings field: the `settings_group` of the class that declares it (the first in the MRO), or
+    "" for the section's own fields."""
+    for klass in settings.__mro__:
+        if field_name in inspect.get_annotations(klass):
+            return str(klass.__dict__.get("settings_group", ""))
+    return ""
 
 
 def _list_item_kinds(annotation: Any) -> dict[str, type[BaseModel]]:
@@ -215,6 +244,7 @@ def variables_from(
         section = all_sections[key]
         items = dict(value)
         experiments = items.pop(EXPERIMENTAL_TABLE, {}) if section.experimental else {}
+        items |= _ungrouped(items, section, f"{path}: [{key}")
         for name in items:
             if name in section.experimental:
                 raise ConfigError(
@@ -228,7 +258,8 @@ def variables_from(
                 )
         for name, item in [*items.items(), *experiments.items()]:
             if name not in section.keys:
-                raise ConfigError(f"{path}: [{key}] has no setting {name!r}{_suggest(name, list(section.keys))}")
+                known = [*section.keys, *set(section.groups.values())]
+                raise ConfigError(f"{path}: [{key}] has no setting {name!r}{_suggest(name, known)}")
             if name in section.table_keys:
                 for table in item if isinstance(item, list) else []:
                     if isinstance(table, dict):
@@ -241,6 +272,28 @@ def variables_from(
         for name, item in runtime.items():
             variables.setdefault(all_sections[service].keys[name], _as_variable(item))
     return variables
+
+
+def _ungrouped(items: dict[str, Any], section: Section, where: str) -> dict[str, Any]:
+    """Take the group tables (`[learner.ppo]`) out of a section's `items`, and return their keys, each checked to be
+    in that group; `where` opens the error's table name (`lab.toml: [learner`)."""
+    found: dict[str, Any] = {}
+    for group in sorted(set(section.groups.values())):
+        table = items.get(group)
+        if not isinstance(table, dict):
+            continue
+        del items[group]
+        for name, item in table.items():
+            if section.groups.get(name) == group:
+                found[name] = item
+                continue
+            if name in section.keys:
+                home = section.file_key(name).rpartition(".")[0]
+                hint = f" (it is in [{where.rpartition('[')[2]}{'.' + home if home else ''}])"
+            else:
+                hint = _suggest(name, [key for key, g in section.groups.items() if g == group])
+            raise ConfigError(f"{where}.{group}] has no setting {name!r}{hint}")
+    return found
 
 
 def _check_table(table: dict[str, Any], section: Section, name: str, where: str) -> None:

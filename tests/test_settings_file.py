@@ -149,3 +149,30 @@ def test_experiment_only_settings_live_under_an_experimental_table(environ: dict
     assert code == 0, output
     row = next(line for line in output.splitlines() if "ALA_LEARNER_CORRECTION" in line)
     assert "shortcut" in row and "file" in row and "(experiment" in row  # the description column may be cut
+
+
+def test_settings_nest_by_group_and_a_key_in_the_wrong_group_names_its_own(
+    environ: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "lab.toml"
+    config.write_text(
+        "[learner.ppo]\nlearning_rate = 7e-4\n[learner.checkpoint]\ncheckpoint_every = 2\n"
+        "[router.trust_model]\ntrust_initial = 0.3\n[actor.advice]\nmax_abs_bias = 1.5\n"
+    )
+    code, output = _run("--config", str(config), "config", "show")
+    assert code == 0, output
+    assert environ["ALA_LEARNER_LEARNING_RATE"] == "0.0007" and environ["ALA_LEARNER_CHECKPOINT_EVERY"] == "2"
+    assert environ["ALA_ROUTER_TRUST_INITIAL"] == "0.3" and environ["ALA_ACTOR_MAX_ABS_BIAS"] == "1.5"
+    assert "[learner.ppo]" in output and "[router.trust_model]" in output  # config show prints the tree
+    config.write_text("[learner.ppo]\ncheckpoint_every = 2\n")
+    assert (
+        "[learner.ppo] has no setting 'checkpoint_every' (it is in [learner.checkpoint])"
+        in _run("--config", str(config), "config", "show")[1]
+    )
+    config.write_text("[learner.ppo]\nlerning_rate = 2\n")
+    assert (
+        "[learner.ppo] has no setting 'lerning_rate'; did you mean 'learning_rate'?"
+        in _run("--config", str(config), "config", "show")[1]
+    )
+    config.write_text("[learner.ppoo]\nlearning_rate = 2\n")
+    assert "[learner] has no setting 'ppoo'; did you mean 'ppo'?" in _run("--config", str(config), "config", "show")[1]

@@ -7,7 +7,7 @@ distributed stack train with identical hyperparameters.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -17,6 +17,7 @@ file sets it under `[<section>.experimental]` (ala/settings_file.py), and `ala c
 
 
 class RolloutSettings(BaseModel):
+    settings_group: ClassVar[str] = "rollout"
     env_id: str = Field("MiniGrid-DoorKey-8x8-v0", description="Gymnasium environment id every bot runs.")
     num_bots: int = Field(16, ge=1, le=4096, description="Bots (vectorised environments) in this actor.")
     num_steps: int = Field(32, ge=1, description="Steps per bot in one trajectory chunk (T).")
@@ -27,6 +28,7 @@ class RolloutSettings(BaseModel):
 
 
 class PPOSettings(BaseModel):
+    settings_group: ClassVar[str] = "ppo"
     seed: int = Field(1, description="Seed of initial weights and minibatch order.")
     learning_rate: float = Field(5e-4, gt=0, description="Adam learning rate.")
     num_epochs: int = Field(4, ge=1, description="Passes over each batch.")

@@ -5,7 +5,7 @@ import zlib
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
@@ -17,18 +17,11 @@ CONTAINER_ID = re.compile(r"^[0-9a-f]{12}$")
 """Docker names a container's host after its short id: what `compose up --scale actor=4` replicas are called."""
 
 
-class ActorSettings(ServiceSettings, RolloutSettings):
-    """The rollout's settings (`ala.rl.config`, which `ala train --local` uses too) and the actor's own."""
+class ActorFlow(BaseModel):
+    """Flow control and the chunk outbox: how far the actor samples ahead of training."""
 
-    service: ClassVar[str] = "actor"
-    model_config = SettingsConfigDict(env_prefix="ALA_ACTOR_")
+    settings_group: ClassVar[str] = "flow"
 
-    metrics_port: int = Field(9103, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
-    env_id: str = Field(
-        "MiniGrid-DoorKey-8x8-v0",
-        validation_alias=AliasChoices("env_id", "ALA_ACTOR_ENV_ID", "ALA_ENV_ID"),
-        description="Gymnasium environment id every bot runs (ALA_ENV_ID works too).",
-    )
     max_chunks_ahead: int = Field(
         1,
         ge=0,
@@ -39,14 +32,16 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     flow_timeout_s: float = Field(
         10.0, gt=0, description="Longest wait for the learner before sampling anyway (counted, logged)."
     )
-    max_abs_bias: float = Field(
-        2.0,
-        gt=0,
-        description="Clip of every received bias element: the router's b_max (lowered to what its heartbeats say).",
+    retry_buffer_chunks: int = Field(
+        256, ge=1, description="Unacknowledged chunks kept for retry; when full, stepping waits (nothing is dropped)."
     )
-    max_ttl_s: float = Field(
-        60.0, gt=0, description="Cap on every received bias's TTL: the router's (lowered to what its heartbeats say)."
-    )
+
+
+class ActorPolicy(BaseModel):
+    """Where the policy runs, and how new weights are fetched."""
+
+    settings_group: ClassVar[str] = "policy"
+
     backend: Literal["torch", "onnx"] = Field(
         "torch",
         description="What runs the policy forward at each step: torch, or onnx (ONNX Runtime on the learner's ONNX"
@@ -76,8 +71,20 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     weights_fetch_timeout_s: float = Field(
         10.0, gt=0, description="Bound on one weights fetch from the Object Store; a failed fetch is retried."
     )
-    retry_buffer_chunks: int = Field(
-        256, ge=1, description="Unacknowledged chunks kept for retry; when full, stepping waits (nothing is dropped)."
+
+
+class ActorAdvice(BaseModel):
+    """How advice reaches the bots: bounds, digests, outcomes, advice modes."""
+
+    settings_group: ClassVar[str] = "advice"
+
+    max_abs_bias: float = Field(
+        2.0,
+        gt=0,
+        description="Clip of every received bias element: the router's b_max (lowered to what its heartbeats say).",
+    )
+    max_ttl_s: float = Field(
+        60.0, gt=0, description="Cap on every received bias's TTL: the router's (lowered to what its heartbeats say)."
     )
     digest_every_steps: int = Field(
         0,
@@ -146,6 +153,20 @@ class ActorSettings(ServiceSettings, RolloutSettings):
     digests_enabled: bool = Field(True, description="Publish StateDigests for the advisor at all.")
     digest_full_state: bool = Field(
         True, description="Attach the full MiniGrid grid to digests, for expert advisors (privileged information)."
+    )
+
+
+class ActorSettings(ServiceSettings, RolloutSettings, ActorFlow, ActorPolicy, ActorAdvice):
+    """The rollout's settings (`ala.rl.config`, which `ala train --local` uses too) and the actor's own."""
+
+    service: ClassVar[str] = "actor"
+    model_config = SettingsConfigDict(env_prefix="ALA_ACTOR_")
+
+    metrics_port: int = Field(9103, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
+    env_id: str = Field(
+        "MiniGrid-DoorKey-8x8-v0",
+        validation_alias=AliasChoices("env_id", "ALA_ACTOR_ENV_ID", "ALA_ENV_ID"),
+        description="Gymnasium environment id every bot runs (ALA_ENV_ID works too).",
     )
     replica: int | None = Field(
         None,

@@ -168,7 +168,35 @@ def advisor_spec(**fields: object) -> AdvisorSpec:
     return _SPECS.validate_python(fields)
 
 
-class AdvisorSettings(ServiceSettings):
+class AdvisorCache(BaseModel):
+    """The answer cache (per state) and the situation cache (options)."""
+
+    settings_group: ClassVar[str] = "caches"
+
+    cache: bool = Field(True, description="Reuse advice for identical or near-identical states.")
+    cache_size: int = Field(10_000, ge=1, description="Most states remembered.")
+    cache_max_distance: int = Field(2, ge=0, description="Initial reuse threshold: differing view cells.")
+    cache_target_agreement: float = Field(0.98, gt=0, le=1, description="Agreement the adaptive threshold keeps.")
+    cache_audit_rate: float = Field(0.05, ge=0, le=1, description="Share of near hits re-asked to measure agreement.")
+    situation_cache_dir: Path | None = Field(
+        Path(".ala/situations"),
+        description="Where LLM advisors keep their option answers per situation across runs (one file per advisor,"
+        " model, prompt and env); unset: in memory only.",
+    )
+    situation_cache_size: int = Field(4096, ge=1, description="Most situations remembered per advisor.")
+
+
+class AdvisorReview(BaseModel):
+    """The critical-state review of finished episodes (ULTRA)."""
+
+    settings_group: ClassVar[str] = "reviews"
+
+    review: bool = Field(False, description="Critical-state review of finished episodes (needs an embedded advisor).")
+    review_every_episodes: int = Field(20, ge=1, description="Review one finished episode in this many.")
+    max_implicit_reward: float = Field(0.05, ge=0, description="Bound on the implicit reward of one critical state.")
+
+
+class AdvisorSettings(ServiceSettings, AdvisorCache, AdvisorReview):
     service: ClassVar[str] = "advisor"
     model_config = SettingsConfigDict(env_prefix="ALA_ADVISOR_")
 
@@ -183,23 +211,8 @@ class AdvisorSettings(ServiceSettings):
     )
     workers: int = Field(2, ge=1, description="Digests being answered at once, per advisor.")
     prompt_dir: Path = Field(PROMPTS, description="Folder with system.txt and user.txt prompt templates.")
-    cache: bool = Field(True, description="Reuse advice for identical or near-identical states.")
-    cache_size: int = Field(10_000, ge=1, description="Most states remembered.")
-    cache_max_distance: int = Field(2, ge=0, description="Initial reuse threshold: differing view cells.")
-    cache_target_agreement: float = Field(0.98, gt=0, le=1, description="Agreement the adaptive threshold keeps.")
-    cache_audit_rate: float = Field(0.05, ge=0, le=1, description="Share of near hits re-asked to measure agreement.")
-    situation_cache_dir: Path | None = Field(
-        Path(".ala/situations"),
-        description="Where LLM advisors keep their option answers per situation across runs (one file per advisor,"
-        " model, prompt and env); unset: in memory only.",
-    )
 
     @field_validator("situation_cache_dir", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value  # ALA_ADVISOR_SITUATION_CACHE_DIR= (empty): in memory only
-
-    situation_cache_size: int = Field(4096, ge=1, description="Most situations remembered per advisor.")
-    review: bool = Field(False, description="Critical-state review of finished episodes (needs an embedded advisor).")
-    review_every_episodes: int = Field(20, ge=1, description="Review one finished episode in this many.")
-    max_implicit_reward: float = Field(0.05, ge=0, description="Bound on the implicit reward of one critical state.")

@@ -4,13 +4,31 @@ import importlib.util
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings, tensorboard_dir_field
 
 
-class EvaluatorSettings(ServiceSettings):
+class EvaluatorOutputs(BaseModel):
+    """What the evaluator keeps: the best version, videos."""
+
+    settings_group: ClassVar[str] = "outputs"
+
+    best_dir: Path | None = Field(
+        Path(".ala/checkpoints"),
+        description="Keep the best version evaluated so far (by sampled mean return) as <dir>/<run>/best.pt, beside the"
+        " learner's latest.pt (`ala export --which best`); empty: none.",
+    )
+    video_dir: Path | None = Field(
+        None,
+        description="Record one held-out episode of the first and every `video_every`-th evaluated version as"
+        " <dir>/<run>/v<version>.mp4 (Gymnasium's RecordVideo; needs `pip install 'ala[video]'`); unset: none.",
+    )
+    video_every: int = Field(10, ge=1, description="With `video_dir`: a video every this many evaluations.")
+
+
+class EvaluatorSettings(ServiceSettings, EvaluatorOutputs):
     service: ClassVar[str] = "evaluator"
     model_config = SettingsConfigDict(env_prefix="ALA_EVALUATOR_")
 
@@ -27,17 +45,6 @@ class EvaluatorSettings(ServiceSettings):
     )
     torch_threads: int = Field(1, ge=1, description="CPU threads for torch.")
     tensorboard_dir: Path | None = tensorboard_dir_field("evaluator")
-    video_dir: Path | None = Field(
-        None,
-        description="Record one held-out episode of the first and every `video_every`-th evaluated version as"
-        " <dir>/<run>/v<version>.mp4 (Gymnasium's RecordVideo; needs `pip install 'ala[video]'`); unset: none.",
-    )
-    video_every: int = Field(10, ge=1, description="With `video_dir`: a video every this many evaluations.")
-    best_dir: Path | None = Field(
-        Path(".ala/checkpoints"),
-        description="Keep the best version evaluated so far (by sampled mean return) as <dir>/<run>/best.pt, beside the"
-        " learner's latest.pt (`ala export --which best`); empty: none.",
-    )
 
     @model_validator(mode="after")
     def _video_can_be_written(self) -> "EvaluatorSettings":

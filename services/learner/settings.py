@@ -3,25 +3,35 @@
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings, tensorboard_dir_field
 from ala.rl.config import EXPERIMENTAL, PPOSettings
 
 
-class LearnerSettings(ServiceSettings, PPOSettings):
-    """The learner service's settings: PPO's (`ala.rl.config`, which `ala train --local` uses too) and its own.
-    The network's shape comes from the actors (their heartbeats carry the `PolicySpec`), not from here."""
+class LearnerStream(BaseModel):
+    """How chunks are fetched and weights published."""
 
-    service: ClassVar[str] = "learner"
-    model_config = SettingsConfigDict(env_prefix="ALA_LEARNER_")
+    settings_group: ClassVar[str] = "stream"
 
-    metrics_port: int = Field(9104, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
     chunks_per_batch: int = Field(1, ge=1, description="Trajectory chunks per PPO update.")
     fetch_timeout_s: float = Field(0.5, gt=0, description="Longest wait for chunks in one fetch.")
     ack_wait_s: float = Field(60.0, gt=0, description="Redelivery of a chunk not acknowledged within this time.")
     publish_every: int = Field(1, ge=1, description="Publish weights every this many updates.")
+    onnx_export: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Export published versions to ONNX beside the torch weights, checked with ONNX Runtime, with its"
+        " output on the probe batch (~20 ms per version on one core, serial with training): auto, while an actor with"
+        " ALA_ACTOR_BACKEND=onnx is heard; always; or never (ONNX actors then export for themselves).",
+    )
+
+
+class LearnerCheckpoint(BaseModel):
+    """Where and how often the learner checkpoints (the exactly-once protocol)."""
+
+    settings_group: ClassVar[str] = "checkpoint"
+
     checkpoint_dir: Path = Field(Path(".ala/checkpoints"), description="Where checkpoints are written.")
     checkpoint_every: int = Field(
         5,
@@ -30,6 +40,13 @@ class LearnerSettings(ServiceSettings, PPOSettings):
         " that covers them (exactly once across a crash). Keep it <= max_policy_lag: after a crash, actors' chunks"
         " from up to this many lost versions are still trained.",
     )
+
+
+class LearnerRanks(BaseModel):
+    """Learner ranks on torch.distributed."""
+
+    settings_group: ClassVar[str] = "ranks"
+
     world_size: int = Field(
         1,
         ge=1,
@@ -71,20 +88,13 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     distributed_timeout_s: float = Field(
         120.0, gt=0, description="A rank blocked this long in a collective (another rank died) fails, and restarts."
     )
-    onnx_export: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="Export published versions to ONNX beside the torch weights, checked with ONNX Runtime, with its"
-        " output on the probe batch (~20 ms per version on one core, serial with training): auto, while an actor with"
-        " ALA_ACTOR_BACKEND=onnx is heard; always; or never (ONNX actors then export for themselves).",
-    )
-    stats_path: Path | None = Field(
-        None,
-        json_schema_extra=EXPERIMENTAL,
-        description="Append every update's statistics (losses, entropy, KL, advantage scale, IS weights) to this"
-        " file as one JSON line, with the version and the samples trained: the per-update record Prometheus's"
-        " sampled gauge cannot give (unset: none).",
-    )
-    tensorboard_dir: Path | None = tensorboard_dir_field("learner")
+
+
+class LearnerRewards(BaseModel):
+    """Rewards added to the environment's: the advisor's implicit rewards, the exploration bonus."""
+
+    settings_group: ClassVar[str] = "rewards"
+
     implicit_rewards: bool = Field(
         False,
         json_schema_extra=EXPERIMENTAL,
@@ -93,7 +103,6 @@ class LearnerSettings(ServiceSettings, PPOSettings):
     max_implicit_reward: float = Field(
         0.05, ge=0, json_schema_extra=EXPERIMENTAL, description="Bound on one implicit reward, enforced here too."
     )
-
     exploration_bonus: float = Field(
         0.0,
         ge=0,
@@ -108,6 +117,24 @@ class LearnerSettings(ServiceSettings, PPOSettings):
         json_schema_extra=EXPERIMENTAL,
         description="The Laplace constant added to every transition count of the exploration bonus.",
     )
+
+
+class LearnerSettings(ServiceSettings, PPOSettings, LearnerStream, LearnerCheckpoint, LearnerRanks, LearnerRewards):
+    """The learner service's settings: PPO's (`ala.rl.config`, which `ala train --local` uses too) and its own.
+    The network's shape comes from the actors (their heartbeats carry the `PolicySpec`), not from here."""
+
+    service: ClassVar[str] = "learner"
+    model_config = SettingsConfigDict(env_prefix="ALA_LEARNER_")
+
+    metrics_port: int = Field(9104, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
+    stats_path: Path | None = Field(
+        None,
+        json_schema_extra=EXPERIMENTAL,
+        description="Append every update's statistics (losses, entropy, KL, advantage scale, IS weights) to this"
+        " file as one JSON line, with the version and the samples trained: the per-update record Prometheus's"
+        " sampled gauge cannot give (unset: none).",
+    )
+    tensorboard_dir: Path | None = tensorboard_dir_field("learner")
 
     @model_validator(mode="after")
     def _checkpoint_within_policy_lag(self) -> "LearnerSettings":

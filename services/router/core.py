@@ -29,7 +29,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -45,8 +45,10 @@ MAX_PRIORITY = 1e6
 """Bounded so that weighted sums of opinions cannot overflow."""
 
 
-class LiveConfig(BaseModel):
-    """What the control API can change while the router runs (the same fields have ALA_ROUTER_* variables)."""
+class BiasBounds(BaseModel):
+    """How advice becomes a bias: strength, bounds, expiry, merging advisors."""
+
+    settings_group: ClassVar[str] = "bias"
 
     enabled: bool = Field(True, description="False: advice is counted and dropped, no bias is emitted.")
     strength: float = Field(
@@ -70,6 +72,13 @@ class LiveConfig(BaseModel):
         default_factory=dict, description="Trust per advisor (missing: 1.0); 0 silences an advisor."
     )
     allow_unknown_advisors: bool = Field(True, description="False: only advisors in advisor_weights are accepted.")
+
+
+class TrustSettings(BaseModel):
+    """Evidence-driven trust in each advisor."""
+
+    settings_group: ClassVar[str] = "trust_model"
+
     trust: bool = Field(True, description="Weigh each advisor by its evidence-driven trust (trust.py).")
     trust_acts_on: Literal["reach", "strength"] = Field(
         "reach",
@@ -89,6 +98,13 @@ class LiveConfig(BaseModel):
         " earn trust back once its advice helps again (0: silenced for good). Actors ask for advice at this trickle"
         " while no advisor is trusted more.",
     )
+
+
+class StrengthSchedule(BaseModel):
+    """Annealing of the bias strength."""
+
+    settings_group: ClassVar[str] = "strength_schedule"
+
     schedule: Literal["constant", "linear", "exponential"] = Field("constant", description="Annealing of strength.")
     schedule_clock: Literal["learner_version", "seconds"] = Field(
         "learner_version", description="What the schedule advances with: learner updates or wall time."
@@ -97,6 +113,10 @@ class LiveConfig(BaseModel):
         1000.0, gt=0, description="Linear: reaches the final factor here; exponential: time constant."
     )
     schedule_final: float = Field(0.0, ge=0, le=1, description="Linear: strength factor at and after the horizon.")
+
+
+class LiveConfig(BiasBounds, TrustSettings, StrengthSchedule):
+    """What the control API can change while the router runs (the same fields have ALA_ROUTER_* variables)."""
 
     def strength_at(self, clock: float) -> float:
         if self.schedule == "linear":

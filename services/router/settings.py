@@ -7,20 +7,18 @@ The fields of `LiveConfig` (strength, b_max, TTLs, quorum, advisor weights, sche
 
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
 from services.router.core import LiveConfig
 
 
-class RouterSettings(ServiceSettings, LiveConfig):
-    """The router's own settings, and the initial live configuration (`LiveConfig`'s fields, declared there only)."""
+class RouterApi(BaseModel):
+    """The operator HTTP API."""
 
-    service: ClassVar[str] = "router"
-    model_config = SettingsConfigDict(env_prefix="ALA_ROUTER_")
+    settings_group: ClassVar[str] = "api"
 
-    metrics_port: int = Field(9102, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
     api_host: str = Field("127.0.0.1", description="Interface of the control API (FastAPI).")
     api_port: int = Field(8102, ge=0, le=65535, description="Port of the control API (0 = a free one).")
     api_max_body_bytes: int = Field(
@@ -32,6 +30,15 @@ class RouterSettings(ServiceSettings, LiveConfig):
         SecretStr(""), description="Bearer token for PUT /config and POST /kill; empty: those endpoints refuse all."
     )
     kill_ttl_s: float = Field(60.0, gt=0, description="How long POST /kill's zero bias overrides actors' biases.")
+
+
+class RouterSettings(ServiceSettings, LiveConfig, RouterApi):
+    """The router's own settings, and the initial live configuration (`LiveConfig`'s fields, declared there only)."""
+
+    service: ClassVar[str] = "router"
+    model_config = SettingsConfigDict(env_prefix="ALA_ROUTER_")
+
+    metrics_port: int = Field(9102, ge=0, le=65535, description="Port of /metrics (0 = a free one).")
     trust_interval_s: float = Field(1.0, gt=0, description="Trust moves with the evidence this often.")
     actor_timeout_s: float = Field(30.0, gt=0, description="An actor without a heartbeat for this long is forgotten.")
 
