@@ -8,9 +8,6 @@ on the same ports and storage.
 
 `BrokerCluster` runs `cluster_size` of them as one NATS cluster (routes between every pair, clustered JetStream):
 what a lab runs on three machines, here on loopback. Each node has its own store; they share the services' users.
-
-Why one file over 300 lines: starting, configuring (accounts, TLS, cluster) and waiting for one nats-server is one
-job, and its parts only make sense together.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """`ala`: one command for the broker, each service, the whole stack, settings and the wire contract.
 
 Over 300 lines because every command is a thin typed entry point here (typer), each calling one module.
-
-Why one file over 300 lines: it is the command table (typer), each command a few lines that call into the package;
-splitting it would scatter the one list a user reads with `ala --help`.
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ def _ungrouped(items: dict[str, Any], section: Section, where: str) -> dict[str,
                 continue
             if name in section.keys:
                 home = section.file_key(name).rpartition(".")[0]
-                hint = f" (it is in [{where.rpartition('[')[2]}{'.' + home if home else ''}])"
+                hint = f" (it is in [{section.name}{'.' + home if home else ''}])"
             else:
                 hint = _suggest(name, [key for key, g in section.groups.items() if g == group])
             raise ConfigError(f"{where}.{group}] has no setting {name!r}{hint}")

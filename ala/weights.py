@@ -80,15 +80,14 @@ class NewestVersion:
 
     def __init__(self) -> None:
         self.wanted: WeightsAnnouncement | None = None
-        self.replaced = 0
-        """Announcements replaced before they were taken (the follower was busy)."""
         self._ready = asyncio.Event()
 
-    def offer(self, announcement: WeightsAnnouncement) -> None:
-        if self.wanted is not None:
-            self.replaced += 1
+    def offer(self, announcement: WeightsAnnouncement) -> bool:
+        """Keep `announcement` to handle next; True when it replaced one not taken yet (the follower was busy)."""
+        replaced = self.wanted is not None
         self.wanted = announcement
         self._ready.set()
+        return replaced
 
     def take(self) -> WeightsAnnouncement | None:
         """The announcement to handle now, if any (it is then no longer wanted)."""

@@ -17,9 +17,8 @@ def announcement(version: int) -> WeightsAnnouncement:
 def test_the_latest_offer_replaces_one_not_taken_and_is_taken_once() -> None:
     newest = NewestVersion()
     assert newest.take() is None
-    newest.offer(announcement(3))
-    newest.offer(announcement(5))
-    assert newest.replaced == 1
+    assert not newest.offer(announcement(3))
+    assert newest.offer(announcement(5))  # replaced 3, not taken yet
     taken = newest.take()
     assert taken is not None and taken.version == 5
     assert newest.take() is None
@@ -28,10 +27,8 @@ def test_the_latest_offer_replaces_one_not_taken_and_is_taken_once() -> None:
 def test_a_waiting_follower_wakes_for_the_next_offer() -> None:
     async def scenario() -> int:
         newest = NewestVersion()
-        waiter = asyncio.create_task(newest.next())
-        await asyncio.sleep(0)  # the follower is waiting now
-        assert not waiter.done()
-        newest.offer(announcement(7))
-        return (await asyncio.wait_for(waiter, 5)).version
+        # The offer comes once the follower below is waiting: next() finds nothing and waits for the event.
+        asyncio.get_running_loop().call_soon(newest.offer, announcement(7))
+        return (await asyncio.wait_for(newest.next(), 5)).version
 
     assert asyncio.run(scenario()) == 7

@@ -55,9 +55,8 @@ def _play(agent: Agent, envs: gym.vector.VectorEnv, greedy: bool, seed: int) -> 
     generator = torch.Generator().manual_seed(seed)
     while not done.all():
         with torch.inference_mode():
-            logits, _ = agent.logits_and_value(torch.as_tensor(np.asarray(obs, dtype=np.float32)))
-            actions = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator)
-        obs, rewards, terminated, truncated, _ = envs.step(actions.reshape(-1).numpy())
+            actions = agent.act(obs, greedy, generator)
+        obs, rewards, terminated, truncated, _ = envs.step(actions)
         returns += np.where(done, 0.0, rewards)
         done |= terminated | truncated
     return Score(float(returns.mean()), float((returns > 0).mean()))
@@ -89,8 +88,7 @@ def record_episode(agent: Agent, adapter: EnvAdapter, path: Path, seed: int = 0)
             done, steps, episode_return = False, 0, 0.0
             while not done:
                 with torch.inference_mode():
-                    logits, _ = agent.logits_and_value(torch.as_tensor(np.asarray(obs, dtype=np.float32))[None])
-                    action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+                    action = int(agent.act(np.asarray(obs)[None], greedy=False, generator=generator)[0])
                 obs, reward, terminated, truncated, _ = env.step(action)
                 done, steps, episode_return = terminated or truncated, steps + 1, episode_return + float(reward)
         finally:

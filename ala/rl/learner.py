@@ -14,9 +14,6 @@ pulls the policy towards `softmax(advice / distill_temperature)` on advised step
 on-policy: no bias, `mu = pi_old`.
 Actors in `advice_mode=both` apply the bias and record it as advice: the correction above handles the bias, and the
 same term distils the advice that trust let reach each episode.
-
-Why one file over 300 lines: one PPO update with its corrections (importance weights, lag, distillation, the
-critic's replay) reads best top to bottom, as CleanRL's single-file update does.
 """
 
 from __future__ import annotations
@@ -186,12 +183,7 @@ class Learner:
             index = torch.as_tensor(slots, device=self.device)
             error = self.replay.targets[index] - self.agent.get_value(self.replay.obs[index])
             loss = s.vf_coef * 0.5 * (weights * error**2).mean()
-            self.optimizer.zero_grad()
-            loss.backward()
-            if self.sync_gradients is not None:
-                self.sync_gradients(self.agent)
-            nn.utils.clip_grad_norm_(self.agent.parameters(), s.max_grad_norm)
-            self.optimizer.step()
+            self._step(loss)
             self.replay.update_priorities(slots, error)
             losses.append(loss.item())
         self.replay.end_update()
@@ -349,13 +341,18 @@ class Learner:
             if agreed > 1.5 * s.target_kl:
                 return stats | {"losses/stopped": 1.0}
 
+        grad_norm = self._step(loss)
+        return stats | {"losses/grad_norm": grad_norm, "losses/stopped": 0.0}
+
+    def _step(self, loss: torch.Tensor) -> float:
+        """One optimizer step on `loss`: gradients averaged over learner ranks, clipped; returns their norm."""
         self.optimizer.zero_grad()
         loss.backward()
         if self.sync_gradients is not None:
             self.sync_gradients(self.agent)
-        grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), s.max_grad_norm)
+        grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), self.settings.max_grad_norm)
         self.optimizer.step()
-        return stats | {"losses/grad_norm": float(grad_norm), "losses/stopped": 0.0}
+        return float(grad_norm)
 
     def distill_weight(self) -> float:
         s = self.settings

@@ -72,7 +72,7 @@ class AdviceClient:
         self._step_started = 0.0
         self.report_bounds()
 
-    # The rollout worker's advice source: the bias for the next step, and what follows a step.
+    # The rollout worker's advice source: the bias for the next step here, what follows a step in after_step.
     def before_step(self) -> StepAdvice:
         self._step_started = time.perf_counter()
         now = time.monotonic()
@@ -87,12 +87,6 @@ class AdviceClient:
         metrics.BIASED_STEPS.labels("bot").inc(int(lookup.from_bot.sum()))
         applied = None if self.settings.advice_mode == "distill" else lookup.bias
         return StepAdvice(applied, advice=self._to_distil(lookup), advised=self._advised(lookup))
-
-    async def after_step(self, finished: list[Episode]) -> None:
-        metrics.STEP_SECONDS.observe(time.perf_counter() - self._step_started)
-        metrics.FORWARD_SECONDS.observe(self.rollout.forward_seconds)
-        metrics.ENV_STEPS.inc(self.rollout.num_bots)
-        await self._after_step(finished)
 
     # Bias updates: a callback writes the table; the step loop reads it.
     async def on_bias(self, msg: Msg) -> None:
@@ -202,7 +196,12 @@ class AdviceClient:
             return []
         return exact_state_keys(self.adapter, self.rollout)
 
-    async def _after_step(self, finished: list[Episode]) -> None:
+    async def after_step(self, finished: list[Episode]) -> None:
+        """The step's metrics, the episodes it ended (outcomes, returns, per-bot advice ends), the state keys the
+        next step is looked up by, and the digests it asks for."""
+        metrics.STEP_SECONDS.observe(time.perf_counter() - self._step_started)
+        metrics.FORWARD_SECONDS.observe(self.rollout.forward_seconds)
+        metrics.ENV_STEPS.inc(self.rollout.num_bots)
         for episode in finished:
             self.outcomes.end_episode(episode.bot, episode.episode_return)
             self.recent_returns.append(episode.episode_return)

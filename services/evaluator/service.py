@@ -61,9 +61,8 @@ class Evaluator:
         newest = waiting.version if waiting else (self.last.policy_version if self.last else -1)
         if announcement.version % self.settings.every_versions or announcement.version <= newest:
             return  # not a version to score, or a progress re-announcement of one already seen
-        if waiting is not None:
+        if self.newest.offer(announcement):
             metrics.SKIPPED.labels("behind").inc()
-        self.newest.offer(announcement)
 
     async def run(self) -> None:
         while True:
@@ -81,10 +80,11 @@ class Evaluator:
         if spec is None:
             raise Rejected("no_spec", "the announcement names no policy spec")
         agent = await fetch_policy(self.bus, announcement, spec, torch.device("cpu"))
+        adapter = adapter_for(spec.env_id)
         result = await asyncio.to_thread(
             evaluate,
             agent,
-            adapter_for(spec.env_id),
+            adapter,
             self.settings.episodes,
             self.settings.seed,
             self.settings.greedy,
@@ -116,7 +116,7 @@ class Evaluator:
         await self.keep_if_best(agent, self.last)
         self.evaluations += 1
         if self.settings.video_dir is not None and (self.evaluations - 1) % self.settings.video_every == 0:
-            await self.record(agent, announcement.version, adapter_for(spec.env_id))
+            await self.record(agent, announcement.version, adapter)
 
     def chart(self, e: Evaluation, scored_greedy: bool) -> None:
         """The evaluation as TensorBoard scalars at the env steps behind the version (when `tensorboard_dir` is set)."""

@@ -18,9 +18,6 @@ The alternative (`trust_acts_on="strength"`) scales the bias by the trust in eve
 Targets: advice naming a state (`target.state_key`) is about that state and reaches every bot of the actor that
 meets it (the actor's state table); other advice is about a bot (or every bot) and also expires after
 `bot_ttl_steps` of the bot's steps and at its episode end. Bounds, merging and the guarantee are the same for both.
-
-Why one file over 300 lines: validation, bounding, merging and expiry are the one pure transformation from advice to
-bias, tested as a whole against its invariants (tests/router/test_core.py).
 """
 
 from __future__ import annotations
