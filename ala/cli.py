@@ -36,6 +36,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(protos_app, name="protos")
 tls_app = typer.Typer(help="TLS between services and broker, for a lab.", no_args_is_help=True)
 app.add_typer(tls_app, name="tls")
+dataset_app = typer.Typer(help="Offline datasets from the trajectories a run stored.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
 console = Console()
 
 
@@ -337,6 +339,30 @@ def export_command(
     scores = ", ".join(f"{key} {value:.3f}" for key, value in policy.evaluation.items()) or "not evaluated"
     console.print(f"{policy.spec.env_id} v{policy.version} at {policy.env_steps:,} env steps ({scores}) from {source}")
     console.print(f"{torch_path}\n{onnx_path} (checked with ONNX Runtime against torch)")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    out: Annotated[Path, typer.Argument(help="Writes <out>.npz (transitions) and <out>.json (provenance).")],
+    run: Annotated[str, typer.Option(envvar="ALA_RUN", help="The run whose chunks to read.")] = "dev",
+    env_id: Annotated[str, typer.Option(envvar="ALA_ENV_ID", help="The env the run trained on.")] = (
+        "MiniGrid-DoorKey-5x5-v0"
+    ),
+    max_steps: Annotated[int, typer.Option(min=0, help="Stop after this many env steps (0: all stored).")] = 0,
+) -> None:
+    """Read a run's trajectory chunks back from JetStream (ALA_NATS_URL; `ala nats` serves a stopped run's store)
+    into transitions for offline RL (`ala.rl.offline`), with their provenance."""
+    import asyncio
+
+    from ala.dataset import export_to
+
+    configure_logging("INFO")
+    arrays, about, provenance = asyncio.run(export_to(NatsSettings(), run, env_id, out, max_steps))
+    console.print(
+        f"{provenance.transitions:,} transitions ({provenance.advised_transitions:,} advised) from {provenance.chunks}"
+        f" chunks, {provenance.env_steps:,} env steps, policy versions {provenance.policy_versions[0]}-"
+        f"{provenance.policy_versions[1]} of run {run}: {arrays} ({about})"
+    )
 
 
 @app.command()

@@ -158,10 +158,12 @@ def run_stack(
     max_seconds: float,
     spec: StackArm,
     stop_at_threshold: bool = True,
+    store_dir: Path | None = None,
 ) -> Run:
+    """One arm's run; `store_dir` keeps the broker's JetStream store (the run's chunks) after it, for a dataset."""
     ports = {service: free_port() for service in spec.services}
     with tempfile.TemporaryDirectory() as scratch, ExitStack() as stack:
-        broker = stack.enter_context(EmbeddedBroker(broker_settings(Path(scratch) / "nats")))
+        broker = stack.enter_context(EmbeddedBroker(broker_settings(store_dir or Path(scratch) / "nats")))
         env = (
             os.environ
             | dict(
