@@ -214,10 +214,12 @@ def _settings_table(title: str, settings: BaseSettings, section: settings_file.S
     rows = []
     for field_name, info in type(settings).model_fields.items():
         value = getattr(settings, field_name)
-        if isinstance(value, BaseModel):
+        if isinstance(value, BaseSettings):
             continue  # nested settings get their own table
         env_name = info.validation_alias if isinstance(info.validation_alias, str) else f"{prefix}{field_name}"
         shown = "********" if isinstance(value, SecretStr) and value.get_secret_value() else str(value)
+        if isinstance(value, BaseModel):  # a table of its own, as its variable takes it (secrets masked by pydantic)
+            shown = value.model_dump_json()
         variable = env_name.upper()
         source = "file" if variable in _from_file else "environment" if variable in os.environ else "default"
         experimental = isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("experimental")

@@ -70,16 +70,27 @@ PERMISSIONS: dict[str, Permissions] = {
         subscribe=(f"{ANY_RUN}.advice.*", f"{ANY_RUN}.outcome.*", f"{ANY_RUN}.weights"),
     ),
     "advisor": Permissions(
-        publish=(f"{ANY_RUN}.advice.*", f"{ANY_RUN}.digest-request.*", f"{ANY_RUN}.implicit-reward"),
-        subscribe=(f"{ANY_RUN}.digest.*", f"{ANY_RUN}.trajectories.*"),
+        publish=(
+            f"{ANY_RUN}.advice.*",
+            f"{ANY_RUN}.digest-request.*",
+            f"{ANY_RUN}.implicit-reward",
+            f"{ANY_RUN}.preference",
+        ),
+        subscribe=(f"{ANY_RUN}.digest.*", f"{ANY_RUN}.trajectories.*", f"{ANY_RUN}.preference-query.*"),
     ),
     "actor": Permissions(
-        publish=(f"{ANY_RUN}.trajectories.*", f"{ANY_RUN}.digest.*", f"{ANY_RUN}.outcome.*", *_READ_WEIGHTS),
+        publish=(
+            f"{ANY_RUN}.trajectories.*",
+            f"{ANY_RUN}.digest.*",
+            f"{ANY_RUN}.outcome.*",
+            f"{ANY_RUN}.preference-query.*",
+            *_READ_WEIGHTS,
+        ),
         subscribe=(f"{ANY_RUN}.bias.*", f"{ANY_RUN}.digest-request.*", f"{ANY_RUN}.weights"),
     ),
     "learner": Permissions(
         publish=(f"{ANY_RUN}.weights", f"$O.{WEIGHTS_BUCKET}.>", f"{JS_API}.>", "$JS.ACK.>"),  # the owner
-        subscribe=(f"{ANY_RUN}.implicit-reward",),
+        subscribe=(f"{ANY_RUN}.implicit-reward", f"{ANY_RUN}.preference"),
     ),
     "evaluator": Permissions(
         publish=(f"{ANY_RUN}.eval", *_READ_WEIGHTS),

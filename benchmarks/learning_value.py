@@ -94,6 +94,8 @@ SCRAPE = {
     "backend_calls": ("advisor", "ala_advisor_llm_seconds_count", {}),
     "trust": ("router", "ala_router_trust", {}),
     "cache_hits": ("advisor", "ala_advisor_cache_hits_total", {}),
+    "rankings": ("advisor", "ala_advisor_preferences_total", {"outcome": "ranked"}),
+    "rankings_kept": ("learner", "ala_learner_preferences_total", {"outcome": "kept"}),
 }
 
 FOLLOW = {
@@ -123,10 +125,11 @@ def arm_of(overlay: dict[str, Any], origin: str) -> StackArm:
     advisors = overlay.get("advisor", {}).get("advisors", [])
     for advisor in advisors:
         advisor.setdefault("name", advisor.get("backend", ""))
+    ranks = "preference_ranker" in overlay.get("advisor", {}).get("experimental", {})
     if advisors:
         overlay = merged(ADVISED, overlay)
     env = settings_file.variables_from(overlay, config_sections(), SERVICE_NAMES, origin)
-    if advisors:
+    if advisors or ranks:  # a ranker runs in the advisor service
         return StackArm(env=env, services=SERVICES, scrape=SCRAPE, follow=FOLLOW)
     # No advisor: env steps and the policy's entropy are all there is to read.
     return StackArm(env=env, scrape={"env_steps": SCRAPE["env_steps"]}, follow={"entropy": FOLLOW["entropy"]})

@@ -38,7 +38,7 @@ from ala.rl.offline import METHODS, Checkpoint, OfflineSettings, Transitions, tr
 from ala.rl.policy import Agent
 from benchmarks.learning import run_stack
 from benchmarks.learning_value import arm_of
-from benchmarks.report import command_line, provenance, write_report
+from benchmarks.report import command_line, provenance, provenance_dict, write_report
 from tests.support import broker_settings
 
 RESULTS = Path(__file__).with_name("results")
@@ -69,6 +69,7 @@ def collect(env_id: str, steps: int, out: Path) -> tuple[Path, dict[str, Any]]:
             arrays, about, _ = asyncio.run(export_to(NatsSettings(url=broker.url), BENCH_RUN, env_id, out))
     facts = json.loads(about.read_text()) | {
         "collected_by": "benchmarks.offline_prior (ala up, seed 0)",
+        "collected_at_commit": provenance_dict(command_line())["commit"],
         "arm": DATASET_ARM,
         "collecting_run_last_eval_return": run.curve[-1][2] if run.curve else None,
     }

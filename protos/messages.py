@@ -339,6 +339,35 @@ class ImplicitReward(MessageBase):
     created_at: float
 
 
+class PreferenceQuery(MessageBase):
+    """actor → advisor: which of two states, met by two of the actor's bots, is closer to finishing the task? The
+    answer trains the learner's reward model (Motif, arXiv 2310.00166; ONI, arXiv 2410.23022)."""
+
+    run: Name
+    actor: Name
+    query: NonNegInt
+    """Per-actor sequence number of the query."""
+    first: StateDigest
+    second: StateDigest
+    created_at: float
+
+
+class Preference(MessageBase):
+    """advisor → learner: an advisor's ranking of a `PreferenceQuery`'s two states, with the observations the reward
+    model reads (as the policy saw them)."""
+
+    run: Name
+    actor: Name
+    query: NonNegInt
+    first: Array
+    second: Array
+    preferred: Annotated[int, msgspec.Meta(ge=0, le=1)]
+    """0: the first state is closer to the goal; 1: the second. Ties are not sent."""
+    source: Name
+    """The advisor that ranked."""
+    created_at: float
+
+
 class Evaluation(MessageBase):
     """evaluator → anyone (dashboards, benchmarks): the policy alone (no bias) on held-out env seeds."""
 
@@ -423,6 +452,8 @@ Message = (
     | TrajectoryChunk
     | WeightsAnnouncement
     | ImplicitReward
+    | PreferenceQuery
+    | Preference
     | Evaluation
     | AdviceOutcome
     | Heartbeat
@@ -435,6 +466,8 @@ MESSAGE_TYPES: tuple[type[MessageBase], ...] = (
     TrajectoryChunk,
     WeightsAnnouncement,
     ImplicitReward,
+    PreferenceQuery,
+    Preference,
     Evaluation,
     AdviceOutcome,
     Heartbeat,

@@ -59,6 +59,20 @@ def implicit_reward_subject(run: str) -> str:
     return _subject(run, "implicit-reward")
 
 
+def preference_query_subject(run: str, actor: str) -> str:
+    """actor → advisor: `PreferenceQuery`s (pairs of states to rank)."""
+    return _subject(run, "preference-query", check_token(actor, "actor"))
+
+
+def preference_query_wildcard(run: str) -> str:
+    return _subject(run, "preference-query", "*")
+
+
+def preference_subject(run: str) -> str:
+    """advisor → learner: `Preference`s (ranked pairs, for the reward model)."""
+    return _subject(run, "preference")
+
+
 def evaluation_subject(run: str) -> str:
     """evaluator → anyone: `Evaluation`s of policy versions."""
     return _subject(run, "eval")

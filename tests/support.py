@@ -52,6 +52,8 @@ from protos import (
     MessageBase,
     OnnxExport,
     PolicySpec,
+    Preference,
+    PreferenceQuery,
     StateDigest,
     TrajectoryChunk,
     WeightsAnnouncement,
@@ -160,6 +162,19 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
     def flags() -> Array:
         return Array.from_numpy(rng.random((steps, bots)) < 0.1)
 
+    def digest_at(bot: int, observation: Array) -> StateDigest:
+        return StateDigest(
+            run="test",
+            actor="actor-0",
+            bot=bot,
+            env_step=1234,
+            episode=17,
+            text="You carry a yellow key. Mission: use the key to open the door and get to the goal.",
+            observation=observation,
+            action_names=ACTION_NAMES,
+            created_at=1.7e9,
+        )
+
     return [
         StateDigest(
             run="test",
@@ -250,6 +265,24 @@ def sample_messages(seed: int = 0, steps: int = 16, bots: int = 4) -> list[Messa
             action=3,
             reward=0.025,
             source="critical-state-review",
+            created_at=1.7e9,
+        ),
+        PreferenceQuery(
+            run="test",
+            actor="actor-0",
+            query=7,
+            first=digest_at(2, floats(*obs_shape)),
+            second=digest_at(5, floats(*obs_shape)),
+            created_at=1.7e9,
+        ),
+        Preference(
+            run="test",
+            actor="actor-0",
+            query=7,
+            first=floats(*obs_shape),
+            second=floats(*obs_shape),
+            preferred=1,
+            source="expert",
             created_at=1.7e9,
         ),
         Evaluation(

@@ -160,6 +160,11 @@ class EnvAdapter:
         """The right option in `full_state` by a privileged planner, or None (no planner, no plan)."""
         return None
 
+    def steps_to_goal(self, full_state: np.ndarray) -> int | None:
+        """Steps of a privileged planner's shortest plan from `full_state` to the goal, or None (no planner, no
+        path): what the planner ranks states by (`PreferenceQuery`)."""
+        return None
+
     # Metrics.
     def return_buckets(self) -> tuple[float, ...]:
         """Histogram buckets of the episode return, wide enough for this env. The registered reward threshold hints

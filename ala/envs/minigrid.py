@@ -107,6 +107,9 @@ class MiniGridAdapter(EnvAdapter):
     def option_for_state(self, full_state: np.ndarray) -> int | None:
         return minigrid_options.planner_option(full_state)
 
+    def steps_to_goal(self, full_state: np.ndarray) -> int | None:
+        return minigrid_expert.steps_to_goal(full_state)
+
     def return_buckets(self) -> tuple[float, ...]:
         """MiniGrid rewards success with 1 - 0.9 * steps / max_steps, else 0."""
         return (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)

@@ -27,6 +27,12 @@ def plan(full_state: np.ndarray) -> int | None:
     return path[0][1] if path else None
 
 
+def steps_to_goal(full_state: np.ndarray) -> int | None:
+    """Steps of a shortest plan to the goal, or None if the goal cannot be reached."""
+    path = _shortest_path(full_state.astype(int))
+    return None if path is None else len(path)
+
+
 def plan_ahead(full_state: np.ndarray, horizon: int) -> list[tuple[np.ndarray, int]]:
     """The first `horizon` steps of a shortest plan: (full state, action) for the state given and the states the
     plan passes through next, each rendered as `MiniGridAdapter.full_state` would encode it when the agent gets

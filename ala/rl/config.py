@@ -91,6 +91,13 @@ class PPOSettings(BaseModel):
         "gae", json_schema_extra=EXPERIMENTAL, description="Advantage estimator."
     )
     max_weight: float = Field(2.0, gt=0, description="Truncation of the importance weight pi_prox / mu.")
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        json_schema_extra=EXPERIMENTAL,
+        description="Weight of a KL penalty to the policy at the start of the update, KL(pi_prox || pi) estimated per"
+        " sample as (r - 1) - log r, added to PPO's loss (the seed's KL to the base beside a learned reward; 0: off).",
+    )
     shortcut_beta: float = Field(
         1.0, json_schema_extra=EXPERIMENTAL, description="beta of the shortcut ratio (the bias is already scaled: 1)."
     )

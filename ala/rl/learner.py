@@ -320,6 +320,9 @@ class Learner:
         value_loss = 0.5 * ((sample.value - batch.returns[idx]) ** 2).mean()
         entropy = sample.entropy.mean()
         loss = policy.loss - s.ent_coef * entropy + s.vf_coef * value_loss
+        if s.kl_coef:
+            to_prox = sample.policy_logprob - batch.prox_logprob[idx]
+            loss = loss + s.kl_coef * ((to_prox.exp() - 1) - to_prox).mean()
         distill = self._distillation(batch.advice[idx], sample.logprobs)
         if distill is not None:
             loss = loss + self.distill_weight() * distill

@@ -31,6 +31,7 @@ from services.actor.bias import BiasLookup, BiasRejected, BiasTable
 from services.actor.digests import digest_contents, make_digest
 from services.actor.options import OptionExecutor
 from services.actor.outcomes import OutcomeLedger
+from services.actor.preferences import PreferenceAsker
 from services.actor.settings import ActorSettings
 from services.actor.states import exact_state_keys, judge, state_keys
 
@@ -70,6 +71,7 @@ class AdviceClient:
         self.exact_keys = self.exact_state_keys()
         """The key of each bot's exact state, looked up first; empty while no exact-state advice is about."""
         self._step_started = 0.0
+        self.preferences = PreferenceAsker(settings, bus, rollout, adapter) if settings.preference_rate_per_s else None
         self.report_bounds()
 
     # The rollout worker's advice source: the bias for the next step here, what follows a step in after_step.
@@ -212,6 +214,8 @@ class AdviceClient:
             self.bias.end_episodes([episode.bot for episode in finished])
         self.keys = self.state_keys()
         self.exact_keys = self.exact_state_keys()
+        if self.preferences is not None:
+            await self.preferences.maybe_ask(self.keys)
         if not self.settings.digests_enabled:
             return
         reading = self.advisors.reading()

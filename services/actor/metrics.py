@@ -118,6 +118,9 @@ UNDECODABLE = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+PREFERENCE_QUERIES = Counter(
+    "ala_actor_preference_queries", "Pairs of bots' states sent to advisors to rank.", registry=REGISTRY
+)
 DIGESTS = Counter(
     "ala_actor_digests",
     "State digests published for the advisors, by why: new_state (no advice yet), requested, periodic.",

@@ -154,6 +154,14 @@ class ActorAdvice(BaseModel):
     digest_full_state: bool = Field(
         True, description="Attach the full MiniGrid grid to digests, for expert advisors (privileged information)."
     )
+    preference_rate_per_s: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        json_schema_extra=EXPERIMENTAL,
+        description="Pairs of two bots' states sent per second for an advisor to rank (PreferenceQuery), whose"
+        " rankings train the learner's reward model (ALA_LEARNER_PREFERENCE_REWARD); 0: none.",
+    )
 
 
 class ActorSettings(ServiceSettings, RolloutSettings, ActorFlow, ActorPolicy, ActorAdvice):

@@ -51,6 +51,13 @@ CACHE_HITS = Counter(
 )
 CACHE_MISSES = Counter("ala_advisor_cache_misses", "Answers that needed the backend.", ["advisor"], registry=REGISTRY)
 CACHE_THRESHOLD = Gauge("ala_advisor_cache_max_distance", "Adaptive reuse threshold.", ["advisor"], registry=REGISTRY)
+PREFERENCES = Counter(
+    "ala_advisor_preferences",
+    "Preference queries by outcome: ranked, tie, unsent, undecodable, or the ranker's failure (unavailable, timeout,"
+    " parse, ...).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 REVIEWS = Counter("ala_advisor_reviews", "Episodes reviewed for critical states.", registry=REGISTRY)
 REVIEW_FAILURES = Counter("ala_advisor_review_failures", "Reviews the LLM could not answer usably.", registry=REGISTRY)
 REVIEW_SKIPPED = Counter(

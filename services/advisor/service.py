@@ -42,6 +42,7 @@ from services.advisor.backends import BackendError, create_backend
 from services.advisor.breaker import BreakerState
 from services.advisor.cache import AdviceCache
 from services.advisor.prompt import Prompt
+from services.advisor.ranking import Ranker, rank_preferences
 from services.advisor.review_stream import review_episodes
 from services.advisor.settings import AdvisorSettings
 from services.advisor.situations import SituationCache, cache_file
@@ -202,6 +203,9 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
 
 async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
     advisors = build_advisors(settings)
+    ranker = None
+    if settings.preference_ranker is not None:
+        ranker = Ranker(settings.preference_ranker, settings.third_party_log_level)
     try:
         async with ServiceRuntime(settings, metrics.SERVICE, metrics.REGISTRY) as runtime, ServiceTasks() as tasks:
             service = AdvisorService(settings, runtime.bus, advisors)
@@ -215,12 +219,16 @@ async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
                     tasks.start(service.work(advisor), name=f"advisor-{advisor.spec.name}-{i}")
             if settings.review:
                 tasks.start(review_episodes(settings, runtime.bus, advisors, service.policies), name="review")
+            if ranker is not None:
+                tasks.start(rank_preferences(settings, runtime.bus, ranker), name="preferences")
             tasks.start(report_progress("advisor", service.progress, settings.progress_interval_s), name="progress")
             await stop.wait()
             await tasks.stop_all()
     finally:
         for advisor in advisors:
             await advisor.backend.close()
+        if ranker is not None:
+            await ranker.close()
 
 
 def main() -> None:

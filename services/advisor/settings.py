@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings
+from ala.rl.config import EXPERIMENTAL
 
 PROMPTS = Path(__file__).parent / "prompts"
 
@@ -159,6 +160,8 @@ AdvisorSpec = Annotated[
     Discriminator(_backend_of),
 ]
 """One advisor: a table keyed by `backend`, each backend with its own keys (one of another backend is refused)."""
+RANKERS = ("expert", "embedded", "openai")
+"""The backends that can rank pairs of states (`preference_ranker`)."""
 BACKENDS = ("embedded", "openai", "expert", "adversarial", "simulated", "random", "null", "plugin")
 _SPECS: TypeAdapter[AdvisorSpec] = TypeAdapter(AdvisorSpec)
 
@@ -196,7 +199,31 @@ class AdvisorReview(BaseModel):
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on the implicit reward of one critical state.")
 
 
-class AdvisorSettings(ServiceSettings, AdvisorCache, AdvisorReview):
+class AdvisorPreferences(BaseModel):
+    """Ranking pairs of states for the learner's reward model (Motif/ONI; services/advisor/ranking.py)."""
+
+    settings_group: ClassVar[str] = "preferences"
+
+    preference_ranker: AdvisorSpec | None = Field(
+        None,
+        json_schema_extra=EXPERIMENTAL,
+        description="The advisor that ranks the actors' PreferenceQuery pairs (JSON, as one of `advisors`): expert"
+        " (the planner, by plan length: the upper bound), embedded or openai (an LLM, by the states' text). Unset:"
+        " queries are not answered.",
+    )
+    preference_max_pending: int = Field(
+        16, ge=1, le=10_000, description="Queries waiting to be ranked, at most; beyond, the newest are dropped."
+    )
+
+    @field_validator("preference_ranker")
+    @classmethod
+    def _can_rank(cls, spec: "AdvisorSpec | None") -> "AdvisorSpec | None":
+        if spec is not None and spec.backend not in RANKERS:
+            raise ValueError(f"backend {spec.backend!r} cannot rank states; use one of {RANKERS}")
+        return spec
+
+
+class AdvisorSettings(ServiceSettings, AdvisorCache, AdvisorReview, AdvisorPreferences):
     service: ClassVar[str] = "advisor"
     model_config = SettingsConfigDict(env_prefix="ALA_ADVISOR_")
 

@@ -3,8 +3,8 @@
 A chunk is refused for good (terminated: it must never come back) when it does not decode or fit the policy, belongs
 to another run, or names a version further ahead than `max_policy_lag` (a learner restored from an older checkpoint
 cannot know it). It is dropped (acknowledged) when it was trained already or is waiting in the batch, or is too
-stale to correct for. Everything else is trained, with the advisor's implicit rewards and the exploration bonus
-added. Each verdict is counted.
+stale to correct for. Everything else is trained, with the advisor's implicit rewards, the exploration bonus and the
+preference model's shaping added. Each verdict is counted.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ala.rl.exploration import TransitionCounts
 from ala.rl.learner import Learner
+from ala.rl.preference import PreferenceReward
 from ala.rl.trajectory import BadChunk, Trajectory, from_chunk
 from protos import TrajectoryChunk, WireError, decode, subjects
 from services.learner import metrics
@@ -46,6 +47,7 @@ class Admission:
         env_steps: EnvStepLedger,
         implicit: ImplicitRewards,
         exploration: TransitionCounts | None = None,
+        preferences: PreferenceReward | None = None,
     ) -> None:
         self.run = run
         self.max_policy_lag = max_policy_lag
@@ -54,6 +56,7 @@ class Admission:
         self.env_steps = env_steps
         self.implicit = implicit
         self.exploration = exploration
+        self.preferences = preferences
         self.pending: set[str] = set()
         """Chunks admitted and waiting for their batch (a slow batch can see one redelivered)."""
 
@@ -87,5 +90,7 @@ class Admission:
         metrics.IMPLICIT_REWARDS_APPLIED.inc(self.implicit.apply(trajectory))
         if self.exploration is not None:
             metrics.EXPLORATION_BONUS.inc(self.exploration.add_bonus(trajectory))
+        if self.preferences is not None:
+            metrics.PREFERENCE_SHAPING.inc(self.preferences.shape(trajectory))
         self.pending.add(chunk_id)
         return Admitted(chunk_id, trajectory)

@@ -48,6 +48,17 @@ EXPLORATION_BONUS = Counter(
     "Sum of the count-based exploration bonus added to trained rewards.",
     registry=REGISTRY,
 )
+PREFERENCE_SHAPING = Counter(
+    "ala_learner_preference_shaping",
+    "Sum of |shaping| the preference reward model added to trained rewards.",
+    registry=REGISTRY,
+)
+PREFERENCES = Counter(
+    "ala_learner_preferences",
+    "Rankings from advisors, by outcome (kept, or refused: not this policy's observations).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 WEIGHTS_PUBLISH_FAILURES = Counter(
     "ala_learner_weights_publish_failures", "Weight versions not published (broker away).", registry=REGISTRY
 )

@@ -102,6 +102,8 @@ async def train_until_stopped(
     await bus.subscribe(subjects.heartbeat_wildcard(settings.run), worker.on_heartbeat)
     if settings.implicit_rewards:
         await bus.subscribe(subjects.implicit_reward_subject(settings.run), worker.on_implicit_reward)
+    if worker.preferences is not None:
+        await bus.subscribe(subjects.preference_subject(settings.run), worker.on_preference)
     if worker.publishes:
         await worker.publish_weights()  # actors start from the learner's weights, not their own initialisation
     async with ServiceTasks() as tasks:

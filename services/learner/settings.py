@@ -91,7 +91,8 @@ class LearnerRanks(BaseModel):
 
 
 class LearnerRewards(BaseModel):
-    """Rewards added to the environment's: the advisor's implicit rewards, the exploration bonus."""
+    """Rewards added to the environment's: the advisor's implicit rewards, the exploration bonus, the shaping of the
+    reward model learned from preferences."""
 
     settings_group: ClassVar[str] = "rewards"
 
@@ -116,6 +117,21 @@ class LearnerRewards(BaseModel):
         gt=0,
         json_schema_extra=EXPERIMENTAL,
         description="The Laplace constant added to every transition count of the exploration bonus.",
+    )
+    preference_reward: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        json_schema_extra=EXPERIMENTAL,
+        description="Scale of the potential of the reward model learned from an advisor's rankings of pairs of"
+        " states (ala/rl/preference.py; Motif/ONI): gamma * Phi(s') - Phi(s) with |Phi| <= this is added to every"
+        " trained step. 0: off, and rankings are not listened to.",
+    )
+    preference_capacity: int = Field(
+        4096, ge=1, le=1_000_000, json_schema_extra=EXPERIMENTAL, description="Rankings the reward model keeps."
+    )
+    preference_steps: int = Field(
+        8, ge=0, json_schema_extra=EXPERIMENTAL, description="Reward-model minibatch steps before every update."
     )
 
 

@@ -23,12 +23,14 @@ from ala.ratelimit import RateLimitedLog
 from ala.rl.distributed import Ranks
 from ala.rl.exploration import TransitionCounts
 from ala.rl.learner import Learner
+from ala.rl.preference import PreferenceReward
 from ala.rl.trajectory import Trajectory
 from ala.tensorboard import Scalars
 from protos import (
     Heartbeat,
     ImplicitReward,
     PolicySpec,
+    Preference,
     WireError,
     decode,
     subjects,
@@ -71,6 +73,16 @@ class LearnerWorker:
         exploration = None
         if settings.exploration_bonus > 0:
             exploration = TransitionCounts(settings.exploration_bonus, settings.exploration_alpha)
+        self.preferences = None
+        if settings.preference_reward > 0:
+            self.preferences = PreferenceReward(
+                learner.agent.spec,
+                settings.preference_reward,
+                settings.gamma,
+                settings.preference_capacity,
+                settings.preference_steps,
+                seed=settings.seed,
+            )
         self.admission = Admission(
             settings.run,
             settings.max_policy_lag,
@@ -79,6 +91,7 @@ class LearnerWorker:
             self.env_steps,
             self.implicit,
             exploration,
+            self.preferences,
         )
         self.unsettled: list[tuple[Msg, str]] = []
         """Chunks trained on but not yet acknowledged, with their ids: they wait for the checkpoint that includes their
@@ -143,6 +156,21 @@ class LearnerWorker:
             return
         self.implicit.add(reward)
 
+    async def on_preference(self, msg: Msg) -> None:
+        """An advisor's ranking of two states, for the reward model; one that does not fit the policy is counted."""
+        assert self.preferences is not None
+        try:
+            ranking = decode(msg.data, Preference)
+            self.preferences.add(ranking.first.to_numpy(), ranking.second.to_numpy(), ranking.preferred)
+        except WireError as exc:
+            undecodable("preference", msg, exc, self._decode_log)
+            return
+        except ValueError as exc:
+            metrics.PREFERENCES.labels("refused").inc()
+            self._decode_log.warning("ranking refused: %s", exc)
+            return
+        metrics.PREFERENCES.labels("kept").inc()
+
     async def _settle(self, msg: Msg, terminate: bool = False) -> None:
         """Acknowledge a chunk trained on or dropped (terminate one that must never come back); actors learn how far
         training has come from the highest stream sequence settled."""
@@ -194,7 +222,10 @@ class LearnerWorker:
         return self.ranks is None or self.ranks.is_parameter_service
 
     def _update(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        preference_loss = self.preferences.fit() if self.preferences is not None else None
         stats = self.learner.train(trajectories)
+        if preference_loss is not None:
+            stats["losses/preference"] = preference_loss
         if self.ranks is not None and self.ranks.merge_parameters(self.learner.agent, self.learner.version):
             metrics.MERGES.inc()
         return stats
