@@ -19,27 +19,25 @@ PNG curves. The seed paper (arXiv 2505.07274) reports +14-29% return over CQL an
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import multiprocessing
 import statistics
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 
-from ala.broker import EmbeddedBroker
-from ala.config import NatsSettings
-from ala.dataset import export_to
 from ala.envs import adapter_for
 from ala.rl.evaluate import evaluate
 from ala.rl.offline import METHODS, Checkpoint, OfflineSettings, Transitions, train
 from ala.rl.policy import Agent
-from benchmarks.learning import run_stack
-from benchmarks.learning_value import arm_of
 from benchmarks.report import command_line, provenance, provenance_dict, write_report
-from tests.support import broker_settings
 
 RESULTS = Path(__file__).with_name("results")
 DATASET_ARM: dict[str, Any] = {"advisor": {"advisors": [{"backend": "simulated", "precision": 0.7}]}}
@@ -61,6 +59,14 @@ class Trained:
 
 def collect(env_id: str, steps: int, out: Path) -> tuple[Path, dict[str, Any]]:
     """Run the stack with the dataset arm, keep its JetStream store, export the run; returns the dataset and facts."""
+    # Imported here: training from a saved dataset (on a GPU machine, say) needs neither the stack nor a broker.
+    from ala.broker import EmbeddedBroker
+    from ala.config import NatsSettings
+    from ala.dataset import export_to
+    from benchmarks.learning import run_stack
+    from benchmarks.learning_value import arm_of
+    from tests.support import broker_settings
+
     arm = arm_of(json.loads(json.dumps(DATASET_ARM)), "offline_prior dataset arm")
     with tempfile.TemporaryDirectory() as scratch:
         store = Path(scratch) / "nats"
@@ -78,19 +84,23 @@ def collect(env_id: str, steps: int, out: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def train_and_score(
-    data: Transitions, env_id: str, method: str, seed: int, steps: int, every: int, episodes: int
+    dataset: Path, env_id: str, method: str, seed: int, steps: int, every: int, episodes: int, device: str
 ) -> Trained:
+    """One method and seed (in a process of its own where runs are parallel): train on `device`, score on the CPU."""
+    torch.set_num_threads(1)
+    data = Transitions.load(dataset)
     adapter = adapter_for(env_id)
     result = Trained(method, seed)
 
     def score(agent: Agent, checkpoint: Checkpoint) -> None:
-        scored = evaluate(agent, adapter, episodes, seed=seed)
+        scored = evaluate(copy.deepcopy(agent).cpu(), adapter, episodes, seed=seed)
         assert scored.greedy is not None
         result.curve.append(
             (checkpoint.step, checkpoint.seconds, scored.greedy.mean_return, scored.sampled.mean_return)
         )
 
-    train(data, adapter.probe_spec(), OfflineSettings(method=method, steps=steps, seed=seed), every, score)  # type: ignore[arg-type]
+    settings = OfflineSettings(method=method, steps=steps, seed=seed)  # type: ignore[arg-type]
+    train(data, adapter.probe_spec(), settings, every, score, device=device)
     return result
 
 
@@ -169,19 +179,27 @@ def main(
     train_steps: Annotated[int, typer.Option(help="Gradient steps per method and seed.")] = 20_000,
     every: Annotated[int, typer.Option(help="Gradient steps between scorings.")] = 4_000,
     episodes: Annotated[int, typer.Option(help="Held-out episodes per scoring.")] = 50,
+    device: Annotated[str, typer.Option(help="torch device for training (cpu, cuda).")] = "cpu",
+    parallel: Annotated[int, typer.Option(help="Runs at a time, each in a process of its own.")] = 1,
     out: Annotated[Path, typer.Option()] = RESULTS / "offline-prior.md",
 ) -> None:
     if dataset is None:
         dataset, facts = collect(env_id, dataset_steps, Path(".ala/datasets/offline-prior"))
     else:
         facts = json.loads(dataset.with_suffix(".json").read_text())
-    data = Transitions.load(dataset.with_suffix(".npz"))
+    arrays = dataset.with_suffix(".npz")
+    data = Transitions.load(arrays)
     print(f"dataset: {len(data):,} transitions, {int(data.advised.sum()):,} advised", flush=True)
-    results = []
-    for seed in range(seeds):
-        for method in METHODS:
-            trained = train_and_score(data, env_id, method, seed, train_steps, every, episodes)
-            print(f"{method} seed {seed}: {trained.curve[-1]}", flush=True)
+    jobs = [
+        (arrays, env_id, method, seed, train_steps, every, episodes, device)
+        for seed in range(seeds)
+        for method in METHODS
+    ]
+    # spawn: CUDA cannot be used in a forked child.
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = []
+        for trained in pool.map(train_and_score, *zip(*jobs, strict=True)):
+            print(f"{trained.method} seed {trained.seed}: {trained.curve[-1]}", flush=True)
             results.append(trained)
     write_report(report(results, facts, command_line(), seeds), out)
     plot(results, out.with_suffix(".png"))
