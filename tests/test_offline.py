@@ -3,20 +3,28 @@ CQL-Prior each pulling the network where its loss says."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
 
+from ala.broker import EmbeddedBroker
 from ala.bus import Bus
+from ala.cli import app
+from ala.config import NatsSettings
 from ala.dataset import export_run
+from ala.metrics import bus_metrics
 from ala.rl.offline import Checkpoint, OfflineSettings, Transitions, train
 from ala.rl.trajectory import Trajectory, to_chunk
 from protos import encode, subjects
-from tests.support import fresh_agent, rollout, spec
+from tests.support import ENV_ID, fresh_agent, rollout, spec
 
 
 def _trajectory(seed: int = 0, bots: int = 4, steps: int = 16) -> Trajectory:
@@ -138,3 +146,26 @@ def test_checkpoints_come_every_n_steps_and_at_the_end_and_bad_requests_are_refu
         train(data, spec(), OfflineSettings(method="dqn"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no transitions"):
         train(replace(data, actions=data.actions[:0]), spec(), OfflineSettings())
+
+
+def test_ala_dataset_export_writes_the_transitions_and_their_provenance(
+    nats_server: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trajectory = _trajectory()
+
+    async def store() -> None:
+        settings = NatsSettings(url=nats_server.url)
+        bus = await Bus.connect(settings, "test", bus_metrics("test", CollectorRegistry()))
+        await bus.provision()
+        payload = encode(to_chunk(trajectory, "lab", "actor-1", 0))
+        await bus.publish_durable(subjects.trajectory_subject("lab", "actor-1"), payload, "lab.0", "chunk")
+        await bus.drain()
+
+    asyncio.run(store())
+    monkeypatch.setenv("ALA_NATS_URL", nats_server.url)
+    result = CliRunner().invoke(app, ["dataset", "export", str(tmp_path / "lab"), "--run", "lab", "--env-id", ENV_ID])
+    assert result.exit_code == 0, result.output
+    data = Transitions.load(tmp_path / "lab.npz")
+    provenance = json.loads((tmp_path / "lab.json").read_text())
+    assert len(data) == provenance["transitions"] == len(Transitions.from_trajectory(trajectory))
+    assert (provenance["run"], provenance["chunks"], provenance["env_id"]) == ("lab", 1, ENV_ID)

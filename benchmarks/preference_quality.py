@@ -1,0 +1,159 @@
+"""How good the preference reward's parts are, apart from learning: the rankers against the planner, and the reward
+model against held-out rankings (issue 31).
+
+States come from DoorKey episodes played by the planner with some random steps mixed in (so that pairs differ in
+progress: key, door, goal); each kept with its observation, full state and digest as an actor sends them. Pairs of
+states are labelled by the planner (fewer steps to the goal is better; ties dropped), as the `expert` ranker labels
+them in the stack.
+
+- The reward model (`ala.rl.preference`) is fit on `--rankings` planner-labelled pairs with `--steps` minibatch steps
+  (a 400-update run at 8 steps per update takes 3,200), and scored on held-out pairs: the share whose order its
+  potential gets right. It reads the policy's observation (MiniGrid's 7x7 egocentric view), not the full state the
+  planner ranked by: this says how much of the planner's ranking a reward on observations can carry.
+- The embedded LLM ranks `--llm-pairs` pairs by their text (the `embedded` ranker, A or B): its agreement with the
+  planner, and its seconds per ranking.
+
+    python -m benchmarks.preference_quality [--env-id MiniGrid-DoorKey-8x8-v0] [--rankings 2600] [--llm-pairs 100]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from ala.envs import adapter_for
+from ala.rl.preference import PreferenceReward
+from benchmarks.report import command_line, provenance, write_report
+from protos import StateDigest
+from tests.support import digest_of
+
+RESULTS = Path(__file__).with_name("results")
+
+
+@dataclass(frozen=True)
+class State:
+    digest: StateDigest
+    steps_to_goal: int
+
+
+def collect_states(env_id: str, episodes: int, random_share: float, seed: int) -> list[State]:
+    """Every state of `episodes` episodes played by the planner, each step random with probability `random_share`."""
+    adapter = adapter_for(env_id)
+    env = adapter.make()
+    rng = np.random.default_rng(seed)
+    states = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            full_state = adapter.full_state(env)
+            steps = adapter.steps_to_goal(full_state) if full_state is not None else None
+            if steps is not None:
+                states.append(State(digest_of(env, obs, env_id=env_id), steps))
+            planned = adapter.expert_action(env)
+            action = (
+                int(rng.integers(env.action_space.n)) if planned is None or rng.random() < random_share else planned
+            )  # type: ignore[attr-defined]
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    return states
+
+
+def labelled_pairs(states: list[State], count: int, rng: np.random.Generator) -> list[tuple[State, State, int]]:
+    pairs = []
+    while len(pairs) < count:
+        i, j = rng.choice(len(states), 2, replace=False)
+        if states[i].steps_to_goal != states[j].steps_to_goal:
+            pairs.append((states[i], states[j], int(states[j].steps_to_goal < states[i].steps_to_goal)))
+    return pairs
+
+
+def model_agreement(
+    env_id: str, train: list[tuple[State, State, int]], test: list[tuple[State, State, int]], steps: int, seed: int
+) -> float:
+    spec = adapter_for(env_id).probe_spec()
+    model = PreferenceReward(spec, scale=1.0, gamma=0.99, capacity=len(train), steps=steps, seed=seed)
+    for first, second, preferred in train:
+        model.add(first.digest.observation.to_numpy(), second.digest.observation.to_numpy(), preferred)
+    model.fit()
+    firsts = model.potential(np.stack([f.digest.observation.to_numpy() for f, _, _ in test]))
+    seconds = model.potential(np.stack([s.digest.observation.to_numpy() for _, s, _ in test]))
+    return float(np.mean((seconds > firsts) == np.array([p for _, _, p in test], dtype=bool)))
+
+
+async def llm_agreement(pairs: list[tuple[State, State, int]]) -> tuple[float, float, int]:
+    """The embedded ranker's agreement with the planner, its median seconds per ranking, and its failures."""
+    from services.advisor.backends import BackendError
+    from services.advisor.ranking import Ranker
+    from services.advisor.settings import advisor_spec
+
+    ranker = Ranker(advisor_spec(name="smollm2", backend="embedded"))
+    agreed, seconds, failed = [], [], 0
+    try:
+        for first, second, preferred in pairs:
+            started = time.perf_counter()
+            try:
+                answer = await ranker.rank(first.digest, second.digest)
+            except BackendError:
+                failed += 1
+                continue
+            seconds.append(time.perf_counter() - started)
+            agreed.append(answer == preferred)
+    finally:
+        await ranker.close()
+    return float(np.mean(agreed)) if agreed else float("nan"), statistics.median(seconds) if seconds else 0.0, failed
+
+
+def main(
+    env_id: Annotated[str, typer.Option()] = "MiniGrid-DoorKey-8x8-v0",
+    episodes: Annotated[int, typer.Option(help="Episodes whose states are sampled.")] = 200,
+    random_share: Annotated[float, typer.Option(help="Share of random steps in those episodes.")] = 0.5,
+    rankings: Annotated[int, typer.Option(help="Planner-labelled pairs the model is fit on.")] = 2600,
+    steps: Annotated[int, typer.Option(help="Reward-model minibatch steps.")] = 3200,
+    test_pairs: Annotated[int, typer.Option(help="Held-out pairs.")] = 2000,
+    llm_pairs: Annotated[int, typer.Option(help="Pairs the embedded LLM ranks (0: none).")] = 100,
+    seeds: Annotated[int, typer.Option(help="Seeds of the model's fit (and of the pairs).")] = 5,
+    out: Annotated[Path, typer.Option()] = RESULTS / "preference-quality.md",
+) -> None:
+    train_states = collect_states(env_id, episodes, random_share, seed=0)
+    test_states = collect_states(env_id, episodes // 4, random_share, seed=100_000)  # other layouts
+    agreements = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        train, test = labelled_pairs(train_states, rankings, rng), labelled_pairs(test_states, test_pairs, rng)
+        agreements.append(model_agreement(env_id, train, test, steps, seed))
+        print(
+            f"seed {seed}: reward model agrees with the planner on {agreements[-1]:.3f} of held-out pairs", flush=True
+        )
+    lines = [
+        f"# Preference reward's parts on {env_id}: rankers and reward model against the planner",
+        "",
+        provenance(command_line()),
+        "",
+        f"States: {len(train_states):,} from {episodes} episodes (seeds 0-{episodes - 1}) and {len(test_states):,} held"
+        f" out from {episodes // 4} other layouts, played by the planner with {random_share:.0%} random steps.",
+        "",
+        "| what | agreement with the planner on held-out pairs | spread | cost |",
+        "|---|---:|---|---|",
+        f"| reward model on observations, {rankings:,} planner rankings, {steps:,} steps ({seeds} seeds) |"
+        f" {statistics.median(agreements):.3f} | {min(agreements):.3f}-{max(agreements):.3f} | - |",
+    ]
+    if llm_pairs:
+        pairs = labelled_pairs(test_states, llm_pairs, np.random.default_rng(0))
+        agreement, seconds, failed = asyncio.run(llm_agreement(pairs))
+        lines.append(
+            f"| embedded SmolLM2-135M ranking by text, {llm_pairs} pairs | {agreement:.3f} | chance 0.5 |"
+            f" {seconds:.2f} s per ranking (median), {failed} failed |"
+        )
+    write_report("\n".join(lines) + "\n", out)
+
+
+if __name__ == "__main__":
+    typer.run(main)
