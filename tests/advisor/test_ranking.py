@@ -21,6 +21,7 @@ from services.advisor.backends import BackendError
 from services.advisor.ranking import Ranker
 from services.advisor.service import serve
 from services.advisor.settings import AdvisorSettings, advisor_spec
+from tests.advisor.test_advisor_service import _settings
 from tests.support import ENV_ID, digest_of, running
 
 
@@ -65,15 +66,7 @@ async def test_the_advisor_answers_queries_with_the_ranked_observations(bus: Bus
         await rankings.put(decode(msg.data, Preference))
 
     await bus.subscribe(subjects.preference_subject("test"), on_ranking)
-    settings = AdvisorSettings(
-        run="test",
-        instance="adv1",
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        nats=nats_settings,
-        advisors=[],
-        preference_ranker={"backend": "expert", "name": "planner"},
-    )
+    settings = _settings(nats_settings, advisors=[], preference_ranker={"backend": "expert", "name": "planner"})
     start, closer = _start_and_three_steps_along_the_plan()
     query = PreferenceQuery(run="test", actor="a1", query=4, first=start, second=closer, created_at=0.0)
     undecodable = metrics.PREFERENCES.labels("undecodable")
