@@ -41,6 +41,8 @@ RESULTS = Path(__file__).with_name("results")
 class State:
     digest: StateDigest
     steps_to_goal: int
+    carrying: bool
+    """The agent holds the key: the first milestone, which a policy early in a run has never reached."""
 
 
 def collect_states(env_id: str, episodes: int, random_share: float, seed: int) -> list[State]:
@@ -56,7 +58,8 @@ def collect_states(env_id: str, episodes: int, random_share: float, seed: int) -
             full_state = adapter.full_state(env)
             steps = adapter.steps_to_goal(full_state) if full_state is not None else None
             if steps is not None:
-                states.append(State(digest_of(env, obs, env_id=env_id), steps))
+                carrying = env.unwrapped.carrying is not None  # type: ignore[attr-defined]
+                states.append(State(digest_of(env, obs, env_id=env_id), steps, carrying))
             planned = adapter.expert_action(env)
             action = (
                 int(rng.integers(env.action_space.n)) if planned is None or rng.random() < random_share else planned
@@ -77,7 +80,9 @@ def labelled_pairs(states: list[State], count: int, rng: np.random.Generator) ->
 
 def model_agreement(
     env_id: str, train: list[tuple[State, State, int]], test: list[tuple[State, State, int]], steps: int, seed: int
-) -> float:
+) -> tuple[float, float]:
+    """The share of held-out pairs the model orders as the planner does: all of them, and those where one state holds
+    the key and the other does not."""
     spec = adapter_for(env_id).probe_spec()
     model = PreferenceReward(spec, scale=1.0, gamma=0.99, capacity=len(train), steps=steps, seed=seed)
     for first, second, preferred in train:
@@ -85,7 +90,9 @@ def model_agreement(
     model.fit()
     firsts = model.potential(np.stack([f.digest.observation.to_numpy() for f, _, _ in test]))
     seconds = model.potential(np.stack([s.digest.observation.to_numpy() for _, s, _ in test]))
-    return float(np.mean((seconds > firsts) == np.array([p for _, _, p in test], dtype=bool)))
+    right = (seconds > firsts) == np.array([p for _, _, p in test], dtype=bool)
+    key = np.array([f.carrying != s.carrying for f, s, _ in test])
+    return float(right.mean()), float(right[key].mean()) if key.any() else float("nan")
 
 
 async def llm_agreement(pairs: list[tuple[State, State, int]]) -> tuple[float, float, int]:
@@ -115,6 +122,13 @@ def main(
     env_id: Annotated[str, typer.Option()] = "MiniGrid-DoorKey-8x8-v0",
     episodes: Annotated[int, typer.Option(help="Episodes whose states are sampled.")] = 200,
     random_share: Annotated[float, typer.Option(help="Share of random steps in those episodes.")] = 0.5,
+    train_random_share: Annotated[
+        float | None,
+        typer.Option(
+            help="Another share for the episodes the model is fit on (1.0: a random policy's states, as early"
+            " in a run); default: --random-share."
+        ),
+    ] = None,
     rankings: Annotated[int, typer.Option(help="Planner-labelled pairs the model is fit on.")] = 2600,
     steps: Annotated[int, typer.Option(help="Reward-model minibatch steps.")] = 3200,
     test_pairs: Annotated[int, typer.Option(help="Held-out pairs.")] = 2000,
@@ -122,28 +136,33 @@ def main(
     seeds: Annotated[int, typer.Option(help="Seeds of the model's fit (and of the pairs).")] = 5,
     out: Annotated[Path, typer.Option()] = RESULTS / "preference-quality.md",
 ) -> None:
-    train_states = collect_states(env_id, episodes, random_share, seed=0)
+    train_share = random_share if train_random_share is None else train_random_share
+    train_states = collect_states(env_id, episodes, train_share, seed=0)
     test_states = collect_states(env_id, episodes // 4, random_share, seed=100_000)  # other layouts
-    agreements = []
+    agreements, on_key = [], []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         train, test = labelled_pairs(train_states, rankings, rng), labelled_pairs(test_states, test_pairs, rng)
-        agreements.append(model_agreement(env_id, train, test, steps, seed))
-        print(
-            f"seed {seed}: reward model agrees with the planner on {agreements[-1]:.3f} of held-out pairs", flush=True
-        )
+        overall, key = model_agreement(env_id, train, test, steps, seed)
+        agreements.append(overall)
+        on_key.append(key)
+        print(f"seed {seed}: the model orders {overall:.3f} of held-out pairs right, {key:.3f} of those with one key")
     lines = [
         f"# Preference reward's parts on {env_id}: rankers and reward model against the planner",
         "",
         provenance(command_line()),
         "",
-        f"States: {len(train_states):,} from {episodes} episodes (seeds 0-{episodes - 1}) and {len(test_states):,} held"
-        f" out from {episodes // 4} other layouts, played by the planner with {random_share:.0%} random steps.",
+        f"States: {len(train_states):,} to fit on, from {episodes} episodes (seeds 0-{episodes - 1}) played by the"
+        f" planner with {train_share:.0%} random steps, and {len(test_states):,} held out from {episodes // 4} other"
+        f" layouts, with {random_share:.0%} random steps.",
         "",
         "| what | agreement with the planner on held-out pairs | spread | cost |",
         "|---|---:|---|---|",
         f"| reward model on observations, {rankings:,} planner rankings, {steps:,} steps ({seeds} seeds) |"
         f" {statistics.median(agreements):.3f} | {min(agreements):.3f}-{max(agreements):.3f} | - |",
+        f"| the same, on the held-out pairs where one state holds the key and the other does not |"
+        f" {statistics.median(on_key):.3f} | {min(on_key):.3f}-{max(on_key):.3f} | - |",
+        f"| states to fit on that hold the key | {np.mean([s.carrying for s in train_states]):.3f} | - | - |",
     ]
     if llm_pairs:
         pairs = labelled_pairs(test_states, llm_pairs, np.random.default_rng(0))
