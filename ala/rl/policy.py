@@ -26,6 +26,12 @@ def layer_init(layer: nn.Linear, std: float = float(np.sqrt(2)), bias_const: flo
     return layer
 
 
+def one_hot_codes(obs: torch.Tensor, classes: int) -> torch.Tensor:
+    """Small non-negative integer codes [B, obs_dim] (MiniGrid's), one-hot and flattened: [B, obs_dim * classes]."""
+    codes = obs.long().clamp(0, classes - 1)
+    return nn.functional.one_hot(codes, classes).flatten(1).float()
+
+
 class ActionSample(NamedTuple):
     action: torch.Tensor
     behaviour_logprob: torch.Tensor
@@ -90,8 +96,7 @@ class Agent(nn.Module):
         if not self.spec.onehot_classes:
             normalised = (obs - self.obs_mean) / self.obs_std
             return torch.minimum(torch.maximum(normalised, -self.obs_clip), self.obs_clip)
-        codes = obs.long().clamp(0, self.spec.onehot_classes - 1)
-        return nn.functional.one_hot(codes, self.spec.onehot_classes).flatten(1).float()
+        return one_hot_codes(obs, self.spec.onehot_classes)
 
     def get_value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.encode(obs)).squeeze(-1)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ala.rl.policy import one_hot_codes
 from ala.rl.trajectory import Trajectory
 from protos import PolicySpec
 
@@ -53,7 +54,9 @@ class PreferenceReward:
         generator = torch.Generator().manual_seed(seed)
         inputs = spec.obs_dim * spec.onehot_classes if spec.onehot_classes else spec.obs_dim
         self.net = nn.Sequential(nn.Linear(inputs, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
-        with torch.no_grad():
+        with (
+            torch.no_grad()
+        ):  # from its own generator: the model's start depends on `seed`, not on torch's global state
             for parameter in self.net.parameters():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=learning_rate)
@@ -82,10 +85,7 @@ class PreferenceReward:
 
     def _encode(self, observations: np.ndarray) -> torch.Tensor:
         obs = torch.as_tensor(observations, dtype=torch.float32)
-        if not self.spec.onehot_classes:
-            return obs
-        codes = obs.long().clamp(0, self.spec.onehot_classes - 1)
-        return nn.functional.one_hot(codes, self.spec.onehot_classes).flatten(1).float()
+        return one_hot_codes(obs, self.spec.onehot_classes) if self.spec.onehot_classes else obs
 
     def fit(self) -> float | None:
         """`steps` Bradley-Terry minibatch steps on the rankings held; the mean loss, or None with no ranking yet."""
