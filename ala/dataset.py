@@ -94,9 +94,9 @@ async def export_run(
                     break
     finally:
         await consumer.unsubscribe()
-    data = Transitions.concatenate(parts) if parts else None
-    if data is None:
+    if not parts:
         raise ValueError(f"run {run!r} has no trajectory chunk in {subjects.TRAJECTORIES.name} that fits {spec.env_id}")
+    data = Transitions.concatenate(parts)
     provenance.transitions = len(data)
     provenance.advised_transitions = int(data.advised.sum())
     provenance.policy_versions = (min(versions), max(versions))

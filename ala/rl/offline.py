@@ -64,14 +64,12 @@ class Transitions:
 
     @classmethod
     def from_trajectory(cls, trajectory: Trajectory) -> Transitions:
-        """The chunk's steps whose next observation it holds: every step but the last of each bot, and the last too
-        where it terminated. A truncated step is dropped (its final observation is not in the chunk), and a step that
-        ended an episode is never bootstrapped, so the reset observation that follows it is never read as s'."""
+        """The chunk's steps whose successor it knows (`Trajectory.next_state_known`): every step but the last of each
+        bot and those truncated without terminating. A step that ended an episode is never bootstrapped, so the reset
+        observation that follows it is never read as s'."""
         obs = trajectory.observations
-        steps = obs.shape[0]
         following = np.concatenate([obs[1:], obs[-1:]])
-        not_last = np.arange(steps)[:, None] < steps - 1
-        keep = (trajectory.terminated | not_last) & ~trajectory.truncated
+        keep = trajectory.next_state_known()
         terminal = trajectory.terminated
         next_obs = np.where(terminal[..., None], obs, following)
         prior = trajectory.advice if trajectory.advice is not None else trajectory.bias

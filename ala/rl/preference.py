@@ -54,16 +54,15 @@ class PreferenceReward:
         generator = torch.Generator().manual_seed(seed)
         inputs = spec.obs_dim * spec.onehot_classes if spec.onehot_classes else spec.obs_dim
         self.net = nn.Sequential(nn.Linear(inputs, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
-        with (
-            torch.no_grad()
-        ):  # from its own generator: the model's start depends on `seed`, not on torch's global state
+        # From its own generator: the model's start depends on `seed`, not on torch's global state.
+        with torch.no_grad():
             for parameter in self.net.parameters():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=learning_rate)
         self.first = np.zeros((capacity, spec.obs_dim), dtype=np.float32)
         self.second = np.zeros((capacity, spec.obs_dim), dtype=np.float32)
         self.second_preferred = np.zeros(capacity, dtype=np.float32)
-        self.size = self.next = self.rankings = 0
+        self.size = self.next = 0
         self.rng = np.random.default_rng(seed)
         self.lock = threading.Lock()
         """Rankings arrive and chunks are shaped on the event loop while `fit` runs in the update's thread."""
@@ -81,7 +80,6 @@ class PreferenceReward:
             self.first[slot], self.second[slot], self.second_preferred[slot] = first, second, float(preferred)
             self.next = (slot + 1) % len(self.first)
             self.size = min(self.size + 1, len(self.first))
-            self.rankings += 1
 
     def _encode(self, observations: np.ndarray) -> torch.Tensor:
         obs = torch.as_tensor(observations, dtype=torch.float32)
@@ -122,7 +120,6 @@ class PreferenceReward:
         following = np.concatenate([phi[1:], np.zeros_like(phi[:1])])
         following = np.where(trajectory.terminated, 0.0, following)
         shaping = self.gamma * following - phi
-        known = trajectory.terminated | ((np.arange(len(phi))[:, None] < len(phi) - 1) & ~trajectory.truncated)
-        shaping = np.where(known, shaping, 0.0).astype(np.float32)
+        shaping = np.where(trajectory.next_state_known(), shaping, 0.0).astype(np.float32)
         trajectory.rewards += shaping
         return float(np.abs(shaping).sum())

@@ -59,6 +59,15 @@ class Trajectory:
     def num_steps(self) -> int:
         return int(self.actions.shape[0] * self.actions.shape[1])
 
+    def next_state_known(self) -> np.ndarray:
+        """bool [T, N]: what follows the step is known from the chunk alone. A terminated step's successor is the
+        episode's end (terminated wins over truncated, as in `ppo.next_values`); any other step's is the next row's
+        observation, which a truncated step (its final observation stays at the actor) and the chunk's last step (its
+        next observation opens the next chunk) do not have."""
+        steps = self.actions.shape[0]
+        not_last = np.arange(steps)[:, None] < steps - 1
+        return self.terminated | (not_last & ~self.truncated)
+
     @classmethod
     def empty(cls, steps: int, bots: int, spec: PolicySpec) -> Trajectory:
         def zeros(*shape: int, dtype: type = np.float32) -> np.ndarray:

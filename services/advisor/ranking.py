@@ -20,7 +20,7 @@ import time
 
 from ala.bus import Bus
 from ala.ratelimit import RateLimitedLog
-from protos import Array, Preference, PreferenceQuery, StateDigest, WireError, decode, subjects
+from protos import Preference, PreferenceQuery, StateDigest, WireError, decode, subjects
 from services.advisor import metrics
 from services.advisor.backends import Backend, BackendError, create_backend, full_state_of, planner_of
 from services.advisor.settings import RANKERS, AdvisorSettings, AdvisorSpec
@@ -84,8 +84,8 @@ async def answer(bus: Bus, ranker: Ranker, data: bytes, run: str, errors: RateLi
         run=run,
         actor=query.actor,
         query=query.query,
-        first=Array.from_numpy(query.first.observation.to_numpy()),
-        second=Array.from_numpy(query.second.observation.to_numpy()),
+        first=query.first.observation,
+        second=query.second.observation,
         preferred=preferred,
         source=ranker.spec.name,
         created_at=time.time(),
