@@ -178,17 +178,22 @@ def test_the_charts_nats_users_work_on_a_real_nats_server(tmp_path) -> None:
         await actor.subscribe("ala.lab.bias.a1", cb=on_bias)
         await actor.flush()
         await actor_errors.publish("ala.lab.bias.a1", b"forged")
-        await router.publish("ala.lab.bias.a1", b"routed")
-        await router.flush()
         await actor_errors.flush()
-        try:
-            await asyncio.wait_for(asyncio.gather(routed, violation), 60)
-        except TimeoutError:
-            missing = [name for name, event in (("routed", routed), ("violation", violation)) if not event.done()]
-            raise AssertionError(f"no {missing} in 60 s; errors: {errors}; server log: {server_log[-20:]}") from None
+        # Core NATS delivers at most once: CI once saw the router's single message not arrive within 60 s (with
+        # the violation reported), so the router publishes again each second until one does; none may be forged.
+        deadline = asyncio.get_running_loop().time() + 60
+        while not routed.done() and asyncio.get_running_loop().time() < deadline:
+            await router.publish("ala.lab.bias.a1", b"routed")
+            await router.flush()
+            await asyncio.wait({routed}, timeout=1)
+        # asyncio.wait cancels nothing, so what is missing is reported as it is (wait_for's cancel once made a
+        # missing event look done).
+        await asyncio.wait({violation}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        missing = [name for name, event in (("routed", routed), ("violation", violation)) if not event.done()]
+        assert not missing, f"no {missing} in 60 s; errors: {errors}; server log: {server_log[-20:]}"
         await router.flush()  # a forged message, had it passed, would have arrived before this round trip ends
         await actor.flush()
-        assert received == [b"routed"]
+        assert received and set(received) == {b"routed"}
         for client in (router, actor, actor_errors):
             await client.close()
 
