@@ -96,6 +96,9 @@ SCRAPE = {
     "cache_hits": ("advisor", "ala_advisor_cache_hits_total", {}),
     "rankings": ("advisor", "ala_advisor_preferences_total", {"outcome": "ranked"}),
     "rankings_kept": ("learner", "ala_learner_preferences_total", {"outcome": "kept"}),
+    "reviews": ("advisor", "ala_advisor_reviews_total", {}),
+    "review_advice": ("advisor", "ala_advisor_review_advice_total", {}),
+    "implicit_rewards_applied": ("learner", "ala_learner_implicit_rewards_applied_total", {}),
 }
 
 FOLLOW = {
@@ -126,10 +129,11 @@ def arm_of(overlay: dict[str, Any], origin: str) -> StackArm:
     for advisor in advisors:
         advisor.setdefault("name", advisor.get("backend", ""))
     ranks = "preference_ranker" in overlay.get("advisor", {}).get("experimental", {})
-    if advisors:
+    reviews = bool(overlay.get("advisor", {}).get("review", False))
+    if advisors or reviews:  # a review advises too
         overlay = merged(ADVISED, overlay)
     env = settings_file.variables_from(overlay, config_sections(), SERVICE_NAMES, origin)
-    if advisors or ranks:  # a ranker runs in the advisor service
+    if advisors or ranks or reviews:  # a ranker and a review run in the advisor service
         return StackArm(env=env, services=SERVICES, scrape=SCRAPE, follow=FOLLOW)
     # No advisor: env steps and the policy's entropy are all there is to read.
     return StackArm(env=env, scrape={"env_steps": SCRAPE["env_steps"]}, follow={"entropy": FOLLOW["entropy"]})

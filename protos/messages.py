@@ -273,6 +273,10 @@ class TrajectoryChunk(MessageBase):
     """bool `(T, N)`: advice from some advisor was in force for that bot at that step, whatever its value (a zero
     bias too: the null advisor's), so `bias` and `advice` alone cannot tell. None from actors that do not record it;
     the learner then infers advice from a non-zero bias on the taken action or advice to distil."""
+    full_states: Array | None = None
+    """uint8 `(T, N, *state_shape)`: each bot's privileged full state when it acted (MiniGrid: the grid's codes, as
+    `StateDigest.full_state`), for a review that plans (the critical-state review with the planner as reviewer);
+    None unless the actor shares them (`[actor.experimental] chunk_full_states`). The learner ignores them."""
 
 
 class OnnxExport(msgspec.Struct, kw_only=True, frozen=True):

@@ -97,10 +97,12 @@ class Rollout:
         bias: np.ndarray | None,
         advice: np.ndarray | None = None,
         advised: np.ndarray | None = None,
+        full_states: np.ndarray | None = None,
     ) -> None:
         """One step of all bots, recorded at row `t` of `trajectory`. `bias` is added to the logits; `advice` (the
         distillation mode) is only recorded, for the learner to distil; `advised` (bool [N]) records which bots had
-        advice in force, whatever its value (a zero bias is advice too, and `bias` cannot show it)."""
+        advice in force, whatever its value (a zero bias is advice too, and `bias` cannot show it); `full_states`
+        (uint8 [N, ...]) records each bot's privileged state before the step, for a review that plans."""
         bias_tensor = self._tensor(bias) if bias is not None and bias.any() else None
         started = time.perf_counter()
         logits, values = self.forward(self.obs)
@@ -128,6 +130,10 @@ class Rollout:
             if trajectory.advised is None:
                 trajectory.advised = np.zeros(trajectory.actions.shape, dtype=np.bool_)
             trajectory.advised[t] = advised
+        if full_states is not None:
+            if trajectory.full_states is None:
+                trajectory.full_states = np.zeros(trajectory.actions.shape + full_states.shape[1:], dtype=np.uint8)
+            trajectory.full_states[t] = full_states
         cut = truncated & ~terminated
         if cut.any():  # a time limit is not a terminal state: bootstrap from the final observation
             final_obs = np.stack(info["final_obs"][cut]).astype(np.float32)

@@ -54,6 +54,9 @@ class Trajectory:
     advised: np.ndarray | None = None
     """bool [T, N]: advice from some advisor was in force, whatever its value (a zero bias counts: `bias` cannot
     show it). None: not recorded (`ala train --local`, older actors)."""
+    full_states: np.ndarray | None = None
+    """uint8 [T, N, *state_shape]: each bot's privileged full state when it acted, for a review that plans. None:
+    not shared (the default)."""
 
     @property
     def num_steps(self) -> int:
@@ -103,7 +106,7 @@ def full_state_key(full_state: np.ndarray) -> str:
     return FULL_STATE_KEY_PREFIX + observation_key(full_state)
 
 
-_OPTIONAL_FIELDS = ("advice", "advised")
+_OPTIONAL_FIELDS = ("advice", "advised", "full_states")
 _ARRAY_FIELDS = [f.name for f in fields(Trajectory) if f.name != "policy_version" and f.name not in _OPTIONAL_FIELDS]
 
 
@@ -129,6 +132,7 @@ def to_chunk(trajectory: Trajectory, run: str, actor: str, chunk_seq: int) -> Tr
         created_at=time.time(),
         advice=None if trajectory.advice is None else Array.from_numpy(trajectory.advice),
         advised=None if trajectory.advised is None else Array.from_numpy(trajectory.advised),  # |b1: 1 byte a step
+        full_states=None if trajectory.full_states is None else Array.from_numpy(trajectory.full_states),
         **arrays,
     )
 
@@ -161,6 +165,11 @@ def from_chunk(chunk: TrajectoryChunk, spec: PolicySpec) -> Trajectory:
     if chunk.advised is not None:
         arrays["advised"] = chunk.advised.to_numpy()
         expected["advised"] = ((steps, bots), np.bool_)
+    if chunk.full_states is not None:
+        arrays["full_states"] = chunk.full_states.to_numpy()
+        full = arrays["full_states"]
+        if full.shape[:2] != (steps, bots) or full.dtype != np.uint8:
+            raise BadChunk("shape", f"full_states is {full.dtype}{list(full.shape)}, expected uint8[T, N, ...]")
     for name, (shape, dtype) in expected.items():
         array = arrays[name]
         if array.shape != shape or array.dtype != dtype:

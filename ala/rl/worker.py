@@ -25,6 +25,9 @@ class StepAdvice:
     """float32 [N, n_actions] recorded for the learner to distil, not applied (None: not recorded)."""
     advised: np.ndarray | None = None
     """bool [N]: which bots had advice in force, whatever its value (None: not recorded)."""
+    full_states: np.ndarray | None = None
+    """uint8 [N, *state_shape]: each bot's privileged full state now, recorded for a review that plans (None: not
+    shared)."""
 
 
 class AdviceSource(Protocol):
@@ -50,7 +53,7 @@ async def collect_chunk(rollout: Rollout, source: AdviceSource) -> Trajectory:
     trajectory = rollout.new_trajectory()
     for t in range(rollout.num_steps):
         step = source.before_step()
-        rollout.step(trajectory, t, step.bias, advice=step.advice, advised=step.advised)
+        rollout.step(trajectory, t, step.bias, advice=step.advice, advised=step.advised, full_states=step.full_states)
         finished, rollout.finished = rollout.finished, []
         await source.after_step(finished)
         await asyncio.sleep(0)  # the service's callbacks run here, between steps

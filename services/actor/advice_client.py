@@ -88,7 +88,18 @@ class AdviceClient:
         metrics.BIASED_STEPS.labels("state").inc(int(lookup.from_state.sum()))
         metrics.BIASED_STEPS.labels("bot").inc(int(lookup.from_bot.sum()))
         applied = None if self.settings.advice_mode == "distill" else lookup.bias
-        return StepAdvice(applied, advice=self._to_distil(lookup), advised=self._advised(lookup))
+        return StepAdvice(
+            applied, advice=self._to_distil(lookup), advised=self._advised(lookup), full_states=self._full_states()
+        )
+
+    def _full_states(self) -> np.ndarray | None:
+        """Every bot's full state, where the chunks are to carry them and the env has one."""
+        if not self.settings.chunk_full_states:
+            return None
+        states = [self.adapter.full_state(self.rollout.env(bot)) for bot in range(self.rollout.num_bots)]
+        if any(state is None for state in states):
+            return None
+        return np.stack(states).astype(np.uint8)  # type: ignore[arg-type]
 
     # Bias updates: a callback writes the table; the step loop reads it.
     async def on_bias(self, msg: Msg) -> None:

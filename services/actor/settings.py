@@ -154,6 +154,13 @@ class ActorAdvice(BaseModel):
     digest_full_state: bool = Field(
         True, description="Attach the full MiniGrid grid to digests, for expert advisors (privileged information)."
     )
+    chunk_full_states: bool = Field(
+        False,
+        json_schema_extra=EXPERIMENTAL,
+        description="Record every bot's full state at every step in the trajectory chunks (MiniGrid: the grid, ~40 us"
+        " a bot-step), for the advisor's critical-state review with the planner as reviewer"
+        " (ALA_ADVISOR_REVIEW_BY=planner).",
+    )
     preference_rate_per_s: float = Field(
         0.0,
         ge=0,

@@ -59,10 +59,16 @@ PREFERENCES = Counter(
     registry=REGISTRY,
 )
 REVIEWS = Counter("ala_advisor_reviews", "Episodes reviewed for critical states.", registry=REGISTRY)
-REVIEW_FAILURES = Counter("ala_advisor_review_failures", "Reviews the LLM could not answer usably.", registry=REGISTRY)
+REVIEW_FAILURES = Counter(
+    "ala_advisor_review_failures", "Reviews the reviewer could not answer usably.", registry=REGISTRY
+)
+REVIEW_ADVICE = Counter(
+    "ala_advisor_review_advice", "Suggested actions of reviews published as advice.", registry=REGISTRY
+)
 REVIEW_SKIPPED = Counter(
     "ala_advisor_review_skipped",
-    "Trajectory chunks not reviewed, by reason (no_text: the env has no text rendering; no_spec: actor unknown).",
+    "Trajectory chunks not reviewed, by reason (no_text: the env has no text rendering; no_full_state: the planner"
+    " reviews only chunks with full states; no_spec: actor unknown).",
     ["reason"],
     registry=REGISTRY,
 )

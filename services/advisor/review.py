@@ -10,7 +10,11 @@ with `ALA_LEARNER_IMPLICIT_REWARDS=true` (off until the learning benchmark shows
 
 Episodes come from the trajectory stream (`EpisodeAssembler` follows each bot across chunks). Each step is put
 into words by the environment adapter of the actor that produced it (`summarise`); families without text are not
-reviewed.
+reviewed by an LLM.
+
+The planner reviews too (`PlannerReviewer`, `review_by = "planner"`): the upper bound of an LLM's review, as the
+expert advisor is of an LLM's advice. It needs each step's full state, which chunks carry only where the actor
+shares them (`[actor.experimental] chunk_full_states`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Protocol
 
 import msgspec
 import numpy as np
 
+from ala.envs import EnvAdapter
 from ala.rl.trajectory import Trajectory, observation_key
 from protos import Array, ImplicitReward
 from services.advisor.backends import BackendError, EmbeddedBackend, Suggestion
@@ -37,6 +44,8 @@ class Step:
     observation: np.ndarray
     action: int
     reward: float
+    full_state: np.ndarray | None = None
+    """The privileged state the action was taken in, where the chunk carried it."""
 
 
 @dataclass
@@ -44,6 +53,8 @@ class Episode:
     actor: str
     bot: int
     steps: list[Step] = field(default_factory=list)
+    terminated: bool = False
+    """Ended by the task (MiniGrid: the goal reached), not by the time limit."""
 
     @property
     def episode_return(self) -> float:
@@ -61,14 +72,17 @@ class EpisodeAssembler:
         for t in range(trajectory.actions.shape[0]):
             for column, bot in enumerate(trajectory.bot_ids.tolist()):
                 episode = self.open.setdefault((actor, bot), Episode(actor, bot))
+                full_states = trajectory.full_states
                 episode.steps.append(
                     Step(
                         trajectory.observations[t, column].copy(),
                         int(trajectory.actions[t, column]),
                         float(trajectory.rewards[t, column]),
+                        None if full_states is None else full_states[t, column].copy(),
                     )
                 )
                 if trajectory.terminated[t, column] or trajectory.truncated[t, column]:
+                    episode.terminated = bool(trajectory.terminated[t, column])
                     finished.append(self.open.pop((actor, bot)))
         return finished
 
@@ -83,11 +97,11 @@ class ReviewAnswer(msgspec.Struct):
     critical: list[CriticalState]
 
 
-def review_grammar(n_actions: int) -> str:
+def review_grammar(n_actions: int, max_critical: int = MAX_CRITICAL) -> str:
     entry = '"{\\"step\\": " step ", \\"action\\": " action ", \\"reward\\": " reward "}"'
     return "\n".join(
         [
-            f'root ::= "{{\\"critical\\": [" entry ("," " "? entry){{0,{MAX_CRITICAL - 1}}} "]}}"',
+            f'root ::= "{{\\"critical\\": [" entry ("," " "? entry){{0,{max_critical - 1}}} "]}}"',
             f"entry ::= {entry}",
             "step ::= [0-9] | [1-9] [0-9]",
             "action ::= " + " | ".join(f'"{a}"' for a in range(n_actions)),
@@ -99,8 +113,29 @@ def review_grammar(n_actions: int) -> str:
 @dataclass
 class Review:
     suggestions: list[tuple[np.ndarray, Suggestion]]
-    """(state, advice) for each critical state: what the caches learn."""
+    """(observation, advice) for each critical state: what the caches learn and the advice published."""
     rewards: list[ImplicitReward]
+
+
+class Reviewer(Protocol):
+    async def review(self, episode: Episode) -> Review:
+        """The episode's critical states, the action for each, and bounded implicit rewards; `BackendError` when
+        the reviewer cannot review it."""
+        ...
+
+
+def implicit_reward(run: str, episode: Episode, step: Step, reward: float, source: str) -> ImplicitReward:
+    return ImplicitReward(
+        run=run,
+        actor=episode.actor,
+        bot=episode.bot,
+        state_key=observation_key(step.observation),
+        observation=Array.from_numpy(step.observation),
+        action=step.action,
+        reward=reward,
+        source=source,
+        created_at=time.time(),
+    )
 
 
 class CriticalStateReviewer:
@@ -111,8 +146,10 @@ class CriticalStateReviewer:
         summarise: Callable[[np.ndarray], str | None],
         max_implicit_reward: float,
         run: str,
+        max_critical: int = MAX_CRITICAL,
     ) -> None:
         self.llm = llm
+        self.max_critical = max_critical
         self.action_names = action_names
         self.summarise = summarise
         self.max_implicit_reward = max_implicit_reward
@@ -128,7 +165,7 @@ class CriticalStateReviewer:
             {
                 "role": "user",
                 "content": f"The episode returned {episode_return:.2f}. Steps:\n" + "\n".join(lines) + "\n\n"
-                f"Actions: {actions}. Name up to {MAX_CRITICAL} critical steps, the action that should have been "
+                f"Actions: {actions}. Name up to {self.max_critical} critical steps, the action that should have been "
                 "taken there, and a reward in [-1, 1] for the step as taken.",
             },
         ]
@@ -139,7 +176,7 @@ class CriticalStateReviewer:
             "messages": self.prompt(steps, episode.episode_return),
             "max_tokens": 160,
             "temperature": 0.0,
-            "grammar": review_grammar(len(self.action_names)),
+            "grammar": review_grammar(len(self.action_names), self.max_critical),
         }
         async with self.llm.lock:
             reply = await asyncio.to_thread(self.llm.server.handle_chat_completions, request)
@@ -151,20 +188,58 @@ class CriticalStateReviewer:
         for critical in answer.critical:
             if not 0 <= critical.step < len(steps) or not 0 <= critical.action < len(self.action_names):
                 continue  # the grammar bounds digits, not this episode's length: drop what does not fit
-            state = steps[critical.step].observation
-            suggestions.append((state, Suggestion(critical.action, 0.5, 10.0, "critical-state review")))
+            step = steps[critical.step]
+            suggestions.append((step.observation, Suggestion(critical.action, 0.5, 10.0, "critical-state review")))
             reward = float(np.clip(critical.reward, -1.0, 1.0)) * self.max_implicit_reward
-            rewards.append(
-                ImplicitReward(
-                    run=self.run,
-                    actor=episode.actor,
-                    bot=episode.bot,
-                    state_key=observation_key(state),
-                    observation=Array.from_numpy(state),
-                    action=steps[critical.step].action,
-                    reward=reward,
-                    source="critical-state-review",
-                    created_at=time.time(),
-                )
-            )
+            rewards.append(implicit_reward(self.run, episode, step, reward, "critical-state-review"))
+        return Review(suggestions, rewards)
+
+
+MAX_PLANNED_STEPS = 256
+"""Longer episodes are reviewed by the planner over their last steps (a plan costs ~0.6 ms on DoorKey-8x8)."""
+
+
+class PlannerReviewer:
+    """The critical-state review by the privileged planner: a step is a mistake when the action taken was not the
+    planner's and brought the goal no closer (plan length after it >= before it). The `max_critical` mistakes that
+    cost most plan steps (the latest first among equals: where the outcome was decided) are the critical states; the
+    planner's action there is the suggestion, and the step as taken gets `-max_implicit_reward`, half that when it
+    only wasted a step."""
+
+    def __init__(self, adapter: EnvAdapter, max_critical: int, max_implicit_reward: float, run: str) -> None:
+        self.adapter = adapter
+        self.max_critical = max_critical
+        self.max_implicit_reward = max_implicit_reward
+        self.run = run
+
+    async def review(self, episode: Episode) -> Review:
+        return await asyncio.to_thread(self.review_now, episode)  # plans are CPU work: off the event loop
+
+    def review_now(self, episode: Episode) -> Review:
+        steps = episode.steps[-MAX_PLANNED_STEPS:]
+        if any(step.full_state is None for step in steps):
+            raise BackendError("no_full_state", "the planner reviews only chunks with full states")
+        distances = [self.adapter.steps_to_goal(step.full_state) for step in steps]  # type: ignore[arg-type]
+        # What follows the last step: the goal where the task ended it, unknown where the time limit did.
+        distances.append(0 if episode.terminated else None)
+        # Steps that brought the goal no closer, the costliest and latest first: (plan steps lost, t).
+        stalled = sorted(
+            (
+                (after - before + 1, t)
+                for t, (before, after) in enumerate(pairwise(distances))
+                if before is not None and after is not None and after >= before
+            ),
+            reverse=True,
+        )
+        suggestions, rewards = [], []
+        for lost, t in stalled:  # planned only until enough are found: a plan is the costly part
+            if len(suggestions) == self.max_critical:
+                break
+            step = steps[t]
+            plan = self.adapter.plan_ahead(step.full_state, 1)  # type: ignore[arg-type]
+            if not plan or plan[0][1] == step.action:
+                continue  # no plan from here (MiniGrid: the agent in the doorway), or the planner's own step
+            suggestions.append((step.observation, Suggestion(plan[0][1], 1.0, 10.0, "critical-state review (planner)")))
+            reward = -self.max_implicit_reward * min(lost, 2) / 2
+            rewards.append(implicit_reward(self.run, episode, step, reward, "critical-state-review-planner"))
         return Review(suggestions, rewards)

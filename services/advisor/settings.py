@@ -194,8 +194,22 @@ class AdvisorReview(BaseModel):
 
     settings_group: ClassVar[str] = "reviews"
 
-    review: bool = Field(False, description="Critical-state review of finished episodes (needs an embedded advisor).")
+    review: bool = Field(False, description="Critical-state review of finished episodes.")
+    review_by: Literal["embedded", "planner"] = Field(
+        "embedded",
+        description="The reviewer: embedded (the advisors' embedded LLM, by the steps' text) or planner (the"
+        " privileged planner, the upper bound; needs chunks with full states, ALA_ACTOR_CHUNK_FULL_STATES=true).",
+    )
     review_every_episodes: int = Field(20, ge=1, description="Review one finished episode in this many.")
+    review_max_critical: int = Field(3, ge=1, le=10, description="Critical states named per review, at most.")
+    review_advice: bool = Field(
+        True,
+        description="Publish the review's suggested actions as advice about the critical states' observations"
+        " (advisor `review-<review_by>`), besides teaching the advisors' caches.",
+    )
+    review_advice_ttl_s: float = Field(
+        60.0, gt=0, le=3600, description="How long the review's advice stays in force (the router caps it)."
+    )
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on the implicit reward of one critical state.")
 
 

@@ -684,3 +684,32 @@ async def test_no_digests_go_out_while_no_live_advisor_reads_what_they_carry(
         await wait_until(lambda: metrics.ADVISORS_READING._value.get() == MAX_ADVISORS)
         await chunks.next()
         assert metrics.ADVISORS_READING._value.get() == MAX_ADVISORS
+
+
+async def test_chunks_carry_each_bots_full_state_only_where_asked(bus: Bus, nats_settings: NatsSettings) -> None:
+    """`chunk_full_states`: every step's full state is in the chunk, the one each action was taken in; off, chunks
+    carry none."""
+    from ala.envs.minigrid_expert import AGENT
+
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(running(serve, _settings(nats_settings, chunk_full_states=True)))
+        chunks = await stack.enter_async_context(ChunkReader(bus))
+        chunk = await chunks.next()
+    assert chunk.full_states is not None
+    full = chunk.full_states.to_numpy()
+    assert full.dtype == np.uint8 and full.shape == (8, 2, 5, 5, 3)
+    agent = full[:, :, :, :, 0] == AGENT
+    assert (agent.sum(axis=(2, 3)) == 1).all()  # one agent in every recorded state
+    direction = (full[:, :, :, :, 2].astype(int) * agent).sum(axis=(2, 3))
+    actions, ended = chunk.actions.to_numpy(), chunk.terminated.to_numpy() | chunk.truncated.to_numpy()
+    turns = 0
+    for t in range(7):
+        for bot in range(2):  # a turn shows in the next row: each row is the state its action was taken in
+            if actions[t, bot] in (0, 1) and not ended[t, bot]:
+                turns += 1
+                assert direction[t + 1, bot] == (direction[t, bot] + (1 if actions[t, bot] == 1 else -1)) % 4
+    assert turns > 0
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(running(serve, _settings(nats_settings, run="plain")))
+        chunks = await stack.enter_async_context(ChunkReader(bus, run="plain"))
+        assert (await chunks.next()).full_states is None

@@ -1,4 +1,4 @@
-"""Critical-state review of a recorded episode by the embedded model, through its grammar."""
+"""Critical-state review of a recorded episode by the embedded model, through its grammar, and by the planner."""
 
 from __future__ import annotations
 
@@ -6,18 +6,19 @@ import asyncio
 import contextlib
 
 import numpy as np
+import pytest
 from nats.aio.msg import Msg
 
 from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.envs import adapter_for
 from ala.rl.trajectory import observation_key, to_chunk
-from protos import decode, encode, subjects
+from protos import Advice, decode, encode, subjects
 from protos.messages import ImplicitReward
 from services.advisor import metrics
-from services.advisor.backends import EmbeddedBackend
+from services.advisor.backends import BackendError, EmbeddedBackend
 from services.advisor.cache import AdviceCache
-from services.advisor.review import CriticalStateReviewer, EpisodeAssembler
+from services.advisor.review import CriticalStateReviewer, Episode, EpisodeAssembler, PlannerReviewer, Step
 from services.advisor.service import serve
 from services.advisor.settings import AdvisorSettings, advisor_spec
 from tests.support import ENV_ID, actor_heartbeat, fresh_agent, rollout, running, spec, wait_until
@@ -110,3 +111,94 @@ async def test_chunks_from_an_env_without_text_are_skipped_and_counted(bus: Bus,
                 await wait_until(lambda: skipped._value.get() > before, timeout_s=1.0)
                 break
     assert skipped._value.get() > before and metrics.REVIEWS._value.get() == reviews_before
+
+
+def _planned_episode(mistakes: set[int]) -> tuple[Episode, dict[int, int]]:
+    """An episode of DoorKey that follows the planner to the goal except at steps `mistakes`, where it takes `done`
+    (a no-op: the goal comes no closer); with the planner's action at each mistake."""
+    adapter = adapter_for(ENV_ID)
+    env = adapter.make()
+    obs, _ = env.reset(seed=1)
+    episode, planned = Episode("a1", 0), {}
+    for t in range(100):
+        full_state, action = adapter.full_state(env), adapter.expert_action(env)
+        assert action is not None
+        if t in mistakes:
+            planned[t], action = action, ACTIONS.index("done")
+        episode.steps.append(Step(np.asarray(obs, np.float32).ravel(), action, 0.0, full_state))
+        obs, reward, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            episode.steps[-1].reward, episode.terminated = float(reward), terminated
+            break
+    assert episode.terminated
+    return episode, planned
+
+
+def test_the_planner_names_the_steps_that_brought_the_goal_no_closer_and_the_action_it_would_take() -> None:
+    episode, planned = _planned_episode({2, 5})
+    review = PlannerReviewer(adapter_for(ENV_ID), max_critical=3, max_implicit_reward=0.05, run="test").review_now(
+        episode
+    )
+    assert len(review.suggestions) == 2  # every other step followed the plan: no mistake there
+    for (observation, suggestion), reward, t in zip(review.suggestions, review.rewards, (5, 2), strict=True):
+        assert np.array_equal(observation, episode.steps[t].observation)  # the latest first among equal losses
+        assert suggestion.action == planned[t]
+        assert reward.action == ACTIONS.index("done") and reward.reward == pytest.approx(-0.025)  # one step lost
+        assert reward.state_key == observation_key(observation)
+    one = PlannerReviewer(adapter_for(ENV_ID), max_critical=1, max_implicit_reward=0.05, run="test")
+    assert len(one.review_now(episode).suggestions) == 1
+    for step in episode.steps:
+        step.full_state = None
+    with pytest.raises(BackendError, match="full states"):
+        one.review_now(episode)
+
+
+async def test_the_planner_reviews_streamed_episodes_and_publishes_its_advice_and_implicit_rewards(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    """With `review_by = "planner"` and no advisor at all: chunks with full states are reviewed, the suggested
+    actions go out as advice about the critical observations, and the implicit rewards to the learner."""
+    advice: asyncio.Queue[Advice] = asyncio.Queue()
+    rewards: asyncio.Queue[ImplicitReward] = asyncio.Queue()
+
+    async def on_advice(msg: Msg) -> None:
+        await advice.put(decode(msg.data, Advice))
+
+    async def on_reward(msg: Msg) -> None:
+        await rewards.put(decode(msg.data, ImplicitReward))
+
+    await bus.subscribe(subjects.advice_subject("test", "review-planner"), on_advice)
+    await bus.subscribe(subjects.implicit_reward_subject("test"), on_reward)
+    settings = AdvisorSettings(
+        run="test",
+        instance="adv1",
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        nats=nats_settings,
+        advisors=[],
+        review=True,
+        review_by="planner",
+        review_every_episodes=1,
+    )
+    adapter = adapter_for(ENV_ID)
+    source = rollout(fresh_agent(), bots=1, steps=8, max_steps=8)  # one finished episode per chunk
+    observations: set[str] = set()
+    async with running(serve, settings):
+        seq = 0
+        while advice.empty() or rewards.empty():  # the review follows new chunks only: produce until one is reviewed
+            await bus.publish(subjects.heartbeat_subject("test", "actor", "a1"), actor_heartbeat(policy=spec()), "hb")
+            trajectory = source.new_trajectory()
+            for t in range(8):  # as the actor records them with chunk_full_states
+                full_states = np.stack([adapter.full_state(source.env(0))])
+                source.step(trajectory, t, None, full_states=full_states)
+            chunk = to_chunk(source.finish(trajectory), "test", "a1", seq)
+            observations |= {observation_key(o) for o in trajectory.observations[:, 0]}
+            await bus.publish_durable(subjects.trajectory_subject("test", "a1"), encode(chunk), f"p{seq}", "traj")
+            seq += 1
+            with contextlib.suppress(TimeoutError):
+                await wait_until(lambda: not advice.empty() and not rewards.empty(), timeout_s=2.0)
+        first_advice, reward = await advice.get(), await rewards.get()
+    assert first_advice.advisor == "review-planner" and first_advice.target.actor == "a1"
+    assert first_advice.target.state_key in observations and first_advice.recommended_action is not None
+    assert first_advice.ttl_s == settings.review_advice_ttl_s
+    assert -settings.max_implicit_reward <= reward.reward < 0 and reward.state_key in observations

@@ -42,6 +42,15 @@ def test_the_advised_mask_travels_as_one_byte_a_step_and_chunks_without_it_still
     np.testing.assert_array_equal(restored.advised, trajectory.advised)
 
 
+def test_full_states_travel_only_when_recorded() -> None:
+    trajectory = biased_trajectory(fresh_agent())
+    assert to_chunk(trajectory, "test", "a1", 7).full_states is None
+    trajectory.full_states = np.random.default_rng(0).integers(0, 11, (16, 4, 5, 5, 3), dtype=np.uint8)
+    restored = from_chunk(decode(encode(to_chunk(trajectory, "test", "a1", 7)), TrajectoryChunk), spec())
+    assert restored.full_states is not None
+    np.testing.assert_array_equal(restored.full_states, trajectory.full_states)
+
+
 def test_minigrid_codes_travel_as_uint8_and_come_back_as_the_float32_the_policy_saw() -> None:
     trajectory = biased_trajectory(fresh_agent())
     wide = len(
@@ -83,6 +92,8 @@ def _chunk_with(field: str, array: np.ndarray) -> TrajectoryChunk:
         ("bootstrap_value", lambda: np.zeros(3, np.float32), "shape"),
         ("advised", lambda: np.zeros((16, 3), np.bool_), "shape"),
         ("advised", lambda: np.zeros((16, 4), np.uint8), "shape"),
+        ("full_states", lambda: np.zeros((16, 3, 5, 5, 3), np.uint8), "shape"),
+        ("full_states", lambda: np.zeros((16, 4, 5, 5, 3), np.float32), "shape"),
     ],
 )
 def test_bad_chunks_are_refused_with_a_reason(field: str, make, reason: str) -> None:  # type: ignore[no-untyped-def]
