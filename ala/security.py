@@ -76,7 +76,12 @@ PERMISSIONS: dict[str, Permissions] = {
             f"{ANY_RUN}.implicit-reward",
             f"{ANY_RUN}.preference",
         ),
-        subscribe=(f"{ANY_RUN}.digest.*", f"{ANY_RUN}.trajectories.*", f"{ANY_RUN}.preference-query.*"),
+        subscribe=(
+            f"{ANY_RUN}.digest.*",
+            f"{ANY_RUN}.trajectories.*",
+            f"{ANY_RUN}.preference-query.*",
+            f"{ANY_RUN}.outcome.*",  # the cache tuned by performance reads the episodes' outcomes
+        ),
     ),
     "actor": Permissions(
         publish=(

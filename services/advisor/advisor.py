@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ala.metrics import child
-from protos import PolicySpec, StateDigest
+from protos import AdviceOutcome, EpisodeStats, PolicySpec, StateDigest
 from services.advisor import metrics
 from services.advisor.backends import Backend, BackendError, Choice, Suggestion
 from services.advisor.breaker import CircuitBreaker
 from services.advisor.cache import AdviceCache
+from services.advisor.cache_tuning import PerformanceTuner
 from services.advisor.settings import AdvisorSpec
 from services.advisor.situations import SituationCache
 
@@ -44,10 +45,13 @@ class Advisor:
         cache: AdviceCache | None,
         max_pending: int = 256,
         situations: SituationCache | None = None,
+        tuner: PerformanceTuner | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
         self.cache = cache
+        self.tuner = tuner
+        """Moves `cache`'s reuse threshold by the policy's performance (None: by agreement, or no cache)."""
         self.backend_calls = 0
         self.backend_seconds = 0.0
         self.max_pending = max_pending
@@ -69,6 +73,15 @@ class Advisor:
         if self.spec.advice == "auto":
             return self.backend.kind in ("embedded", "openai")
         return self.spec.advice == "options"
+
+    def observe_outcome(self, outcome: AdviceOutcome) -> None:
+        """One actor's outcome report, for the cache tuned by performance (a no-op for any other)."""
+        if self.tuner is None or self.cache is None:
+            return
+        step = self.tuner.observe(outcome.advised.get(self.spec.name, EpisodeStats()), outcome.control)
+        if step is not None:
+            child(metrics.CACHE_THRESHOLD, self.spec.name).set(self.cache.max_distance)
+            child(metrics.CACHE_TUNING_WINDOWS, self.spec.name, {1: "up", -1: "down", 0: "held"}[step]).inc()
 
     def enqueue(self, digest: StateDigest) -> None:
         key = (digest.actor, digest.bot)

@@ -5,7 +5,8 @@ An exact match is always reused. A near match (at most `max_distance` differing 
 threshold adapts online: near hits are answered afresh anyway and compared (every one until `MIN_AUDITS` have been,
 then a share `audit_rate`); while agreement stays at or above `target_agreement` the threshold may grow by one,
 and it shrinks on a disagreement that brings agreement below target. A hit is published as new advice, with a
-fresh creation time and the cached answer's TTL.
+fresh creation time and the cached answer's TTL. With `cache_tuning = "performance"` the threshold follows the
+policy's performance instead (`cache_tuning.py`).
 """
 
 from __future__ import annotations
@@ -35,9 +36,17 @@ class Lookup:
 
 class AdviceCache:
     def __init__(
-        self, capacity: int, max_distance: int, target_agreement: float, audit_rate: float, seed: int = 0
+        self,
+        capacity: int,
+        max_distance: int,
+        target_agreement: float,
+        audit_rate: float,
+        seed: int = 0,
+        adapt_to_agreement: bool = True,
     ) -> None:
         self.capacity = capacity
+        self.adapt_to_agreement = adapt_to_agreement
+        """False: audits are measured, and the threshold is left to `cache_tuning.PerformanceTuner`."""
         self.max_distance = max_distance
         self.target_agreement = target_agreement
         self.audit_rate = audit_rate
@@ -82,6 +91,8 @@ class AdviceCache:
         """Adapt the reuse threshold from how often a near hit agrees with a fresh answer."""
         self.misses += 1
         self.audits.append(cached.action == fresh.action)
+        if not self.adapt_to_agreement:
+            return
         agreement = sum(self.audits) / len(self.audits)
         if not self.audits[-1] and agreement < self.target_agreement:
             self.max_distance = max(0, self.max_distance - 1)

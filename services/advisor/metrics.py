@@ -38,7 +38,8 @@ DIGESTS_DROPPED = Counter(
 DIGESTS_REJECTED = Counter("ala_advisor_digests_rejected", "Digests that could not be decoded.", registry=REGISTRY)
 UNDECODABLE = Counter(
     "ala_advisor_messages_undecodable",
-    "Heartbeats dropped because they could not be decoded (kind=heartbeat); undecodable digests count in"
+    "Heartbeats and outcome reports dropped because they could not be decoded (kind=heartbeat, outcome);"
+    " undecodable digests count in"
     ' ala_advisor_digests_rejected, chunks for review in ala_advisor_review_skipped{reason="decode"}.',
     ["kind"],
     registry=REGISTRY,
@@ -51,6 +52,12 @@ CACHE_HITS = Counter(
 )
 CACHE_MISSES = Counter("ala_advisor_cache_misses", "Answers that needed the backend.", ["advisor"], registry=REGISTRY)
 CACHE_THRESHOLD = Gauge("ala_advisor_cache_max_distance", "Adaptive reuse threshold.", ["advisor"], registry=REGISTRY)
+CACHE_TUNING_WINDOWS = Counter(
+    "ala_advisor_cache_tuning_windows",
+    "Performance windows of the cache tuned by performance, by the threshold's move (up, down, held at a bound).",
+    ["advisor", "move"],
+    registry=REGISTRY,
+)
 PREFERENCES = Counter(
     "ala_advisor_preferences",
     "Preference queries by outcome: ranked, tie, unsent, undecodable, or the ranker's failure (unavailable, timeout,"

@@ -34,13 +34,14 @@ from ala.metrics import child
 from ala.progress import Rate, report_progress
 from ala.ratelimit import RateLimitedLog
 from ala.service import ServiceRuntime, ServiceTasks, run_until_signalled
-from protos import Advice, Heartbeat, PolicySpec, StateDigest, WireError, decode, subjects
+from protos import Advice, AdviceOutcome, Heartbeat, PolicySpec, StateDigest, WireError, decode, subjects
 from services.advisor import metrics
 from services.advisor.advice import advice_key, to_advice, to_option_advice
 from services.advisor.advisor import Advisor, Skipped, missing_input
 from services.advisor.backends import BackendError, create_backend
 from services.advisor.breaker import BreakerState
 from services.advisor.cache import AdviceCache
+from services.advisor.cache_tuning import PerformanceTuner
 from services.advisor.prompt import Prompt
 from services.advisor.ranking import Ranker, rank_preferences
 from services.advisor.review_stream import review_episodes
@@ -76,6 +77,17 @@ class AdvisorService:
             return
         if heartbeat.service == "actor" and heartbeat.policy is not None:
             self.policies[heartbeat.instance] = heartbeat.policy
+
+    async def on_outcome(self, msg: Msg) -> None:
+        """An actor's episode outcomes: the policy-performance signal of caches tuned by performance."""
+        try:
+            outcome = decode(msg.data, AdviceOutcome)
+        except WireError as exc:
+            metrics.UNDECODABLE.labels("outcome").inc()
+            self._log.warning("undecodable outcome report on %s dropped: %s", msg.subject, exc)
+            return
+        for advisor in self.advisors:
+            advisor.observe_outcome(outcome)
 
     def progress(self) -> str:
         """The advisor's console line (every few seconds, see `ala.progress`)."""
@@ -180,15 +192,19 @@ class AdvisorService:
 def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
     advisors = []
     for spec in settings.advisors:
-        cache = None
+        cache, tuner = None, None
         if settings.cache and spec.backend in ("embedded", "openai"):
+            by_performance = settings.cache_tuning == "performance"
             cache = AdviceCache(
                 settings.cache_size,
                 settings.cache_max_distance,
                 settings.cache_target_agreement,
                 settings.cache_audit_rate,
                 seed=spec.seed,
+                adapt_to_agreement=not by_performance,
             )
+            if by_performance:
+                tuner = PerformanceTuner(cache, settings.cache_tuning_window, settings.cache_tuning_tolerance)
         backend = create_backend(spec, settings.third_party_log_level)
         situations = None
         if spec.backend in ("embedded", "openai", "random", "plugin"):  # not the planners: they read the exact state
@@ -197,7 +213,7 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
                 model = spec.model if spec.backend == "openai" else "smollm2-135m"
                 path = cache_file(settings.situation_cache_dir, spec.name, model, Prompt(settings).options_version)
             situations = SituationCache(settings.situation_cache_size, path)
-        advisors.append(Advisor(spec, backend, cache, settings.max_pending, situations))
+        advisors.append(Advisor(spec, backend, cache, settings.max_pending, situations, tuner))
     return advisors
 
 
@@ -214,6 +230,8 @@ async def serve(settings: AdvisorSettings, stop: asyncio.Event) -> None:
             await runtime.bus.subscribe(
                 subjects.digest_wildcard(settings.run), service.on_digest, queue=settings.queue_group
             )
+            if any(advisor.tuner is not None for advisor in advisors):
+                await runtime.bus.subscribe(subjects.outcome_wildcard(settings.run), service.on_outcome)
             for advisor in advisors:
                 for i in range(settings.workers):
                     tasks.start(service.work(advisor), name=f"advisor-{advisor.spec.name}-{i}")

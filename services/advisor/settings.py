@@ -181,6 +181,22 @@ class AdvisorCache(BaseModel):
     cache_max_distance: int = Field(2, ge=0, description="Initial reuse threshold: differing view cells.")
     cache_target_agreement: float = Field(0.98, gt=0, le=1, description="Agreement the adaptive threshold keeps.")
     cache_audit_rate: float = Field(0.05, ge=0, le=1, description="Share of near hits re-asked to measure agreement.")
+    cache_tuning: Literal["agreement", "performance"] = Field(
+        "agreement",
+        json_schema_extra=EXPERIMENTAL,
+        description="What moves the reuse threshold: agreement (audited near hits against fresh answers, toward"
+        " cache_target_agreement) or performance (the lift of advised episodes' returns over the control group's,"
+        " from the actors' outcome reports: services/advisor/cache_tuning.py).",
+    )
+    cache_tuning_window: int = Field(
+        40, ge=1, le=100_000, json_schema_extra=EXPERIMENTAL, description="Advised episodes per performance window."
+    )
+    cache_tuning_tolerance: float = Field(
+        0.05,
+        ge=0,
+        json_schema_extra=EXPERIMENTAL,
+        description="Return lift a higher threshold may give up against the best lower one before reuse comes down.",
+    )
     situation_cache_dir: Path | None = Field(
         Path(".ala/situations"),
         description="Where LLM advisors keep their option answers per situation across runs (one file per advisor,"

@@ -15,11 +15,12 @@ from ala.bus import Bus
 from ala.config import NatsSettings
 from ala.envs.minigrid_expert import plan, plan_ahead
 from ala.rl.trajectory import full_state_key
-from protos import Advice, Heartbeat, StateDigest, decode, encode, subjects
+from protos import Advice, AdviceOutcome, EpisodeStats, Heartbeat, StateDigest, decode, encode, subjects
 from services.advisor import metrics
 from services.advisor.advisor import Advisor
 from services.advisor.backends import ExpertBackend
-from services.advisor.cache import AdviceCache
+from services.advisor.cache import MAX_DISTANCE_CAP, AdviceCache
+from services.advisor.cache_tuning import PerformanceTuner
 from services.advisor.service import AdvisorService, serve
 from services.advisor.settings import AdvisorSettings, advisor_spec
 from tests.support import actor_heartbeat, digests, running, spec, wait_until
@@ -301,3 +302,64 @@ async def test_warming_asks_the_llm_about_every_situation_once_and_a_run_then_fi
     assert asked > before
     assert await warm(settings, "MiniGrid-DoorKey-5x5-v0", episodes=2, seed=0) == {"llm-0": len(found)}
     assert calls._sum.get() == asked  # the second time, every answer came from the file
+
+
+def _window(tuner: PerformanceTuner, advised_return: float, control_return: float = 0.0) -> int | None:
+    """One window's outcomes: 10 advised and 10 control episodes at these mean returns."""
+    return tuner.observe(
+        EpisodeStats(episodes=10, return_sum=10 * advised_return),
+        EpisodeStats(episodes=10, return_sum=10 * control_return),
+    )
+
+
+def test_the_cache_tuned_by_performance_reuses_more_while_learning_is_kept_and_less_when_it_is_not() -> None:
+    cache = AdviceCache(capacity=10, max_distance=0, target_agreement=0.9, audit_rate=0.0, adapt_to_agreement=False)
+    tuner = PerformanceTuner(cache, window_episodes=10, tolerance=0.05)
+    assert tuner.observe(EpisodeStats(episodes=9, return_sum=9.0), EpisodeStats(episodes=10)) is None  # not a window
+    assert tuner.observe(EpisodeStats(episodes=1, return_sum=0.5), EpisodeStats()) == 1  # lift 0.95 at threshold 0
+    assert _window(tuner, 0.9) == 1 and cache.max_distance == 2  # lift 0.9: within 0.05 of the best below
+    assert _window(tuner, 0.5) == -1 and cache.max_distance == 1  # the advice lost its worth at 2: reuse less
+    assert _window(tuner, 0.93) == 1 and cache.max_distance == 2  # 1 kept it (mean lift 0.915, best below 0.95)
+    # The policy's own progress lifts both groups alike: only the advised episodes' margin counts.
+    assert _window(tuner, 0.95, control_return=0.9) == -1 and cache.max_distance == 1
+    from services.advisor.backends import Suggestion
+
+    cache.record_audit(Suggestion(3, 1.0, 2.0), Suggestion(2, 1.0, 2.0))  # disagreement no longer moves it
+    assert cache.max_distance == 1
+    flat = PerformanceTuner(AdviceCache(10, 0, 0.9, 0.0, adapt_to_agreement=False), window_episodes=10, tolerance=0.05)
+    for _ in range(20):  # advice worth nothing anywhere: every threshold keeps it, and reuse climbs to the cap
+        _window(flat, 0.4, control_return=0.4)
+    assert flat.cache.max_distance == MAX_DISTANCE_CAP
+
+
+async def test_the_advisor_tunes_its_cache_from_the_actors_outcome_reports(
+    bus: Bus, nats_settings: NatsSettings
+) -> None:
+    settings = _settings(
+        nats_settings,
+        advisors=[advisor_spec(name="llm-0")],
+        cache=True,
+        cache_max_distance=0,
+        cache_tuning="performance",
+        cache_tuning_window=4,
+    )
+    up, undecodable = metrics.CACHE_TUNING_WINDOWS.labels("llm-0", "up"), metrics.UNDECODABLE.labels("outcome")
+    before, garbage_before = up._value.get(), undecodable._value.get()
+    report = AdviceOutcome(
+        run="test",
+        actor="a1",
+        control=EpisodeStats(episodes=4, return_sum=1.0),
+        advised={"llm-0": EpisodeStats(episodes=4, return_sum=3.0)},
+        created_at=time.time(),
+    )
+    async with running(serve, settings):
+        # Outcome reports are core messages: repeat one until the (just started) advisor has subscribed and moved.
+        for _ in range(200):
+            await bus.publish(subjects.outcome_subject("test", "a1"), report, kind="outcome")
+            with contextlib.suppress(TimeoutError):
+                await wait_until(lambda: up._value.get() > before, timeout_s=0.1)
+                break
+        await bus.publish_bytes(subjects.outcome_subject("test", "a1"), b"\xc1", kind="outcome")
+        await wait_until(lambda: undecodable._value.get() > garbage_before)
+    assert up._value.get() > before
+    assert metrics.CACHE_THRESHOLD.labels("llm-0")._value.get() >= 1

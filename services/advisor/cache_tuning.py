@@ -1,0 +1,71 @@
+"""The advice cache's reuse threshold meta-optimised from policy performance (after arXiv 2505.07274, whose cache
+parameters follow surrogate gradients of the policy's performance instead of staying fixed).
+
+The signal is the actors' episode outcomes (`AdviceOutcome`, the router's evidence for trust): the mean return of
+the episodes this advisor's advice reached, minus the mean return of the control group's unadvised episodes
+reported over the same window. That lift is what the advice is worth to the policy now, free of the policy's own
+progress, which lifts both groups alike.
+
+The threshold moves one step a window, a finite difference in the one parameter: after `window_episodes` advised
+episodes at threshold d, the lift measured there is compared with the best lift measured at any lower threshold.
+Within `tolerance` of it, reuse goes up (d + 1: fewer backend calls, learning kept); below it, reuse comes down
+(d - 1). With advice that is worth nothing, every threshold measures the same lift within noise, and the cache
+climbs to its cap: calls are saved where they buy nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protos import EpisodeStats
+from services.advisor.cache import MAX_DISTANCE_CAP, AdviceCache
+
+
+@dataclass
+class Window:
+    advised_episodes: int = 0
+    advised_return: float = 0.0
+    control_episodes: int = 0
+    control_return: float = 0.0
+
+    def add(self, advised: EpisodeStats, control: EpisodeStats) -> None:
+        self.advised_episodes += advised.episodes
+        self.advised_return += advised.return_sum
+        self.control_episodes += control.episodes
+        self.control_return += control.return_sum
+
+    @property
+    def lift(self) -> float:
+        return self.advised_return / self.advised_episodes - self.control_return / self.control_episodes
+
+
+@dataclass
+class PerformanceTuner:
+    cache: AdviceCache
+    window_episodes: int
+    """Advised episodes per window (and at least half as many control episodes)."""
+    tolerance: float
+    """Return lift a higher threshold may give up against the best lower one."""
+    window: Window = field(default_factory=Window)
+    lifts: dict[int, list[float]] = field(default_factory=dict)
+    """Lifts measured at each threshold, one per window."""
+
+    def observe(self, advised: EpisodeStats, control: EpisodeStats) -> int | None:
+        """Add one outcome report; at the end of a window, move the threshold and return the step taken (+1, -1, or
+        0 at a bound), else None."""
+        window = self.window
+        window.add(advised, control)
+        if window.advised_episodes < self.window_episodes or 2 * window.control_episodes < self.window_episodes:
+            return None
+        here = self.cache.max_distance
+        self.lifts.setdefault(here, []).append(window.lift)
+        self.window = Window()
+        lower = [mean(self.lifts[d]) for d in self.lifts if d < here]
+        keeps = not lower or mean(self.lifts[here]) >= max(lower) - self.tolerance
+        new = min(MAX_DISTANCE_CAP, here + 1) if keeps else max(0, here - 1)
+        self.cache.max_distance = new
+        return new - here
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
