@@ -133,7 +133,7 @@ bench-headline: setup  ## the headline learning reports, headline-5x5.md and hea
 		--max-steps 1500000 --max-seconds 720 --stop-at-threshold --out benchmarks/results/headline-8x8.md
 
 # The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
-bench-seeds: setup  ## count bonus (DoorKey-8x8, SimpleCrossingS9N1); critic replay, anneal, merge, LLM review, preferences (8x8); CQL-Prior
+bench-seeds: setup  ## count bonus (DoorKey-8x8, SimpleCrossingS9N1); critic replay, anneal, merge, reviews, preferences (8x8); cache tuning (5x5); CQL-Prior
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms count --seeds 5 \
 		--stop-at-threshold --out benchmarks/results/exploration-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain --arms count \
@@ -143,6 +143,10 @@ bench-seeds: setup  ## count bonus (DoorKey-8x8, SimpleCrossingS9N1); critic rep
 		--out benchmarks/results/seeds-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms pref-planner \
 		--arms pref-llm --seeds 5 --stop-at-threshold --out benchmarks/results/preference-8x8.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms review-planner-advice \
+		--arms review-planner-reward --seeds 5 --stop-at-threshold --out benchmarks/results/review-planner-8x8.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-5x5-v0 --arms llm --arms llm-cache \
+		--arms llm-cache-meta --seeds 5 --stop-at-threshold --out benchmarks/results/cache-tuning-5x5.md
 	$(BIN)/python -m benchmarks.preference_quality
 	$(BIN)/python -m benchmarks.offline_prior --train-steps 20000 --every 4000 --seeds 5 --parallel 2
 
