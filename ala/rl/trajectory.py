@@ -168,7 +168,7 @@ def from_chunk(chunk: TrajectoryChunk, spec: PolicySpec) -> Trajectory:
     if chunk.full_states is not None:
         arrays["full_states"] = chunk.full_states.to_numpy()
         full = arrays["full_states"]
-        if full.shape[:2] != (steps, bots) or full.dtype != np.uint8:
+        if full.ndim < 3 or full.shape[:2] != (steps, bots) or full.dtype != np.uint8:
             raise BadChunk("shape", f"full_states is {full.dtype}{list(full.shape)}, expected uint8[T, N, ...]")
     for name, (shape, dtype) in expected.items():
         array = arrays[name]

@@ -64,7 +64,8 @@ class AdviceCache:
             return Lookup(self.entries[key][1], exact=True)
         near = self._nearest(observation)
         if near is not None:
-            if len(self.audits) < MIN_AUDITS or self.rng.random() < self.audit_rate:
+            # Audits cost a backend call each: only where agreement moves the threshold.
+            if self.adapt_to_agreement and (len(self.audits) < MIN_AUDITS or self.rng.random() < self.audit_rate):
                 return Lookup(near, audit=True)
             self.hits += 1
             return Lookup(near)

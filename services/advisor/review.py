@@ -54,7 +54,7 @@ class Episode:
     bot: int
     steps: list[Step] = field(default_factory=list)
     terminated: bool = False
-    """Ended by the task (MiniGrid: the goal reached), not by the time limit."""
+    """Ended by the task (the goal reached, or lava), not by the time limit."""
 
     @property
     def episode_return(self) -> float:
@@ -62,15 +62,37 @@ class Episode:
 
 
 class EpisodeAssembler:
-    """Follows every (actor, bot) across trajectory chunks and hands out episodes as they finish."""
+    """Follows every (actor, bot) across trajectory chunks and hands out episodes as they finish. A chunk missed
+    (the review's subscription drops what it cannot keep up with) ends the actor's open episodes unreviewed, and each
+    bot's steps are skipped until its episode in progress ends: joined across the gap, the steps on either side
+    would read as one episode."""
 
     def __init__(self) -> None:
         self.open: dict[tuple[str, int], Episode] = {}
+        self.last_seq: dict[str, int] = {}
+        self.skipping: set[tuple[str, int]] = set()
+        """Bots whose episode in progress began before a gap."""
+        self.dropped = 0
+        """Open episodes dropped at a gap in an actor's chunks."""
 
-    def add(self, actor: str, trajectory: Trajectory) -> list[Episode]:
+    def add(self, actor: str, trajectory: Trajectory, chunk_seq: int | None = None) -> list[Episode]:
+        bots = trajectory.bot_ids.tolist()
+        if chunk_seq is not None:
+            last = self.last_seq.get(actor)
+            if last is not None and chunk_seq != last + 1:
+                for bot in bots:
+                    if self.open.pop((actor, bot), None) is not None:
+                        self.dropped += 1
+                    self.skipping.add((actor, bot))
+            self.last_seq[actor] = chunk_seq
         finished = []
         for t in range(trajectory.actions.shape[0]):
-            for column, bot in enumerate(trajectory.bot_ids.tolist()):
+            for column, bot in enumerate(bots):
+                ended = bool(trajectory.terminated[t, column] or trajectory.truncated[t, column])
+                if (actor, bot) in self.skipping:
+                    if ended:
+                        self.skipping.discard((actor, bot))
+                    continue
                 episode = self.open.setdefault((actor, bot), Episode(actor, bot))
                 full_states = trajectory.full_states
                 episode.steps.append(
@@ -81,7 +103,7 @@ class EpisodeAssembler:
                         None if full_states is None else full_states[t, column].copy(),
                     )
                 )
-                if trajectory.terminated[t, column] or trajectory.truncated[t, column]:
+                if ended:
                     episode.terminated = bool(trajectory.terminated[t, column])
                     finished.append(self.open.pop((actor, bot)))
         return finished
@@ -174,7 +196,7 @@ class CriticalStateReviewer:
         steps = episode.steps[-MAX_REVIEW_STEPS:]
         request = {
             "messages": self.prompt(steps, episode.episode_return),
-            "max_tokens": 160,
+            "max_tokens": 10 + 50 * self.max_critical,  # ~40 tokens an entry: 160 for the default 3
             "temperature": 0.0,
             "grammar": review_grammar(len(self.action_names), self.max_critical),
         }
@@ -216,12 +238,21 @@ class PlannerReviewer:
         return await asyncio.to_thread(self.review_now, episode)  # plans are CPU work: off the event loop
 
     def review_now(self, episode: Episode) -> Review:
+        try:
+            return self._review(episode)
+        except BackendError:
+            raise
+        except Exception as exc:  # a state the planner cannot read (a forged chunk's grid): this review fails alone
+            raise BackendError("bad_state", f"the planner could not read a state: {type(exc).__name__}: {exc}") from exc
+
+    def _review(self, episode: Episode) -> Review:
         steps = episode.steps[-MAX_PLANNED_STEPS:]
         if any(step.full_state is None for step in steps):
             raise BackendError("no_full_state", "the planner reviews only chunks with full states")
         distances = [self.adapter.steps_to_goal(step.full_state) for step in steps]  # type: ignore[arg-type]
-        # What follows the last step: the goal where the task ended it, unknown where the time limit did.
-        distances.append(0 if episode.terminated else None)
+        # What follows the last step: the goal where the task ended it with a reward; unknown where the time limit
+        # ended it, or the task without a reward (MiniGrid's lava).
+        distances.append(0 if episode.terminated and steps[-1].reward > 0 else None)
         # Steps that brought the goal no closer, the costliest and latest first: (plan steps lost, t).
         stalled = sorted(
             (
@@ -238,7 +269,7 @@ class PlannerReviewer:
             step = steps[t]
             plan = self.adapter.plan_ahead(step.full_state, 1)  # type: ignore[arg-type]
             if not plan or plan[0][1] == step.action:
-                continue  # no plan from here (MiniGrid: the agent in the doorway), or the planner's own step
+                continue  # no plan from here, or the planner's own step (a tie between shortest plans)
             suggestions.append((step.observation, Suggestion(plan[0][1], 1.0, 10.0, "critical-state review (planner)")))
             reward = -self.max_implicit_reward * min(lost, 2) / 2
             rewards.append(implicit_reward(self.run, episode, step, reward, "critical-state-review-planner"))

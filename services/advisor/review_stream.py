@@ -100,7 +100,7 @@ async def _review_stream(
             continue
         if spec.env_id not in reviewers:
             reviewers[spec.env_id] = _reviewer(settings, spec, embedded)
-        for episode in assembler.add(chunk.actor, trajectory):
+        for episode in assembler.add(chunk.actor, trajectory, chunk.chunk_seq):
             finished += 1
             if finished % settings.review_every_episodes:
                 continue

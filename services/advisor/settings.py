@@ -219,12 +219,16 @@ class AdvisorReview(BaseModel):
     review_every_episodes: int = Field(20, ge=1, description="Review one finished episode in this many.")
     review_max_critical: int = Field(3, ge=1, le=10, description="Critical states named per review, at most.")
     review_advice: bool = Field(
-        True,
+        False,
         description="Publish the review's suggested actions as advice about the critical states' observations"
-        " (advisor `review-<review_by>`), besides teaching the advisors' caches.",
+        " (advisor `review-<review_by>`); always, they teach the advisors' caches.",
     )
     review_advice_ttl_s: float = Field(
-        60.0, gt=0, le=3600, description="How long the review's advice stays in force (the router caps it)."
+        60.0,
+        gt=0,
+        le=3600,
+        description="How long the review's advice stays in force; the router refuses TTLs over its max_ttl_s (60 s"
+        " by default).",
     )
     max_implicit_reward: float = Field(0.05, ge=0, description="Bound on the implicit reward of one critical state.")
 

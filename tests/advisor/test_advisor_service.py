@@ -326,6 +326,7 @@ def test_the_cache_tuned_by_performance_reuses_more_while_learning_is_kept_and_l
 
     cache.record_audit(Suggestion(3, 1.0, 2.0), Suggestion(2, 1.0, 2.0))  # disagreement no longer moves it
     assert cache.max_distance == 1
+    assert tuner.observe(EpisodeStats(episodes=10, return_sum=float("nan")), EpisodeStats(episodes=10)) is None
     flat = PerformanceTuner(AdviceCache(10, 0, 0.9, 0.0, adapt_to_agreement=False), window_episodes=10, tolerance=0.05)
     for _ in range(20):  # advice worth nothing anywhere: every threshold keeps it, and reuse climbs to the cap
         _window(flat, 0.4, control_return=0.4)

@@ -147,10 +147,33 @@ def test_the_planner_names_the_steps_that_brought_the_goal_no_closer_and_the_act
         assert reward.state_key == observation_key(observation)
     one = PlannerReviewer(adapter_for(ENV_ID), max_critical=1, max_implicit_reward=0.05, run="test")
     assert len(one.review_now(episode).suggestions) == 1
+    # The last step is judged only where the goal followed it: not after the time limit, nor after a rewardless end.
+    cut = Episode("a1", 0, episode.steps[:6])  # ends on the mistake at step 5
+    for terminated in (False, True):
+        cut.terminated = terminated
+        review = PlannerReviewer(adapter_for(ENV_ID), 3, 0.05, "test").review_now(cut)
+        assert [np.array_equal(o, cut.steps[2].observation) for o, _ in review.suggestions] == [True]
+    garbled = Episode("a1", 0, [Step(s.observation, s.action, 0.0, np.zeros((5, 5), np.uint8)) for s in cut.steps])
+    with pytest.raises(BackendError) as failed:  # a state the planner cannot read fails this review, nothing else
+        one.review_now(garbled)
+    assert failed.value.reason == "bad_state"
     for step in episode.steps:
         step.full_state = None
     with pytest.raises(BackendError, match="full states"):
         one.review_now(episode)
+
+
+def test_a_missed_chunk_drops_the_actors_open_episodes_instead_of_joining_across_the_gap() -> None:
+    source = rollout(fresh_agent(), bots=2, steps=4, max_steps=6)  # every episode is cut at 6 steps
+    assembler = EpisodeAssembler()
+    assert assembler.add("a1", source.collect(), chunk_seq=0) == []
+    source.collect()  # chunk 1, never seen
+    # Steps 8-11: both bots' episodes began at step 6, in the missed chunk; they end at step 11, unreviewed.
+    assert assembler.add("a1", source.collect(), chunk_seq=2) == []
+    assert assembler.dropped == 2
+    assembler.add("a1", source.collect(), chunk_seq=3)
+    finished = assembler.add("a1", source.collect(), chunk_seq=4)  # the episodes of steps 12-17, whole
+    assert len(finished) == 2 and all(len(episode.steps) == 6 for episode in finished)
 
 
 async def test_the_planner_reviews_streamed_episodes_and_publishes_its_advice_and_implicit_rewards(
@@ -179,26 +202,34 @@ async def test_the_planner_reviews_streamed_episodes_and_publishes_its_advice_an
         review=True,
         review_by="planner",
         review_every_episodes=1,
+        review_advice=True,
     )
     adapter = adapter_for(ENV_ID)
     source = rollout(fresh_agent(), bots=1, steps=8, max_steps=8)  # one finished episode per chunk
-    observations: set[str] = set()
+    # Every (observation key, action taken) met, with the planner's action in that exact state.
+    steps: dict[tuple[str, int], set[int]] = {}
     async with running(serve, settings):
-        seq = 0
-        while advice.empty() or rewards.empty():  # the review follows new chunks only: produce until one is reviewed
+        for seq in range(100):  # the review follows new chunks only: produce until one is reviewed
             await bus.publish(subjects.heartbeat_subject("test", "actor", "a1"), actor_heartbeat(policy=spec()), "hb")
             trajectory = source.new_trajectory()
             for t in range(8):  # as the actor records them with chunk_full_states
-                full_states = np.stack([adapter.full_state(source.env(0))])
-                source.step(trajectory, t, None, full_states=full_states)
+                planned = adapter.expert_action(source.env(0))
+                key = observation_key(source.obs[0])
+                source.step(trajectory, t, None, full_states=np.stack([adapter.full_state(source.env(0))]))
+                steps.setdefault((key, int(trajectory.actions[t, 0])), set()).add(-1 if planned is None else planned)
             chunk = to_chunk(source.finish(trajectory), "test", "a1", seq)
-            observations |= {observation_key(o) for o in trajectory.observations[:, 0]}
             await bus.publish_durable(subjects.trajectory_subject("test", "a1"), encode(chunk), f"p{seq}", "traj")
-            seq += 1
             with contextlib.suppress(TimeoutError):
                 await wait_until(lambda: not advice.empty() and not rewards.empty(), timeout_s=2.0)
+                break
         first_advice, reward = await advice.get(), await rewards.get()
     assert first_advice.advisor == "review-planner" and first_advice.target.actor == "a1"
-    assert first_advice.target.state_key in observations and first_advice.recommended_action is not None
     assert first_advice.ttl_s == settings.review_advice_ttl_s
-    assert -settings.max_implicit_reward <= reward.reward < 0 and reward.state_key in observations
+    # The advice names a state met, with the planner's action there, where the bot did something else; the implicit
+    # reward names a step as taken, not the planner's.
+    assert any(
+        key == first_advice.target.state_key and first_advice.recommended_action in planned and taken not in planned
+        for (key, taken), planned in steps.items()
+    )
+    assert -settings.max_implicit_reward <= reward.reward < 0
+    assert reward.action not in steps[(reward.state_key, reward.action)]

@@ -93,6 +93,7 @@ def _chunk_with(field: str, array: np.ndarray) -> TrajectoryChunk:
         ("advised", lambda: np.zeros((16, 3), np.bool_), "shape"),
         ("advised", lambda: np.zeros((16, 4), np.uint8), "shape"),
         ("full_states", lambda: np.zeros((16, 3, 5, 5, 3), np.uint8), "shape"),
+        ("full_states", lambda: np.zeros((16, 4), np.uint8), "shape"),
         ("full_states", lambda: np.zeros((16, 4, 5, 5, 3), np.float32), "shape"),
     ],
 )
