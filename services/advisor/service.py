@@ -207,7 +207,8 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
                 tuner = PerformanceTuner(cache, settings.cache_tuning_window, settings.cache_tuning_tolerance)
         backend = create_backend(spec, settings.third_party_log_level)
         situations = None
-        if spec.backend in ("embedded", "openai", "random", "plugin"):  # not the planners: they read the exact state
+        # Not the planners: they read the exact state.
+        if settings.situation_cache and spec.backend in ("embedded", "openai", "random", "plugin"):
             path = None
             if settings.situation_cache_dir is not None and spec.backend in ("embedded", "openai"):
                 model = spec.model if spec.backend == "openai" else "smollm2-135m"

@@ -202,6 +202,11 @@ class AdvisorCache(BaseModel):
         description="Where LLM advisors keep their option answers per situation across runs (one file per advisor,"
         " model, prompt and env); unset: in memory only.",
     )
+    situation_cache: bool = Field(
+        True,
+        description="LLM advisors remember their option answer per situation; false: every digest asks the backend"
+        " again (to measure what the cache saves).",
+    )
     situation_cache_size: int = Field(4096, ge=1, description="Most situations remembered per advisor.")
 
 

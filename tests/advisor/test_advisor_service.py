@@ -364,3 +364,13 @@ async def test_the_advisor_tunes_its_cache_from_the_actors_outcome_reports(
         await wait_until(lambda: undecodable._value.get() > garbage_before)
     assert up._value.get() > before
     assert metrics.CACHE_THRESHOLD.labels("llm-0")._value.get() >= 1
+
+
+def test_the_situation_cache_can_be_turned_off_to_measure_what_it_saves(nats_settings: NatsSettings) -> None:
+    from services.advisor.service import build_advisors
+
+    advisors = [advisor_spec(name="r", backend="random"), advisor_spec(name="expert", backend="expert")]
+    on = build_advisors(_settings(nats_settings, advisors=advisors))
+    off = build_advisors(_settings(nats_settings, advisors=advisors, situation_cache=False))
+    assert on[0].situations is not None and on[1].situations is None  # a planner's answer is about the exact state
+    assert off[0].situations is None
