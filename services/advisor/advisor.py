@@ -9,6 +9,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from ala.metrics import child
@@ -116,7 +117,8 @@ class Advisor:
         if found.audit and found.suggestion is not None:
             self.cache.record_audit(found.suggestion, fresh)
             child(metrics.CACHE_THRESHOLD, self.spec.name).set(self.cache.max_distance)
-        self.cache.store(observation, fresh)
+        # What is reused is the action: a plan's states ahead (`Suggestion.ahead`) belong to the state asked about.
+        self.cache.store(observation, replace(fresh, ahead=()))
         return fresh
 
     async def _ask(self, digest: StateDigest, messages: list[dict[str, str]]) -> Suggestion:

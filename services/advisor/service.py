@@ -193,7 +193,8 @@ def build_advisors(settings: AdvisorSettings) -> list[Advisor]:
     advisors = []
     for spec in settings.advisors:
         cache, tuner = None, None
-        if settings.cache and spec.backend in ("embedded", "openai"):
+        # The simulated backend too: it stands in for a served LLM (benchmarks measure what the cache saves on it).
+        if settings.cache and spec.backend in ("embedded", "openai", "simulated"):
             by_performance = settings.cache_tuning == "performance"
             cache = AdviceCache(
                 settings.cache_size,

@@ -374,3 +374,16 @@ def test_the_situation_cache_can_be_turned_off_to_measure_what_it_saves(nats_set
     off = build_advisors(_settings(nats_settings, advisors=advisors, situation_cache=False))
     assert on[0].situations is not None and on[1].situations is None  # a planner's answer is about the exact state
     assert off[0].situations is None
+
+
+async def test_a_simulated_llm_behind_the_cache_is_asked_once_and_its_plan_ahead_is_not_reused() -> None:
+    from services.advisor.backends.planners import SimulatedBackend
+
+    spec_ = advisor_spec(name="sim", backend="simulated", precision=1.0, latency_s=0.0)
+    cache = AdviceCache(capacity=10, max_distance=0, target_agreement=0.98, audit_rate=0.0)
+    advisor = Advisor(spec_, SimulatedBackend(spec_), cache)  # type: ignore[arg-type]
+    digest = digests(1)[0]
+    fresh = await advisor.answer(digest, [])
+    again = await advisor.answer(digest, [])
+    assert fresh.ahead and again.ahead == ()  # the states ahead were the first asker's
+    assert again.action == fresh.action and advisor.backend_calls == 1 and cache.hits == 1
