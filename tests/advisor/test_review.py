@@ -26,6 +26,18 @@ from tests.support import ENV_ID, actor_heartbeat, fresh_agent, rollout, running
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 
 
+def _review_settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:
+    values: dict[str, object] = {
+        "run": "test",
+        "instance": "adv1",
+        "metrics_host": "127.0.0.1",
+        "metrics_port": 0,
+        "nats": nats,
+        "review": True,
+    }
+    return AdvisorSettings(**(values | overrides))
+
+
 def test_episodes_are_assembled_across_chunks() -> None:
     source = rollout(fresh_agent(), bots=2, steps=4, max_steps=6)  # every episode is cut at 6 steps
     assembler = EpisodeAssembler()
@@ -69,15 +81,7 @@ async def test_the_advisor_reviews_streamed_episodes_and_publishes_implicit_rewa
         got_one.set()
 
     await bus.subscribe(subjects.implicit_reward_subject("test"), on_reward)
-    settings = AdvisorSettings(
-        run="test",
-        instance="adv1",
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        nats=nats_settings,
-        review=True,
-        review_every_episodes=1,
-    )
+    settings = _review_settings(nats_settings, review_every_episodes=1)
     source = rollout(fresh_agent(), bots=1, steps=8, max_steps=8)  # one finished episode per chunk
     async with running(serve, settings):
         seq = 0
@@ -94,9 +98,7 @@ async def test_the_advisor_reviews_streamed_episodes_and_publishes_implicit_rewa
 
 
 async def test_chunks_from_an_env_without_text_are_skipped_and_counted(bus: Bus, nats_settings: NatsSettings) -> None:
-    settings = AdvisorSettings(
-        run="test", instance="adv1", metrics_host="127.0.0.1", metrics_port=0, nats=nats_settings, review=True
-    )
+    settings = _review_settings(nats_settings)
     cartpole = fresh_agent(env_id="CartPole-v1")
     source = rollout(cartpole, bots=1, steps=8)
     skipped = metrics.REVIEW_SKIPPED.labels("no_text")
@@ -192,17 +194,8 @@ async def test_the_planner_reviews_streamed_episodes_and_publishes_its_advice_an
 
     await bus.subscribe(subjects.advice_subject("test", "review-planner"), on_advice)
     await bus.subscribe(subjects.implicit_reward_subject("test"), on_reward)
-    settings = AdvisorSettings(
-        run="test",
-        instance="adv1",
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        nats=nats_settings,
-        advisors=[],
-        review=True,
-        review_by="planner",
-        review_every_episodes=1,
-        review_advice=True,
+    settings = _review_settings(
+        nats_settings, advisors=[], review_by="planner", review_every_episodes=1, review_advice=True
     )
     adapter = adapter_for(ENV_ID)
     source = rollout(fresh_agent(), bots=1, steps=8, max_steps=8)  # one finished episode per chunk
