@@ -145,6 +145,9 @@ bench-seeds: setup  ## count bonus (DoorKey-8x8, SimpleCrossingS9N1); critic rep
 		--arms pref-llm --seeds 5 --stop-at-threshold --out benchmarks/results/preference-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms review-planner-advice \
 		--arms review-planner-reward --seeds 5 --stop-at-threshold --out benchmarks/results/review-planner-8x8.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain \
+		--arms review-planner-advice-notrust --seeds 5 --stop-at-threshold \
+		--out benchmarks/results/review-planner-notrust-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms sim-l1 --arms sim-l1-cache \
 		--arms sim-l1-cache-meta --seeds 5 --stop-at-threshold --out benchmarks/results/cache-8x8.md
 	$(BIN)/python -m benchmarks.preference_quality
