@@ -33,7 +33,7 @@ from services.actor.options import OptionExecutor
 from services.actor.outcomes import OutcomeLedger
 from services.actor.preferences import PreferenceAsker
 from services.actor.settings import ActorSettings
-from services.actor.states import exact_state_keys, judge, state_keys
+from services.actor.states import exact_state_keys, full_states, judge, state_keys
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class AdviceClient:
         """Every bot's full state, where the chunks are to carry them and the env has one."""
         if not self.settings.chunk_full_states:
             return None
-        states = [self.adapter.full_state(self.rollout.env(bot)) for bot in range(self.rollout.num_bots)]
+        states = full_states(self.adapter, self.rollout)
         if any(state is None for state in states):
             return None
         return np.stack(states).astype(np.uint8)  # type: ignore[arg-type]

@@ -13,10 +13,15 @@ from services.actor import metrics
 from services.actor.bias import BiasLookup
 
 
+def full_states(adapter: EnvAdapter, rollout: Rollout) -> list[np.ndarray | None]:
+    """Each bot's privileged full state now (None where the env family has none)."""
+    return [adapter.full_state(rollout.env(bot)) for bot in range(rollout.num_bots)]
+
+
 def state_keys(adapter: EnvAdapter, rollout: Rollout, keyed_by: Literal["observation", "full_state"]) -> list[str]:
     """Each bot's state key: of its observation (what its policy sees), or of its full state where asked for."""
     if keyed_by == "full_state":
-        states = [adapter.full_state(rollout.env(bot)) for bot in range(rollout.num_bots)]
+        states = full_states(adapter, rollout)
         if all(state is not None for state in states):
             return [observation_key(state) for state in states]  # type: ignore[arg-type]
     return [observation_key(observation) for observation in rollout.obs]
@@ -24,8 +29,7 @@ def state_keys(adapter: EnvAdapter, rollout: Rollout, keyed_by: Literal["observa
 
 def exact_state_keys(adapter: EnvAdapter, rollout: Rollout) -> list[str]:
     """Each bot's exact-state key (advice about exact states is looked up by it first)."""
-    states = [adapter.full_state(rollout.env(bot)) for bot in range(rollout.num_bots)]
-    return [full_state_key(state) if state is not None else "" for state in states]
+    return [full_state_key(state) if state is not None else "" for state in full_states(adapter, rollout)]
 
 
 def judge(adapter: EnvAdapter, rollout: Rollout, lookup: BiasLookup, rate: float, rng: np.random.Generator) -> None:

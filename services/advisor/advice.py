@@ -37,12 +37,20 @@ def to_option_advice(spec: AdvisorSpec, digest: StateDigest, choice: Choice) -> 
 
 
 def to_advice(spec: AdvisorSpec, digest: StateDigest, suggestion: Suggestion, state_key: str) -> Advice:
+    target = AdviceTarget(actor=digest.actor, bot=digest.bot, state_key=state_key)
+    return suggested_advice(spec.name, spec.priority, target, spec.ttl_s or suggestion.ttl_s, suggestion)
+
+
+def suggested_advice(
+    advisor: str, priority: float, target: AdviceTarget, ttl_s: float, suggestion: Suggestion
+) -> Advice:
+    """`suggestion` as advisor `advisor`'s advice for `target`: its scores where it has them, else its action."""
     return Advice(
-        advice_id=f"{spec.name}-{uuid.uuid4().hex[:12]}",
-        advisor=spec.name,
-        priority=spec.priority,
-        target=AdviceTarget(actor=digest.actor, bot=digest.bot, state_key=state_key),
-        ttl_s=spec.ttl_s or suggestion.ttl_s,
+        advice_id=f"{advisor}-{uuid.uuid4().hex[:12]}",
+        advisor=advisor,
+        priority=priority,
+        target=target,
+        ttl_s=ttl_s,
         created_at=time.time(),
         scores=None if suggestion.scores is None else Array.from_numpy(np.asarray(suggestion.scores, np.float32)),
         recommended_action=suggestion.action if suggestion.scores is None else None,

@@ -77,11 +77,11 @@ class Advisor:
 
     def observe_outcome(self, outcome: AdviceOutcome) -> None:
         """One actor's outcome report, for the cache tuned by performance (a no-op for any other)."""
-        if self.tuner is None or self.cache is None:
+        if self.tuner is None:
             return
         step = self.tuner.observe(outcome.advised.get(self.spec.name, EpisodeStats()), outcome.control)
         if step is not None:
-            child(metrics.CACHE_THRESHOLD, self.spec.name).set(self.cache.max_distance)
+            child(metrics.CACHE_THRESHOLD, self.spec.name).set(self.tuner.cache.max_distance)
             child(metrics.CACHE_TUNING_WINDOWS, self.spec.name, {1: "up", -1: "down", 0: "held"}[step]).inc()
 
     def enqueue(self, digest: StateDigest) -> None:

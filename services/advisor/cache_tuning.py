@@ -9,9 +9,11 @@ progress, which lifts both groups alike.
 The threshold moves one step a window, a finite difference in the one parameter: after `window_episodes` advised
 episodes at threshold d, the lift measured there (the mean of its last `RECENT` windows: the lift a weak early
 policy gets from advice is not the lift a later one gets) is compared with the best measured at any lower threshold.
-Within `tolerance` of it, reuse goes up (d + 1: fewer backend calls, learning kept); below it, reuse comes down
-(d - 1). With advice that is worth nothing, every threshold measures the same lift within noise, and the cache
-climbs to its cap: calls are saved where they buy nothing.
+Within `tolerance` of it, reuse goes up (d + 1: more answers from the cache, learning kept); below it, reuse comes
+down (d - 1). With advice that is worth nothing, every threshold measures the same lift within noise, and the cache
+climbs to its cap. More answers from the cache means fewer backend calls per answer; whether it means fewer calls
+depends on how often the actors ask (on DoorKey-8x8 they ask more often than a slow advisor answers, and the calls
+did not fall: docs/seed-mechanisms.md).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class EpisodeAssembler:
                         self.dropped += 1
                     self.skipping.add((actor, bot))
             self.last_seq[actor] = chunk_seq
-        finished = []
+        finished, full_states = [], trajectory.full_states
         for t in range(trajectory.actions.shape[0]):
             for column, bot in enumerate(bots):
                 ended = bool(trajectory.terminated[t, column] or trajectory.truncated[t, column])
@@ -94,7 +94,6 @@ class EpisodeAssembler:
                         self.skipping.discard((actor, bot))
                     continue
                 episode = self.open.setdefault((actor, bot), Episode(actor, bot))
-                full_states = trajectory.full_states
                 episode.steps.append(
                     Step(
                         trajectory.observations[t, column].copy(),

@@ -5,8 +5,6 @@ the implicit rewards."""
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 
 from nats.aio.subscription import Subscription
 
@@ -14,8 +12,9 @@ from ala.bus import Bus
 from ala.envs import adapter_for
 from ala.ratelimit import RateLimitedLog
 from ala.rl.trajectory import BadChunk, from_chunk, observation_key
-from protos import Advice, AdviceTarget, PolicySpec, TrajectoryChunk, WireError, decode, subjects
+from protos import AdviceTarget, PolicySpec, TrajectoryChunk, WireError, decode, subjects
 from services.advisor import metrics
+from services.advisor.advice import suggested_advice
 from services.advisor.advisor import Advisor
 from services.advisor.backends import BackendError, EmbeddedBackend
 from services.advisor.review import CriticalStateReviewer, Episode, EpisodeAssembler, PlannerReviewer, Review, Reviewer
@@ -125,17 +124,8 @@ async def _act_on(
         if settings.review_advice:
             # About the observation, for every bot of the actor that meets it: the episode is over, and what the
             # review learnt is worth most where the same view recurs (MiniGrid's views recur across layouts).
-            advice = Advice(
-                advice_id=f"{name}-{uuid.uuid4().hex[:12]}",
-                advisor=name,
-                priority=1.0,
-                target=AdviceTarget(actor=episode.actor, state_key=observation_key(observation)),
-                ttl_s=settings.review_advice_ttl_s,
-                created_at=time.time(),
-                recommended_action=suggestion.action,
-                confidence=suggestion.confidence,
-                rationale=suggestion.rationale,
-            )
+            target = AdviceTarget(actor=episode.actor, state_key=observation_key(observation))
+            advice = suggested_advice(name, 1.0, target, settings.review_advice_ttl_s, suggestion)
             if await bus.publish(subjects.advice_subject(settings.run, name), advice, "advice"):
                 metrics.REVIEW_ADVICE.inc()
     for reward in review.rewards:

@@ -21,21 +21,15 @@ from services.advisor.cache import AdviceCache
 from services.advisor.review import CriticalStateReviewer, Episode, EpisodeAssembler, PlannerReviewer, Step
 from services.advisor.service import serve
 from services.advisor.settings import AdvisorSettings, advisor_spec
+from tests.advisor.test_advisor_service import _settings
 from tests.support import ENV_ID, actor_heartbeat, fresh_agent, rollout, running, spec, wait_until
 
 ACTIONS = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
 
 
 def _review_settings(nats: NatsSettings, **overrides: object) -> AdvisorSettings:
-    values: dict[str, object] = {
-        "run": "test",
-        "instance": "adv1",
-        "metrics_host": "127.0.0.1",
-        "metrics_port": 0,
-        "nats": nats,
-        "review": True,
-    }
-    return AdvisorSettings(**(values | overrides))
+    """The advisor service's test settings, reviewing, with an embedded LLM (the LLM review's reviewer)."""
+    return _settings(nats, **({"review": True, "advisors": [advisor_spec(name="llm-0")]} | overrides))
 
 
 def test_episodes_are_assembled_across_chunks() -> None:
