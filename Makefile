@@ -133,11 +133,14 @@ bench-headline: setup  ## the headline learning reports, headline-5x5.md and hea
 		--max-steps 1500000 --max-seconds 720 --stop-at-threshold --out benchmarks/results/headline-8x8.md
 
 # The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
-bench-seeds: setup  ## count bonus (DoorKey-8x8, SimpleCrossingS9N1); critic replay, anneal, merge, reviews, preferences (8x8); cache tuning (5x5); CQL-Prior
+bench-seeds: setup  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; cache tuning (8x8); CQL-Prior
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms count --seeds 5 \
 		--stop-at-threshold --out benchmarks/results/exploration-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain --arms count \
 		--seeds 5 --stop-at-threshold --out benchmarks/results/exploration-crossing.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain --arms per-value \
+		--arms expert-anneal --arms ranks2-merge --arms review-planner-advice-notrust --arms review-planner-reward \
+		--arms pref-planner --seeds 5 --stop-at-threshold --out benchmarks/results/seeds-crossing.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms per-value \
 		--arms expert-anneal --arms ranks2-merge --arms llm-review --seeds 5 --stop-at-threshold \
 		--out benchmarks/results/seeds-8x8.md
