@@ -33,7 +33,9 @@ def calls_per_100k(run: Run) -> float:
 
 
 def answered_from_cache(run: Run) -> float:
-    hits, calls = run.scraped.get("cache_hits", 0.0), run.scraped.get("backend_calls", 0.0)
+    """Answers from either cache (per-step answers by observation, option answers by situation) over all answers."""
+    hits = run.scraped.get("cache_hits", 0.0) + run.scraped.get("situation_hits", 0.0)
+    calls = run.scraped.get("backend_calls", 0.0)
     return hits / (hits + calls) if hits + calls else 0.0
 
 
@@ -52,7 +54,7 @@ def report(runs: list[Run], baseline: str, source: Path, command: str) -> str:
         "steps over the arm's, seed by seed (median and range). Learning kept: env steps to evaluation 0.8 (advice "
         "off), the arm's over the baseline's on the same seed (`>=`: a run that never reached 0.8 counts at the steps "
         "it ran). "
-        "Answered from cache: hits / (hits + calls).",
+        "Answered from cache: hits (the answer cache and the options' situation cache) / (hits + calls).",
         "",
         "| arm | reached 0.8 | IQM env steps (95% CI) | vs baseline (95% CI) | P(fewer) | calls per run (median) | "
         "calls per 100k env steps (median) | calls saved vs baseline (median, range) | answered from cache (median) | "

@@ -94,6 +94,7 @@ SCRAPE = {
     "backend_calls": ("advisor", "ala_advisor_llm_seconds_count", {}),
     "trust": ("router", "ala_router_trust", {}),
     "cache_hits": ("advisor", "ala_advisor_cache_hits_total", {}),
+    "situation_hits": ("advisor", "ala_advisor_situation_cache_total", {"result": "hit"}),
     "cache_max_distance": ("advisor", "ala_advisor_cache_max_distance", {}),
     "rankings": ("advisor", "ala_advisor_preferences_total", {"outcome": "ranked"}),
     "rankings_kept": ("learner", "ala_learner_preferences_total", {"outcome": "kept"}),

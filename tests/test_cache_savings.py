@@ -30,3 +30,14 @@ def test_calls_saved_are_counted_per_env_step_and_learning_kept_per_seed(tmp_pat
     # Per 100k env steps: the baseline calls 200 on both seeds; the cache 50 and 50: 4x saved on each.
     assert "| 4.00 (4.00-4.00) |" in row and "| 62% |" in row  # answered from cache: 0.75 and 0.5
     assert "s1: 100,000 (0.50)" in row and "s2: >=400,000 (>=1.33)" in row
+
+
+def test_option_answers_from_the_situation_cache_count_as_answered_from_cache(tmp_path: Path) -> None:
+    options = _run("options", 1, 50_000, calls=10, hits=0, env_steps=50_000)
+    options.scraped["situation_hits"] = 30.0  # strategic advice: one call per situation, the rest from its cache
+    runs = [_run("options-nocache", 1, 50_000, calls=40, hits=0, env_steps=50_000), options]
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([asdict(r) for r in runs]))
+    text = report(load_runs(path), "options-nocache", path, "test")
+    (row,) = [line for line in text.splitlines() if line.startswith("| options |")]
+    assert "| 4.00 (4.00-4.00) |" in row and "| 75% |" in row
