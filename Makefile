@@ -133,7 +133,7 @@ bench-headline: setup  ## the headline learning reports, headline-5x5.md and hea
 		--max-steps 1500000 --max-seconds 720 --stop-at-threshold --out benchmarks/results/headline-8x8.md
 
 # The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
-bench-seeds: setup  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; cache tuning (8x8); CQL-Prior
+bench-seeds: setup  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; the caches (8x8, options 5x5); CQL-Prior
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms count --seeds 5 \
 		--stop-at-threshold --out benchmarks/results/exploration-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain --arms count \
@@ -153,6 +153,10 @@ bench-seeds: setup  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; cac
 		--out benchmarks/results/review-planner-notrust-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms sim-l1 --arms sim-l1-cache \
 		--arms sim-l1-cache-meta --seeds 5 --stop-at-threshold --out benchmarks/results/cache-8x8.md
+	$(BIN)/python -m benchmarks.cache_savings benchmarks/results/cache-8x8.json --baseline sim-l1
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-5x5-v0 --arms llm-options-nocache \
+		--arms llm-options --seeds 5 --out benchmarks/results/options-cache-5x5.md
+	$(BIN)/python -m benchmarks.cache_savings benchmarks/results/options-cache-5x5.json --baseline llm-options-nocache
 	$(BIN)/python -m benchmarks.preference_quality
 	$(BIN)/python -m benchmarks.offline_prior --train-steps 20000 --every 4000 --seeds 5 --parallel 2
 
