@@ -143,6 +143,8 @@ bench-seeds: setup  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; the
 		--arms pref-planner --seeds 5 --stop-at-threshold --out benchmarks/results/seeds-crossing.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain \
 		--arms llm-review-advice --seeds 5 --stop-at-threshold --out benchmarks/results/llm-review-crossing.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain --arms pref-llm \
+		--seeds 5 --stop-at-threshold --out benchmarks/results/preference-crossing.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms per-value \
 		--arms expert-anneal --arms ranks2-merge --arms llm-review --seeds 5 --stop-at-threshold \
 		--out benchmarks/results/seeds-8x8.md
