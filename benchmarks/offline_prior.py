@@ -1,8 +1,10 @@
 """CQL-Prior against CQL and behaviour cloning, offline, on a dataset the stack itself stored in JetStream (issue 31).
 
-1. Collect: one `ala up` run (the `--arm` overlay, by default the simulated advisor at precision 0.7: the planner's
-   answer, wrong 30% of the time, as a served LLM's would be) for `--dataset-steps` env steps, its broker's
-   JetStream store kept on disk. Or reuse a dataset with `--dataset`.
+1. Collect: one `ala up` run (an arm of benchmarks/arms.toml named by `--arm`, by default the simulated advisor at
+   precision 0.7: the planner's answer, wrong 30% of the time, as a served LLM's would be) for `--dataset-steps` env
+   steps, its broker's JetStream store kept on disk; `--full-states` has the actors record each step's full state
+   too (what the planner needs to rank the dataset's states, `ala preference fit`). Or reuse a dataset with
+   `--dataset`; or stop after collecting with `--collect-only`.
 2. Export: the run's chunks read back from that store by `ala.dataset` (as `ala dataset export` does), with the
    dataset's provenance: which run, chunks, env steps, transitions, advised transitions, policy versions.
 3. Train each method (`ala.rl.offline`: `bc`, `cql`, `cql-prior`) for `--train-steps` gradient steps per seed, the
@@ -24,6 +26,7 @@ import json
 import multiprocessing
 import statistics
 import tempfile
+import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,8 +60,25 @@ class Trained:
         return self.curve[-1][2]
 
 
-def collect(env_id: str, steps: int, out: Path) -> tuple[Path, dict[str, Any]]:
-    """Run the stack with the dataset arm, keep its JetStream store, export the run; returns the dataset and facts."""
+def dataset_overlay(arm: str | None, full_states: bool) -> dict[str, Any]:
+    """The collecting run's settings overlay: `arm`'s table in benchmarks/arms.toml, or the default dataset arm."""
+    from benchmarks.learning_value import ARMS_FILE, merged
+
+    if arm is None:
+        overlay = copy.deepcopy(DATASET_ARM)
+    else:
+        arms = tomllib.loads(ARMS_FILE.read_text())
+        if arm not in arms:
+            raise typer.BadParameter(f"no arm {arm!r} in {ARMS_FILE.name}; there are {', '.join(arms)}")
+        overlay = arms[arm]
+    if full_states:
+        overlay = merged(overlay, {"actor": {"experimental": {"chunk_full_states": True}}})
+    return overlay
+
+
+def collect(env_id: str, steps: int, overlay: dict[str, Any], out: Path) -> tuple[Path, dict[str, Any]]:
+    """Run the stack with the dataset's overlay, keep its JetStream store, export the run; returns the dataset and
+    facts."""
     # Imported here: training from a saved dataset (on a GPU machine, say) needs neither the stack nor a broker.
     from ala.broker import EmbeddedBroker
     from ala.config import NatsSettings
@@ -67,7 +87,7 @@ def collect(env_id: str, steps: int, out: Path) -> tuple[Path, dict[str, Any]]:
     from benchmarks.learning_value import arm_of
     from tests.support import broker_settings
 
-    arm = arm_of(json.loads(json.dumps(DATASET_ARM)), "offline_prior dataset arm")
+    arm = arm_of(copy.deepcopy(overlay), "offline_prior dataset arm")
     with tempfile.TemporaryDirectory() as scratch:
         store = Path(scratch) / "nats"
         run = run_stack(env_id, "dataset", 0, steps, 3600.0, arm, stop_at_threshold=False, store_dir=store)
@@ -76,7 +96,7 @@ def collect(env_id: str, steps: int, out: Path) -> tuple[Path, dict[str, Any]]:
     facts = json.loads(about.read_text()) | {
         "collected_by": "benchmarks.offline_prior (ala up, seed 0)",
         "collected_at_commit": provenance_dict(command_line())["commit"],
-        "arm": DATASET_ARM,
+        "arm": overlay,
         "collecting_run_last_eval_return": run.curve[-1][2] if run.curve else None,
     }
     about.write_text(json.dumps(facts, indent=2) + "\n")
@@ -174,6 +194,9 @@ def plot(results: list[Trained], path: Path) -> None:
 def main(
     env_id: Annotated[str, typer.Option()] = "MiniGrid-DoorKey-8x8-v0",
     dataset: Annotated[Path | None, typer.Option(help="Reuse this exported dataset (.npz beside its .json).")] = None,
+    arm: Annotated[str | None, typer.Option(help="The collecting run's arm (benchmarks/arms.toml).")] = None,
+    full_states: Annotated[bool, typer.Option(help="Record each step's full state in the dataset.")] = False,
+    collect_only: Annotated[bool, typer.Option(help="Collect and export the dataset, train nothing.")] = False,
     dataset_steps: Annotated[int, typer.Option(help="Env steps of the collecting run.")] = 150_000,
     seeds: Annotated[int, typer.Option()] = 5,
     train_steps: Annotated[int, typer.Option(help="Gradient steps per method and seed.")] = 20_000,
@@ -184,7 +207,11 @@ def main(
     out: Annotated[Path, typer.Option()] = RESULTS / "offline-prior.md",
 ) -> None:
     if dataset is None:
-        dataset, facts = collect(env_id, dataset_steps, Path(".ala/datasets/offline-prior"))
+        name = f"offline-{arm or 'prior'}{'-full' if full_states else ''}"
+        dataset, facts = collect(env_id, dataset_steps, dataset_overlay(arm, full_states), Path(".ala/datasets") / name)
+        print(f"dataset: {dataset} ({json.dumps(facts)})", flush=True)
+        if collect_only:
+            return
     else:
         facts = json.loads(dataset.with_suffix(".json").read_text())
     arrays = dataset.with_suffix(".npz")
