@@ -38,6 +38,8 @@ tls_app = typer.Typer(help="TLS between services and broker, for a lab.", no_arg
 app.add_typer(tls_app, name="tls")
 dataset_app = typer.Typer(help="Offline datasets from the trajectories a run stored.", no_args_is_help=True)
 app.add_typer(dataset_app, name="dataset")
+preference_app = typer.Typer(help="A preference reward model fit before a run (Motif).", no_args_is_help=True)
+app.add_typer(preference_app, name="preference")
 console = Console()
 
 
@@ -364,6 +366,32 @@ def dataset_export(
         f"{provenance.transitions:,} transitions ({provenance.advised_transitions:,} advised) from {provenance.chunks}"
         f" chunks, {provenance.env_steps:,} env steps, policy versions {provenance.policy_versions[0]}-"
         f"{provenance.policy_versions[1]} of run {run}: {arrays} ({about})"
+    )
+
+
+@preference_app.command("fit")
+def preference_fit(
+    out: Annotated[Path, typer.Argument(help="Writes the model (<out>) and how it was fit (<out>.json).")],
+    dataset: Annotated[Path, typer.Option(help="An exported dataset with full states (`ala dataset export`).")],
+    env_id: Annotated[str, typer.Option(envvar="ALA_ENV_ID", help="The env the dataset comes from.")] = (
+        "MiniGrid-DoorKey-5x5-v0"
+    ),
+    states: Annotated[int, typer.Option(min=10, help="Dataset states the planner ranks.")] = 8000,
+    pairs: Annotated[int, typer.Option(min=1, help="Ranked pairs the model is fit on.")] = 4000,
+    steps: Annotated[int, typer.Option(min=1, help="Bradley-Terry minibatch steps.")] = 4000,
+    seed: Annotated[int, typer.Option(help="Seed of the sample, the pairs and the model.")] = 0,
+) -> None:
+    """Fit the preference reward model on a stored dataset's states ranked by the planner, before RL starts, as
+    Motif does; the learner loads it with ALA_LEARNER_PREFERENCE_MODEL."""
+    from ala.preference_fit import fit
+
+    try:
+        facts = fit(dataset.with_suffix(".npz"), env_id, out, states, pairs, steps, seed)
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(
+        f"fit on {facts.pairs:,} planner-ranked pairs of {facts.states_ranked:,} states: orders"
+        f" {facts.held_out_agreement:.3f} of {facts.held_out_pairs:,} held-out pairs as the planner does: {out}"
     )
 
 

@@ -47,6 +47,8 @@ class Provenance:
     env_steps: int = 0
     transitions: int = 0
     advised_transitions: int = 0
+    full_states: bool = False
+    """Every transition carries its full state (the actors recorded them: `chunk_full_states`)."""
     policy_versions: tuple[int, int] = (0, 0)
     actors: list[str] = field(default_factory=list)
     exported_at: str = ""
@@ -99,6 +101,7 @@ async def export_run(
     data = Transitions.concatenate(parts)
     provenance.transitions = len(data)
     provenance.advised_transitions = int(data.advised.sum())
+    provenance.full_states = data.full_states is not None
     provenance.policy_versions = (min(versions), max(versions))
     provenance.actors = sorted(actors)
     provenance.exported_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -58,6 +58,9 @@ class Transitions:
     """float32 [M, n_actions]: the advice recorded at this step, as logits (0 where none)."""
     advised: np.ndarray
     """bool [M]: some advisor advised this step."""
+    full_states: np.ndarray | None = None
+    """uint8 [M, *state_shape]: the privileged full state at s, where the run's actors recorded it
+    (`[actor.experimental] chunk_full_states`); what a planner ranks a dataset's states by (`ala preference fit`)."""
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -82,6 +85,7 @@ class Transitions:
             terminal=terminal[keep],
             prior=prior[keep],
             advised=advised[keep],
+            full_states=None if trajectory.full_states is None else trajectory.full_states[keep],
         )
 
     @classmethod
@@ -89,11 +93,16 @@ class Transitions:
         parts = list(parts)
         if not parts:
             raise ValueError("no transitions: the dataset is empty")
-        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+        arrays = {}
+        for f in fields(cls):
+            values = [getattr(p, f.name) for p in parts]
+            # An optional array is kept only where every part has it: rows without it would misalign the rest.
+            arrays[f.name] = None if any(v is None for v in values) else np.concatenate(values)
+        return cls(**arrays)
 
     def save(self, path: Path) -> None:
         """`.npz`, observations as uint8 where that is lossless (MiniGrid's codes), as on the wire."""
-        arrays = {f.name: getattr(self, f.name) for f in fields(self)}
+        arrays = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         for name in ("observations", "next_observations"):
             values = arrays[name]
             if values.size and values.min() >= 0 and values.max() <= 255 and np.all(values == np.round(values)):
@@ -104,7 +113,7 @@ class Transitions:
     @classmethod
     def load(cls, path: Path) -> Transitions:
         with np.load(path) as data:
-            arrays = {f.name: data[f.name] for f in fields(cls)}
+            arrays = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         for name in ("observations", "next_observations"):
             arrays[name] = arrays[name].astype(np.float32)
         return cls(**arrays)
@@ -155,7 +164,9 @@ def train(
     agent.to(device)
     target = copy.deepcopy(agent).requires_grad_(False)
     optimizer = torch.optim.Adam(agent.actor.parameters(), lr=settings.learning_rate)
-    tensors = {f.name: torch.as_tensor(getattr(data, f.name), device=device) for f in fields(data)}
+    # Full states are for ranking a dataset (`ala preference fit`), never trained on.
+    trained = [f.name for f in fields(data) if f.name != "full_states"]
+    tensors = {name: torch.as_tensor(getattr(data, name), device=device) for name in trained}
     prior_log = torch.log_softmax(tensors["prior"], -1)
     trained_s, started = 0.0, time.perf_counter()
     for step in range(1, settings.steps + 1):

@@ -17,11 +17,18 @@ observation opens the next chunk); the telescoping sum misses one bounded term p
 A small L2 term on r keeps the model's outputs near 0, where tanh is not saturated (Bradley-Terry fixes r only up
 to a constant). The rankings are kept in a ring of `capacity` pairs; the model lives in the learner and starts again
 after a restart (the rankings are not data the run must keep).
+
+Motif fits its reward model before RL starts, on a dataset of play, and keeps it fixed. `save` and `load` carry a
+model fit that way (`ala preference fit`, on a dataset the stack stored) into the learner; a loaded model shapes from
+the first chunk, and stays as fit unless rankings arrive online.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +70,8 @@ class PreferenceReward:
         self.second = np.zeros((capacity, spec.obs_dim), dtype=np.float32)
         self.second_preferred = np.zeros(capacity, dtype=np.float32)
         self.size = self.next = 0
+        self.prefit = False
+        """The model was fit before the run (`load`): it shapes before any ranking arrives."""
         self.rng = np.random.default_rng(seed)
         self.lock = threading.Lock()
         """Rankings arrive and chunks are shaped on the event loop while `fit` runs in the update's thread."""
@@ -111,10 +120,46 @@ class PreferenceReward:
             rewards = self.net(self._encode(flat)).squeeze(-1).numpy()
         return (self.scale * np.tanh(rewards)).reshape(observations.shape[:-1])
 
+    def save(self, path: Path, about: dict[str, Any]) -> None:
+        """The model's weights, the spec it reads, and `about` (how it was fit), for `load`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            state = {name: tensor.clone() for name, tensor in self.net.state_dict().items()}
+        torch.save(
+            {
+                "state_dict": state,
+                "obs_dim": self.spec.obs_dim,
+                "onehot_classes": self.spec.onehot_classes,
+                "about": json.dumps(about),
+            },
+            path,
+        )
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Start from a model fit before the run; returns how it was fit. Raises ValueError for a file that is not
+        such a model or reads other observations than this policy's."""
+        try:
+            saved = torch.load(path, weights_only=True)
+            shape = (int(saved["obs_dim"]), int(saved["onehot_classes"]))
+            state, about = saved["state_dict"], json.loads(saved["about"])
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+            detail = f"{path} is not a preference reward model (`ala preference fit` writes one): {exc}"
+            raise ValueError(detail) from exc
+        if shape != (self.spec.obs_dim, self.spec.onehot_classes):
+            raise ValueError(
+                f"{path} reads observations of {shape[0]} values ({shape[1]} classes); this policy's have"
+                f" {self.spec.obs_dim} ({self.spec.onehot_classes})"
+            )
+        with self.lock:
+            self.net.load_state_dict(state)
+            self.prefit = True
+        return about
+
     def shape(self, trajectory: Trajectory) -> float:
         """Add `gamma * Phi(s') - Phi(s)` to `trajectory.rewards` in place, where the chunk holds s' (see the module's
-        docstring); returns the sum of |F| added. Nothing before the first ranking (the model is untrained)."""
-        if self.size == 0:
+        docstring); returns the sum of |F| added. Nothing before the first ranking unless the model was fit before the
+        run (untrained, it would shape noise)."""
+        if self.size == 0 and not self.prefit:
             return 0.0
         phi = self.potential(trajectory.observations)
         following = np.concatenate([phi[1:], np.zeros_like(phi[:1])])

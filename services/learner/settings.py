@@ -133,6 +133,13 @@ class LearnerRewards(BaseModel):
     preference_steps: int = Field(
         8, ge=0, json_schema_extra=EXPERIMENTAL, description="Reward-model minibatch steps before every update."
     )
+    preference_model: Path | None = Field(
+        None,
+        json_schema_extra=EXPERIMENTAL,
+        description="Start from a reward model fit before the run on a stored dataset (`ala preference fit`, as"
+        " Motif does): it shapes from the first chunk, and stays as fit unless rankings arrive. Needs"
+        " preference_reward > 0 (unset: the model starts untrained and learns online).",
+    )
 
 
 class LearnerSettings(ServiceSettings, PPOSettings, LearnerStream, LearnerCheckpoint, LearnerRanks, LearnerRewards):
@@ -159,6 +166,12 @@ class LearnerSettings(ServiceSettings, PPOSettings, LearnerStream, LearnerCheckp
                 f"checkpoint_every ({self.checkpoint_every}) must be <= max_policy_lag ({self.max_policy_lag}): after"
                 " a crash, actors' chunks from the versions lost since the checkpoint must still be trainable"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _preference_model_has_a_scale(self) -> "LearnerSettings":
+        if self.preference_model is not None and self.preference_reward <= 0:
+            raise ValueError("preference_model needs preference_reward > 0 (the scale of its shaping)")
         return self
 
     @model_validator(mode="after")

@@ -83,6 +83,14 @@ class LearnerWorker:
                 settings.preference_steps,
                 seed=settings.seed,
             )
+            if settings.preference_model is not None:
+                about = self.preferences.load(settings.preference_model)
+                log.info(
+                    "preference reward model fit before the run: %s (from %s, held-out agreement %s)",
+                    settings.preference_model,
+                    about.get("dataset"),
+                    about.get("held_out_agreement"),
+                )
         self.admission = Admission(
             settings.run,
             settings.max_policy_lag,
