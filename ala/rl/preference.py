@@ -26,6 +26,7 @@ the first chunk, and stays as fit unless rankings arrive online.
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ class PreferenceReward:
             saved = torch.load(path, weights_only=True)
             shape = (int(saved["obs_dim"]), int(saved["onehot_classes"]))
             state, about = saved["state_dict"], json.loads(saved["about"])
-        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
             detail = f"{path} is not a preference reward model (`ala preference fit` writes one): {exc}"
             raise ValueError(detail) from exc
         if shape != (self.spec.obs_dim, self.spec.onehot_classes):
