@@ -133,7 +133,16 @@ bench-headline: setup  ## the headline learning reports, headline-5x5.md and hea
 		--max-steps 1500000 --max-seconds 720 --stop-at-threshold --out benchmarks/results/headline-8x8.md
 
 # The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
-bench-seeds: setup  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; the caches (8x8, options 5x5); CQL-Prior
+# The preference reward model the arm pref-prefit loads (Motif's order: fit before RL starts): a 150k-step DoorKey-8x8
+# run of the stack with the simulated advisor and full states recorded, its states ranked by the planner.
+PREFERENCE_MODEL := .ala/preference/doorkey8x8-planner.pt
+$(PREFERENCE_MODEL): | setup
+	$(BIN)/python -m benchmarks.offline_prior --env-id MiniGrid-DoorKey-8x8-v0 --full-states --dataset-steps 150000 \
+		--collect-only
+	$(BIN)/ala preference fit $@ --dataset .ala/datasets/offline-prior-full.npz --env-id MiniGrid-DoorKey-8x8-v0 \
+		--states 8000 --pairs 4000 --steps 4000
+
+bench-seeds: setup $(PREFERENCE_MODEL)  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; the caches; CQL-Prior
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms count --seeds 5 \
 		--stop-at-threshold --out benchmarks/results/exploration-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-SimpleCrossingS9N1-v0 --arms plain --arms count \
@@ -150,6 +159,8 @@ bench-seeds: setup  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; the
 		--out benchmarks/results/seeds-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms pref-planner \
 		--arms pref-llm --seeds 5 --stop-at-threshold --out benchmarks/results/preference-8x8.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms pref-prefit \
+		--seeds 5 --stop-at-threshold --out benchmarks/results/preference-prefit-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms review-planner-advice \
 		--arms review-planner-reward --seeds 5 --stop-at-threshold --out benchmarks/results/review-planner-8x8.md
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain \

@@ -107,8 +107,10 @@ FOLLOW = {
     "trust": SCRAPE["trust"],
     "entropy": ("learner", "ala_learner_training", {"stat": "losses/entropy"}),
     "biased_steps": ("actor", "ala_actor_biased_steps_total", {}),
+    "strength": ("router", "ala_router_strength", {}),
 }
-"""Read at every evaluation: trust over time, and the policy's entropy (to see a collapse)."""
+"""Read at every evaluation: trust over time, the policy's entropy (to see a collapse), and the bias strength after
+the schedule (where advice is annealed away)."""
 
 
 ARMS_FILE = Path(__file__).with_name("arms.toml")
