@@ -12,6 +12,9 @@ them in the stack.
   planner ranked by: this says how much of the planner's ranking a reward on observations can carry.
 - The embedded LLM ranks `--llm-pairs` pairs by their text (the `embedded` ranker, A or B): its agreement with the
   planner, and its seconds per ranking.
+- Step by step, what the shaping sees: on consecutive held-out states whose plan length differs, the share where
+  `Phi(s') - Phi(s)` has the sign of the planner's progress. Shaping is made of these one-step differences, not of
+  the far-apart pairs the model is fit and scored on. `--model` adds a model fit before a run (`ala preference fit`).
 
     python -m benchmarks.preference_quality [--env-id MiniGrid-DoorKey-8x8-v0] [--rankings 2600] [--llm-pairs 100]
 """
@@ -19,6 +22,7 @@ them in the stack.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -43,6 +47,7 @@ class State:
     steps_to_goal: int
     carrying: bool
     """The agent holds the key: the first milestone, which a policy early in a run has never reached."""
+    episode: int
 
 
 def collect_states(env_id: str, episodes: int, random_share: float, seed: int) -> list[State]:
@@ -59,7 +64,7 @@ def collect_states(env_id: str, episodes: int, random_share: float, seed: int) -
             steps = adapter.steps_to_goal(full_state) if full_state is not None else None
             if steps is not None:
                 carrying = env.unwrapped.carrying is not None  # type: ignore[attr-defined]
-                states.append(State(digest_of(env, obs, env_id=env_id), steps, carrying))
+                states.append(State(digest_of(env, obs, env_id=env_id), steps, carrying, episode))
             planned = adapter.expert_action(env)
             action = (
                 int(rng.integers(env.action_space.n)) if planned is None or rng.random() < random_share else planned
@@ -78,21 +83,35 @@ def labelled_pairs(states: list[State], count: int, rng: np.random.Generator) ->
     return pairs
 
 
-def model_agreement(
-    env_id: str, train: list[tuple[State, State, int]], test: list[tuple[State, State, int]], steps: int, seed: int
-) -> tuple[float, float]:
+def model_agreement(model: PreferenceReward, test: list[tuple[State, State, int]]) -> tuple[float, float]:
     """The share of held-out pairs the model orders as the planner does: all of them, and those where one state holds
     the key and the other does not."""
-    spec = adapter_for(env_id).probe_spec()
-    model = PreferenceReward(spec, scale=1.0, gamma=0.99, capacity=len(train), steps=steps, seed=seed)
-    for first, second, preferred in train:
-        model.add(first.digest.observation.to_numpy(), second.digest.observation.to_numpy(), preferred)
-    model.fit()
     firsts = model.potential(np.stack([f.digest.observation.to_numpy() for f, _, _ in test]))
     seconds = model.potential(np.stack([s.digest.observation.to_numpy() for _, s, _ in test]))
     right = (seconds > firsts) == np.array([p for _, _, p in test], dtype=bool)
     key = np.array([f.carrying != s.carrying for f, s, _ in test])
     return float(right.mean()), float(right[key].mean()) if key.any() else float("nan")
+
+
+def step_agreement(model: PreferenceReward, states: list[State]) -> tuple[float, int]:
+    """The share of consecutive states (same episode, plan lengths differ) where the potential moves the way the
+    planner's progress does, and how many such steps there were."""
+    phi = model.potential(np.stack([s.digest.observation.to_numpy() for s in states]))
+    agreed = [
+        (phi[i + 1] > phi[i]) == (after.steps_to_goal < before.steps_to_goal)
+        for i, (before, after) in enumerate(itertools.pairwise(states))
+        if before.episode == after.episode and before.steps_to_goal != after.steps_to_goal
+    ]
+    return float(np.mean(agreed)), len(agreed)
+
+
+def fitted_model(env_id: str, train: list[tuple[State, State, int]], steps: int, seed: int) -> PreferenceReward:
+    model = PreferenceReward(adapter_for(env_id).probe_spec(), scale=1.0, gamma=0.99, capacity=len(train),
+                             steps=steps, seed=seed)  # fmt: skip
+    for first, second, preferred in train:
+        model.add(first.digest.observation.to_numpy(), second.digest.observation.to_numpy(), preferred)
+    model.fit()
+    return model
 
 
 async def llm_agreement(pairs: list[tuple[State, State, int]]) -> tuple[float, float, int]:
@@ -134,19 +153,26 @@ def main(
     test_pairs: Annotated[int, typer.Option(help="Held-out pairs.")] = 2000,
     llm_pairs: Annotated[int, typer.Option(help="Pairs the embedded LLM ranks (0: none).")] = 100,
     seeds: Annotated[int, typer.Option(help="Seeds of the model's fit (and of the pairs).")] = 5,
+    model: Annotated[
+        Path | None, typer.Option(help="Also score this model, fit before a run (`ala preference fit`).")
+    ] = None,
     out: Annotated[Path, typer.Option()] = RESULTS / "preference-quality.md",
 ) -> None:
     train_share = random_share if train_random_share is None else train_random_share
     train_states = collect_states(env_id, episodes, train_share, seed=0)
     test_states = collect_states(env_id, episodes // 4, random_share, seed=100_000)  # other layouts
-    agreements, on_key = [], []
+    agreements, on_key, on_steps = [], [], []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         train, test = labelled_pairs(train_states, rankings, rng), labelled_pairs(test_states, test_pairs, rng)
-        overall, key = model_agreement(env_id, train, test, steps, seed)
+        fitted = fitted_model(env_id, train, steps, seed)
+        overall, key = model_agreement(fitted, test)
+        step, step_count = step_agreement(fitted, test_states)
         agreements.append(overall)
         on_key.append(key)
-        print(f"seed {seed}: the model orders {overall:.3f} of held-out pairs right, {key:.3f} of those with one key")
+        on_steps.append(step)
+        print(f"seed {seed}: the model orders {overall:.3f} of held-out pairs right, {key:.3f} of those with one key,"
+              f" {step:.3f} of {step_count} consecutive steps")  # fmt: skip
     lines = [
         f"# Preference reward's parts on {env_id}: rankers and reward model against the planner",
         "",
@@ -162,8 +188,21 @@ def main(
         f" {statistics.median(agreements):.3f} | {min(agreements):.3f}-{max(agreements):.3f} | - |",
         f"| the same, on the held-out pairs where one state holds the key and the other does not |"
         f" {statistics.median(on_key):.3f} | {min(on_key):.3f}-{max(on_key):.3f} | - |",
+        f"| the same, on consecutive held-out states (one step apart, plan lengths differ): Phi moves with the"
+        f" planner's progress | {statistics.median(on_steps):.3f} | {min(on_steps):.3f}-{max(on_steps):.3f} | - |",
         f"| states to fit on that hold the key | {np.mean([s.carrying for s in train_states]):.3f} | - | - |",
     ]
+    if model is not None:
+        loaded = PreferenceReward(adapter_for(env_id).probe_spec(), scale=1.0, gamma=0.99)
+        about = loaded.load(model)
+        overall, key = model_agreement(loaded, labelled_pairs(test_states, test_pairs, np.random.default_rng(0)))
+        step, _ = step_agreement(loaded, test_states)
+        lines += [
+            f"| model fit before a run, {model} ({about['pairs']:,} planner rankings of {about['states_ranked']:,}"
+            f" states of a stored run, {about['steps']:,} steps): held-out pairs | {overall:.3f} | - | - |",
+            f"| the same model, pairs where one state holds the key | {key:.3f} | - | - |",
+            f"| the same model, consecutive held-out states | {step:.3f} | - | - |",
+        ]
     if llm_pairs:
         pairs = labelled_pairs(test_states, llm_pairs, np.random.default_rng(0))
         agreement, seconds, failed = asyncio.run(llm_agreement(pairs))
