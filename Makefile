@@ -139,8 +139,8 @@ PREFERENCE_MODEL := .ala/preference/doorkey8x8-planner.pt
 $(PREFERENCE_MODEL): | setup
 	$(BIN)/python -m benchmarks.offline_prior --env-id MiniGrid-DoorKey-8x8-v0 --full-states --dataset-steps 150000 \
 		--collect-only
-	$(BIN)/ala preference fit $@ --dataset .ala/datasets/offline-prior-full.npz --env-id MiniGrid-DoorKey-8x8-v0 \
-		--states 8000 --pairs 4000 --steps 4000
+	$(BIN)/ala preference fit $@ --dataset .ala/datasets/MiniGrid-DoorKey-8x8-v0-sim0.7-150000-full.npz \
+		--env-id MiniGrid-DoorKey-8x8-v0 --states 8000 --pairs 4000 --steps 4000
 
 bench-seeds: setup $(PREFERENCE_MODEL)  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; the caches; CQL-Prior
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms count --seeds 5 \
