@@ -132,7 +132,6 @@ bench-headline: setup  ## the headline learning reports, headline-5x5.md and hea
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms expert --seeds 5 \
 		--max-steps 1500000 --max-seconds 720 --stop-at-threshold --out benchmarks/results/headline-8x8.md
 
-# The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
 # The preference reward model the arm pref-prefit loads (Motif's order: fit before RL starts): a 150k-step DoorKey-8x8
 # run of the stack with the simulated advisor and full states recorded, its states ranked by the planner.
 PREFERENCE_MODEL := .ala/preference/doorkey8x8-planner.pt
@@ -142,6 +141,7 @@ $(PREFERENCE_MODEL): | setup
 	$(BIN)/ala preference fit $@ --dataset .ala/datasets/MiniGrid-DoorKey-8x8-v0-sim0.7-150000-full.npz \
 		--env-id MiniGrid-DoorKey-8x8-v0 --states 8000 --pairs 4000 --steps 4000
 
+# The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
 bench-seeds: setup $(PREFERENCE_MODEL)  ## the mechanisms on DoorKey-8x8 and SimpleCrossingS9N1; the caches; CQL-Prior
 	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --arms plain --arms count --seeds 5 \
 		--stop-at-threshold --out benchmarks/results/exploration-8x8.md
