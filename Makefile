@@ -138,7 +138,7 @@ PREFERENCE_MODEL := .ala/preference/doorkey8x8-planner.pt
 $(PREFERENCE_MODEL): | setup
 	$(BIN)/python -m benchmarks.offline_prior --env-id MiniGrid-DoorKey-8x8-v0 --full-states --dataset-steps 150000 \
 		--collect-only
-	$(BIN)/ala preference fit $@ --dataset .ala/datasets/MiniGrid-DoorKey-8x8-v0-sim0.7-150000-full.npz \
+	$(BIN)/ala preference fit $@ --dataset .ala/datasets/MiniGrid-DoorKey-8x8-v0-simulated-150000-full.npz \
 		--env-id MiniGrid-DoorKey-8x8-v0 --states 8000 --pairs 4000 --steps 4000
 
 # The seeds' other mechanisms (issue 31; docs/seed-mechanisms.md), each against plain in the same run, 5 seeds.
