@@ -15,7 +15,7 @@ Reported: the final greedy return per method (median and range over seeds), pair
 CQL, training seconds, and gradient steps to 90% of CQL's median final return (the seed paper's "training time");
 PNG curves. The seed paper (arXiv 2505.07274) reports +14-29% return over CQL and 38-40% less training time.
 
-    python -m benchmarks.offline_prior [--seeds 5] [--dataset .ala/datasets/MiniGrid-DoorKey-8x8-v0-simulated-150000.npz]
+    python -m benchmarks.offline_prior [--seeds 5] [--dataset .ala/datasets/MiniGrid-DoorKey-8x8-v0-simulated-150000]
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def main(
     out: Annotated[Path, typer.Option()] = RESULTS / "offline-prior.md",
 ) -> None:
     if dataset is None:
-        name = f"{env_id}-{arm or 'simulated'}-{dataset_steps}{'-full' if full_states else ''}"  # no dot: a suffix
+        # No dot in the name: `with_suffix` would take what follows it for a suffix.
+        name = f"{env_id}-{arm or 'simulated'}-{dataset_steps}{'-full' if full_states else ''}"
         dataset, facts = collect(env_id, dataset_steps, dataset_overlay(arm, full_states), Path(".ala/datasets") / name)
         print(f"dataset: {dataset} ({json.dumps(facts)})", flush=True)
         if collect_only:
