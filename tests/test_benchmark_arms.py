@@ -30,3 +30,17 @@ def test_a_misspelt_key_in_an_arm_stops_the_benchmark_with_the_nearest_name(tmp_
         ConfigError, match=r"arms.toml \[expert-slow\]: \[router\] has no setting 'b_maks'; did you mean"
     ):
         load_arms(arms)
+
+
+def test_a_dataset_is_collected_under_a_named_arm_with_full_states_on_request() -> None:
+    import typer
+
+    from benchmarks.offline_prior import DATASET_ARM, dataset_overlay
+
+    assert dataset_overlay(None, False) == DATASET_ARM
+    overlay = dataset_overlay("llm-options", True)
+    assert overlay["advisor"]["advisors"] == [{"backend": "embedded", "advice": "options"}]
+    assert overlay["actor"]["experimental"]["chunk_full_states"] is True
+    assert "actor" not in dataset_overlay("llm-options", False)
+    with pytest.raises(typer.BadParameter, match="no arm 'llm-option' in arms.toml"):
+        dataset_overlay("llm-option", False)
