@@ -42,5 +42,5 @@ def test_a_dataset_is_collected_under_a_named_arm_with_full_states_on_request() 
     assert overlay["advisor"]["advisors"] == [{"backend": "embedded", "advice": "options"}]
     assert overlay["actor"]["experimental"]["chunk_full_states"] is True
     assert "actor" not in dataset_overlay("llm-options", False)
-    with pytest.raises(typer.BadParameter, match="no arm 'llm-option' in arms.toml"):
+    with pytest.raises(typer.BadParameter, match=r"no arm 'llm-option' in arms\.toml"):
         dataset_overlay("llm-option", False)
