@@ -54,6 +54,9 @@ class Trained:
     seed: int
     curve: list[tuple[int, float, float, float]] = field(default_factory=list)
     """(gradient steps, training seconds, greedy return, sampled return) at every checkpoint."""
+    mean_output: list[float] = field(default_factory=list)
+    """The network's mean output over 2,048 dataset states at every checkpoint: for CQL the mean Q-value, which a
+    sound Q-function keeps within the returns the task pays (at most 1 on MiniGrid); for BC, logits."""
 
     @property
     def final_greedy(self) -> float:
@@ -111,13 +114,18 @@ def train_and_score(
     data = Transitions.load(dataset)
     adapter = adapter_for(env_id)
     result = Trained(method, seed)
+    rows = np.random.default_rng(seed).choice(len(data), min(2048, len(data)), replace=False)
+    states = torch.as_tensor(data.observations[rows])
 
     def score(agent: Agent, checkpoint: Checkpoint) -> None:
-        scored = evaluate(copy.deepcopy(agent).cpu(), adapter, episodes, seed=seed)
+        network = copy.deepcopy(agent).cpu()
+        scored = evaluate(network, adapter, episodes, seed=seed)
         assert scored.greedy is not None
         result.curve.append(
             (checkpoint.step, checkpoint.seconds, scored.greedy.mean_return, scored.sampled.mean_return)
         )
+        with torch.no_grad():
+            result.mean_output.append(float(network.actor(network.encode(states)).mean()))
 
     settings = OfflineSettings(method=method, steps=steps, seed=seed)  # type: ignore[arg-type]
     train(data, adapter.probe_spec(), settings, every, score, device=device)
@@ -146,9 +154,10 @@ def report(results: list[Trained], dataset: dict[str, Any], command: str, seeds:
         f"## Results ({seeds} seeds per method, the same dataset; greedy return on held-out seeds, advice off)",
         "",
         "| method | final greedy return, median (min-max) | final sampled return, median | per-seed ratio to CQL"
-        " (final greedy) | training s per run, median | gradient steps to 90% of CQL's median final"
+        " (final greedy) | per-seed ratio to CQL (final sampled) | mean output on dataset states at the end (Q for"
+        " CQL), median | training s per run, median | gradient steps to 90% of CQL's median final"
         f" ({level:.3f}), median |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, runs in by_method.items():
         finals = [r.final_greedy for r in runs]
@@ -156,6 +165,11 @@ def report(results: list[Trained], dataset: dict[str, Any], command: str, seeds:
             f"{r.final_greedy / c.final_greedy:.2f}" if c.final_greedy > 0 else "n/a"
             for r, c in zip(runs, by_method["cql"], strict=True)
         ]
+        sampled_ratios = [
+            f"{r.curve[-1][3] / c.curve[-1][3]:.2f}" if c.curve[-1][3] > 0 else "n/a"
+            for r, c in zip(runs, by_method["cql"], strict=True)
+        ]
+        outputs = [r.mean_output[-1] for r in runs if r.mean_output]
         reached = [steps_to(r, level) for r in runs]
         reached_cell = (
             f"{statistics.median(s for s in reached if s is not None):,.0f} ({sum(s is not None for s in reached)}"
@@ -166,6 +180,7 @@ def report(results: list[Trained], dataset: dict[str, Any], command: str, seeds:
         lines.append(
             f"| {method} | {statistics.median(finals):.3f} ({min(finals):.3f}-{max(finals):.3f})"
             f" | {statistics.median(r.curve[-1][3] for r in runs):.3f} | {', '.join(ratios)}"
+            f" | {', '.join(sampled_ratios)} | {f'{statistics.median(outputs):.2f}' if outputs else '-'}"
             f" | {statistics.median(r.curve[-1][1] for r in runs):.1f} | {reached_cell} |"
         )
     return "\n".join(lines) + "\n"
