@@ -243,8 +243,54 @@ def report(runs: list[Run], seeds: int, command: str, budgets: dict[str, int], p
                 f"| {arm} | {' | '.join(cells)} | {versus_null} | {final_return_cell(arm_runs)} | "
                 f"{precision(arm_runs)} | {share:.1%} | {calls:,.0f} | {steps_per_seed(arm_runs, plain)} |"
             )
-        lines.append("")
+        lines += ["", *withdrawal_table([r for r in runs if r.env_id == env_id])]
     return "\n".join(lines)
+
+
+def withdrawal(run: Run) -> tuple[int | None, int | None] | None:
+    """The env steps at which a scheduled bias strength was first seen at half its start and at 0 (None: not yet);
+    None for a run whose strength never moved (no schedule, or no router)."""
+    strengths = [(steps, values["strength"]) for steps, values in run.series if "strength" in values]
+    if len(strengths) < 2 or min(v for _, v in strengths) == max(v for _, v in strengths):
+        return None
+    start = max(v for _, v in strengths)
+    half = next((steps for steps, v in strengths if v <= start / 2), None)
+    zero = next((steps for steps, v in strengths if v <= 0), None)
+    return half, zero
+
+
+def evaluation_at(run: Run, env_steps: int | None) -> str:
+    """The last evaluation return at or before `env_steps`."""
+    if env_steps is None:
+        return "-"
+    returns = [value for steps, _, value in run.curve if steps <= env_steps]
+    return f"{returns[-1]:.2f}" if returns else "-"
+
+
+def withdrawal_table(runs: list[Run]) -> list[str]:
+    """Where the router's schedule annealed advice away: when, and what the policy alone scored then."""
+    rows = []
+    for run in sorted(runs, key=lambda r: (ALL_ARMS.index(r.arm) if r.arm in ALL_ARMS else 0, r.seed)):
+        moments = withdrawal(run)
+        if moments is None:
+            continue
+        half, zero = moments
+        reached = f"{run.steps_to_threshold:,}" if run.steps_to_threshold is not None else "not reached"
+        rows.append(
+            f"| {run.arm} | {run.seed} | {f'{half:,}' if half else '-'} | {evaluation_at(run, half)} |"
+            f" {f'{zero:,}' if zero else '-'} | {evaluation_at(run, zero)} | {reached} |"
+        )
+    if not rows:
+        return []
+    return [
+        "Advice annealed by the router's schedule (strength read at every evaluation): the env steps at which the"
+        " bias strength was first seen at half its start and at 0, and the evaluation return (advice off) then.",
+        "",
+        "| arm | seed | strength at half | evaluation then | strength at 0 | evaluation then | reached 0.8 at |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
 
 
 def plot(runs: list[Run], path: Path) -> None:
@@ -264,8 +310,14 @@ def plot(runs: list[Run], path: Path) -> None:
                 steps = [point[0] for point in run.series]
                 trust = [point[1].get("trust", np.nan) for point in run.series]
                 trust_axis.plot(steps, trust, color=f"C{index}", alpha=0.6, label=arm if run.seed == 1 else None)
+                if withdrawal(run) is not None:  # a schedule: its strength relative to its start, dashed
+                    strength = np.array([point[1].get("strength", np.nan) for point in run.series])
+                    trust_axis.plot(steps, strength / np.nanmax(strength), color=f"C{index}", alpha=0.6, ls="--")
         trust_axis.set(
-            title="router trust per advisor (each seed)", xlabel="env steps", ylabel="trust", ylim=(-0.05, 1.05)
+            title="router trust per advisor (each seed); dashed: scheduled strength / its start",
+            xlabel="env steps",
+            ylabel="trust",
+            ylim=(-0.05, 1.05),
         )
         trust_axis.legend(fontsize=8)
     fig.tight_layout()

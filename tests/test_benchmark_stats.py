@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.learning import Run, steps_figure, steps_per_seed
-from benchmarks.learning_value import final_return, report
+from benchmarks.learning_value import final_return, report, withdrawal
 from benchmarks.stats import Figure, crossing, geometric_mean_ratio, iqm, merge_bounds, paired_ratio
 
 
@@ -44,3 +44,15 @@ def test_the_final_return_is_the_return_at_the_budget_and_absent_for_runs_stoppe
     expert_row = [line for line in text.splitlines() if line.startswith("| expert |")][-1]  # after provenance's
     assert "| - |" in expert_row and "commit:" in text
     assert steps_per_seed([stopped_early], [at_budget]) == "s1: 2,000 (<=0.67)"
+
+
+def test_a_scheduled_strength_is_reported_where_it_halves_and_ends_with_the_policys_evaluation_then() -> None:
+    annealed = _run("expert-anneal", 2, [0.1, 0.3, 0.5, 0.85, 0.9], "threshold")
+    annealed.series = [(step, {"strength": strength}) for step, strength in zip(
+        (1000, 2000, 3000, 4000, 5000), (2.0, 1.5, 1.0, 0.0, 0.0), strict=True)]  # fmt: skip
+    constant = _run("expert", 2, [0.85, 0.9], "threshold")
+    constant.series = [(1000, {"strength": 2.0}), (2000, {"strength": 2.0})]
+    assert withdrawal(annealed) == (3000, 4000) and withdrawal(constant) is None
+    text = report([annealed, constant], 1, "python -m benchmarks.learning_value", {annealed.env_id: 5000})
+    assert "| expert-anneal | 2 | 3,000 | 0.50 | 4,000 | 0.85 | 4,000 |" in text
+    assert "| expert | 2 |" not in text  # no schedule, no row
