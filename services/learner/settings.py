@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, FilePath, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ala.config import ServiceSettings, tensorboard_dir_field
@@ -133,7 +133,7 @@ class LearnerRewards(BaseModel):
     preference_steps: int = Field(
         8, ge=0, json_schema_extra=EXPERIMENTAL, description="Reward-model minibatch steps before every update."
     )
-    preference_model: Path | None = Field(
+    preference_model: FilePath | None = Field(
         None,
         json_schema_extra=EXPERIMENTAL,
         description="Start from a reward model fit before the run on a stored dataset (`ala preference fit`, as"

@@ -128,9 +128,11 @@ def test_a_file_that_is_not_a_model_for_this_policy_is_refused(fitted: Path, tmp
         PreferenceReward(other, scale=0.1, gamma=0.99).load(fitted)
 
 
-def test_a_model_without_a_scale_is_a_settings_error(tmp_path: Path) -> None:
+def test_a_model_without_a_scale_or_without_a_file_is_a_settings_error(fitted: Path, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="preference_model needs preference_reward > 0"):
-        _settings(NatsSettings(), tmp_path, preference_model=tmp_path / "model.pt")
+        _settings(NatsSettings(), tmp_path, preference_model=fitted)
+    with pytest.raises(ValidationError, match="preference_model"):
+        _settings(NatsSettings(), tmp_path, preference_reward=0.1, preference_model=tmp_path / "missing.pt")
 
 
 async def test_the_learner_shapes_its_first_chunk_with_a_model_fit_before_the_run(
