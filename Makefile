@@ -174,6 +174,15 @@ bench-seeds: setup $(PREFERENCE_MODEL)  ## the mechanisms on DoorKey-8x8 and Sim
 	$(BIN)/python -m benchmarks.cache_savings benchmarks/results/options-cache-5x5.json --baseline llm-options-nocache
 	$(BIN)/python -m benchmarks.preference_quality
 	$(BIN)/python -m benchmarks.offline_prior --train-steps 20000 --every 4000 --seeds 5 --parallel 2
+	$(BIN)/python -m benchmarks.offline_prior --dataset-steps 50000 --seeds 5 --parallel 2 \
+		--out benchmarks/results/offline-prior-weak-8x8.md
+	$(BIN)/python -m benchmarks.offline_prior --env-id MiniGrid-DoorKey-5x5-v0 --arm llm-options --dataset-steps 30000 \
+		--seeds 5 --parallel 2 --out benchmarks/results/offline-prior-llm-options-5x5.md
+	$(BIN)/python -m benchmarks.preference_quality --seeds 3 --llm-pairs 0 --model $(PREFERENCE_MODEL) \
+		--out benchmarks/results/preference-steps.md
+	$(BIN)/python -m benchmarks.learning_value --envs MiniGrid-DoorKey-8x8-v0 --envs MiniGrid-SimpleCrossingS9N1-v0 \
+		--arms expert --arms expert-anneal --arms expert-anneal-long --seeds 5 --stop-at-threshold \
+		--out benchmarks/results/anneal-horizon.md
 
 bench-learning-value: setup  ## what advice is worth through the stack: expert, wrong, random, LLM, distillation
 	$(BIN)/python -m benchmarks.learning_value
