@@ -77,17 +77,21 @@ def fit(
     rows = rng.choice(len(data), min(states, len(data)), replace=False)
     held_out = int(len(rows) * HELD_OUT_SHARE)
     fit_rows, test_rows = rows[held_out:], rows[:held_out]
-    spec = adapter_for(env_id).probe_spec()
-    model = PreferenceReward(spec, scale=1.0, gamma=1.0, capacity=pairs, steps=steps, seed=seed)
     fit_first, fit_second, fit_label = ranked_pairs(planner_steps(data, env_id, fit_rows), pairs, rng)
-    for a, b, label in zip(fit_first, fit_second, fit_label, strict=True):
-        model.add(data.observations[fit_rows[a]], data.observations[fit_rows[b]], int(label))
-    model.fit()
+    observations = data.observations
+    model = PreferenceReward.fit_on(
+        adapter_for(env_id).probe_spec(),
+        observations[fit_rows[fit_first]],
+        observations[fit_rows[fit_second]],
+        fit_label,
+        steps,
+        seed,
+    )
     test_count = max(1, pairs // 4)
     test_first, test_second, test_label = ranked_pairs(planner_steps(data, env_id, test_rows), test_count, rng)
-    first_phi = model.potential(data.observations[test_rows[test_first]])
-    second_phi = model.potential(data.observations[test_rows[test_second]])
-    agreement = float(((second_phi > first_phi) == test_label.astype(bool)).mean())
+    agreement = float(
+        model.agrees(observations[test_rows[test_first]], observations[test_rows[test_second]], test_label).mean()
+    )
     facts = Fit(str(dataset), env_id, len(rows), pairs, test_count, steps, agreement, seed)
     provenance = json.loads(dataset.with_suffix(".json").read_text()) if dataset.with_suffix(".json").exists() else {}
     about = asdict(facts) | {"dataset_provenance": provenance}

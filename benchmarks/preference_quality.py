@@ -86,9 +86,8 @@ def labelled_pairs(states: list[State], count: int, rng: np.random.Generator) ->
 def model_agreement(model: PreferenceReward, test: list[tuple[State, State, int]]) -> tuple[float, float]:
     """The share of held-out pairs the model orders as the planner does: all of them, and those where one state holds
     the key and the other does not."""
-    firsts = model.potential(np.stack([f.digest.observation.to_numpy() for f, _, _ in test]))
-    seconds = model.potential(np.stack([s.digest.observation.to_numpy() for _, s, _ in test]))
-    right = (seconds > firsts) == np.array([p for _, _, p in test], dtype=bool)
+    first, second, preferred = observations(test)
+    right = model.agrees(first, second, preferred)
     key = np.array([f.carrying != s.carrying for f, s, _ in test])
     return float(right.mean()), float(right[key].mean()) if key.any() else float("nan")
 
@@ -105,13 +104,15 @@ def step_agreement(model: PreferenceReward, states: list[State]) -> tuple[float,
     return float(np.mean(agreed)), len(agreed)
 
 
+def observations(pairs: list[tuple[State, State, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs' observations, first and second, and which is preferred."""
+    first = np.stack([f.digest.observation.to_numpy() for f, _, _ in pairs])
+    second = np.stack([s.digest.observation.to_numpy() for _, s, _ in pairs])
+    return first, second, np.array([p for _, _, p in pairs])
+
+
 def fitted_model(env_id: str, train: list[tuple[State, State, int]], steps: int, seed: int) -> PreferenceReward:
-    model = PreferenceReward(adapter_for(env_id).probe_spec(), scale=1.0, gamma=0.99, capacity=len(train),
-                             steps=steps, seed=seed)  # fmt: skip
-    for first, second, preferred in train:
-        model.add(first.digest.observation.to_numpy(), second.digest.observation.to_numpy(), preferred)
-    model.fit()
-    return model
+    return PreferenceReward.fit_on(adapter_for(env_id).probe_spec(), *observations(train), steps, seed)
 
 
 async def llm_agreement(pairs: list[tuple[State, State, int]]) -> tuple[float, float, int]:

@@ -121,6 +121,23 @@ class PreferenceReward:
             rewards = self.net(self._encode(flat)).squeeze(-1).numpy()
         return (self.scale * np.tanh(rewards)).reshape(observations.shape[:-1])
 
+    @classmethod
+    def fit_on(
+        cls, spec: PolicySpec, first: np.ndarray, second: np.ndarray, preferred: np.ndarray, steps: int, seed: int
+    ) -> PreferenceReward:
+        """A model (potential scale 1) fit once with `steps` minibatch steps on every ranked pair given, in order, as
+        Motif fits before RL starts; `first`/`second` are [M, obs_dim] observations, `preferred` 1 where the second
+        shows more progress."""
+        model = cls(spec, scale=1.0, gamma=1.0, capacity=len(first), steps=steps, seed=seed)
+        for a, b, label in zip(first, second, preferred, strict=True):
+            model.add(a, b, int(label))
+        model.fit()
+        return model
+
+    def agrees(self, first: np.ndarray, second: np.ndarray, second_preferred: np.ndarray) -> np.ndarray:
+        """bool per pair: the potential orders it as the ranker did (higher for the preferred state)."""
+        return (self.potential(second) > self.potential(first)) == np.asarray(second_preferred, dtype=bool)
+
     def save(self, path: Path, about: dict[str, Any]) -> None:
         """The model's weights, the spec it reads, and `about` (how it was fit), for `load`."""
         path.parent.mkdir(parents=True, exist_ok=True)
