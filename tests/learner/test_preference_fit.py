@@ -19,6 +19,7 @@ from ala.config import NatsSettings
 from ala.envs import adapter_for
 from ala.rl.offline import Transitions
 from ala.rl.preference import PreferenceReward
+from benchmarks.preference_quality import collect_states
 from services.learner import metrics
 from services.learner.service import serve
 from tests.learner.test_learner_service import (
@@ -33,23 +34,14 @@ from tests.support import ENV_ID, running, spec, wait_until
 
 
 def _planner_dataset(episodes: int = 30, random_share: float = 0.5, seed: int = 0) -> Transitions:
-    """Real DoorKey-5x5 episodes played by the planner with random steps mixed in, each step with its full state, as
-    a run's actors record them with `chunk_full_states`."""
-    adapter = adapter_for(ENV_ID)
-    env = adapter.make()
-    rng = np.random.default_rng(seed)
-    observations, full_states = [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        done = False
-        while not done:
-            observations.append(obs.astype(np.float32))
-            full_states.append(adapter.full_state(env))
-            planned = adapter.expert_action(env)
-            random_step = planned is None or rng.random() < random_share
-            action = int(rng.integers(env.action_space.n)) if random_step else planned  # type: ignore[attr-defined]
-            obs, _, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
+    """Real DoorKey-5x5 episodes played by the planner with random steps mixed in (the preference benchmark's states),
+    each step with its full state, as a run's actors record them with `chunk_full_states`."""
+    states = collect_states(ENV_ID, episodes, random_share, seed)
+    observations = [state.digest.observation.to_numpy().astype(np.float32) for state in states]
+    full_states = []
+    for state in states:
+        assert state.digest.full_state is not None  # MiniGrid's adapter always has one
+        full_states.append(state.digest.full_state.to_numpy())
     rows, n_actions = len(observations), spec().n_actions
     return Transitions(
         observations=np.stack(observations),
