@@ -251,9 +251,10 @@ def withdrawal(run: Run) -> tuple[int | None, int | None] | None:
     """The env steps at which a scheduled bias strength was first seen at half its start and at 0 (None: not yet);
     None for a run whose strength never moved (no schedule, or no router)."""
     strengths = [(steps, values["strength"]) for steps, values in run.series if "strength" in values]
-    if len(strengths) < 2 or min(v for _, v in strengths) == max(v for _, v in strengths):
+    seen = [strength for _, strength in strengths]
+    if len(seen) < 2 or min(seen) == max(seen):
         return None
-    start = max(v for _, v in strengths)
+    start = max(seen)
     half = next((steps for steps, v in strengths if v <= start / 2), None)
     zero = next((steps for steps, v in strengths if v <= 0), None)
     return half, zero

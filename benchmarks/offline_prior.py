@@ -136,6 +136,18 @@ def steps_to(trained: Trained, level: float) -> int | None:
     return next((step for step, _, greedy, _ in trained.curve if greedy >= level), None)
 
 
+GREEDY, SAMPLED = 2, 3
+"""Columns of `Trained.curve`."""
+
+
+def ratios_to(runs: list[Trained], baseline: list[Trained], column: int) -> list[str]:
+    """Per seed, the final `column` return of `runs` over the baseline's ("n/a" where the baseline's is 0)."""
+    return [
+        f"{r.curve[-1][column] / b.curve[-1][column]:.2f}" if b.curve[-1][column] > 0 else "n/a"
+        for r, b in zip(runs, baseline, strict=True)
+    ]
+
+
 def report(results: list[Trained], dataset: dict[str, Any], command: str, seeds: int) -> str:
     by_method = {m: sorted((r for r in results if r.method == m), key=lambda r: r.seed) for m in METHODS}
     cql_final = statistics.median(r.final_greedy for r in by_method["cql"])
@@ -161,14 +173,7 @@ def report(results: list[Trained], dataset: dict[str, Any], command: str, seeds:
     ]
     for method, runs in by_method.items():
         finals = [r.final_greedy for r in runs]
-        ratios = [
-            f"{r.final_greedy / c.final_greedy:.2f}" if c.final_greedy > 0 else "n/a"
-            for r, c in zip(runs, by_method["cql"], strict=True)
-        ]
-        sampled_ratios = [
-            f"{r.curve[-1][3] / c.curve[-1][3]:.2f}" if c.curve[-1][3] > 0 else "n/a"
-            for r, c in zip(runs, by_method["cql"], strict=True)
-        ]
+        ratios, sampled_ratios = (ratios_to(runs, by_method["cql"], column) for column in (GREEDY, SAMPLED))
         outputs = [r.mean_output[-1] for r in runs if r.mean_output]
         reached = [steps_to(r, level) for r in runs]
         reached_cell = (
